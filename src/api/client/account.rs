@@ -1,0 +1,276 @@
+//! Registration, login, logout, whoami, password, deactivation, devices.
+
+use ruma::{
+    OwnedDeviceId,
+    api::client::{
+        account::{
+            change_password, check_registration_token_validity, deactivate, get_username_availability, register,
+            register::RegistrationKind, whoami,
+        },
+        device::{delete_device, delete_devices, get_device, get_devices, update_device},
+        session::{get_login_types, login, logout, logout_all},
+        uiaa::{AuthData, UserIdentifier},
+    },
+};
+
+use crate::{
+    api::{AppState, Ruma, blocking},
+    error::{Error, Result},
+    service::{
+        Services,
+        membership,
+        uiaa::{self, StageChecks},
+        users::AccountKind,
+    },
+};
+
+impl StageChecks for Services {
+    fn password_ok(&self, user_id: &ruma::UserId, password: &str) -> Result<bool> {
+        self.users.check_password(user_id, password)
+    }
+
+    fn registration_token_ok(&self, token: &str) -> Result<bool> {
+        self.registration.is_valid(token)
+    }
+}
+
+pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
+    state.register_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
+    let ip = req.ip.to_string();
+    blocking(&state, move |s| {
+        let body = req.body;
+        let guest = body.kind == RegistrationKind::Guest;
+        if guest && !s.settings.raw.registration.allow_guests {
+            return Err(Error::forbidden("Guest registration is disabled on this server."));
+        }
+        if !guest && !s.settings.raw.registration.enabled {
+            return Err(Error::forbidden("Registration is disabled on this server; ask an administrator for an account."));
+        }
+        let (user_id, kind, password) = if guest {
+            // Temporary accounts get an id nobody can guess or choose.
+            let user_id = s.users.local_user_id(&format!("guest-{}", crate::util::random_string(16).to_lowercase()))?;
+            (user_id, AccountKind::Temporary, None)
+        } else {
+            let localpart = body.username.clone().unwrap_or_else(|| crate::util::random_string(12).to_lowercase());
+            let user_id = s.users.local_user_id(&localpart)?;
+            if s.users.exists(&user_id)? {
+                return Err(Error::user_in_use());
+            }
+            let password = body.password.clone().filter(|p| !p.is_empty());
+            if password.is_none() {
+                return Err(Error::missing_param("A password is needed to register."));
+            }
+            (user_id, AccountKind::Member, password)
+        };
+        let mut token_used = None;
+        if !guest {
+            let flows: &[&[&str]] = if s.registration.requires_token() { &[&[uiaa::REGISTRATION_TOKEN]] } else { &[&[uiaa::DUMMY]] };
+            let session = s.uiaa.authorize(s, body.auth.as_ref(), flows, "register", None)?;
+            token_used = session.registration_token;
+        }
+        s.users.create(&user_id, password.as_deref(), kind, false, None)?;
+        if let Some(token) = token_used {
+            s.registration.consume(&token)?;
+        }
+        tracing::info!(%user_id, kind = kind.as_str(), "registered an account");
+        let mut response = register::v3::Response::new(user_id.clone());
+        if !body.inhibit_login {
+            let (device_id, token) = s.users.create_device(&user_id, body.device_id.clone(), body.initial_device_display_name.clone(), Some(ip))?;
+            response.access_token = Some(token);
+            response.device_id = Some(device_id);
+        }
+        Ok(response)
+    })
+    .await
+}
+
+pub async fn username_available(state: AppState, req: Ruma<get_username_availability::v3::Request>) -> Result<get_username_availability::v3::Response> {
+    state.register_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
+    blocking(&state, move |s| {
+        let user_id = s.users.local_user_id(&req.body.username)?;
+        if s.users.exists(&user_id)? {
+            return Err(Error::user_in_use());
+        }
+        Ok(get_username_availability::v3::Response::new(true))
+    })
+    .await
+}
+
+pub async fn token_validity(
+    state: AppState,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<check_registration_token_validity::v1::Response> {
+    state.register_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
+    blocking(&state, move |s| Ok(check_registration_token_validity::v1::Response::new(s.registration.is_valid(&req.body.token)?))).await
+}
+
+pub async fn login_types(_: AppState, _: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
+    use get_login_types::v3::{LoginType, PasswordLoginType};
+    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+}
+
+pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
+    state.login_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
+    let ip = req.ip.to_string();
+    blocking(&state, move |s| {
+        let body = req.body;
+        let login::v3::LoginInfo::Password(password) = body.login_info else {
+            return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Only password login is supported."));
+        };
+        // `user` is the legacy (pre-r0.4) field; clients such as matrix-nio still send it.
+        #[allow(deprecated)]
+        let legacy_user = &password.user;
+        let name = match (&password.identifier, legacy_user) {
+            (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+            (None, Some(user)) => user.clone(),
+            _ => return Err(Error::forbidden("Invalid username or password.")),
+        };
+        let user_id = uiaa::identifier_user(s.server_name(), &name).ok_or_else(|| Error::forbidden("Invalid username or password."))?;
+        if let Some(user) = s.users.get(&user_id)?
+            && user.deactivated
+        {
+            return Err(Error::user_deactivated());
+        }
+        if !s.users.is_local(&user_id) || !s.users.check_password(&user_id, &password.password)? {
+            return Err(Error::forbidden("Invalid username or password."));
+        }
+        let (device_id, token) = s.users.create_device(&user_id, body.device_id.clone(), body.initial_device_display_name.clone(), Some(ip))?;
+        let mut response = login::v3::Response::new(user_id, token, device_id);
+        #[allow(deprecated)]
+        {
+            response.home_server = Some(s.settings.server_name.clone());
+        }
+        Ok(response)
+    })
+    .await
+}
+
+pub async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        s.users.remove_devices(&session.user_id, Some(&[session.device_id.clone()]), None)?;
+        Ok(logout::v3::Response::new())
+    })
+    .await
+}
+
+pub async fn logout_all(state: AppState, req: Ruma<logout_all::v3::Request>) -> Result<logout_all::v3::Response> {
+    blocking(&state, move |s| {
+        s.users.remove_devices(&req.session().user_id, None, None)?;
+        Ok(logout_all::v3::Response::new())
+    })
+    .await
+}
+
+pub async fn whoami(_: AppState, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
+    let session = req.session();
+    let mut response = whoami::v3::Response::new(session.user_id.clone(), session.is_guest());
+    response.device_id = Some(session.device_id.clone());
+    Ok(response)
+}
+
+/// Ask for the account's password through UIA.
+fn password_uia(s: &Services, auth: Option<&AuthData>, purpose: &str, user_id: &ruma::UserId) -> Result<()> {
+    s.uiaa.authorize(s, auth, &[&[uiaa::PASSWORD]], &format!("{purpose}:{user_id}"), Some(user_id))?;
+    Ok(())
+}
+
+pub async fn change_password(state: AppState, req: Ruma<change_password::v3::Request>) -> Result<change_password::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        if session.user.password_hash.is_none() {
+            return Err(Error::forbidden("This account has no password to change."));
+        }
+        password_uia(s, req.body.auth.as_ref(), "password", &session.user_id)?;
+        if req.body.new_password.is_empty() {
+            return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_WEAK_PASSWORD", "The new password is empty."));
+        }
+        s.users.set_password(&session.user_id, &req.body.new_password)?;
+        if req.body.logout_devices {
+            s.users.remove_devices(&session.user_id, None, Some(session.device_id.as_str()))?;
+        }
+        Ok(change_password::v3::Response::new())
+    })
+    .await
+}
+
+pub async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> Result<deactivate::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        if session.user.password_hash.is_some() {
+            password_uia(s, req.body.auth.as_ref(), "deactivate", &session.user_id)?;
+        }
+        deactivate_account(s, &session.user_id)?;
+        Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
+    })
+    .await
+}
+
+/// Leave every room, log out everywhere, and mark the account deactivated.
+pub fn deactivate_account(s: &Services, user_id: &ruma::UserId) -> Result<()> {
+    membership::leave_all(s, user_id)?;
+    s.users.remove_devices(user_id, None, None)?;
+    let mut user = s.users.get(user_id)?.ok_or_else(|| Error::not_found("No such user."))?;
+    user.deactivated = true;
+    user.password_hash = None;
+    s.users.save(user_id, &user)?;
+    tracing::info!(%user_id, "deactivated an account");
+    Ok(())
+}
+
+fn device_info(device_id: OwnedDeviceId, record: crate::service::users::DeviceRecord) -> ruma::api::client::device::Device {
+    let mut device = ruma::api::client::device::Device::new(device_id);
+    device.display_name = record.display_name;
+    device.last_seen_ip = record.last_seen_ip;
+    device.last_seen_ts = Some(ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(record.last_seen_ts)));
+    device
+}
+
+pub async fn devices(state: AppState, req: Ruma<get_devices::v3::Request>) -> Result<get_devices::v3::Response> {
+    blocking(&state, move |s| {
+        let list = s.users.devices(&req.session().user_id)?.into_iter().map(|(id, r)| device_info(id, r)).collect();
+        Ok(get_devices::v3::Response::new(list))
+    })
+    .await
+}
+
+pub async fn device(state: AppState, req: Ruma<get_device::v3::Request>) -> Result<get_device::v3::Response> {
+    blocking(&state, move |s| {
+        let record = s.users.device(&req.session().user_id, req.body.device_id.as_str())?.ok_or_else(|| Error::not_found("No such device."))?;
+        Ok(get_device::v3::Response::new(device_info(req.body.device_id.clone(), record)))
+    })
+    .await
+}
+
+pub async fn update_device(state: AppState, req: Ruma<update_device::v3::Request>) -> Result<update_device::v3::Response> {
+    blocking(&state, move |s| {
+        if !s.users.update_device(&req.session().user_id, req.body.device_id.as_str(), req.body.display_name.clone())? {
+            return Err(Error::not_found("No such device."));
+        }
+        Ok(update_device::v3::Response::new())
+    })
+    .await
+}
+
+pub async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -> Result<delete_device::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        if s.users.device(&session.user_id, req.body.device_id.as_str())?.is_none() {
+            return Err(Error::not_found("No such device."));
+        }
+        password_uia(s, req.body.auth.as_ref(), "delete_devices", &session.user_id)?;
+        s.users.remove_devices(&session.user_id, Some(&[req.body.device_id.clone()]), None)?;
+        Ok(delete_device::v3::Response::new())
+    })
+    .await
+}
+
+pub async fn delete_devices(state: AppState, req: Ruma<delete_devices::v3::Request>) -> Result<delete_devices::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        password_uia(s, req.body.auth.as_ref(), "delete_devices", &session.user_id)?;
+        s.users.remove_devices(&session.user_id, Some(&req.body.devices), None)?;
+        Ok(delete_devices::v3::Response::new())
+    })
+    .await
+}

@@ -1,0 +1,258 @@
+//! Sending and reading events: send, state, redact, event, messages, context.
+
+use ruma::{
+    api::{
+        Direction,
+        client::{
+            context::get_context,
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+            room::get_room_event,
+            state::{get_state_event_for_key, get_state_events, send_state_event},
+        },
+    },
+    events::{TimelineEventType, room::member::MembershipState},
+};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    api::{AppState, Ruma, blocking},
+    error::{Error, Result},
+    pdu::TxnRef,
+    policy::{self, Action},
+    service::{
+        history::{self, require_member},
+        push,
+        rooms::NewEvent,
+        sync::{EventFilter, raw},
+    },
+};
+
+fn content_object(json: &serde_json::value::RawValue) -> Result<Value> {
+    let value: Value = serde_json::from_str(json.get()).map_err(|_| Error::not_json("The event content is not valid JSON."))?;
+    if !value.is_object() {
+        return Err(Error::bad_json("The event content must be a JSON object."));
+    }
+    Ok(value)
+}
+
+pub async fn send_message(state: AppState, req: Ruma<send_message_event::v3::Request>) -> Result<send_message_event::v3::Response> {
+    let pdu = blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
+            return Err(Error::forbidden("You are not in this room."));
+        }
+        let mut event = NewEvent::message(body.event_type.to_string().as_str(), content_object(body.body.json())?);
+        event.txn = Some(TxnRef { device_id: session.device_id.to_string(), txn_id: body.txn_id.to_string() });
+        s.rooms.append(&body.room_id, &session.user_id, event)
+    })
+    .await?;
+    push::on_event(&state, &pdu).await?;
+    Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
+}
+
+pub async fn send_state(state: AppState, req: Ruma<send_state_event::v3::Request>) -> Result<send_state_event::v3::Response> {
+    let pdu = blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        let mut content = content_object(body.body.json())?;
+        let kind = body.event_type.to_string();
+        if kind == "m.room.member" {
+            let target = crate::service::membership::parse_user(&body.state_key)?;
+            let membership = content.get("membership").and_then(|m| m.as_str()).map(MembershipState::from);
+            let action = match membership {
+                Some(MembershipState::Join) if target == session.user_id => Action::Join { room_id: &body.room_id },
+                Some(MembershipState::Leave) if target == session.user_id => Action::LeaveOrProfile,
+                Some(MembershipState::Invite) => Action::Invite,
+                Some(MembershipState::Ban) => Action::Ban,
+                Some(MembershipState::Knock) => Action::Knock,
+                _ => Action::Kick,
+            };
+            policy::check(s, session, action)?;
+            if session.is_guest() && target == session.user_id {
+                content[policy::GUEST_MARKER] = Value::Bool(true);
+            }
+        } else if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
+            return Err(Error::forbidden("You are not in this room."));
+        }
+        if kind == "m.room.canonical_alias" {
+            check_canonical_alias(s, &body.room_id, &content)?;
+        }
+        s.rooms.append(&body.room_id, &session.user_id, NewEvent::state(kind.as_str(), body.state_key.clone(), content))
+    })
+    .await?;
+    push::on_event(&state, &pdu).await?;
+    Ok(send_state_event::v3::Response::new(pdu.event_id.clone()))
+}
+
+/// Aliases named in `m.room.canonical_alias` must point at this room.
+fn check_canonical_alias(s: &crate::service::Services, room_id: &ruma::RoomId, content: &Value) -> Result<()> {
+    let mut aliases: Vec<&str> = content.get("alias").and_then(|a| a.as_str()).into_iter().collect();
+    if let Some(alt) = content.get("alt_aliases").and_then(|a| a.as_array()) {
+        aliases.extend(alt.iter().filter_map(|a| a.as_str()));
+    }
+    for alias in aliases {
+        let alias = ruma::OwnedRoomAliasId::try_from(alias).map_err(|_| Error::invalid_param(format!("`{alias}` is not a valid alias.")))?;
+        if alias.server_name() == s.server_name() && crate::service::directory::resolve_alias(s, &alias)?.as_deref() != Some(room_id) {
+            return Err(Error::bad_alias(format!("{alias} does not point to this room.")));
+        }
+    }
+    Ok(())
+}
+
+pub async fn state_for_key(state: AppState, req: Ruma<get_state_event_for_key::v3::Request>) -> Result<get_state_event_for_key::v3::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        let user_id = &req.session().user_id;
+        let room_state = visible_state(s, &body.room_id, user_id)?;
+        let pdu = s
+            .rooms
+            .state_pdu(&room_state, &body.event_type.to_string(), &body.state_key)?
+            .ok_or_else(|| Error::not_found("There is no such state in this room."))?;
+        let value = match body.format {
+            ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event => {
+                let meta = s.rooms.get_pdu(&pdu.event_id)?.map(|(_, m)| m).ok_or_else(|| Error::internal("state event vanished"))?;
+                pdu.to_client_event(&meta, true, None)
+            }
+            _ => pdu.content_value(),
+        };
+        Ok(get_state_event_for_key::v3::Response::new(serde_json::value::to_raw_value(&value)?))
+    })
+    .await
+}
+
+/// Current state for members; the state when they left for leavers.
+fn visible_state(s: &crate::service::Services, room_id: &ruma::RoomId, user_id: &ruma::UserId) -> Result<std::sync::Arc<crate::pdu::StateMap>> {
+    match require_member(s, room_id, user_id)? {
+        MembershipState::Join => s.rooms.current_state(room_id),
+        _ => {
+            let record = s.rooms.user_membership(user_id, room_id)?.ok_or_else(|| Error::forbidden("You are not in this room."))?;
+            let (_, meta) = s.rooms.get_pdu(&record.event_id)?.ok_or_else(|| Error::forbidden("You are not in this room."))?;
+            s.rooms.state_at(meta.state_after)
+        }
+    }
+}
+
+pub async fn all_state(state: AppState, req: Ruma<get_state_events::v3::Request>) -> Result<get_state_events::v3::Response> {
+    blocking(&state, move |s| {
+        let room_state = visible_state(s, &req.body.room_id, &req.session().user_id)?;
+        let mut events = Vec::new();
+        for event_id in room_state.values() {
+            if let Some((pdu, meta)) = s.rooms.get_pdu(event_id)? {
+                events.push(raw(&pdu.to_client_event(&meta, true, None)));
+            }
+        }
+        Ok(get_state_events::v3::Response::new(events))
+    })
+    .await
+}
+
+pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Result<redact_event::v3::Response> {
+    let pdu = blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        let room = s.rooms.room(&body.room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+        if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
+            return Err(Error::forbidden("You are not in this room."));
+        }
+        let (target, _) = s.rooms.get_pdu(&body.event_id)?.filter(|(p, _)| p.room_id == body.room_id).ok_or_else(|| Error::not_found("No such event in this room."))?;
+        if target.sender != session.user_id {
+            let room_state = s.rooms.state_at(room.current_state)?;
+            let power = s.rooms.power_levels(&room.version, &room_state)?;
+            if !power.user_can_redact_event_of_other(&session.user_id) {
+                return Err(Error::forbidden("You may not redact other people's events in this room."));
+            }
+        }
+        let mut content = Map::new();
+        if let Some(reason) = &body.reason {
+            content.insert("reason".into(), json!(reason));
+        }
+        if crate::service::rooms::Rooms::rules(&room.version)?.redaction.keep_room_redaction_redacts {
+            content.insert("redacts".into(), json!(body.event_id));
+        }
+        let mut event = NewEvent::message(TimelineEventType::RoomRedaction, Value::Object(content));
+        event.redacts = Some(body.event_id.clone());
+        event.txn = Some(TxnRef { device_id: session.device_id.to_string(), txn_id: body.txn_id.to_string() });
+        s.rooms.append(&body.room_id, &session.user_id, event)
+    })
+    .await?;
+    Ok(redact_event::v3::Response::new(pdu.event_id.clone()))
+}
+
+pub async fn event(state: AppState, req: Ruma<get_room_event::v3::Request>) -> Result<get_room_event::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        require_member(s, &req.body.room_id, &session.user_id)?;
+        let (pdu, meta) = s
+            .rooms
+            .get_pdu(&req.body.event_id)?
+            .filter(|(p, _)| p.room_id == req.body.room_id)
+            .ok_or_else(|| Error::not_found("No such event in this room."))?;
+        if !history::may_see(s, &session.user_id, &pdu, &meta)? {
+            return Err(Error::not_found("No such event in this room."));
+        }
+        Ok(get_room_event::v3::Response::new(raw(&pdu.to_client_event(&meta, true, Some(session.device_id.as_str())))))
+    })
+    .await
+}
+
+pub async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -> Result<get_message_events::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        require_member(s, &body.room_id, &session.user_id)?;
+        let forward = body.dir == Direction::Forward;
+        let from = match &body.from {
+            Some(token) => history::parse_token(token).ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?,
+            None if forward => 0,
+            None => s.db.safe_count() + 1,
+        };
+        let to = body.to.as_deref().map(|t| history::parse_token(t).ok_or_else(|| Error::invalid_param("The `to` token is not valid."))).transpose()?;
+        let limit = (u64::from(body.limit) as usize).clamp(1, 1000);
+        let filter = EventFilter(&body.filter);
+        let page = history::page(s, &session.user_id, &body.room_id, from, forward, limit, &filter, to)?;
+        let mut response = get_message_events::v3::Response::new();
+        response.start = format!("t{from}");
+        response.end = page.end.map(|e| format!("t{e}"));
+        if filter.lazy_load_members() {
+            response.state = history::member_state_for(s, &body.room_id, &page.events)?.iter().map(raw).collect();
+        }
+        let device = Some(session.device_id.as_str());
+        response.chunk = page.events.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, true, device))).collect();
+        Ok(response)
+    })
+    .await
+}
+
+pub async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Result<get_context::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        require_member(s, &body.room_id, &session.user_id)?;
+        let (pdu, meta) = s
+            .rooms
+            .get_pdu(&body.event_id)?
+            .filter(|(p, _)| p.room_id == body.room_id)
+            .ok_or_else(|| Error::not_found("No such event in this room."))?;
+        if !history::may_see(s, &session.user_id, &pdu, &meta)? {
+            return Err(Error::not_found("No such event in this room."));
+        }
+        let limit = (u64::from(body.limit) as usize).min(100);
+        let filter = EventFilter(&body.filter);
+        let before = history::page(s, &session.user_id, &body.room_id, meta.count, false, limit / 2, &filter, None)?;
+        let after = history::page(s, &session.user_id, &body.room_id, meta.count, true, limit - limit / 2, &filter, None)?;
+        let device = Some(session.device_id.as_str());
+        let mut response = get_context::v3::Response::new();
+        response.start = Some(format!("t{}", before.end.unwrap_or(0)));
+        response.end = Some(format!("t{}", after.end.unwrap_or(meta.count)));
+        response.event = Some(raw(&pdu.to_client_event(&meta, true, device)));
+        response.events_before = before.events.iter().map(|(p, m)| raw(&p.to_client_event(m, true, device))).collect();
+        response.events_after = after.events.iter().map(|(p, m)| raw(&p.to_client_event(m, true, device))).collect();
+        let mut all = before.events;
+        all.extend(after.events);
+        response.state = history::member_state_for(s, &body.room_id, &all)?.iter().map(raw).collect();
+        Ok(response)
+    })
+    .await
+}

@@ -1,0 +1,103 @@
+//! Client-server API handlers, one module per area.
+
+pub mod account;
+pub mod account_data;
+pub mod directory;
+pub mod discovery;
+pub mod ephemeral;
+pub mod events;
+pub mod profile;
+pub mod rooms;
+pub mod sync;
+
+use axum::routing::get;
+use http::Method;
+use ruma::api::client as c;
+
+use crate::api::Routes;
+
+pub fn register(r: &mut Routes) {
+    r.ruma::<c::discovery::get_supported_versions::Request, _, _>(discovery::versions)
+        .ruma::<c::discovery::discover_homeserver::Request, _, _>(discovery::well_known_client)
+        .raw("/.well-known/matrix/server", Method::GET, get(discovery::well_known_server))
+        .ruma::<c::discovery::get_capabilities::v3::Request, _, _>(discovery::capabilities)
+        // accounts
+        .ruma::<c::account::register::v3::Request, _, _>(account::register)
+        .ruma::<c::account::get_username_availability::v3::Request, _, _>(account::username_available)
+        .ruma::<c::account::check_registration_token_validity::v1::Request, _, _>(account::token_validity)
+        .ruma::<c::session::get_login_types::v3::Request, _, _>(account::login_types)
+        .ruma::<c::session::login::v3::Request, _, _>(account::login)
+        .ruma::<c::session::logout::v3::Request, _, _>(account::logout)
+        .ruma::<c::session::logout_all::v3::Request, _, _>(account::logout_all)
+        .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami)
+        .ruma::<c::account::change_password::v3::Request, _, _>(account::change_password)
+        .ruma::<c::account::deactivate::v3::Request, _, _>(account::deactivate)
+        .ruma::<c::device::get_devices::v3::Request, _, _>(account::devices)
+        .ruma::<c::device::get_device::v3::Request, _, _>(account::device)
+        .ruma::<c::device::update_device::v3::Request, _, _>(account::update_device)
+        .ruma::<c::device::delete_device::v3::Request, _, _>(account::delete_device)
+        .ruma::<c::device::delete_devices::v3::Request, _, _>(account::delete_devices)
+        // profiles
+        .ruma::<c::profile::get_profile::v3::Request, _, _>(profile::profile)
+        .ruma::<c::profile::get_display_name::v3::Request, _, _>(profile::display_name)
+        .ruma::<c::profile::get_avatar_url::v3::Request, _, _>(profile::avatar_url)
+        .ruma::<c::profile::set_display_name::v3::Request, _, _>(profile::set_display_name)
+        .ruma::<c::profile::set_avatar_url::v3::Request, _, _>(profile::set_avatar_url)
+        // rooms and membership
+        .ruma::<c::room::create_room::v3::Request, _, _>(rooms::create)
+        .ruma::<c::alias::create_alias::v3::Request, _, _>(rooms::put_alias)
+        .ruma::<c::alias::get_alias::v3::Request, _, _>(rooms::get_alias)
+        .ruma::<c::alias::delete_alias::v3::Request, _, _>(rooms::delete_alias)
+        .ruma::<c::room::aliases::v3::Request, _, _>(rooms::room_aliases)
+        .ruma::<c::membership::join_room_by_id::v3::Request, _, _>(rooms::join_by_id)
+        .ruma::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(rooms::join_by_id_or_alias)
+        .ruma::<c::membership::invite_user::v3::Request, _, _>(rooms::invite)
+        .ruma::<c::membership::leave_room::v3::Request, _, _>(rooms::leave)
+        .ruma::<c::membership::forget_room::v3::Request, _, _>(rooms::forget)
+        .ruma::<c::membership::kick_user::v3::Request, _, _>(rooms::kick)
+        .ruma::<c::membership::ban_user::v3::Request, _, _>(rooms::ban)
+        .ruma::<c::membership::unban_user::v3::Request, _, _>(rooms::unban)
+        .ruma::<c::knock::knock_room::v3::Request, _, _>(rooms::knock)
+        .ruma::<c::membership::get_member_events::v3::Request, _, _>(rooms::members)
+        .ruma::<c::membership::joined_members::v3::Request, _, _>(rooms::joined_members)
+        .ruma::<c::membership::joined_rooms::v3::Request, _, _>(rooms::joined_rooms)
+        .ruma::<c::room::get_summary::v1::Request, _, _>(rooms::summary)
+        // events
+        .ruma::<c::message::send_message_event::v3::Request, _, _>(events::send_message)
+        .ruma::<c::state::send_state_event::v3::Request, _, _>(events::send_state)
+        .ruma::<c::state::get_state_event_for_key::v3::Request, _, _>(events::state_for_key)
+        .ruma::<c::state::get_state_events::v3::Request, _, _>(events::all_state)
+        .ruma::<c::redact::redact_event::v3::Request, _, _>(events::redact)
+        .ruma::<c::room::get_room_event::v3::Request, _, _>(events::event)
+        .ruma::<c::message::get_message_events::v3::Request, _, _>(events::messages)
+        .ruma::<c::context::get_context::v3::Request, _, _>(events::context)
+        // sync
+        .ruma::<c::sync::sync_events::v3::Request, _, _>(sync::sync)
+        .ruma::<c::filter::create_filter::v3::Request, _, _>(sync::create_filter)
+        .ruma::<c::filter::get_filter::v3::Request, _, _>(sync::get_filter)
+        // ephemeral
+        .ruma::<c::typing::create_typing_event::v3::Request, _, _>(ephemeral::typing)
+        .ruma::<c::receipt::create_receipt::v3::Request, _, _>(ephemeral::create_receipt)
+        .ruma::<c::read_marker::set_read_marker::v3::Request, _, _>(ephemeral::read_markers)
+        // account data, tags, push rules
+        .ruma::<c::config::set_global_account_data::v3::Request, _, _>(account_data::set_global)
+        .ruma::<c::config::get_global_account_data::v3::Request, _, _>(account_data::get_global)
+        .ruma::<c::config::set_room_account_data::v3::Request, _, _>(account_data::set_room)
+        .ruma::<c::config::get_room_account_data::v3::Request, _, _>(account_data::get_room)
+        .ruma::<c::tag::get_tags::v3::Request, _, _>(account_data::get_tags)
+        .ruma::<c::tag::create_tag::v3::Request, _, _>(account_data::put_tag)
+        .ruma::<c::tag::delete_tag::v3::Request, _, _>(account_data::delete_tag)
+        .ruma::<c::push::get_pushrules_all::v3::Request, _, _>(account_data::push_rules)
+        .ruma::<c::push::get_pushrules_global_scope::v3::Request, _, _>(account_data::push_rules_global)
+        .ruma::<c::push::get_pushrule::v3::Request, _, _>(account_data::push_rule)
+        .ruma::<c::push::set_pushrule::v3::Request, _, _>(account_data::set_push_rule)
+        .ruma::<c::push::delete_pushrule::v3::Request, _, _>(account_data::delete_push_rule)
+        .ruma::<c::push::set_pushrule_enabled::v3::Request, _, _>(account_data::set_push_rule_enabled)
+        .ruma::<c::push::set_pushrule_actions::v3::Request, _, _>(account_data::set_push_rule_actions)
+        // directories
+        .ruma::<c::directory::get_public_rooms::v3::Request, _, _>(directory::get_public)
+        .ruma::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(directory::post_public)
+        .ruma::<c::directory::get_room_visibility::v3::Request, _, _>(directory::get_visibility)
+        .ruma::<c::directory::set_room_visibility::v3::Request, _, _>(directory::set_visibility)
+        .ruma::<c::user_directory::search_users::v3::Request, _, _>(directory::search_users);
+}

@@ -1,0 +1,101 @@
+//! `/sync` (long-polling) and stored filters.
+
+use std::time::Duration;
+
+use ruma::api::client::{
+    filter::{FilterDefinition, create_filter, get_filter},
+    sync::sync_events::{self, v3::Filter},
+};
+
+use crate::{
+    api::{AppState, Ruma, blocking},
+    error::{Error, Result},
+    service::sync::{self as sync_service, SyncParams},
+};
+
+pub async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Result<sync_events::v3::Response> {
+    let session = req.session().clone();
+    let body = req.body;
+    let filter = match &body.filter {
+        None => FilterDefinition::default(),
+        Some(Filter::FilterDefinition(definition)) => definition.clone(),
+        Some(Filter::FilterId(id)) => {
+            let user_id = session.user_id.clone();
+            let id = id.clone();
+            let stored = blocking(&state, move |s| s.account_data.filter(&user_id, &id)).await?;
+            match stored {
+                Some(value) => serde_json::from_value(value).map_err(|_| Error::invalid_param("The stored filter is no longer valid."))?,
+                None => return Err(Error::invalid_param("No filter with this id.")),
+            }
+        }
+        Some(_) => return Err(Error::invalid_param("The filter is not valid.")),
+    };
+    let since = match &body.since {
+        Some(token) => Some(sync_service::parse_since(token).ok_or_else(|| Error::invalid_param("The `since` token is not valid."))?),
+        None => None,
+    };
+    let params = std::sync::Arc::new(SyncParams { since, full_state: body.full_state, filter });
+    let timeout = body.timeout.unwrap_or_default().min(state.settings.sync_timeout_max);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut changes = state.rooms.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let (p, sess) = (params.clone(), session.clone());
+        if let Some(response) = blocking(&state, move |s| sync_service::build(s, &sess, &p)).await? {
+            return Ok(response);
+        }
+        // Nothing new: wait for the stream to move, or give up at the deadline.
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => {
+                let position = state.db.safe_count().max(since.unwrap_or(0));
+                return Ok(sync_events::v3::Response::new(position.to_string()));
+            }
+        }
+    }
+}
+
+pub const MAX_FILTER_BYTES: usize = 65_536;
+
+pub async fn create_filter(state: AppState, req: Ruma<create_filter::v3::Request>) -> Result<create_filter::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        if req.body.user_id != session.user_id {
+            return Err(Error::forbidden("You can only create filters for yourself."));
+        }
+        let value = serde_json::to_value(&req.body.filter)?;
+        if serde_json::to_vec(&value)?.len() > MAX_FILTER_BYTES {
+            return Err(Error::too_large("Filters are limited to 64 KiB."));
+        }
+        Ok(create_filter::v3::Response::new(s.account_data.save_filter(&session.user_id, &value)?))
+    })
+    .await
+}
+
+pub async fn get_filter(state: AppState, req: Ruma<get_filter::v3::Request>) -> Result<get_filter::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        if req.body.user_id != session.user_id {
+            return Err(Error::forbidden("You can only read your own filters."));
+        }
+        let value = s.account_data.filter(&session.user_id, &req.body.filter_id)?.ok_or_else(|| Error::not_found("No filter with this id."))?;
+        Ok(get_filter::v3::Response::new(serde_json::from_value(value)?))
+    })
+    .await
+}
+
+/// Tick that expires typing notifications so long-polling syncs see them stop.
+pub fn spawn_typing_expiry(state: AppState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let s = state.clone();
+            match tokio::task::spawn_blocking(move || s.ephemeral.expire_typing()).await {
+                Ok(Ok(true)) => state.rooms.notify(),
+                Ok(Err(err)) => tracing::warn!("expiring typing notifications failed: {err}"),
+                _ => {}
+            }
+        }
+    });
+}

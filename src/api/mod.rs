@@ -1,0 +1,277 @@
+//! HTTP: the router, and the extractor that turns an axum request into a
+//! ruma request with its authenticated session. Handlers are thin: ruma
+//! request in, service calls, ruma response out.
+
+pub mod client;
+pub mod synapse_admin;
+
+use std::{
+    any::TypeId,
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, MethodRouter, on},
+};
+use bytes::BytesMut;
+use http::Method;
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    auth_scheme::{AccessToken, AccessTokenOptional},
+    error::{DeserializationError, FromHttpRequestError},
+    path_builder::PathBuilder,
+};
+
+use crate::{
+    error::{Error, Result},
+    service::{Services, users::Session},
+};
+
+pub type AppState = Arc<Services>;
+
+/// A parsed ruma request with who sent it.
+pub struct Ruma<T> {
+    pub body: T,
+    pub session: Option<Session>,
+    pub ip: IpAddr,
+}
+
+impl<T> Ruma<T> {
+    /// The session of an endpoint that requires an access token.
+    pub fn session(&self) -> &Session {
+        self.session.as_ref().expect("the extractor enforces a session for authenticated endpoints")
+    }
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: 'static,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self> {
+        let (mut parts, body) = req.into_parts();
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let mut path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
+            Ok(Path(args)) => args,
+            Err(_) => Vec::new(),
+        };
+        if parts.extensions.get::<EmptyStateKey>().is_some() {
+            path_args.push(String::new());
+        }
+        let limit = state.settings.raw.limits.max_request_bytes;
+        let mut bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::too_large(format!("The request body is larger than the {limit} bytes this server accepts.")))?
+            .to_vec();
+        if bytes.is_empty() && parts.method != Method::GET && parts.method != Method::HEAD {
+            bytes = b"{}".to_vec();
+        }
+
+        let token = access_token(&parts);
+        let auth = TypeId::of::<T::Authentication>();
+        let session = if auth == TypeId::of::<AccessToken>() {
+            let token = token.ok_or_else(Error::missing_token)?;
+            Some(blocking(state, move |s| s.users.authenticate(&token)).await?)
+        } else if auth == TypeId::of::<AccessTokenOptional>() {
+            match token {
+                Some(token) => Some(blocking(state, move |s| s.users.authenticate(&token)).await?),
+                None => None,
+            }
+        } else {
+            None
+        };
+
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let http_request = http::Request::from_parts(parts, &bytes[..]);
+        let body = T::try_from_http_request(http_request, &args).map_err(|e| request_error(e, &bytes))?;
+        Ok(Self { body, session, ip })
+    }
+}
+
+fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+}
+
+fn request_error(err: FromHttpRequestError, body: &[u8]) -> Error {
+    match err {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            if serde_json::from_slice::<serde_json::Value>(body).is_err() {
+                Error::not_json(format!("The request body is not valid JSON: {e}"))
+            } else {
+                Error::bad_json(format!("The request body is not what this endpoint expects: {e}"))
+            }
+        }
+        FromHttpRequestError::Deserialization(e @ (DeserializationError::Query(_) | DeserializationError::Ident(_))) => {
+            Error::invalid_param(format!("A parameter is not valid: {e}"))
+        }
+        FromHttpRequestError::MethodMismatch { .. } => Error::method_not_allowed(),
+        other => Error::bad_json(format!("The request is not valid: {other}")),
+    }
+}
+
+/// Run blocking storage work off the async executor.
+pub async fn blocking<F, T>(state: &AppState, f: F) -> Result<T>
+where
+    F: FnOnce(&Services) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let services = state.clone();
+    tokio::task::spawn_blocking(move || f(&services)).await.map_err(Error::internal)?
+}
+
+/// A ruma response as an axum response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                parts.headers.entry(http::header::CONTENT_TYPE).or_insert(http::HeaderValue::from_static("application/json"));
+                Response::from_parts(parts, Body::from(body.freeze()))
+            }
+            Err(err) => Error::internal(format!("serialising a response: {err}")).into_response(),
+        }
+    }
+}
+
+/// Set on routes that end in a state key but were called without it
+/// (`/state/{type}` and `/state/{type}/`): the state key is empty.
+#[derive(Clone, Copy)]
+struct EmptyStateKey;
+
+/// Collects ruma endpoints by path so several methods can share one path.
+#[derive(Default)]
+pub struct Routes {
+    map: BTreeMap<String, MethodRouter<AppState>>,
+    taken: BTreeSet<(String, String)>,
+}
+
+impl Routes {
+    /// Serve ruma endpoint `R` with `handler` on every path ruma knows for it.
+    pub fn ruma<R, F, Fut>(&mut self, handler: F) -> &mut Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: 'static,
+        R::OutgoingResponse: Send + 'static,
+        F: Fn(AppState, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse>> + Send + 'static,
+    {
+        let handler = move |State(state): State<AppState>, req: Ruma<R>| {
+            let handler = handler.clone();
+            async move { handler(state, req).await.map(RumaResponse) }
+        };
+        for path in R::PATH_BUILDER.all_paths() {
+            let (path, state_key_last) = positional(path);
+            self.add(&path, R::METHOD, on(method_filter(&R::METHOD), handler.clone()));
+            if state_key_last {
+                let short = path.rsplit_once('/').map(|(head, _)| head.to_owned()).unwrap_or_default();
+                let marked = on(method_filter(&R::METHOD), handler.clone()).layer(axum::Extension(EmptyStateKey));
+                self.add(&format!("{short}/"), R::METHOD, marked.clone());
+                self.add(&short, R::METHOD, marked);
+            }
+        }
+        self
+    }
+
+    /// A plain axum route (for non-Matrix-spec endpoints).
+    pub fn raw(&mut self, path: &str, method: Method, router: MethodRouter<AppState>) -> &mut Self {
+        self.add(path, method, router);
+        self
+    }
+
+    fn add(&mut self, path: &str, method: Method, router: MethodRouter<AppState>) {
+        if !self.taken.insert((path.to_owned(), method.to_string())) {
+            return;
+        }
+        let merged = match self.map.remove(path) {
+            Some(existing) => existing.merge(router),
+            None => router,
+        };
+        self.map.insert(path.to_owned(), merged);
+    }
+
+    pub fn into_router(self) -> Router<AppState> {
+        let mut router = Router::new();
+        for (path, method_router) in self.map {
+            router = router.route(&path, method_router);
+        }
+        router
+    }
+}
+
+fn method_filter(method: &Method) -> MethodFilter {
+    MethodFilter::try_from(method.clone()).expect("ruma endpoints use standard methods")
+}
+
+/// Rename path variables by position (`{p0}`, `{p1}`…) so endpoints that
+/// name the same segment differently share one route; reports whether the
+/// last segment is a state key.
+fn positional(path: &str) -> (String, bool) {
+    let mut out = String::new();
+    let mut index = 0;
+    let mut last_is_state_key = false;
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if segment.starts_with('{') && segment.ends_with('}') {
+            last_is_state_key = segment == "{state_key}";
+            out.push_str(&format!("{{p{index}}}"));
+            index += 1;
+        } else {
+            last_is_state_key = false;
+            out.push_str(segment);
+        }
+    }
+    (out, last_is_state_key)
+}
+
+pub async fn unrecognized() -> Error {
+    Error::unrecognized("Unrecognized request: this server has no such endpoint.")
+}
+
+pub async fn method_not_allowed() -> Error {
+    Error::method_not_allowed()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut routes = Routes::default();
+    client::register(&mut routes);
+    synapse_admin::register(&mut routes);
+    let max_body = state.settings.raw.limits.max_request_bytes;
+    routes
+        .into_router()
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+                .allow_headers([http::header::AUTHORIZATION, http::header::CONTENT_TYPE, http::HeaderName::from_static("x-requested-with")]),
+        )
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &http::Request<Body>| {
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+        }))
+        .with_state(state)
+}

@@ -1,0 +1,53 @@
+//! porch: a Matrix homeserver built for guest rooms.
+//!
+//! Layers, top to bottom: `api` (HTTP handlers, ruma types in and out),
+//! `service` (the logic), `storage` (the RocksDB seam). `policy` answers
+//! what guests may do; `pdu` and `signing` are the event format and keys.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod pdu;
+pub mod policy;
+pub mod service;
+pub mod signing;
+pub mod storage;
+pub mod util;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use crate::{config::Settings, service::Services};
+
+/// Open the database and serve the client API until `shutdown` resolves.
+pub async fn serve(settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let addr = settings.client_addr;
+    let services = Services::open(settings)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({e}); set `listen.client` to a free address"))?;
+    serve_on(services, listener, shutdown).await
+}
+
+/// Serve on an already bound listener (tests bind port 0 and read it back).
+pub async fn serve_on(
+    services: Arc<Services>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    api::client::sync::spawn_typing_expiry(services.clone());
+    if services.settings.federation_addr.is_some() {
+        tracing::warn!("`listen.federation` is set, but this build of porch does not federate yet; other servers cannot reach it");
+    }
+    tracing::info!(
+        server_name = %services.settings.server_name,
+        "porch is ready: client API on http://{addr} (database {})",
+        services.settings.raw.database.path.display()
+    );
+    let app = api::router(services);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("porch stopped");
+    Ok(())
+}

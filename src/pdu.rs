@@ -1,0 +1,239 @@
+//! The PDU: a room event exactly as signed and shared over federation, plus
+//! the fields porch reads from it. Stored JSON is the signed object; the
+//! parsed fields are a view of it.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, UInt, UserId, events::TimelineEventType,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, value::RawValue as RawJsonValue};
+
+/// Fields of a PDU as they appear in its JSON (room versions 3+).
+#[derive(Clone, Debug, Deserialize)]
+struct PduFields {
+    room_id: Option<OwnedRoomId>,
+    sender: OwnedUserId,
+    origin_server_ts: MilliSecondsSinceUnixEpoch,
+    #[serde(rename = "type")]
+    kind: TimelineEventType,
+    content: Box<RawJsonValue>,
+    state_key: Option<String>,
+    #[serde(default)]
+    prev_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    auth_events: Vec<OwnedEventId>,
+    depth: UInt,
+    redacts: Option<OwnedEventId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pdu {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    pub kind: TimelineEventType,
+    pub content: Box<RawJsonValue>,
+    pub state_key: Option<String>,
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub depth: UInt,
+    /// Top-level `redacts` (v1–v10) or `content.redacts` (v11+).
+    pub redacts: Option<OwnedEventId>,
+    /// The full signed PDU JSON.
+    pub json: Box<RawJsonValue>,
+}
+
+/// What porch keeps about an event besides the PDU itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PduMeta {
+    pub room_id: OwnedRoomId,
+    /// Stream position of the event in this server's timeline.
+    pub count: u64,
+    /// State snapshot before and after the event.
+    pub state_before: u64,
+    pub state_after: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<TxnRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_state: Option<OwnedEventId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_content: Option<Box<RawJsonValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted_because: Option<Box<RawJsonValue>>,
+}
+
+/// The device and transaction id a local client sent an event with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TxnRef {
+    pub device_id: String,
+    pub txn_id: String,
+}
+
+/// The stored record: meta and the PDU, in one value so one read gets both.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredPdu {
+    pub meta: PduMeta,
+    pub pdu: Box<RawJsonValue>,
+}
+
+impl Pdu {
+    /// Parse a signed PDU. `room_id` is required for v12 create events,
+    /// which carry no `room_id` field.
+    pub fn from_json(event_id: OwnedEventId, room_id: &RoomId, json: Box<RawJsonValue>) -> Result<Self, serde_json::Error> {
+        let fields: PduFields = serde_json::from_str(json.get())?;
+        let redacts = fields.redacts.or_else(|| {
+            #[derive(Deserialize)]
+            struct Redacts {
+                redacts: Option<OwnedEventId>,
+            }
+            if fields.kind == TimelineEventType::RoomRedaction {
+                serde_json::from_str::<Redacts>(fields.content.get()).ok().and_then(|c| c.redacts)
+            } else {
+                None
+            }
+        });
+        Ok(Self {
+            event_id,
+            room_id: fields.room_id.unwrap_or_else(|| room_id.to_owned()),
+            sender: fields.sender,
+            origin_server_ts: fields.origin_server_ts,
+            kind: fields.kind,
+            content: fields.content,
+            state_key: fields.state_key,
+            prev_events: fields.prev_events,
+            auth_events: fields.auth_events,
+            depth: fields.depth,
+            redacts,
+            json,
+        })
+    }
+
+    pub fn from_stored(event_id: OwnedEventId, stored: &StoredPdu) -> Result<Self, serde_json::Error> {
+        Self::from_json(event_id, &stored.meta.room_id, stored.pdu.clone())
+    }
+
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+
+    pub fn content_value(&self) -> Value {
+        serde_json::from_str(self.content.get()).unwrap_or(Value::Object(Map::new()))
+    }
+
+    pub fn canonical_object(&self) -> CanonicalJsonObject {
+        serde_json::from_str(self.json.get()).expect("stored PDUs are canonical JSON objects")
+    }
+
+    /// The event in the client-server API's format.
+    pub fn to_client_event(&self, meta: &PduMeta, with_room_id: bool, viewer_device: Option<&str>) -> Value {
+        let mut event = Map::new();
+        event.insert("type".into(), Value::String(self.kind.to_string()));
+        event.insert("content".into(), self.content_value());
+        event.insert("event_id".into(), Value::String(self.event_id.to_string()));
+        event.insert("sender".into(), Value::String(self.sender.to_string()));
+        event.insert("origin_server_ts".into(), serde_json::to_value(self.origin_server_ts).unwrap_or_default());
+        if with_room_id {
+            event.insert("room_id".into(), Value::String(self.room_id.to_string()));
+        }
+        if let Some(state_key) = &self.state_key {
+            event.insert("state_key".into(), Value::String(state_key.clone()));
+        }
+        if let Some(redacts) = &self.redacts {
+            event.insert("redacts".into(), Value::String(redacts.to_string()));
+        }
+        let mut unsigned = Map::new();
+        let age = MilliSecondsSinceUnixEpoch::now().get().saturating_sub(self.origin_server_ts.get());
+        unsigned.insert("age".into(), serde_json::to_value(age).unwrap_or_default());
+        if let (Some(txn), Some(device)) = (&meta.txn, viewer_device)
+            && txn.device_id == device
+        {
+            unsigned.insert("transaction_id".into(), Value::String(txn.txn_id.clone()));
+        }
+        if let Some(prev) = &meta.prev_content {
+            unsigned.insert("prev_content".into(), serde_json::from_str(prev.get()).unwrap_or_default());
+        }
+        if let Some(replaces) = &meta.replaces_state {
+            unsigned.insert("replaces_state".into(), Value::String(replaces.to_string()));
+        }
+        if let Some(because) = &meta.redacted_because {
+            unsigned.insert("redacted_because".into(), serde_json::from_str(because.get()).unwrap_or_default());
+        }
+        event.insert("unsigned".into(), Value::Object(unsigned));
+        Value::Object(event)
+    }
+
+    /// The stripped form used in invite and knock state.
+    pub fn to_stripped_state(&self) -> Value {
+        serde_json::json!({
+            "type": self.kind.to_string(),
+            "state_key": self.state_key.clone().unwrap_or_default(),
+            "sender": self.sender,
+            "content": self.content_value(),
+        })
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+
+    fn room_id(&self) -> Option<&RoomId> {
+        Some(&self.room_id)
+    }
+
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+
+    fn content(&self) -> &RawJsonValue {
+        &self.content
+    }
+
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+
+    fn rejected(&self) -> bool {
+        false
+    }
+}
+
+/// Room state as a map of `(event type, state key)` to event id.
+pub type StateMap = BTreeMap<(String, String), OwnedEventId>;
+
+/// Convert a serde_json object to canonical JSON, refusing floats and
+/// out-of-range integers as the spec requires.
+pub fn to_canonical(value: Value) -> Result<CanonicalJsonObject, String> {
+    match CanonicalJsonValue::try_from(value) {
+        Ok(CanonicalJsonValue::Object(object)) => Ok(object),
+        Ok(_) => Err("event content must be a JSON object".to_owned()),
+        Err(e) => Err(format!("event content is not canonical JSON: {e}")),
+    }
+}

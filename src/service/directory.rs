@@ -1,0 +1,100 @@
+//! Room aliases, the public room directory and the user directory.
+
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, Result},
+    service::Services,
+    storage::{Cf, decode},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct AliasRecord {
+    room_id: OwnedRoomId,
+    creator: OwnedUserId,
+}
+
+pub fn resolve_alias(s: &Services, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+    Ok(s.db.get_json::<AliasRecord>(Cf::Aliases, alias.as_bytes())?.map(|r| r.room_id))
+}
+
+/// Validate an alias this server may hold.
+pub fn check_local_alias(s: &Services, alias: &RoomAliasId) -> Result<()> {
+    if alias.server_name() != s.server_name() {
+        return Err(Error::invalid_param("Aliases on other servers cannot be created here."));
+    }
+    Ok(())
+}
+
+pub fn create_alias(s: &Services, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+    check_local_alias(s, alias)?;
+    if !s.rooms.exists(room_id)? {
+        return Err(Error::not_found("This room is not known to this server."));
+    }
+    if s.db.exists(Cf::Aliases, alias.as_bytes())? {
+        return Err(Error::new(http::StatusCode::CONFLICT, "M_UNKNOWN", "This alias is already in use."));
+    }
+    s.db.put_json(Cf::Aliases, alias.as_bytes(), &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() })?;
+    Ok(())
+}
+
+/// Remove an alias: its creator, a server admin, or a room member who may
+/// change the canonical alias.
+pub fn delete_alias(s: &Services, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
+    let record: AliasRecord = s.db.get_json(Cf::Aliases, alias.as_bytes())?.ok_or_else(|| Error::not_found("No such alias."))?;
+    let may = is_admin || record.creator == user || {
+        let room = s.rooms.room(&record.room_id)?;
+        match room {
+            Some(room) => {
+                let state = s.rooms.state_at(room.current_state)?;
+                let power = s.rooms.power_levels(&room.version, &state)?;
+                power.user_can_send_state(user, ruma::events::StateEventType::RoomCanonicalAlias)
+            }
+            None => false,
+        }
+    };
+    if !may {
+        return Err(Error::forbidden("You may not remove this alias."));
+    }
+    s.db.delete(Cf::Aliases, alias.as_bytes())?;
+    Ok(())
+}
+
+pub fn room_aliases(s: &Services, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+    let mut out = Vec::new();
+    for item in s.db.scan_prefix(Cf::Aliases, b"") {
+        let (k, v) = item?;
+        let record: AliasRecord = decode(Cf::Aliases, &v)?;
+        if record.room_id == room_id
+            && let Ok(alias) = OwnedRoomAliasId::try_from(String::from_utf8_lossy(&k).into_owned())
+        {
+            out.push(alias);
+        }
+    }
+    Ok(out)
+}
+
+pub fn set_published(s: &Services, room_id: &RoomId, published: bool) -> Result<()> {
+    if published {
+        s.db.put_json(Cf::PublicRooms, room_id.as_bytes(), &true)?;
+    } else {
+        s.db.delete(Cf::PublicRooms, room_id.as_bytes())?;
+    }
+    Ok(())
+}
+
+pub fn is_published(s: &Services, room_id: &RoomId) -> Result<bool> {
+    Ok(s.db.exists(Cf::PublicRooms, room_id.as_bytes())?)
+}
+
+pub fn published_rooms(s: &Services) -> Result<Vec<OwnedRoomId>> {
+    let mut out = Vec::new();
+    for item in s.db.scan_prefix(Cf::PublicRooms, b"") {
+        let (k, _) = item?;
+        if let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) {
+            out.push(room_id);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,151 @@
+//! Typing notifications (in memory: they expire within seconds) and read
+//! receipts (stored).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    error::Result,
+    storage::{Cf, Db, decode, key, prefix},
+};
+
+#[derive(Default)]
+struct RoomTyping {
+    users: HashMap<OwnedUserId, Instant>,
+    changed_at: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredReceipt {
+    event_id: OwnedEventId,
+    ts: u64,
+    count: u64,
+}
+
+pub struct Ephemeral {
+    db: Arc<Db>,
+    typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+}
+
+impl Ephemeral {
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db, typing: Mutex::new(HashMap::new()) }
+    }
+
+    /// Take a stream position for an in-memory change, persisting the high-water mark.
+    fn bump(&self) -> Result<u64> {
+        let mut batch = self.db.batch();
+        let count = batch.next_count();
+        batch.commit()?;
+        Ok(count)
+    }
+
+    pub fn set_typing(&self, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) -> Result<()> {
+        let count = self.bump()?;
+        let mut typing = self.typing.lock().expect("typing poisoned");
+        let room = typing.entry(room_id.to_owned()).or_default();
+        match timeout {
+            Some(timeout) => {
+                room.users.insert(user_id.to_owned(), Instant::now() + timeout.min(Duration::from_secs(120)));
+            }
+            None => {
+                room.users.remove(user_id);
+            }
+        }
+        room.changed_at = count;
+        Ok(())
+    }
+
+    /// Drop expired typers; returns whether anything changed.
+    pub fn expire_typing(&self) -> Result<bool> {
+        let now = Instant::now();
+        let mut expired_rooms = Vec::new();
+        {
+            let mut typing = self.typing.lock().expect("typing poisoned");
+            for (room_id, room) in typing.iter_mut() {
+                let before = room.users.len();
+                room.users.retain(|_, until| *until > now);
+                if room.users.len() != before {
+                    expired_rooms.push(room_id.clone());
+                }
+            }
+        }
+        if expired_rooms.is_empty() {
+            return Ok(false);
+        }
+        let count = self.bump()?;
+        let mut typing = self.typing.lock().expect("typing poisoned");
+        for room_id in expired_rooms {
+            if let Some(room) = typing.get_mut(&room_id) {
+                room.changed_at = count;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The `m.typing` event for the room if it changed after `since`.
+    pub fn typing_event(&self, room_id: &RoomId, since: u64) -> Option<Value> {
+        let typing = self.typing.lock().expect("typing poisoned");
+        let room = typing.get(room_id)?;
+        if room.changed_at <= since {
+            return None;
+        }
+        let now = Instant::now();
+        let users: Vec<&OwnedUserId> = room.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u).collect();
+        Some(json!({ "type": "m.typing", "content": { "user_ids": users } }))
+    }
+
+    pub fn set_receipt(&self, room_id: &RoomId, user_id: &UserId, receipt_type: &str, thread: &str, event_id: &OwnedEventId) -> Result<()> {
+        let mut batch = self.db.batch();
+        let count = batch.next_count();
+        let record = StoredReceipt { event_id: event_id.clone(), ts: crate::util::now_ms(), count };
+        batch.put_json(
+            Cf::Receipts,
+            &key(&[room_id.as_bytes(), user_id.as_bytes(), receipt_type.as_bytes(), thread.as_bytes()]),
+            &record,
+        );
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// The `m.receipt` event with every receipt in the room newer than `since`.
+    pub fn receipt_event(&self, room_id: &RoomId, since: u64, viewer: &UserId) -> Result<Option<Value>> {
+        let prefix = prefix(&[room_id.as_bytes()]);
+        let mut content: Map<String, Value> = Map::new();
+        for item in self.db.scan_prefix(Cf::Receipts, &prefix) {
+            let (k, v) = item?;
+            let receipt: StoredReceipt = decode(Cf::Receipts, &v)?;
+            if receipt.count <= since {
+                continue;
+            }
+            let parts: Vec<&[u8]> = k[prefix.len()..].split(|b| *b == crate::storage::SEP).collect();
+            let [user, receipt_type, thread] = parts[..] else { continue };
+            // Private receipts are shown to their owner only.
+            if receipt_type == b"m.read.private" && user != viewer.as_bytes() {
+                continue;
+            }
+            let mut data = json!({ "ts": receipt.ts });
+            if !thread.is_empty() {
+                data["thread_id"] = Value::String(String::from_utf8_lossy(thread).into_owned());
+            }
+            let by_event = content.entry(receipt.event_id.to_string()).or_insert_with(|| json!({}));
+            let by_type = by_event
+                .as_object_mut()
+                .expect("object")
+                .entry(String::from_utf8_lossy(receipt_type).into_owned())
+                .or_insert_with(|| json!({}));
+            by_type.as_object_mut().expect("object").insert(String::from_utf8_lossy(user).into_owned(), data);
+        }
+        if content.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(json!({ "type": "m.receipt", "content": content })))
+    }
+}

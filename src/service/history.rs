@@ -1,0 +1,110 @@
+//! Reading room history: visibility rules, `/messages` pages and `/context`.
+
+use std::sync::Arc;
+
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
+use serde_json::Value;
+
+use crate::{
+    error::{Error, Result},
+    pdu::{Pdu, PduMeta},
+    service::{Services, sync::EventFilter},
+};
+
+/// Whether `user_id` may see an event, by the room's history visibility at it.
+pub fn may_see(s: &Services, user_id: &UserId, pdu: &Pdu, meta: &PduMeta) -> Result<bool> {
+    let state = s.rooms.state_at(meta.state_after)?;
+    let visibility = s
+        .rooms
+        .state_content(&state, "m.room.history_visibility", "")?
+        .and_then(|c| c.get("history_visibility").and_then(|v| v.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "shared".to_owned());
+    let membership_then = s
+        .rooms
+        .state_content(&state, "m.room.member", user_id.as_str())?
+        .and_then(|c| c.get("membership").and_then(|v| v.as_str()).map(str::to_owned));
+    let joined_then = membership_then.as_deref() == Some("join");
+    Ok(match visibility.as_str() {
+        "world_readable" => true,
+        "shared" => joined_then || s.rooms.is_joined(&pdu.room_id, user_id)?,
+        "invited" => joined_then || membership_then.as_deref() == Some("invite"),
+        _ => joined_then,
+    })
+}
+
+/// Refuse unless the user is in the room or was (leavers keep their past).
+pub fn require_member(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<MembershipState> {
+    match s.rooms.membership(room_id, user_id)? {
+        Some(m @ (MembershipState::Join | MembershipState::Leave | MembershipState::Ban)) => Ok(m),
+        _ => Err(Error::forbidden("You are not in this room.")),
+    }
+}
+
+/// Tokens for `/messages`: `t<position>`; the page holds events strictly
+/// before (backward) or after (forward) it.
+pub fn parse_token(token: &str) -> Option<u64> {
+    token.strip_prefix('t').or_else(|| token.strip_prefix('s')).unwrap_or(token).parse().ok()
+}
+
+pub struct Page {
+    pub events: Vec<(Arc<Pdu>, PduMeta)>,
+    pub end: Option<u64>,
+}
+
+/// One page of visible, filter-matching events from `from`.
+pub fn page(s: &Services, user_id: &UserId, room_id: &RoomId, from: u64, forward: bool, limit: usize, filter: &EventFilter<'_>, to: Option<u64>) -> Result<Page> {
+    let left_at = match s.rooms.user_membership(user_id, room_id)? {
+        Some(record) if record.membership != MembershipState::Join => Some(record.count),
+        _ => None,
+    };
+    let mut events = Vec::new();
+    let mut cursor = from;
+    let mut exhausted = false;
+    while events.len() < limit {
+        let batch = s.rooms.timeline(room_id, cursor, forward, 100)?;
+        if batch.is_empty() {
+            exhausted = true;
+            break;
+        }
+        for (count, event_id) in batch {
+            if to.is_some_and(|to| if forward { count > to } else { count <= to }) {
+                exhausted = true;
+                break;
+            }
+            cursor = if forward { count } else { count };
+            // Leavers see nothing after they left.
+            if left_at.is_some_and(|left| count > left) {
+                continue;
+            }
+            let Some((pdu, meta)) = s.rooms.get_pdu(&event_id)? else { continue };
+            if !filter.allows(&pdu) || !may_see(s, user_id, &pdu, &meta)? {
+                continue;
+            }
+            events.push((pdu, meta));
+            if events.len() >= limit {
+                break;
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let end = if exhausted && events.len() < limit { None } else { Some(cursor) };
+    Ok(Page { events, end })
+}
+
+/// State events for the senders of `events` (lazy-loaded members).
+pub fn member_state_for(s: &Services, room_id: &RoomId, events: &[(Arc<Pdu>, PduMeta)]) -> Result<Vec<Value>> {
+    let state = s.rooms.current_state(room_id)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (pdu, _) in events {
+        if seen.insert(pdu.sender.clone())
+            && let Some(member) = s.rooms.state_pdu(&state, "m.room.member", pdu.sender.as_str())?
+            && let Some((member, meta)) = s.rooms.get_pdu(&member.event_id)?
+        {
+            out.push(member.to_client_event(&meta, true, None));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,227 @@
+//! Membership changes by local users: join, invite, leave, kick, ban,
+//! unban, knock; and profile changes carried into member events.
+
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::{TimelineEventType, room::member::MembershipState},
+};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    error::{Error, Result},
+    service::{Services, rooms::NewEvent},
+};
+
+/// The content of a member event for a local user, with their profile and guest marker.
+pub fn member_content(services: &Services, user_id: &UserId, membership: MembershipState, reason: Option<&str>) -> Result<Map<String, Value>> {
+    let mut content = Map::new();
+    content.insert("membership".into(), json!(membership.as_str()));
+    if let Some(reason) = reason.filter(|r| !r.is_empty()) {
+        content.insert("reason".into(), json!(reason));
+    }
+    if services.users.is_local(user_id)
+        && let Some(user) = services.users.get(user_id)?
+    {
+        if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock) {
+            if let Some(name) = &user.displayname {
+                content.insert("displayname".into(), json!(name));
+            }
+            if let Some(avatar) = &user.avatar_url {
+                content.insert("avatar_url".into(), json!(avatar));
+            }
+        }
+        if user.kind.is_guest() {
+            content.insert(crate::policy::GUEST_MARKER.into(), Value::Bool(true));
+        }
+    }
+    Ok(content)
+}
+
+fn member_event(target: &UserId, content: Map<String, Value>) -> NewEvent {
+    NewEvent::state(TimelineEventType::RoomMember, target.as_str(), Value::Object(content))
+}
+
+/// Join a room this server knows. Restricted rooms are authorised by a
+/// local member who may invite.
+pub fn join(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Option<&str>) -> Result<OwnedEventId> {
+    let Some(record) = services.rooms.room(room_id)? else {
+        return Err(Error::not_found("This room is not known to this server."));
+    };
+    let current = services.rooms.membership(room_id, user_id)?;
+    if current == Some(MembershipState::Join) {
+        let existing = services.rooms.user_membership(user_id, room_id)?;
+        if let Some(existing) = existing {
+            return Ok(existing.event_id);
+        }
+    }
+    if current == Some(MembershipState::Ban) {
+        return Err(Error::forbidden("You are banned from this room."));
+    }
+    let state = services.rooms.state_at(record.current_state)?;
+    let mut content = member_content(services, user_id, MembershipState::Join, reason)?;
+    let join_rule = services
+        .rooms
+        .state_content(&state, "m.room.join_rules", "")?
+        .and_then(|c| c.get("join_rule").and_then(|j| j.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "invite".to_owned());
+    let invited = current == Some(MembershipState::Invite);
+    if matches!(join_rule.as_str(), "restricted" | "knock_restricted") && !invited {
+        let allowed = allowed_by_membership(services, &state, user_id)?;
+        if !allowed {
+            return Err(Error::forbidden("You need an invite, or membership of a room this room allows, to join."));
+        }
+        let power_levels = services.rooms.power_levels(&record.version, &state)?;
+        let authoriser = services
+            .rooms
+            .joined_members(room_id)?
+            .into_iter()
+            .filter(|member| services.users.is_local(member))
+            .find(|member| power_levels.user_can_invite(member))
+            .ok_or_else(|| {
+                Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "M_UNABLE_TO_GRANT_JOIN",
+                    "No member of this server may invite you to the room, so the join cannot be authorised.",
+                )
+            })?;
+        content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+    }
+    let pdu = services.rooms.append(room_id, user_id, member_event(user_id, content))?;
+    Ok(pdu.event_id.clone())
+}
+
+/// Whether the user is joined to a room named in the join rule's `allow` list.
+fn allowed_by_membership(services: &Services, state: &crate::pdu::StateMap, user_id: &UserId) -> Result<bool> {
+    let Some(join_rules) = services.rooms.state_content(state, "m.room.join_rules", "")? else {
+        return Ok(false);
+    };
+    let allow = join_rules.get("allow").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+    for entry in allow {
+        if entry.get("type").and_then(|t| t.as_str()) != Some("m.room_membership") {
+            continue;
+        }
+        let Some(Ok(room_id)) = entry.get("room_id").and_then(|r| r.as_str()).map(OwnedRoomId::try_from) else { continue };
+        if services.rooms.is_joined(&room_id, user_id)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+pub fn invite(services: &Services, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<OwnedEventId> {
+    if !services.rooms.exists(room_id)? {
+        return Err(Error::not_found("This room is not known to this server."));
+    }
+    match services.rooms.membership(room_id, target)? {
+        Some(MembershipState::Join) => return Err(Error::forbidden(format!("{target} is already in the room."))),
+        Some(MembershipState::Ban) => return Err(Error::forbidden(format!("{target} is banned from the room."))),
+        _ => {}
+    }
+    if services.users.is_local(target) && services.users.get(target)?.is_none_or(|u| u.deactivated) {
+        return Err(Error::not_found(format!("{target} does not exist.")));
+    }
+    if !services.rooms.is_joined(room_id, sender)? {
+        return Err(Error::forbidden("You are not in this room."));
+    }
+    let mut content = member_content(services, target, MembershipState::Invite, reason)?;
+    if is_direct {
+        content.insert("is_direct".into(), Value::Bool(true));
+    }
+    let pdu = services.rooms.append(room_id, sender, member_event(target, content))?;
+    Ok(pdu.event_id.clone())
+}
+
+/// Leave, reject an invite, or rescind a knock.
+pub fn leave(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Option<&str>) -> Result<()> {
+    match services.rooms.membership(room_id, user_id)? {
+        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
+        Some(MembershipState::Leave | MembershipState::Ban) => return Ok(()),
+        _ => return Err(Error::forbidden("You are not in this room.")),
+    }
+    let content = member_content(services, user_id, MembershipState::Leave, reason)?;
+    services.rooms.append(room_id, user_id, member_event(user_id, content))?;
+    Ok(())
+}
+
+/// Kick, ban or unban `target`. Power is checked by the room's auth rules.
+pub fn moderate(services: &Services, room_id: &RoomId, sender: &UserId, target: &UserId, action: Moderation, reason: Option<&str>) -> Result<()> {
+    if !services.rooms.exists(room_id)? {
+        return Err(Error::not_found("This room is not known to this server."));
+    }
+    let current = services.rooms.membership(room_id, target)?;
+    let membership = match action {
+        Moderation::Kick => {
+            if !matches!(current, Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock)) {
+                return Err(Error::forbidden(format!("{target} is not in the room.")));
+            }
+            MembershipState::Leave
+        }
+        Moderation::Ban => MembershipState::Ban,
+        Moderation::Unban => {
+            if current != Some(MembershipState::Ban) {
+                return Err(Error::forbidden(format!("{target} is not banned.")));
+            }
+            MembershipState::Leave
+        }
+    };
+    let mut content = Map::new();
+    content.insert("membership".into(), json!(membership.as_str()));
+    if let Some(reason) = reason.filter(|r| !r.is_empty()) {
+        content.insert("reason".into(), json!(reason));
+    }
+    services.rooms.append(room_id, sender, member_event(target, content))?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Moderation {
+    Kick,
+    Ban,
+    Unban,
+}
+
+pub fn knock(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Option<&str>) -> Result<()> {
+    if !services.rooms.exists(room_id)? {
+        return Err(Error::not_found("This room is not known to this server."));
+    }
+    match services.rooms.membership(room_id, user_id)? {
+        Some(MembershipState::Join) => return Err(Error::forbidden("You are already in this room.")),
+        Some(MembershipState::Ban) => return Err(Error::forbidden("You are banned from this room.")),
+        Some(MembershipState::Invite) => return Err(Error::forbidden("You are already invited to this room.")),
+        _ => {}
+    }
+    let content = member_content(services, user_id, MembershipState::Knock, reason)?;
+    services.rooms.append(room_id, user_id, member_event(user_id, content))?;
+    Ok(())
+}
+
+/// Carry a profile change into a new member event in every joined room.
+pub fn propagate_profile(services: &Services, user_id: &UserId) -> Result<()> {
+    for (room_id, record) in services.rooms.user_rooms(user_id)? {
+        if record.membership != MembershipState::Join {
+            continue;
+        }
+        let content = member_content(services, user_id, MembershipState::Join, None)?;
+        if let Err(err) = services.rooms.append(&room_id, user_id, member_event(user_id, content)) {
+            tracing::warn!(%room_id, %user_id, "could not update member event after a profile change: {err}");
+        }
+    }
+    Ok(())
+}
+
+/// Leave every room (deactivation).
+pub fn leave_all(services: &Services, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
+    let mut left = Vec::new();
+    for (room_id, record) in services.rooms.user_rooms(user_id)? {
+        if matches!(record.membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock) {
+            leave(services, &room_id, user_id, None)?;
+            left.push(room_id);
+        }
+    }
+    Ok(left)
+}
+
+/// A user id from a client, refusing malformed ids with `M_INVALID_PARAM`.
+pub fn parse_user(user: &str) -> Result<OwnedUserId> {
+    OwnedUserId::try_from(user).map_err(|_| Error::invalid_param(format!("`{user}` is not a valid user id.")))
+}

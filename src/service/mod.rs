@@ -1,0 +1,73 @@
+//! Services own porch's logic; HTTP handlers call them and nothing else
+//! touches storage. `Services` is built once at start-up and shared.
+
+pub mod account_data;
+pub mod create_room;
+pub mod directory;
+pub mod ephemeral;
+pub mod history;
+pub mod membership;
+pub mod push;
+pub mod ratelimit;
+pub mod registration;
+pub mod rooms;
+pub mod sync;
+pub mod uiaa;
+pub mod users;
+
+use std::sync::Arc;
+
+use crate::{config::Settings, signing::SigningKey, storage::Db};
+
+pub struct Services {
+    pub settings: Settings,
+    pub db: Arc<Db>,
+    pub signing: Arc<SigningKey>,
+    pub users: users::Users,
+    pub rooms: rooms::Rooms,
+    pub account_data: account_data::AccountData,
+    pub ephemeral: ephemeral::Ephemeral,
+    pub registration: registration::Registration,
+    pub shared_secret_nonces: registration::Nonces,
+    pub uiaa: uiaa::Uiaa,
+    pub login_limiter: ratelimit::RateLimiter,
+    pub register_limiter: ratelimit::RateLimiter,
+}
+
+impl Services {
+    pub fn open(settings: Settings) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&settings.raw.database.path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the database folder {} ({e}); set `database.path` to a folder porch may write",
+                settings.raw.database.path.display()
+            )
+        })?;
+        let db = Arc::new(Db::open(&settings.raw.database.path, settings.raw.database.sync_writes).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the database at {} ({e}); is another porch running on it?",
+                settings.raw.database.path.display()
+            )
+        })?);
+        let signing = Arc::new(SigningKey::load_or_create(&db)?);
+        let server_name = settings.server_name.clone();
+        let limits = &settings.raw.rate_limits;
+        Ok(Arc::new(Self {
+            users: users::Users::new(db.clone(), server_name.clone()),
+            rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone()),
+            account_data: account_data::AccountData::new(db.clone()),
+            ephemeral: ephemeral::Ephemeral::new(db.clone()),
+            registration: registration::Registration::new(db.clone(), &settings.raw.registration.tokens)?,
+            shared_secret_nonces: registration::Nonces::default(),
+            uiaa: uiaa::Uiaa::new(db.clone()),
+            login_limiter: ratelimit::RateLimiter::new(limits.login_per_second, limits.login_burst),
+            register_limiter: ratelimit::RateLimiter::new(limits.registration_per_second, limits.registration_burst),
+            settings,
+            db,
+            signing,
+        }))
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.settings.server_name
+    }
+}

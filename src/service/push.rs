@@ -1,0 +1,107 @@
+//! Push rules (stored as the `m.push_rules` account data, server defaults
+//! until the user changes them) and the unread notification counts sync
+//! reports, computed when an event is appended.
+
+use ruma::{
+    OwnedRoomId, RoomId, UInt, UserId,
+    push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    serde::Raw,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    error::Result,
+    pdu::Pdu,
+    service::Services,
+    storage::{Cf, key},
+};
+
+pub const PUSH_RULES: &str = "m.push_rules";
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub notification_count: u64,
+    pub highlight_count: u64,
+}
+
+/// The user's ruleset: stored, or the spec's defaults.
+pub fn ruleset(services: &Services, user_id: &UserId) -> Result<Ruleset> {
+    #[derive(Deserialize)]
+    struct Content {
+        global: Ruleset,
+    }
+    if let Some(raw) = services.account_data.get(user_id, None, PUSH_RULES)?
+        && let Ok(content) = serde_json::from_str::<Content>(raw.get())
+    {
+        return Ok(content.global);
+    }
+    Ok(Ruleset::server_default(user_id))
+}
+
+pub fn save_ruleset(services: &Services, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
+    services.account_data.set(user_id, None, PUSH_RULES, &json!({ "global": ruleset }))?;
+    Ok(())
+}
+
+pub fn counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
+    Ok(services.db.get_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]))?.unwrap_or_default())
+}
+
+/// A read receipt or marker from the user: their counts for the room start again.
+pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+    let mut batch = services.db.batch();
+    batch.next_count();
+    batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &Counts::default());
+    batch.commit()?;
+    Ok(())
+}
+
+/// Evaluate every local member's push rules against a new event and bump
+/// their unread counts.
+pub async fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
+    let room_id: OwnedRoomId = pdu.room_id.clone();
+    let members = services.rooms.joined_members(&room_id)?;
+    let record = services.rooms.room(&room_id)?;
+    let Some(record) = record else { return Ok(()) };
+    let state = services.rooms.state_at(record.current_state)?;
+    let power_levels = services.rooms.power_levels(&record.version, &state)?;
+    let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
+    let event = services.rooms.get_pdu(&pdu.event_id)?;
+    let Some((pdu, meta)) = event else { return Ok(()) };
+    let raw: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event(&meta, false, None))?);
+    let mut changed = Vec::new();
+    for user_id in members {
+        if user_id == pdu.sender || !services.users.is_local(&user_id) {
+            continue;
+        }
+        let display_name = services
+            .rooms
+            .state_content(&state, "m.room.member", user_id.as_str())?
+            .and_then(|c| c.get("displayname").and_then(|d| d.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| user_id.localpart().to_owned());
+        let mut ctx = PushConditionRoomCtx::new(room_id.clone(), member_count, user_id.clone(), display_name);
+        ctx.power_levels = Some(PushConditionPowerLevelsCtx::from(power_levels.clone()));
+        let rules = ruleset(services, &user_id)?;
+        let actions = rules.get_actions(&raw, &ctx).await;
+        let notify = actions.iter().any(|a| a.should_notify());
+        let highlight = actions.iter().any(|a| a.is_highlight());
+        if notify || highlight {
+            changed.push((user_id, notify, highlight));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut batch = services.db.batch();
+    batch.next_count();
+    for (user_id, notify, highlight) in changed {
+        let mut counts = counts(services, &user_id, &room_id)?;
+        counts.notification_count += u64::from(notify);
+        counts.highlight_count += u64::from(highlight);
+        batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &counts);
+    }
+    batch.commit()?;
+    services.rooms.notify();
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Registration tokens: seeded from config, uses counted in the database.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::Result,
+    storage::{Cf, Db},
+    util,
+};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// `None`: unlimited.
+    pub uses_allowed: Option<u64>,
+    pub completed: u64,
+    pub expiry_time: Option<u64>,
+}
+
+pub struct Registration {
+    db: Arc<Db>,
+    any_tokens: bool,
+}
+
+impl Registration {
+    pub fn new(db: Arc<Db>, config_tokens: &[String]) -> anyhow::Result<Self> {
+        for token in config_tokens {
+            if !db.exists(Cf::RegistrationTokens, token.as_bytes())? {
+                db.put_json(Cf::RegistrationTokens, token.as_bytes(), &TokenRecord::default())?;
+            }
+        }
+        let any_tokens = db.scan_prefix(Cf::RegistrationTokens, b"").next().is_some();
+        Ok(Self { db, any_tokens })
+    }
+
+    /// Whether registration needs a token (any token exists).
+    pub fn requires_token(&self) -> bool {
+        self.any_tokens
+    }
+
+    pub fn is_valid(&self, token: &str) -> Result<bool> {
+        if !crate::config::valid_registration_token(token) {
+            return Ok(false);
+        }
+        let Some(record) = self.db.get_json::<TokenRecord>(Cf::RegistrationTokens, token.as_bytes())? else {
+            return Ok(false);
+        };
+        let unused = record.uses_allowed.is_none_or(|allowed| record.completed < allowed);
+        let fresh = record.expiry_time.is_none_or(|expiry| util::now_ms() < expiry);
+        Ok(unused && fresh)
+    }
+
+    /// Count one completed registration against the token.
+    pub fn consume(&self, token: &str) -> Result<()> {
+        if let Some(mut record) = self.db.get_json::<TokenRecord>(Cf::RegistrationTokens, token.as_bytes())? {
+            record.completed += 1;
+            self.db.put_json(Cf::RegistrationTokens, token.as_bytes(), &record)?;
+        }
+        Ok(())
+    }
+}
+
+/// One-time nonces for shared-secret registration, valid for a minute.
+#[derive(Default)]
+pub struct Nonces {
+    issued: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Nonces {
+    pub fn issue(&self) -> String {
+        let nonce = util::random_string(32);
+        let mut issued = self.issued.lock().expect("nonces poisoned");
+        issued.retain(|_, at| at.elapsed() < std::time::Duration::from_secs(60));
+        issued.insert(nonce.clone(), std::time::Instant::now());
+        nonce
+    }
+
+    pub fn take(&self, nonce: &str) -> bool {
+        let mut issued = self.issued.lock().expect("nonces poisoned");
+        matches!(issued.remove(nonce), Some(at) if at.elapsed() < std::time::Duration::from_secs(60))
+    }
+}

@@ -1,0 +1,616 @@
+//! Rooms: building, signing, authorising and appending PDUs; room state as
+//! delta snapshots; membership indexes; the timeline.
+//!
+//! Every append for one room happens under that room's lock, in a blocking
+//! context (callers use `spawn_blocking`), and lands in one write batch.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
+    events::{
+        StateEventType, TimelineEventType,
+        room::{
+            member::MembershipState,
+            power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+        },
+    },
+    room_version_rules::RoomVersionRules,
+    state_res,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, value::RawValue as RawJsonValue};
+
+use crate::{
+    error::{Error, Result},
+    pdu::{Pdu, PduMeta, StateMap, StoredPdu, TxnRef, to_canonical},
+    signing::SigningKey,
+    storage::{Batch, Cf, Db, decode, key, prefix, u64_from_be},
+};
+
+/// A snapshot is stored in full after this many deltas.
+const MAX_SNAPSHOT_CHAIN: u32 = 16;
+const CACHE_LIMIT: usize = 20_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub version: RoomVersionId,
+    pub current_state: u64,
+    pub extremities: Vec<OwnedEventId>,
+    pub depth: u64,
+    pub last_count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Snapshot {
+    parent: Option<u64>,
+    depth: u32,
+    changes: Vec<(String, String, OwnedEventId)>,
+}
+
+/// A local user's membership in a room, as sync reads it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    pub membership: MembershipState,
+    pub event_id: OwnedEventId,
+    pub count: u64,
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+/// An event a local user wants to send.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub kind: TimelineEventType,
+    pub content: Value,
+    pub state_key: Option<String>,
+    pub redacts: Option<OwnedEventId>,
+    pub txn: Option<TxnRef>,
+}
+
+impl NewEvent {
+    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: Value) -> Self {
+        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None, txn: None }
+    }
+
+    pub fn message(kind: impl Into<TimelineEventType>, content: Value) -> Self {
+        Self { kind: kind.into(), content, state_key: None, redacts: None, txn: None }
+    }
+}
+
+pub struct Rooms {
+    db: Arc<Db>,
+    server_name: OwnedServerName,
+    signing: Arc<SigningKey>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
+    pdu_cache: Mutex<HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>>,
+    state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+    notifier: tokio::sync::watch::Sender<u64>,
+}
+
+impl Rooms {
+    pub fn new(db: Arc<Db>, server_name: OwnedServerName, signing: Arc<SigningKey>) -> Self {
+        let (notifier, _) = tokio::sync::watch::channel(db.current_count());
+        Self {
+            db,
+            server_name,
+            signing,
+            locks: Mutex::new(HashMap::new()),
+            pdu_cache: Mutex::new(HashMap::new()),
+            state_cache: Mutex::new(HashMap::new()),
+            notifier,
+        }
+    }
+
+    /// Wakes long-polling syncs whenever the stream moves.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notifier.subscribe()
+    }
+
+    pub fn notify(&self) {
+        self.notifier.send_replace(self.db.current_count());
+    }
+
+    fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
+        self.locks.lock().expect("room locks poisoned").entry(room_id.to_owned()).or_default().clone()
+    }
+
+    // ----- reads -----
+
+    pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        Ok(self.db.get_json(Cf::Rooms, room_id.as_bytes())?)
+    }
+
+    pub fn exists(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.db.exists(Cf::Rooms, room_id.as_bytes())?)
+    }
+
+    pub fn get_pdu(&self, event_id: &EventId) -> Result<Option<(Arc<Pdu>, PduMeta)>> {
+        if let Some(hit) = self.pdu_cache.lock().expect("pdu cache poisoned").get(event_id) {
+            return Ok(Some(hit.clone()));
+        }
+        let Some(stored) = self.db.get_json::<StoredPdu>(Cf::Pdus, event_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let pdu = Arc::new(Pdu::from_stored(event_id.to_owned(), &stored)?);
+        let mut cache = self.pdu_cache.lock().expect("pdu cache poisoned");
+        if cache.len() > CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(event_id.to_owned(), (pdu.clone(), stored.meta.clone()));
+        Ok(Some((pdu, stored.meta)))
+    }
+
+    pub fn state_at(&self, snapshot: u64) -> Result<Arc<StateMap>> {
+        if snapshot == 0 {
+            return Ok(Arc::new(StateMap::new()));
+        }
+        if let Some(hit) = self.state_cache.lock().expect("state cache poisoned").get(&snapshot) {
+            return Ok(hit.clone());
+        }
+        let mut chain = Vec::new();
+        let mut next = Some(snapshot);
+        while let Some(id) = next {
+            let snap: Snapshot = self
+                .db
+                .get_json(Cf::StateSnapshots, &id.to_be_bytes())?
+                .ok_or_else(|| Error::internal(format!("state snapshot {id} is missing")))?;
+            next = snap.parent;
+            chain.push(snap);
+        }
+        let mut state = StateMap::new();
+        for snap in chain.into_iter().rev() {
+            for (kind, state_key, event_id) in snap.changes {
+                state.insert((kind, state_key), event_id);
+            }
+        }
+        let state = Arc::new(state);
+        let mut cache = self.state_cache.lock().expect("state cache poisoned");
+        if cache.len() > CACHE_LIMIT / 10 {
+            cache.clear();
+        }
+        cache.insert(snapshot, state.clone());
+        Ok(state)
+    }
+
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        match self.room(room_id)? {
+            Some(room) => self.state_at(room.current_state),
+            None => Ok(Arc::new(StateMap::new())),
+        }
+    }
+
+    pub fn state_pdu(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+        match state.get(&(kind.to_owned(), state_key.to_owned())) {
+            Some(event_id) => Ok(self.get_pdu(event_id)?.map(|(pdu, _)| pdu)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn current_state_pdu(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+        let state = self.current_state(room_id)?;
+        self.state_pdu(&state, kind, state_key)
+    }
+
+    /// The state content of `kind`/`state_key`, or `None`.
+    pub fn state_content(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Value>> {
+        Ok(self.state_pdu(state, kind, state_key)?.map(|pdu| pdu.content_value()))
+    }
+
+    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipState>> {
+        Ok(self.db.get_json(Cf::RoomMembers, &key(&[room_id.as_bytes(), user_id.as_bytes()]))?)
+    }
+
+    pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.membership(room_id, user_id)? == Some(MembershipState::Join))
+    }
+
+    /// Every user with a membership in the room.
+    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipState)>> {
+        let prefix = prefix(&[room_id.as_bytes()]);
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(Cf::RoomMembers, &prefix) {
+            let (k, v) = item?;
+            let Ok(user_id) = OwnedUserId::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else {
+                continue;
+            };
+            out.push((user_id, decode(Cf::RoomMembers, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        Ok(self.members(room_id)?.into_iter().filter(|(_, m)| *m == MembershipState::Join).map(|(u, _)| u).collect())
+    }
+
+    /// The rooms a local user has (or had) a membership in.
+    pub fn user_rooms(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+        let prefix = prefix(&[user_id.as_bytes()]);
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(Cf::UserRooms, &prefix) {
+            let (k, v) = item?;
+            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else {
+                continue;
+            };
+            out.push((room_id, decode(Cf::UserRooms, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn user_membership(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<MembershipRecord>> {
+        Ok(self.db.get_json(Cf::UserRooms, &key(&[user_id.as_bytes(), room_id.as_bytes()]))?)
+    }
+
+    pub fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let k = key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        if let Some(mut record) = self.db.get_json::<MembershipRecord>(Cf::UserRooms, &k)? {
+            record.forgotten = true;
+            self.db.put_json(Cf::UserRooms, &k, &record)?;
+        }
+        Ok(())
+    }
+
+    /// Timeline entries of a room with stream positions in `(after, until]`
+    /// (forward) or `[.., before)` (backward), at most `limit`.
+    pub fn timeline(&self, room_id: &RoomId, from: u64, forward: bool, limit: usize) -> Result<Vec<(u64, OwnedEventId)>> {
+        let prefix = prefix(&[room_id.as_bytes()]);
+        let mut start = prefix.clone();
+        if forward {
+            start.extend_from_slice(&(from.saturating_add(1)).to_be_bytes());
+        } else {
+            start.extend_from_slice(&(from.saturating_sub(1)).to_be_bytes());
+        }
+        if !forward && from == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for item in self.db.scan_from(Cf::Timeline, &prefix, &start, forward) {
+            let (k, v) = item?;
+            if out.len() >= limit {
+                break;
+            }
+            let count = u64_from_be(&k[prefix.len()..]);
+            let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&v).into_owned()) else { continue };
+            out.push((count, event_id));
+        }
+        Ok(out)
+    }
+
+    pub fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
+        version.rules().ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))
+    }
+
+    /// The room's creators (sender of the create event plus, from v12, `additional_creators`).
+    pub fn creators(&self, state: &StateMap) -> Result<Vec<OwnedUserId>> {
+        let Some(create) = self.state_pdu(state, "m.room.create", "")? else { return Ok(Vec::new()) };
+        let mut creators = vec![create.sender.clone()];
+        if let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array()) {
+            creators.extend(extra.iter().filter_map(|v| v.as_str()).filter_map(|s| OwnedUserId::try_from(s).ok()));
+        }
+        Ok(creators)
+    }
+
+    pub fn power_levels(&self, version: &RoomVersionId, state: &StateMap) -> Result<RoomPowerLevels> {
+        let rules = Self::rules(version)?;
+        let source = match self.state_pdu(state, "m.room.power_levels", "")? {
+            Some(pdu) => serde_json::from_str::<RoomPowerLevelsEventContent>(pdu.content.get())
+                .map(RoomPowerLevelsSource::Original)
+                .unwrap_or_default(),
+            None => RoomPowerLevelsSource::None,
+        };
+        let creators = if rules.authorization.explicitly_privilege_room_creators { self.creators(state)? } else { Vec::new() };
+        Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
+    }
+
+    // ----- writes -----
+
+    /// Create a room: `create_content` becomes the `m.room.create` event,
+    /// followed by `events` in order. All events land in one batch, or none.
+    pub fn create_room(
+        &self,
+        sender: &UserId,
+        version: RoomVersionId,
+        create_content: Value,
+        events: Vec<NewEvent>,
+    ) -> Result<(OwnedRoomId, Vec<Arc<Pdu>>)> {
+        let rules = Self::rules(&version)?;
+        let placeholder: OwnedRoomId = if rules.authorization.room_create_event_id_as_room_id {
+            // Replaced by the create event's reference hash below.
+            OwnedRoomId::try_from(format!("!pending:{}", self.server_name)).map_err(Error::internal)?
+        } else {
+            OwnedRoomId::try_from(format!("!{}:{}", crate::util::random_string(18), self.server_name)).map_err(Error::internal)?
+        };
+        let record = RoomRecord { version, current_state: 0, extremities: Vec::new(), depth: 0, last_count: 0 };
+        let mut txn = Txn::new(self, placeholder, record, rules, StateMap::new(), 0);
+        let (create, _) = txn.build(sender, NewEvent::state(TimelineEventType::RoomCreate, "", create_content))?;
+        if txn.rules.authorization.room_create_event_id_as_room_id {
+            let room_id = OwnedRoomId::try_from(format!("!{}", &create.event_id.as_str()[1..])).map_err(Error::internal)?;
+            txn.room_id = room_id;
+        }
+        let room_id = txn.room_id.clone();
+        let lock = self.room_lock(&room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        if self.exists(&room_id)? {
+            return Err(Error::room_in_use("A room with this id already exists."));
+        }
+        let create = Arc::new(Pdu { room_id: room_id.clone(), ..(*create).clone() });
+        let mut pdus = vec![txn.stage((create, None))?];
+        for event in events {
+            let pdu = txn.build(sender, event)?;
+            pdus.push(txn.stage(pdu)?);
+        }
+        txn.commit()?;
+        Ok((room_id, pdus))
+    }
+
+    /// Build, authorise and append one event from a local user.
+    pub fn append(&self, room_id: &RoomId, sender: &UserId, event: NewEvent) -> Result<Arc<Pdu>> {
+        Ok(self.append_all(room_id, vec![(sender.to_owned(), event)])?.remove(0))
+    }
+
+    /// Append several events in order, atomically.
+    pub fn append_all(&self, room_id: &RoomId, events: Vec<(OwnedUserId, NewEvent)>) -> Result<Vec<Arc<Pdu>>> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room does not exist on this server."))?;
+        let rules = Self::rules(&record.version)?;
+        let state = (*self.state_at(record.current_state)?).clone();
+        let depth = self.snapshot_depth(record.current_state)?;
+        let mut txn = Txn::new(self, room_id.to_owned(), record, rules, state, depth);
+        let mut out = Vec::new();
+        for (sender, event) in events {
+            if let Some(existing) = self.event_for_txn(&sender, event.txn.as_ref())? {
+                out.push(existing);
+                continue;
+            }
+            let pdu = txn.build(&sender, event)?;
+            out.push(txn.stage(pdu)?);
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// The event a client already sent with this transaction id, if any.
+    fn event_for_txn(&self, sender: &UserId, txn: Option<&TxnRef>) -> Result<Option<Arc<Pdu>>> {
+        let Some(txn) = txn else { return Ok(None) };
+        let Some(event_id) = self.db.get(Cf::TxnIds, &txn_key(sender, txn))? else { return Ok(None) };
+        let event_id = OwnedEventId::try_from(String::from_utf8_lossy(&event_id).into_owned()).map_err(Error::internal)?;
+        Ok(self.get_pdu(&event_id)?.map(|(pdu, _)| pdu))
+    }
+
+    fn snapshot_depth(&self, snapshot: u64) -> Result<u32> {
+        if snapshot == 0 {
+            return Ok(0);
+        }
+        let snap: Option<Snapshot> = self.db.get_json(Cf::StateSnapshots, &snapshot.to_be_bytes())?;
+        Ok(snap.map(|s| s.depth).unwrap_or(0))
+    }
+}
+
+/// One atomic group of appends to one room.
+struct Txn<'a> {
+    rooms: &'a Rooms,
+    batch: Batch<'a>,
+    room_id: OwnedRoomId,
+    record: RoomRecord,
+    rules: RoomVersionRules,
+    state: StateMap,
+    snapshot_depth: u32,
+    /// Changes since the last stored full or delta snapshot in this txn.
+    pending: HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>,
+    staged: Vec<OwnedEventId>,
+}
+
+impl<'a> Txn<'a> {
+    fn new(rooms: &'a Rooms, room_id: OwnedRoomId, record: RoomRecord, rules: RoomVersionRules, state: StateMap, snapshot_depth: u32) -> Self {
+        Self {
+            batch: rooms.db.batch(),
+            rooms,
+            room_id,
+            record,
+            rules,
+            state,
+            snapshot_depth,
+            pending: HashMap::new(),
+            staged: Vec::new(),
+        }
+    }
+
+    fn fetch(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
+        if let Some((pdu, _)) = self.pending.get(event_id) {
+            return Some(pdu.clone());
+        }
+        self.rooms.get_pdu(event_id).ok().flatten().map(|(pdu, _)| pdu)
+    }
+
+    /// Make the signed PDU for `event` on top of the working state and check
+    /// it against the auth rules. Nothing is written.
+    fn build(&self, sender: &UserId, event: NewEvent) -> Result<(Arc<Pdu>, Option<TxnRef>)> {
+        let is_create = event.kind == TimelineEventType::RoomCreate;
+        let content = to_canonical(event.content).map_err(Error::bad_json)?;
+        let content_raw = RawJsonValue::from_string(serde_json::to_string(&content)?)?;
+        let auth_types = state_res::auth_types_for_event(
+            &event.kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            &self.rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("The event content is not valid: {e}")))?;
+        let mut auth_events: Vec<OwnedEventId> = Vec::new();
+        for (kind, state_key) in auth_types {
+            if let Some(id) = self.state.get(&(kind.to_string(), state_key)) {
+                auth_events.push(id.clone());
+            }
+        }
+        let depth = self.record.depth + 1;
+        let mut object = CanonicalJsonObject::new();
+        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        let ids = |list: &[OwnedEventId]| CanonicalJsonValue::Array(list.iter().map(|id| string(id.as_str())).collect());
+        object.insert("type".into(), string(&event.kind.to_string()));
+        object.insert("content".into(), CanonicalJsonValue::Object(content));
+        object.insert("sender".into(), string(sender.as_str()));
+        object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()));
+        object.insert("depth".into(), CanonicalJsonValue::Integer((depth as u32).into()));
+        object.insert("prev_events".into(), ids(&self.record.extremities));
+        object.insert("auth_events".into(), ids(&auth_events));
+        if !(is_create && self.rules.authorization.room_create_event_id_as_room_id) {
+            object.insert("room_id".into(), string(self.room_id.as_str()));
+        }
+        if let Some(state_key) = &event.state_key {
+            object.insert("state_key".into(), string(state_key));
+        }
+        if let Some(redacts) = &event.redacts
+            && !self.rules.redaction.keep_room_redaction_redacts
+        {
+            object.insert("redacts".into(), string(redacts.as_str()));
+        }
+        ruma::signatures::hash_and_sign_event(self.rooms.server_name.as_str(), &self.rooms.signing.key_pair, &mut object, &self.rules.redaction)
+            .map_err(|e| match e {
+                ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than the 65536 bytes a Matrix event may take."),
+                other => Error::internal(format!("signing: {other}")),
+            })?;
+        let hash = ruma::signatures::reference_hash(&object, &self.rules).map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than the 65536 bytes a Matrix event may take."),
+            other => Error::internal(format!("reference hash: {other}")),
+        })?;
+        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+        let room_id = if is_create && self.rules.authorization.room_create_event_id_as_room_id {
+            OwnedRoomId::try_from(format!("!{hash}")).map_err(Error::internal)?
+        } else {
+            self.room_id.clone()
+        };
+        let json = RawJsonValue::from_string(serde_json::to_string(&object)?)?;
+        let pdu = Pdu::from_json(event_id, &room_id, json).map_err(Error::internal)?;
+
+        // Room version rules checked by ruma: the same checks a remote server runs.
+        state_res::check_state_independent_auth_rules(&self.rules.authorization, &pdu, |id| self.fetch(id))
+            .map_err(|e| Error::forbidden(format!("This event is not allowed: {e}")))?;
+        state_res::check_state_dependent_auth_rules(&self.rules.authorization, &pdu, |kind: &StateEventType, state_key: &str| {
+            self.state.get(&(kind.to_string(), state_key.to_owned())).and_then(|id| self.fetch(id))
+        })
+        .map_err(|e| Error::forbidden(format!("This event is not allowed: {e}")))?;
+        let mut pdu = pdu;
+        pdu.room_id = self.room_id.clone();
+        Ok((Arc::new(pdu), event.txn))
+    }
+
+    /// Put an authorised event into the batch and move the working state on.
+    fn stage(&mut self, (pdu, txn): (Arc<Pdu>, Option<TxnRef>)) -> Result<Arc<Pdu>> {
+        let count = self.batch.next_count();
+        let state_before = self.record.current_state;
+        let mut meta = PduMeta {
+            room_id: self.room_id.clone(),
+            count,
+            state_before,
+            state_after: state_before,
+            txn,
+            replaces_state: None,
+            prev_content: None,
+            redacted_because: None,
+        };
+        if let Some(state_key) = &pdu.state_key {
+            let slot = (pdu.kind.to_string(), state_key.clone());
+            if let Some(old) = self.state.get(&slot).cloned() {
+                if let Some(old_pdu) = self.fetch(&old) {
+                    meta.prev_content = Some(old_pdu.content.clone());
+                }
+                meta.replaces_state = Some(old);
+            }
+            self.state.insert(slot.clone(), pdu.event_id.clone());
+            let snapshot_id = self.batch.next_count();
+            let snapshot = if self.snapshot_depth >= MAX_SNAPSHOT_CHAIN || state_before == 0 {
+                self.snapshot_depth = 0;
+                Snapshot {
+                    parent: None,
+                    depth: 0,
+                    changes: self.state.iter().map(|((k, s), id)| (k.clone(), s.clone(), id.clone())).collect(),
+                }
+            } else {
+                self.snapshot_depth += 1;
+                Snapshot { parent: Some(state_before), depth: self.snapshot_depth, changes: vec![(slot.0, slot.1, pdu.event_id.clone())] }
+            };
+            self.batch.put_json(Cf::StateSnapshots, &snapshot_id.to_be_bytes(), &snapshot);
+            meta.state_after = snapshot_id;
+            self.record.current_state = snapshot_id;
+            self.rooms.state_cache.lock().expect("state cache poisoned").insert(snapshot_id, Arc::new(self.state.clone()));
+
+            if pdu.kind == TimelineEventType::RoomMember {
+                self.index_membership(&pdu, state_key, count)?;
+            }
+        }
+        if pdu.kind == TimelineEventType::RoomRedaction
+            && let Some(target) = pdu.redacts.clone()
+        {
+            self.apply_redaction(&pdu, &target)?;
+        }
+        if let Some(txn) = &meta.txn {
+            self.batch.put(Cf::TxnIds, &txn_key(&pdu.sender, txn), pdu.event_id.as_bytes());
+        }
+        self.batch.put(Cf::Timeline, &[&prefix(&[self.room_id.as_bytes()])[..], &count.to_be_bytes()].concat(), pdu.event_id.as_bytes());
+        self.batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() });
+        self.record.extremities = vec![pdu.event_id.clone()];
+        self.record.depth += 1;
+        self.record.last_count = count;
+        self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta));
+        self.staged.push(pdu.event_id.clone());
+        Ok(pdu)
+    }
+
+    fn index_membership(&mut self, pdu: &Pdu, state_key: &str, count: u64) -> Result<()> {
+        #[derive(Deserialize)]
+        struct Content {
+            membership: MembershipState,
+        }
+        let Ok(content) = serde_json::from_str::<Content>(pdu.content.get()) else { return Ok(()) };
+        let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
+        self.batch.put_json(Cf::RoomMembers, &key(&[self.room_id.as_bytes(), user_id.as_bytes()]), &content.membership);
+        if user_id.server_name() == self.rooms.server_name {
+            let record = MembershipRecord { membership: content.membership, event_id: pdu.event_id.clone(), count, forgotten: false };
+            self.batch.put_json(Cf::UserRooms, &key(&[user_id.as_bytes(), self.room_id.as_bytes()]), &record);
+        }
+        Ok(())
+    }
+
+    fn apply_redaction(&mut self, redaction: &Pdu, target: &EventId) -> Result<()> {
+        let stored = match self.pending.get(target) {
+            Some((pdu, meta)) => Some(StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() }),
+            None => self.rooms.db.get_json::<StoredPdu>(Cf::Pdus, target.as_bytes())?,
+        };
+        let Some(mut stored) = stored else { return Ok(()) };
+        if stored.meta.room_id != self.room_id {
+            return Ok(());
+        }
+        let object: CanonicalJsonObject = serde_json::from_str(stored.pdu.get())?;
+        let redacted = ruma::canonical_json::redact(object, &self.rules.redaction, None).map_err(Error::internal)?;
+        stored.pdu = RawJsonValue::from_string(serde_json::to_string(&redacted)?)?;
+        stored.meta.redacted_because = Some(RawJsonValue::from_string(
+            serde_json::to_string(&redaction.to_client_event(&PduMeta { txn: None, ..stored.meta.clone() }, true, None))?,
+        )?);
+        self.batch.put_json(Cf::Pdus, target.as_bytes(), &stored);
+        self.rooms.pdu_cache.lock().expect("pdu cache poisoned").remove(target);
+        Ok(())
+    }
+
+    fn commit(self) -> Result<()> {
+        let Txn { rooms, mut batch, room_id, record, pending, .. } = self;
+        batch.put_json(Cf::Rooms, room_id.as_bytes(), &record);
+        batch.commit_durable()?;
+        let mut cache = rooms.pdu_cache.lock().expect("pdu cache poisoned");
+        if cache.len() > CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.extend(pending);
+        drop(cache);
+        rooms.notify();
+        Ok(())
+    }
+}
+
+fn txn_key(sender: &UserId, txn: &TxnRef) -> Vec<u8> {
+    key(&[sender.as_bytes(), txn.device_id.as_bytes(), txn.txn_id.as_bytes()])
+}

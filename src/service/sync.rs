@@ -1,0 +1,338 @@
+//! `/sync`: what changed for a user since a stream position.
+//!
+//! Tokens are stream positions. Everything sync reads carries the position
+//! it was written at, and sync never reports past `Db::safe_count`, so a
+//! change still being written is picked up by the next call, not lost.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
+
+use ruma::{
+    OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
+    api::client::{
+        filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
+        sync::sync_events::{
+            v3::{
+                Ephemeral, GlobalAccountData, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom,
+                Response, RoomAccountData, RoomSummary, State, StateEvents, Timeline,
+            },
+        },
+    },
+    events::room::member::MembershipState,
+    serde::Raw,
+};
+use serde_json::Value;
+
+use crate::{
+    error::Result,
+    pdu::{Pdu, PduMeta, StateMap},
+    service::{Services, push, users::Session},
+};
+
+/// Wrap a JSON value as a ruma `Raw`.
+pub fn raw<T>(value: &Value) -> Raw<T> {
+    Raw::from_json(serde_json::value::to_raw_value(value).expect("JSON values serialize"))
+}
+
+/// Matching of events against a client's `RoomEventFilter`.
+pub struct EventFilter<'a>(pub &'a RoomEventFilter);
+
+impl EventFilter<'_> {
+    pub fn allows_room(&self, room_id: &RoomId) -> bool {
+        !self.0.not_rooms.iter().any(|r| r == room_id) && self.0.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+    }
+
+    pub fn allows(&self, pdu: &Pdu) -> bool {
+        let kind = pdu.kind.to_string();
+        if self.0.not_types.iter().any(|t| type_matches(t, &kind)) {
+            return false;
+        }
+        if let Some(types) = &self.0.types
+            && !types.iter().any(|t| type_matches(t, &kind))
+        {
+            return false;
+        }
+        if self.0.not_senders.contains(&pdu.sender) {
+            return false;
+        }
+        if let Some(senders) = &self.0.senders
+            && !senders.contains(&pdu.sender)
+        {
+            return false;
+        }
+        true
+    }
+
+    pub fn lazy_load_members(&self) -> bool {
+        matches!(self.0.lazy_load_options, LazyLoadOptions::Enabled { .. })
+    }
+}
+
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+pub struct SyncParams {
+    pub since: Option<u64>,
+    pub full_state: bool,
+    pub filter: FilterDefinition,
+}
+
+/// The events of a sync for one user, or `None` if nothing is new.
+pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Result<Option<Response>> {
+    let upto = services.db.safe_count();
+    let user_id = &session.user_id;
+    let since = params.since;
+    let mut response = Response::new(upto.to_string());
+    let room_filter = &params.filter.room;
+    let rooms_filter = EventFilter(&room_filter.timeline);
+    let mut anything = false;
+
+    for (room_id, record) in services.rooms.user_rooms(user_id)? {
+        if record.forgotten || record.count > upto {
+            continue;
+        }
+        if room_filter.not_rooms.contains(&room_id) || room_filter.rooms.as_ref().is_some_and(|r| !r.contains(&room_id)) {
+            continue;
+        }
+        let changed = since.is_none_or(|s| record.count > s);
+        match record.membership {
+            MembershipState::Join => {
+                if let Some(room) = joined_room(services, session, &room_id, since, upto, params, &rooms_filter, changed)? {
+                    response.rooms.join.insert(room_id, room);
+                    anything = true;
+                }
+            }
+            MembershipState::Invite if changed => {
+                let state = stripped_state(services, &room_id, &record.event_id)?;
+                response.rooms.invite.insert(room_id, InvitedRoom::from(InviteState::from(state)));
+                anything = true;
+            }
+            MembershipState::Knock if changed => {
+                let state = stripped_state(services, &room_id, &record.event_id)?;
+                let mut knock_state = KnockState::new();
+                knock_state.events = state;
+                response.rooms.knock.insert(room_id, KnockedRoom::from(knock_state));
+                anything = true;
+            }
+            MembershipState::Leave | MembershipState::Ban if changed && (since.is_some() || room_filter.include_leave) => {
+                response.rooms.leave.insert(room_id.clone(), left_room(services, session, &room_id, &record.event_id, since)?);
+                anything = true;
+            }
+            _ => {}
+        }
+    }
+
+    let mut global = Vec::new();
+    for item in services.account_data.changed_since(user_id, since.unwrap_or(0))? {
+        if item.count > upto {
+            continue;
+        }
+        let event = serde_json::json!({ "type": item.kind, "content": serde_json::from_str::<Value>(item.content.get())? });
+        match item.room_id {
+            None => global.push(raw(&event)),
+            Some(room_id) => {
+                if let Some(room) = response.rooms.join.get_mut(&room_id) {
+                    room.account_data.events.push(raw(&event));
+                } else if services.rooms.is_joined(&room_id, user_id)? {
+                    let mut room = JoinedRoom::new();
+                    room.account_data.events.push(raw(&event));
+                    response.rooms.join.insert(room_id, room);
+                }
+            }
+        }
+        anything = true;
+    }
+    response.account_data = GlobalAccountData::new();
+    response.account_data.events = global;
+
+    if since.is_some() && !anything {
+        return Ok(None);
+    }
+    Ok(Some(response))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn joined_room(
+    services: &Services,
+    session: &Session,
+    room_id: &RoomId,
+    since: Option<u64>,
+    upto: u64,
+    params: &SyncParams,
+    timeline_filter: &EventFilter<'_>,
+    membership_changed: bool,
+) -> Result<Option<JoinedRoom>> {
+    let limit = params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 100);
+    // A room joined since the token is sent whole, as in an initial sync.
+    let room_since = if membership_changed { None } else { since };
+    let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
+    let mut limited = false;
+    let mut cursor = upto + 1;
+    'scan: loop {
+        let batch = services.rooms.timeline(room_id, cursor, false, 50)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (count, event_id) in batch {
+            cursor = count;
+            if room_since.is_some_and(|s| count <= s) {
+                break 'scan;
+            }
+            let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
+            if !timeline_filter.allows(&pdu) {
+                continue;
+            }
+            if entries.len() == limit {
+                limited = true;
+                break 'scan;
+            }
+            entries.push((pdu, meta));
+        }
+    }
+    entries.reverse();
+
+    let ephemeral_since = room_since.unwrap_or(0);
+    let mut ephemeral = Vec::new();
+    if let Some(typing) = services.ephemeral.typing_event(room_id, ephemeral_since) {
+        ephemeral.push(raw(&typing));
+    }
+    if let Some(receipts) = services.ephemeral.receipt_event(room_id, ephemeral_since, &session.user_id)? {
+        ephemeral.push(raw(&receipts));
+    }
+    if room_since.is_some() && entries.is_empty() && ephemeral.is_empty() && !params.full_state {
+        return Ok(None);
+    }
+
+    // State: everything before the timeline on a fresh view; on an
+    // incremental one with a gap, what changed across the gap.
+    let state_before_timeline: Option<StateMap> = match entries.first() {
+        Some((_, meta)) => Some((*services.rooms.state_at(meta.state_before)?).clone()),
+        None => None,
+    };
+    let current = services.rooms.current_state(room_id)?;
+    let timeline_start_state = state_before_timeline.unwrap_or_else(|| (*current).clone());
+    let state_ids: Vec<OwnedEventId> = if room_since.is_none() || params.full_state {
+        timeline_start_state.values().cloned().collect()
+    } else if limited {
+        let before_gap = state_at_position(services, room_id, room_since.unwrap_or(0))?;
+        timeline_start_state.iter().filter(|(slot, id)| before_gap.get(*slot) != Some(*id)).map(|(_, id)| id.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let lazy = EventFilter(&params.filter.room.state).lazy_load_members();
+    let senders: HashSet<&UserId> = entries.iter().map(|(pdu, _)| &*pdu.sender).chain(std::iter::once(&*session.user_id)).collect();
+    let mut state_events = Vec::new();
+    for event_id in state_ids {
+        let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
+        if lazy
+            && pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && !pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()).is_some_and(|u| senders.contains(&*u))
+        {
+            continue;
+        }
+        state_events.push(raw(&pdu.to_client_event(&meta, false, None)));
+    }
+
+    let device = Some(session.device_id.as_str());
+    let mut timeline = Timeline::new();
+    timeline.limited = limited || (room_since.is_none() && entries.first().is_some_and(|(p, _)| p.kind != ruma::events::TimelineEventType::RoomCreate));
+    timeline.prev_batch = entries.first().map(|(_, meta)| format!("t{}", meta.count));
+    timeline.events = entries.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, false, device))).collect();
+
+    let mut room = JoinedRoom::new();
+    room.timeline = timeline;
+    room.state = State::Before(StateEvents::from(state_events));
+    room.ephemeral = Ephemeral::new();
+    room.ephemeral.events = ephemeral;
+    room.account_data = RoomAccountData::new();
+    let counts = push::counts(services, &session.user_id, room_id)?;
+    room.unread_notifications.notification_count = UInt::new(counts.notification_count);
+    room.unread_notifications.highlight_count = UInt::new(counts.highlight_count);
+    if room_since.is_none() || entries.iter().any(|(p, _)| p.kind == ruma::events::TimelineEventType::RoomMember) {
+        room.summary = summary(services, room_id, &session.user_id, &current)?;
+    }
+    Ok(Some(room))
+}
+
+/// The room's state as of a stream position (after the last event at or before it).
+fn state_at_position(services: &Services, room_id: &RoomId, position: u64) -> Result<std::sync::Arc<StateMap>> {
+    let last = services.rooms.timeline(room_id, position + 1, false, 1)?;
+    match last.first() {
+        Some((_, event_id)) => match services.rooms.get_pdu(event_id)? {
+            Some((_, meta)) => services.rooms.state_at(meta.state_after),
+            None => Ok(Default::default()),
+        },
+        None => Ok(Default::default()),
+    }
+}
+
+fn summary(services: &Services, room_id: &RoomId, user_id: &UserId, state: &StateMap) -> Result<RoomSummary> {
+    let members = services.rooms.members(room_id)?;
+    let joined = members.iter().filter(|(_, m)| *m == MembershipState::Join).count() as u64;
+    let invited = members.iter().filter(|(_, m)| *m == MembershipState::Invite).count() as u64;
+    let mut summary = RoomSummary::new();
+    summary.joined_member_count = UInt::new(joined);
+    summary.invited_member_count = UInt::new(invited);
+    let named = state.contains_key(&("m.room.name".to_owned(), String::new()))
+        || state.contains_key(&("m.room.canonical_alias".to_owned(), String::new()));
+    if !named {
+        let heroes: BTreeSet<OwnedUserId> = members
+            .into_iter()
+            .filter(|(u, m)| u != user_id && matches!(m, MembershipState::Join | MembershipState::Invite))
+            .map(|(u, _)| u)
+            .take(5)
+            .collect();
+        summary.heroes = heroes.into_iter().collect();
+    }
+    Ok(summary)
+}
+
+/// The stripped state sent with invites and knocks.
+pub fn stripped_state(services: &Services, room_id: &RoomId, membership_event: &OwnedEventId) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+    let state = services.rooms.current_state(room_id)?;
+    let mut out = Vec::new();
+    for kind in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
+        if let Some(pdu) = services.rooms.state_pdu(&state, kind, "")? {
+            out.push(raw(&pdu.to_stripped_state()));
+        }
+    }
+    if let Some((pdu, _)) = services.rooms.get_pdu(membership_event)? {
+        if let Some(inviter) = services.rooms.state_pdu(&state, "m.room.member", pdu.sender.as_str())? {
+            out.push(raw(&inviter.to_stripped_state()));
+        }
+        out.push(raw(&pdu.to_stripped_state()));
+    }
+    Ok(out)
+}
+
+fn left_room(services: &Services, session: &Session, room_id: &RoomId, leave_event: &OwnedEventId, since: Option<u64>) -> Result<LeftRoom> {
+    let mut room = LeftRoom::new();
+    let Some((leave, leave_meta)) = services.rooms.get_pdu(leave_event)? else { return Ok(room) };
+    let mut events = Vec::new();
+    for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count + 1, false, 10)? {
+        if since.is_some_and(|s| count <= s) {
+            break;
+        }
+        if let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? {
+            events.push(raw(&pdu.to_client_event(&meta, false, Some(session.device_id.as_str()))));
+        }
+    }
+    events.reverse();
+    if events.is_empty() {
+        events.push(raw(&leave.to_client_event(&leave_meta, false, None)));
+    }
+    room.timeline.events = events;
+    room.timeline.prev_batch = Some(format!("t{}", leave_meta.count));
+    Ok(room)
+}
+
+/// Parse a sync token: the stream position as a decimal string.
+pub fn parse_since(token: &str) -> Option<u64> {
+    token.strip_prefix('s').unwrap_or(token).parse().ok()
+}

@@ -1,0 +1,254 @@
+//! Accounts, devices and access tokens.
+
+use std::sync::{Arc, Mutex};
+
+use ruma::{OwnedDeviceId, OwnedMxcUri, OwnedServerName, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, Result},
+    storage::{Cf, Db, key, prefix},
+    util,
+};
+
+/// What an account is, stored and never inferred (see the guest-rooms contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    Member,
+    External,
+    Temporary,
+}
+
+impl AccountKind {
+    /// External and temporary accounts are guests.
+    pub fn is_guest(self) -> bool {
+        !matches!(self, AccountKind::Member)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Member => "member",
+            AccountKind::External => "external",
+            AccountKind::Temporary => "temporary",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub kind: AccountKind,
+    #[serde(default)]
+    pub is_admin: bool,
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub deactivated: bool,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<OwnedMxcUri>,
+    pub created_at: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    pub access_token: String,
+    pub last_seen_ts: u64,
+    pub last_seen_ip: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct TokenRecord {
+    user_id: OwnedUserId,
+    device_id: OwnedDeviceId,
+}
+
+/// The account behind an access token.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub user: UserRecord,
+}
+
+impl Session {
+    pub fn is_guest(&self) -> bool {
+        self.user.kind.is_guest()
+    }
+}
+
+pub struct Users {
+    db: Arc<Db>,
+    server_name: OwnedServerName,
+    /// Serialises "is this id free? then take it".
+    create_lock: Mutex<()>,
+}
+
+impl Users {
+    pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Self {
+        Self { db, server_name, create_lock: Mutex::new(()) }
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
+    /// Parse a localpart (or full id) into a user id of this server, applying
+    /// the grammar for new registrations.
+    pub fn local_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
+        let localpart = localpart.strip_prefix('@').map(|s| s.split(':').next().unwrap_or(s)).unwrap_or(localpart);
+        if localpart.is_empty()
+            || !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+        {
+            return Err(Error::invalid_username(
+                "User names may only contain a-z, 0-9, and . _ = - / +",
+            ));
+        }
+        let user_id = UserId::parse_with_server_name(localpart, &self.server_name)
+            .map_err(|_| Error::invalid_username("That user name is not valid."))?;
+        if user_id.as_str().len() > 255 {
+            return Err(Error::invalid_username("That user name is too long."));
+        }
+        Ok(user_id)
+    }
+
+    pub fn is_local(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.server_name
+    }
+
+    pub fn get(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        Ok(self.db.get_json(Cf::Users, user_id.as_bytes())?)
+    }
+
+    pub fn exists(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.db.exists(Cf::Users, user_id.as_bytes())?)
+    }
+
+    /// Make an account; fails with `M_USER_IN_USE` if the id was ever taken
+    /// (deactivated ids are never reused).
+    pub fn create(
+        &self,
+        user_id: &UserId,
+        password: Option<&str>,
+        kind: AccountKind,
+        is_admin: bool,
+        displayname: Option<String>,
+    ) -> Result<UserRecord> {
+        let password_hash = password.map(util::hash_password).transpose().map_err(Error::internal)?;
+        let record = UserRecord {
+            kind,
+            is_admin,
+            password_hash,
+            deactivated: false,
+            displayname: displayname.or_else(|| Some(user_id.localpart().to_owned())),
+            avatar_url: None,
+            created_at: util::now_ms(),
+        };
+        let _guard = self.create_lock.lock().expect("create lock poisoned");
+        if self.exists(user_id)? {
+            return Err(Error::user_in_use());
+        }
+        let mut batch = self.db.batch();
+        batch.put_json(Cf::Users, user_id.as_bytes(), &record);
+        batch.commit_durable()?;
+        Ok(record)
+    }
+
+    pub fn save(&self, user_id: &UserId, record: &UserRecord) -> Result<()> {
+        Ok(self.db.put_json(Cf::Users, user_id.as_bytes(), record)?)
+    }
+
+    pub fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        Ok(match self.get(user_id)? {
+            Some(UserRecord { password_hash: Some(hash), deactivated: false, .. }) => util::verify_password(password, &hash),
+            _ => false,
+        })
+    }
+
+    /// Make (or replace) a device and give it a fresh access token.
+    pub fn create_device(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        ip: Option<String>,
+    ) -> Result<(OwnedDeviceId, String)> {
+        let device_id = device_id.unwrap_or_else(|| util::random_string(10).to_uppercase().into());
+        let token = format!("porch_{}", util::random_string(40));
+        let device_key = key(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut batch = self.db.batch();
+        if let Some(old) = self.db.get_json::<DeviceRecord>(Cf::Devices, &device_key)? {
+            batch.delete(Cf::AccessTokens, old.access_token.as_bytes());
+        }
+        let record = DeviceRecord { display_name, access_token: token.clone(), last_seen_ts: util::now_ms(), last_seen_ip: ip };
+        batch.put_json(Cf::Devices, &device_key, &record);
+        batch.put_json(Cf::AccessTokens, token.as_bytes(), &TokenRecord { user_id: user_id.to_owned(), device_id: device_id.clone() });
+        batch.commit_durable()?;
+        Ok((device_id, token))
+    }
+
+    /// Resolve an access token to its session.
+    pub fn authenticate(&self, token: &str) -> Result<Session> {
+        let record: TokenRecord = self.db.get_json(Cf::AccessTokens, token.as_bytes())?.ok_or_else(Error::unknown_token)?;
+        let user = self.get(&record.user_id)?.ok_or_else(Error::unknown_token)?;
+        if user.deactivated {
+            return Err(Error::unknown_token());
+        }
+        Ok(Session { user_id: record.user_id, device_id: record.device_id, user })
+    }
+
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceRecord>> {
+        Ok(self.db.get_json(Cf::Devices, &key(&[user_id.as_bytes(), device_id.as_bytes()]))?)
+    }
+
+    pub fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
+        let prefix = prefix(&[user_id.as_bytes()]);
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(Cf::Devices, &prefix) {
+            let (k, v) = item?;
+            let device_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            out.push((device_id.into(), crate::storage::decode(Cf::Devices, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn update_device(&self, user_id: &UserId, device_id: &str, display_name: Option<String>) -> Result<bool> {
+        let device_key = key(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &device_key)? else {
+            return Ok(false);
+        };
+        record.display_name = display_name;
+        self.db.put_json(Cf::Devices, &device_key, &record)?;
+        Ok(true)
+    }
+
+    /// Remove devices and their tokens; `keep` is spared.
+    pub fn remove_devices(&self, user_id: &UserId, which: Option<&[OwnedDeviceId]>, keep: Option<&str>) -> Result<()> {
+        let mut batch = self.db.batch();
+        for (device_id, record) in self.devices(user_id)? {
+            let selected = which.is_none_or(|list| list.contains(&device_id));
+            if selected && keep != Some(device_id.as_str()) {
+                batch.delete(Cf::AccessTokens, record.access_token.as_bytes());
+                batch.delete(Cf::Devices, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
+            }
+        }
+        batch.commit_durable()?;
+        Ok(())
+    }
+
+    pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user."))?;
+        record.password_hash = Some(util::hash_password(password).map_err(Error::internal)?);
+        self.save(user_id, &record)
+    }
+
+    /// Every local account, for directory search and admin listings.
+    pub fn all(&self) -> Result<Vec<(OwnedUserId, UserRecord)>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(Cf::Users, b"") {
+            let (k, v) = item?;
+            let Ok(user_id) = OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned()) else { continue };
+            out.push((user_id, crate::storage::decode(Cf::Users, &v)?));
+        }
+        Ok(out)
+    }
+}

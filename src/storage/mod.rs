@@ -1,0 +1,318 @@
+//! The storage seam: one RocksDB database with a column family per record
+//! kind. Everything above this module speaks in column families, byte keys
+//! and serde values; nothing else touches RocksDB.
+//!
+//! Keys join their parts with [`SEP`] (0xFF), a byte that never occurs in
+//! UTF-8, so prefixes of Matrix identifiers cannot collide.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Serialize, de::DeserializeOwned};
+
+pub const SEP: u8 = 0xFF;
+
+/// Column families. The key format of each is documented in ARCHITECTURE.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cf {
+    Meta,
+    Users,
+    AccessTokens,
+    Devices,
+    Pdus,
+    Timeline,
+    StateSnapshots,
+    Rooms,
+    RoomMembers,
+    UserRooms,
+    TxnIds,
+    Aliases,
+    AccountData,
+    Receipts,
+    Filters,
+    PublicRooms,
+    RegistrationTokens,
+    UiaaSessions,
+    NotificationCounts,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 19] = [
+        Cf::Meta,
+        Cf::Users,
+        Cf::AccessTokens,
+        Cf::Devices,
+        Cf::Pdus,
+        Cf::Timeline,
+        Cf::StateSnapshots,
+        Cf::Rooms,
+        Cf::RoomMembers,
+        Cf::UserRooms,
+        Cf::TxnIds,
+        Cf::Aliases,
+        Cf::AccountData,
+        Cf::Receipts,
+        Cf::Filters,
+        Cf::PublicRooms,
+        Cf::RegistrationTokens,
+        Cf::UiaaSessions,
+        Cf::NotificationCounts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Users => "users",
+            Cf::AccessTokens => "access_tokens",
+            Cf::Devices => "devices",
+            Cf::Pdus => "pdus",
+            Cf::Timeline => "timeline",
+            Cf::StateSnapshots => "state_snapshots",
+            Cf::Rooms => "rooms",
+            Cf::RoomMembers => "room_members",
+            Cf::UserRooms => "user_rooms",
+            Cf::TxnIds => "txn_ids",
+            Cf::Aliases => "aliases",
+            Cf::AccountData => "account_data",
+            Cf::Receipts => "receipts",
+            Cf::Filters => "filters",
+            Cf::PublicRooms => "public_rooms",
+            Cf::RegistrationTokens => "registration_tokens",
+            Cf::UiaaSessions => "uiaa_sessions",
+            Cf::NotificationCounts => "notification_counts",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("stored value in {cf} is corrupt: {err}")]
+    Corrupt { cf: &'static str, err: serde_json::Error },
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+const COUNT_KEY: &[u8] = b"stream_count";
+
+pub struct Db {
+    db: DB,
+    /// The stream position: every change that sync must see takes the next one.
+    count: AtomicU64,
+    /// Positions handed out whose batch is not written yet: readers must not
+    /// report a position past the lowest of these, or a slower writer's
+    /// change would be skipped.
+    in_flight: Mutex<BTreeSet<u64>>,
+    sync_writes: bool,
+}
+
+impl Db {
+    pub fn open(path: &Path, sync_writes: bool) -> StorageResult<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.increase_parallelism(2);
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let count = db
+            .get_cf(db.cf_handle(Cf::Meta.name()).expect("meta cf"), COUNT_KEY)?
+            .map(|v| u64_from_be(&v))
+            .unwrap_or(0);
+        Ok(Self { db, count: AtomicU64::new(count), in_flight: Mutex::new(BTreeSet::new()), sync_writes })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(cf.name()).expect("every column family is created at open")
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<T>> {
+        self.get(cf, key)?.map(|v| decode(cf, &v)).transpose()
+    }
+
+    pub fn exists(&self, cf: Cf, key: &[u8]) -> StorageResult<bool> {
+        Ok(self.get(cf, key)?.is_some())
+    }
+
+    /// A single put, outside any batch (for records that stand alone).
+    pub fn put_json<T: Serialize>(&self, cf: Cf, key: &[u8], value: &T) -> StorageResult<()> {
+        let mut batch = self.batch();
+        batch.put_json(cf, key, value);
+        batch.commit()
+    }
+
+    pub fn delete(&self, cf: Cf, key: &[u8]) -> StorageResult<()> {
+        let mut batch = self.batch();
+        batch.delete(cf, key);
+        batch.commit()
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { db: self, inner: WriteBatch::default(), reserved: Vec::new() }
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = StorageResult<(Box<[u8]>, Box<[u8]>)>> + 'a {
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
+            .take_while(move |item| item.as_ref().map(|(k, _)| k.starts_with(prefix)).unwrap_or(true))
+            .map(|item| item.map_err(StorageError::from))
+    }
+
+    /// Keys from `from` (inclusive) in the given direction while they share `prefix`.
+    pub fn scan_from<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &'a [u8],
+        from: &[u8],
+        forward: bool,
+    ) -> impl Iterator<Item = StorageResult<(Box<[u8]>, Box<[u8]>)>> + 'a {
+        let direction = if forward { Direction::Forward } else { Direction::Reverse };
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, direction))
+            .take_while(move |item| item.as_ref().map(|(k, _)| k.starts_with(prefix)).unwrap_or(true))
+            .map(|item| item.map_err(StorageError::from))
+    }
+
+    /// The highest stream position handed out.
+    pub fn current_count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// The highest position below which every change is written: what
+    /// sync may report as `next_batch`.
+    pub fn safe_count(&self) -> u64 {
+        let in_flight = self.in_flight.lock().expect("in-flight set poisoned");
+        match in_flight.first() {
+            Some(lowest) => lowest - 1,
+            None => self.current_count(),
+        }
+    }
+
+    fn reserve_count(&self) -> u64 {
+        let mut in_flight = self.in_flight.lock().expect("in-flight set poisoned");
+        let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        in_flight.insert(count);
+        count
+    }
+
+    fn release_counts(&self, counts: &[u64]) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight set poisoned");
+        for count in counts {
+            in_flight.remove(count);
+        }
+    }
+}
+
+/// An atomic group of writes. Nothing is visible until [`Batch::commit`].
+pub struct Batch<'a> {
+    db: &'a Db,
+    inner: WriteBatch,
+    reserved: Vec<u64>,
+}
+
+impl Batch<'_> {
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.inner.put_cf(self.db.cf(cf), key, value);
+    }
+
+    pub fn put_json<T: Serialize>(&mut self, cf: Cf, key: &[u8], value: &T) {
+        let bytes = serde_json::to_vec(value).expect("our records always serialize");
+        self.put(cf, key, &bytes);
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.inner.delete_cf(self.db.cf(cf), key);
+    }
+
+    /// Take the next stream position; it is persisted with this batch.
+    pub fn next_count(&mut self) -> u64 {
+        let count = self.db.reserve_count();
+        self.reserved.push(count);
+        count
+    }
+
+    /// Write without forcing the log to disk (survives a process crash, not a power cut).
+    pub fn commit(self) -> StorageResult<()> {
+        self.write(false)
+    }
+
+    /// Write and fsync the write-ahead log when `database.sync_writes` is on:
+    /// used for anything acknowledged to a client as durable (events).
+    pub fn commit_durable(self) -> StorageResult<()> {
+        let sync = self.db.sync_writes;
+        self.write(sync)
+    }
+
+    fn write(mut self, sync: bool) -> StorageResult<()> {
+        let high_water = self.db.current_count();
+        let inner = std::mem::take(&mut self.inner);
+        let mut inner = inner;
+        inner.put_cf(self.db.cf(Cf::Meta), COUNT_KEY, high_water.to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.db.write_opt(inner, &opts)?;
+        Ok(())
+    }
+}
+
+impl Drop for Batch<'_> {
+    /// Written or abandoned, the batch's positions are no longer in flight.
+    fn drop(&mut self) {
+        self.db.release_counts(&self.reserved);
+    }
+}
+
+pub fn decode<T: DeserializeOwned>(cf: Cf, bytes: &[u8]) -> StorageResult<T> {
+    serde_json::from_slice(bytes).map_err(|err| StorageError::Corrupt { cf: cf.name(), err })
+}
+
+/// Join key parts with [`SEP`].
+pub fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(SEP);
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// `parts` joined and followed by a trailing [`SEP`], for prefix scans.
+pub fn prefix(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = key(parts);
+    out.push(SEP);
+    out
+}
+
+pub fn u64_from_be(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+/// The last [`SEP`]-separated part of a key.
+pub fn last_part(key: &[u8]) -> &[u8] {
+    match key.iter().rposition(|b| *b == SEP) {
+        Some(i) => &key[i + 1..],
+        None => key,
+    }
+}

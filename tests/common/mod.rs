@@ -1,0 +1,209 @@
+//! Test harness: runs the real `porch` binary on an ephemeral port with a
+//! temporary RocksDB, and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+pub struct TestServer {
+    pub child: Child,
+    pub base: String,
+    pub server_name: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub http: reqwest::Client,
+}
+
+pub struct Options {
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { env: Vec::new() }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut server = Self::launch(&dir, &options);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Start (again) on an existing database folder.
+    pub fn launch(dir: &Path, options: &Options) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_porch"));
+        cmd.env("PORCH_SERVER_NAME", "porch.test")
+            .env("PORCH_LISTEN__CLIENT", "127.0.0.1:0")
+            .env("PORCH_DATABASE__PATH", dir.join("db"))
+            .env("PORCH_REGISTRATION__SHARED_SECRET", "test-secret")
+            .env("PORCH_RATE_LIMITS__LOGIN_BURST", "1000")
+            .env("PORCH_RATE_LIMITS__REGISTRATION_BURST", "1000")
+            .env("PORCH_RATE_LIMITS__LOGIN_PER_SECOND", "1000")
+            .env("PORCH_RATE_LIMITS__REGISTRATION_PER_SECOND", "1000")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start porch");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel::<String>();
+        for stream in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("PORCH_TEST_LOG").is_some() {
+                        eprintln!("[porch] {line}");
+                    }
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(remaining).unwrap_or_else(|_| panic!("porch did not report readiness within 30s"));
+            if let Some(rest) = line.split("client API on ").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+        };
+        // Keep draining output so the pipes never fill.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Self {
+            child,
+            base,
+            server_name: "porch.test".into(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::PUT, path, token, Some(body)).await
+    }
+
+    /// Register `name` with the dummy flow; returns a signed-in user.
+    pub async fn register(&self, name: &str) -> User {
+        let (status, body) = self
+            .post("/_matrix/client/v3/register", None, json!({ "username": name, "password": "correct horse battery", "auth": { "type": "m.login.dummy" } }))
+            .await;
+        assert_eq!(status, 200, "register {name}: {body}");
+        User {
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            device_id: body["device_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn create_room(&self, user: &User, body: Value) -> String {
+        let (status, resp) = self.post("/_matrix/client/v3/createRoom", Some(&user.token), body).await;
+        assert_eq!(status, 200, "createRoom: {resp}");
+        resp["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send_text(&self, user: &User, room_id: &str, text: &str) -> String {
+        let txn = uuid_like();
+        let (status, resp) = self
+            .put(&format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id)), Some(&user.token), json!({ "msgtype": "m.text", "body": text }))
+            .await;
+        assert_eq!(status, 200, "send: {resp}");
+        resp["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn join(&self, user: &User, room: &str) -> (u16, Value) {
+        self.post(&format!("/_matrix/client/v3/join/{}", enc(room)), Some(&user.token), json!({})).await
+    }
+
+    pub async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        let (status, body) = self.get(&path, Some(&user.token)).await;
+        assert_eq!(status, 200, "sync: {body}");
+        body
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+    pub device_id: String,
+}
+
+pub fn enc(s: &str) -> String {
+    url_encode(s)
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("txn{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Timeline events of a room in a sync response.
+pub fn timeline<'a>(sync: &'a Value, room_id: &str) -> Vec<&'a Value> {
+    sync["rooms"]["join"][room_id]["timeline"]["events"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+}

@@ -63,6 +63,8 @@ pub struct Registration {
 #[serde(default, deny_unknown_fields)]
 pub struct Rooms {
     pub default_version: String,
+    /// Whether `/publicRooms` answers callers without an access token.
+    pub public_directory_without_auth: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -126,7 +128,7 @@ impl Default for Registration {
 
 impl Default for Rooms {
     fn default() -> Self {
-        Self { default_version: "12".to_owned() }
+        Self { default_version: "12".to_owned(), public_directory_without_auth: false }
     }
 }
 

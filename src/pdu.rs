@@ -45,6 +45,8 @@ pub struct Pdu {
     pub redacts: Option<OwnedEventId>,
     /// The full signed PDU JSON.
     pub json: Box<RawJsonValue>,
+    /// Whether the JSON has a `room_id` (v12 create events do not).
+    pub has_room_id: bool,
 }
 
 /// What porch keeps about an event besides the PDU itself.
@@ -98,6 +100,7 @@ impl Pdu {
         });
         Ok(Self {
             event_id,
+            has_room_id: fields.room_id.is_some(),
             room_id: fields.room_id.unwrap_or_else(|| room_id.to_owned()),
             sender: fields.sender,
             origin_server_ts: fields.origin_server_ts,
@@ -185,7 +188,7 @@ impl ruma::state_res::Event for Pdu {
     }
 
     fn room_id(&self) -> Option<&RoomId> {
-        Some(&self.room_id)
+        self.has_room_id.then_some(&*self.room_id)
     }
 
     fn sender(&self) -> &UserId {

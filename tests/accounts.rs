@@ -111,7 +111,8 @@ async fn login_logout_and_whoami() {
     let alice = s.register("alice").await;
     let (status, who) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
     assert_eq!(status, 200);
-    assert_eq!((who["user_id"].as_str(), who["is_guest"].as_bool()), (Some("@alice:porch.test"), Some(false)));
+    assert_eq!(who["user_id"], "@alice:porch.test");
+    assert!(!who["is_guest"].as_bool().unwrap_or(false));
     let (status, body) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse battery" })).await;
     assert_eq!(status, 200, "{body}");
     let second = body["access_token"].as_str().unwrap().to_owned();

@@ -20,7 +20,7 @@ async fn acknowledged_events_survive_kill_9() {
     for worker in 0..8 {
         let (base, token, room, acked) = (server.base.clone(), alice.token.clone(), room.clone(), acked.clone());
         writers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = common::client();
             for n in 0.. {
                 let url = format!("{base}/_matrix/client/v3/rooms/{}/send/m.room.message/w{worker}n{n}", enc(&room));
                 let Ok(resp) = client.put(url).bearer_auth(&token).json(&json!({ "msgtype": "m.text", "body": format!("{worker}/{n}") })).send().await else {

@@ -74,6 +74,8 @@ async fn create_room_with_everything() {
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_ROOM_IN_USE")));
     // Published.
     let (status, body) = s.get("/_matrix/client/v3/publicRooms", None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "signed-in users only by default");
+    let (status, body) = s.get("/_matrix/client/v3/publicRooms", Some(&bob.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["chunk"][0]["room_id"], room.as_str());
     assert_eq!(body["chunk"][0]["name"], "Lounge");
@@ -81,7 +83,7 @@ async fn create_room_with_everything() {
     assert_eq!(body["chunk"].as_array().unwrap().len(), 0);
     let (status, _) = s.put(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&room)), Some(&alice.token), json!({ "visibility": "private" })).await;
     assert_eq!(status, 200);
-    let (_, body) = s.get("/_matrix/client/v3/publicRooms", None).await;
+    let (_, body) = s.get("/_matrix/client/v3/publicRooms", Some(&bob.token)).await;
     assert_eq!(body["chunk"].as_array().unwrap().len(), 0);
     // Room summary for a non-member of a public room.
     let carol = s.register("carol").await;
@@ -275,7 +277,7 @@ async fn sync_initial_incremental_longpoll_and_sections() {
         let since = since.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let body: serde_json::Value = reqwest::Client::new()
+            let body: serde_json::Value = common::client()
                 .get(format!("{base}/_matrix/client/v3/sync?timeout=20000&since={since}"))
                 .bearer_auth(token)
                 .send()
@@ -380,7 +382,7 @@ async fn typing_receipts_account_data_tags_and_push_rules() {
     let ephemeral = sync["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap();
     assert!(ephemeral.iter().any(|e| e["type"] == "m.typing" && e["content"]["user_ids"][0] == "@alice:porch.test"), "{sync}");
     assert!(ephemeral.iter().any(|e| e["type"] == "m.receipt" && e["content"][&event]["m.read"]["@alice:porch.test"]["ts"].is_u64()), "{sync}");
-    let (status, _) = s.put(&format!("/_matrix/client/v3/rooms/{}/typing/@bob:porch.test", enc(&room)), Some(&alice.token), json!({ "typing": true })).await;
+    let (status, _) = s.put(&format!("/_matrix/client/v3/rooms/{}/typing/@bob:porch.test", enc(&room)), Some(&alice.token), json!({ "typing": true, "timeout": 1000 })).await;
     assert_eq!(status, 403, "typing for someone else");
 
     // Unread counts reset by a receipt.

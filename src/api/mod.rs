@@ -91,7 +91,12 @@ where
                 None => None,
             }
         } else {
-            None
+            // Endpoints that need no token still learn who is asking when
+            // one is sent (the guest policy needs it); a stale one is ignored.
+            match token {
+                Some(token) => blocking(state, move |s| s.users.authenticate(&token)).await.ok(),
+                None => None,
+            }
         };
 
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();

@@ -327,6 +327,19 @@ fn left_room(services: &Services, session: &Session, room_id: &RoomId, leave_eve
     if events.is_empty() {
         events.push(raw(&leave.to_client_event(&leave_meta, false, None)));
     }
+    // The room's state up to the timeline, as for a fresh view of a joined
+    // room (clients such as matrix-nio expect it).
+    let first_state = match services.rooms.timeline(room_id, leave_meta.count + 1, false, events.len())?.last() {
+        Some((_, first)) => services.rooms.get_pdu(first)?.map(|(_, meta)| meta.state_before).unwrap_or(leave_meta.state_before),
+        None => leave_meta.state_before,
+    };
+    let mut state = Vec::new();
+    for event_id in services.rooms.state_at(first_state)?.values() {
+        if let Some((pdu, meta)) = services.rooms.get_pdu(event_id)? {
+            state.push(raw(&pdu.to_client_event(&meta, false, None)));
+        }
+    }
+    room.state = State::Before(StateEvents::from(state));
     room.timeline.events = events;
     room.timeline.prev_batch = Some(format!("t{}", leave_meta.count));
     Ok(room)

@@ -92,7 +92,7 @@ impl TestServer {
             server_name: "porch.test".into(),
             dir: dir.to_path_buf(),
             _tmp: None,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+            http: client(),
         }
     }
 
@@ -175,6 +175,12 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An HTTP client for tests (installs the TLS crypto provider once).
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
 }
 
 #[derive(Clone, Debug)]

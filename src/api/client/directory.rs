@@ -71,11 +71,18 @@ fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, since: 
     Ok(Listing { chunk: page, next_batch, prev_batch, total })
 }
 
+/// Signed-in non-guests may list; anonymous callers only if configured.
+fn may_list(s: &Services, session: Option<&crate::service::users::Session>) -> Result<()> {
+    match session {
+        Some(session) => policy::check(s, session, Action::ListPublicRooms),
+        None if s.settings.raw.rooms.public_directory_without_auth => Ok(()),
+        None => Err(Error::missing_token()),
+    }
+}
+
 pub async fn get_public(state: AppState, req: Ruma<get_public_rooms::v3::Request>) -> Result<get_public_rooms::v3::Response> {
     blocking(&state, move |s| {
-        if let Some(session) = &req.session {
-            policy::check(s, session, Action::ListPublicRooms)?;
-        }
+        may_list(s, req.session.as_ref())?;
         let listing = public_rooms(s, None, req.body.limit, req.body.since.as_deref())?;
         let mut response = get_public_rooms::v3::Response::new(listing.chunk);
         response.next_batch = listing.next_batch;
@@ -88,9 +95,7 @@ pub async fn get_public(state: AppState, req: Ruma<get_public_rooms::v3::Request
 
 pub async fn post_public(state: AppState, req: Ruma<get_public_rooms_filtered::v3::Request>) -> Result<get_public_rooms_filtered::v3::Response> {
     blocking(&state, move |s| {
-        if let Some(session) = &req.session {
-            policy::check(s, session, Action::ListPublicRooms)?;
-        }
+        may_list(s, req.session.as_ref())?;
         let body = &req.body;
         let listing = public_rooms(s, body.filter.generic_search_term.as_deref(), body.limit, body.since.as_deref())?;
         let mut response = get_public_rooms_filtered::v3::Response::new();

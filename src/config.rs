@@ -140,18 +140,12 @@ impl Default for Limits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        Self {
-            login_per_second: 0.5,
-            login_burst: 10,
-            registration_per_second: 0.5,
-            registration_burst: 10,
-        }
+        Self { login_per_second: 0.5, login_burst: 10, registration_per_second: 0.5, registration_burst: 10 }
     }
 }
 
 /// Room versions porch can create.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] =
-    [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
 
 /// A configuration problem, phrased as one sentence naming the key and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +217,8 @@ impl Config {
             })?;
         if self.database.path.as_os_str().is_empty() {
             return Err(ConfigError(
-                "config key `database.path` is empty; set it to a folder where porch may keep its RocksDB database".to_owned(),
+                "config key `database.path` is empty; set it to a folder where porch may keep its RocksDB database"
+                    .to_owned(),
             ));
         }
         if self.limits.max_request_bytes < 65_536 {
@@ -234,13 +229,9 @@ impl Config {
         }
         for (key, rate, burst) in [
             ("rate_limits.login", self.rate_limits.login_per_second, self.rate_limits.login_burst),
-            (
-                "rate_limits.registration",
-                self.rate_limits.registration_per_second,
-                self.rate_limits.registration_burst,
-            ),
+            ("rate_limits.registration", self.rate_limits.registration_per_second, self.rate_limits.registration_burst),
         ] {
-            if !(rate > 0.0) || burst == 0 {
+            if rate.is_nan() || rate <= 0.0 || burst == 0 {
                 return Err(ConfigError(format!(
                     "config keys `{key}_per_second` and `{key}_burst` must both be above zero; raise them"
                 )));
@@ -264,9 +255,7 @@ impl Config {
 
 /// The spec's grammar for registration tokens.
 pub fn valid_registration_token(token: &str) -> bool {
-    !token.is_empty()
-        && token.len() <= 64
-        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+    !token.is_empty() && token.len() <= 64 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

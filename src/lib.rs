@@ -19,7 +19,10 @@ use std::{net::SocketAddr, sync::Arc};
 use crate::{config::Settings, service::Services};
 
 /// Open the database and serve the client API until `shutdown` resolves.
-pub async fn serve(settings: Settings, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = settings.client_addr;
     let services = Services::open(settings)?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -37,7 +40,9 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     api::client::sync::spawn_typing_expiry(services.clone());
     if services.settings.federation_addr.is_some() {
-        tracing::warn!("`listen.federation` is set, but this build of porch does not federate yet; other servers cannot reach it");
+        tracing::warn!(
+            "`listen.federation` is set, but this build of porch does not federate yet; other servers cannot reach it"
+        );
     }
     tracing::info!(
         server_name = %services.settings.server_name,

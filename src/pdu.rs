@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
-    OwnedUserId, RoomId, UInt, UserId, events::TimelineEventType,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, UInt, UserId, events::TimelineEventType,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, value::RawValue as RawJsonValue};
@@ -85,7 +85,11 @@ pub struct StoredPdu {
 impl Pdu {
     /// Parse a signed PDU. `room_id` is required for v12 create events,
     /// which carry no `room_id` field.
-    pub fn from_json(event_id: OwnedEventId, room_id: &RoomId, json: Box<RawJsonValue>) -> Result<Self, serde_json::Error> {
+    pub fn from_json(
+        event_id: OwnedEventId,
+        room_id: &RoomId,
+        json: Box<RawJsonValue>,
+    ) -> Result<Self, serde_json::Error> {
         let fields: PduFields = serde_json::from_str(json.get())?;
         let redacts = fields.redacts.or_else(|| {
             #[derive(Deserialize)]

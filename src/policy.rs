@@ -18,7 +18,9 @@ pub enum Action<'a> {
     ListPublicRooms,
     PublishRoom,
     ManageAliases,
-    ViewProfile { target: &'a UserId },
+    ViewProfile {
+        target: &'a UserId,
+    },
     Invite,
     Kick,
     Ban,
@@ -26,8 +28,13 @@ pub enum Action<'a> {
     Knock,
     /// Leaving, or changing one's own member event (profile).
     LeaveOrProfile,
-    Join { room_id: &'a RoomId },
-    CreateRoom { is_direct: bool, invites: &'a [ruma::OwnedUserId] },
+    Join {
+        room_id: &'a RoomId,
+    },
+    CreateRoom {
+        is_direct: bool,
+        invites: &'a [ruma::OwnedUserId],
+    },
 }
 
 /// Refuse `action` for this session if the policy says no.
@@ -38,7 +45,9 @@ pub fn check(services: &Services, session: &Session, action: Action<'_>) -> Resu
     let user_id = &session.user_id;
     match action {
         Action::ListPublicRooms => Err(Error::forbidden("Guests cannot browse the room directory.")),
-        Action::PublishRoom | Action::ManageAliases => Err(Error::forbidden("Guests cannot publish rooms or manage room aliases.")),
+        Action::PublishRoom | Action::ManageAliases => {
+            Err(Error::forbidden("Guests cannot publish rooms or manage room aliases."))
+        }
         Action::ViewProfile { target } => {
             if target == user_id || shares_room(services, user_id, target)? {
                 Ok(())

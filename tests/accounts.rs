@@ -41,7 +41,8 @@ async fn unknown_endpoints_and_methods_are_matrix_errors() {
 async fn register_dummy_first_call_and_uia_flow() {
     let s = TestServer::start().await;
     // No auth: 401 with the dummy flow and a session.
-    let (status, body) = s.post("/_matrix/client/v3/register", None, json!({ "username": "bob", "password": "pw123456" })).await;
+    let (status, body) =
+        s.post("/_matrix/client/v3/register", None, json!({ "username": "bob", "password": "pw123456" })).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["flows"][0]["stages"][0], "m.login.dummy");
     let session = body["session"].as_str().unwrap().to_owned();
@@ -52,9 +53,21 @@ async fn register_dummy_first_call_and_uia_flow() {
     assert_eq!(body["user_id"], "@bob:porch.test");
     assert!(body["access_token"].is_string());
     // Same name again: taken.
-    let (status, body) = s.post("/_matrix/client/v3/register", None, json!({ "username": "bob", "password": "x", "auth": { "type": "m.login.dummy" } })).await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "bob", "password": "x", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
-    let (status, body) = s.post("/_matrix/client/v3/register", None, json!({ "username": "Bad Name!", "password": "x", "auth": { "type": "m.login.dummy" } })).await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "Bad Name!", "password": "x", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_USERNAME")));
     let (status, body) = s.get("/_matrix/client/v3/register/available?username=bob", None).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
@@ -69,13 +82,24 @@ async fn register_dummy_first_call_and_uia_flow() {
 
 #[tokio::test]
 async fn registration_tokens() {
-    let s = TestServer::start_with(common::Options { env: vec![("PORCH_REGISTRATION__TOKENS".into(), "[\"letmein\"]".into())] }).await;
-    let (status, body) = s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=letmein", None).await;
+    let s = TestServer::start_with(common::Options {
+        env: vec![("PORCH_REGISTRATION__TOKENS".into(), "[\"letmein\"]".into())],
+    })
+    .await;
+    let (status, body) =
+        s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=letmein", None).await;
     assert_eq!((status, body["valid"].as_bool()), (200, Some(true)));
-    let (status, body) = s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=nope", None).await;
+    let (status, body) =
+        s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=nope", None).await;
     assert_eq!((status, body["valid"].as_bool()), (200, Some(false)));
     // Dummy is not enough when tokens are required.
-    let (status, body) = s.post("/_matrix/client/v3/register", None, json!({ "username": "dan", "password": "pw", "auth": { "type": "m.login.dummy" } })).await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "dan", "password": "pw", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["flows"][0]["stages"][0], "m.login.registration_token");
     let (status, body) = s
@@ -116,10 +140,22 @@ async fn login_logout_and_whoami() {
     let (status, body) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse battery" })).await;
     assert_eq!(status, 200, "{body}");
     let second = body["access_token"].as_str().unwrap().to_owned();
-    let (status, body) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "@alice:porch.test", "password": "correct horse battery" })).await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "user": "@alice:porch.test", "password": "correct horse battery" }),
+        )
+        .await;
     assert_eq!(status, 200, "legacy user field: {body}");
     let third = body["access_token"].as_str().unwrap().to_owned();
-    let (status, body) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "alice", "password": "wrong" })).await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "user": "alice", "password": "wrong" }),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     let (status, _) = s.post("/_matrix/client/v3/logout", Some(&second), json!({})).await;
     assert_eq!(status, 200);
@@ -138,12 +174,17 @@ async fn login_logout_and_whoami() {
 #[tokio::test]
 async fn login_is_rate_limited() {
     let s = TestServer::start_with(common::Options {
-        env: vec![("PORCH_RATE_LIMITS__LOGIN_BURST".into(), "3".into()), ("PORCH_RATE_LIMITS__LOGIN_PER_SECOND".into(), "0.01".into())],
+        env: vec![
+            ("PORCH_RATE_LIMITS__LOGIN_BURST".into(), "3".into()),
+            ("PORCH_RATE_LIMITS__LOGIN_PER_SECOND".into(), "0.01".into()),
+        ],
     })
     .await;
     let mut last = (0, serde_json::Value::Null);
     for _ in 0..4 {
-        last = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "x", "password": "y" })).await;
+        last = s
+            .post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "x", "password": "y" }))
+            .await;
     }
     assert_eq!(last.0, 429, "{}", last.1);
     assert_eq!(last.1["errcode"], "M_LIMIT_EXCEEDED");
@@ -154,7 +195,9 @@ async fn login_is_rate_limited() {
 async fn password_change_and_devices_need_uia() {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
-    let (status, body) = s.post("/_matrix/client/v3/account/password", Some(&alice.token), json!({ "new_password": "new password 1" })).await;
+    let (status, body) = s
+        .post("/_matrix/client/v3/account/password", Some(&alice.token), json!({ "new_password": "new password 1" }))
+        .await;
     assert_eq!(status, 401, "{body}");
     let session = body["session"].as_str().unwrap().to_owned();
     let (status, body) = s
@@ -165,19 +208,38 @@ async fn password_change_and_devices_need_uia() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "alice", "password": "new password 1" })).await;
+    let (status, _) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "user": "alice", "password": "new password 1" }),
+        )
+        .await;
     assert_eq!(status, 200);
 
     let (status, body) = s.get("/_matrix/client/v3/devices", Some(&alice.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["devices"].as_array().unwrap().len(), 2);
-    let (status, _) = s.put(&format!("/_matrix/client/v3/devices/{}", alice.device_id), Some(&alice.token), json!({ "display_name": "laptop" })).await;
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/devices/{}", alice.device_id),
+            Some(&alice.token),
+            json!({ "display_name": "laptop" }),
+        )
+        .await;
     assert_eq!(status, 200);
     let (_, body) = s.get(&format!("/_matrix/client/v3/devices/{}", alice.device_id), Some(&alice.token)).await;
     assert_eq!(body["display_name"], "laptop");
     let (status, body) = s.get("/_matrix/client/v3/devices/NOPE", Some(&alice.token)).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
-    let (status, body) = s.request(reqwest::Method::DELETE, &format!("/_matrix/client/v3/devices/{}", alice.device_id), Some(&alice.token), Some(json!({}))).await;
+    let (status, body) = s
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{}", alice.device_id),
+            Some(&alice.token),
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 401, "{body}");
     let session = body["session"].as_str().unwrap().to_owned();
     let (status, body) = s
@@ -199,13 +261,26 @@ async fn deactivation_logs_out_and_blocks_login() {
     let alice = s.register("alice").await;
     let room = s.create_room(&alice, json!({})).await;
     let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse battery" });
-    let (status, body) = s.post("/_matrix/client/v3/account/deactivate", Some(&alice.token), json!({ "auth": auth })).await;
+    let (status, body) =
+        s.post("/_matrix/client/v3/account/deactivate", Some(&alice.token), json!({ "auth": auth })).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
     assert_eq!(status, 401);
-    let (status, body) = s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "user": "alice", "password": "correct horse battery" })).await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "user": "alice", "password": "correct horse battery" }),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_USER_DEACTIVATED")));
-    let (status, body) = s.post("/_matrix/client/v3/register", None, json!({ "username": "alice", "password": "x", "auth": { "type": "m.login.dummy" } })).await;
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "alice", "password": "x", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")), "ids are never reused");
     let bob = s.register("bob").await;
     let (status, _) = s.join(&bob, &room).await;
@@ -217,20 +292,43 @@ async fn profile_changes_reach_member_events() {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
     let room = s.create_room(&alice, json!({})).await;
-    let (status, _) = s.put("/_matrix/client/v3/profile/@alice:porch.test/displayname", Some(&alice.token), json!({ "displayname": "Alice A." })).await;
+    let (status, _) = s
+        .put(
+            "/_matrix/client/v3/profile/@alice:porch.test/displayname",
+            Some(&alice.token),
+            json!({ "displayname": "Alice A." }),
+        )
+        .await;
     assert_eq!(status, 200);
     let (status, body) = s.get("/_matrix/client/v3/profile/@alice:porch.test", None).await;
     assert_eq!(status, 200);
     assert_eq!(body["displayname"], "Alice A.");
-    let (status, body) = s.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/@alice:porch.test", enc(&room)), Some(&alice.token)).await;
+    let (status, body) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/@alice:porch.test", enc(&room)),
+            Some(&alice.token),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["displayname"], "Alice A.");
-    let (status, _) = s.put("/_matrix/client/v3/profile/@alice:porch.test/avatar_url", Some(&alice.token), json!({ "avatar_url": "mxc://porch.test/abc" })).await;
+    let (status, _) = s
+        .put(
+            "/_matrix/client/v3/profile/@alice:porch.test/avatar_url",
+            Some(&alice.token),
+            json!({ "avatar_url": "mxc://porch.test/abc" }),
+        )
+        .await;
     assert_eq!(status, 200);
     let (_, body) = s.get("/_matrix/client/v3/profile/@alice:porch.test/avatar_url", None).await;
     assert_eq!(body["avatar_url"], "mxc://porch.test/abc");
     let bob = s.register("bob").await;
-    let (status, body) = s.put("/_matrix/client/v3/profile/@alice:porch.test/displayname", Some(&bob.token), json!({ "displayname": "pwned" })).await;
+    let (status, body) = s
+        .put(
+            "/_matrix/client/v3/profile/@alice:porch.test/displayname",
+            Some(&bob.token),
+            json!({ "displayname": "pwned" }),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     let (status, body) = s.get("/_matrix/client/v3/profile/@nobody:porch.test", None).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
@@ -246,15 +344,31 @@ async fn shared_secret_registration_like_synapse() {
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"test-secret").unwrap();
     mac.update(format!("{nonce}\0admin1\0pw-admin\0admin").as_bytes());
     let digest = hex::encode(mac.finalize().into_bytes());
-    let (status, body) = s.post("/_synapse/admin/v1/register", None, json!({ "nonce": nonce, "username": "admin1", "password": "pw-admin", "admin": true, "mac": digest })).await;
+    let (status, body) = s
+        .post(
+            "/_synapse/admin/v1/register",
+            None,
+            json!({ "nonce": nonce, "username": "admin1", "password": "pw-admin", "admin": true, "mac": digest }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], "@admin1:porch.test");
     // A nonce works once; a wrong MAC is refused.
-    let (status, _) = s.post("/_synapse/admin/v1/register", None, json!({ "nonce": nonce, "username": "admin2", "password": "pw", "admin": false, "mac": digest })).await;
+    let (status, _) = s
+        .post(
+            "/_synapse/admin/v1/register",
+            None,
+            json!({ "nonce": nonce, "username": "admin2", "password": "pw", "admin": false, "mac": digest }),
+        )
+        .await;
     assert_eq!(status, 400);
     let (_, body) = s.get("/_synapse/admin/v1/register", None).await;
     let (status, body) = s
-        .post("/_synapse/admin/v1/register", None, json!({ "nonce": body["nonce"], "username": "admin2", "password": "pw", "admin": false, "mac": "00" }))
+        .post(
+            "/_synapse/admin/v1/register",
+            None,
+            json!({ "nonce": body["nonce"], "username": "admin2", "password": "pw", "admin": false, "mac": "00" }),
+        )
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
 }

@@ -13,10 +13,15 @@ fn nio_python() -> PathBuf {
     let python = venv.join("bin/python");
     let lock = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nio-venv.lock")).unwrap();
     lock.lock().unwrap();
-    if !python.exists() || Command::new(&python).args(["-c", "import nio"]).status().map(|s| !s.success()).unwrap_or(true) {
+    if !python.exists()
+        || Command::new(&python).args(["-c", "import nio"]).status().map(|s| !s.success()).unwrap_or(true)
+    {
         let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
         assert!(status.success(), "could not make a Python virtual environment (python3 -m venv)");
-        let status = Command::new(venv.join("bin/pip")).args(["install", "--quiet", "matrix-nio==0.26.0"]).status().expect("pip");
+        let status = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "matrix-nio==0.26.0"])
+            .status()
+            .expect("pip");
         assert!(status.success(), "could not install matrix-nio into {}", venv.display());
     }
     python
@@ -27,7 +32,8 @@ async fn matrix_nio_two_users_register_talk_paginate_leave() {
     let python = tokio::task::spawn_blocking(nio_python).await.unwrap();
     let server = TestServer::start().await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/nio_scenario.py");
-    let output = tokio::process::Command::new(python).arg(script).arg(&server.base).output().await.expect("run nio scenario");
+    let output =
+        tokio::process::Command::new(python).arg(script).arg(&server.base).output().await.expect("run nio scenario");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "nio scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}");

@@ -23,7 +23,13 @@ async fn acknowledged_events_survive_kill_9() {
             let client = common::client();
             for n in 0.. {
                 let url = format!("{base}/_matrix/client/v3/rooms/{}/send/m.room.message/w{worker}n{n}", enc(&room));
-                let Ok(resp) = client.put(url).bearer_auth(&token).json(&json!({ "msgtype": "m.text", "body": format!("{worker}/{n}") })).send().await else {
+                let Ok(resp) = client
+                    .put(url)
+                    .bearer_auth(&token)
+                    .json(&json!({ "msgtype": "m.text", "body": format!("{worker}/{n}") }))
+                    .send()
+                    .await
+                else {
                     break;
                 };
                 if resp.status() != 200 {
@@ -50,12 +56,20 @@ async fn acknowledged_events_survive_kill_9() {
     let restarted = TestServer::launch(&dir, &common::Options::default());
     let mut missing = Vec::new();
     for event_id in &acked {
-        let (status, _) = restarted.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(event_id)), Some(&alice.token)).await;
+        let (status, _) = restarted
+            .get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(event_id)), Some(&alice.token))
+            .await;
         if status != 200 {
             missing.push(event_id.clone());
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged events lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
     // The room still takes writes after the crash.
     restarted.send_text(&alice, &room, "after restart").await;
     drop(server);

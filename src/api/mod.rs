@@ -59,11 +59,8 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self> {
         let (mut parts, body) = req.into_parts();
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let ip =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let mut path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
             Ok(Path(args)) => args,
             Err(_) => Vec::new(),
@@ -74,7 +71,9 @@ where
         let limit = state.settings.raw.limits.max_request_bytes;
         let mut bytes = axum::body::to_bytes(body, limit)
             .await
-            .map_err(|_| Error::too_large(format!("The request body is larger than the {limit} bytes this server accepts.")))?
+            .map_err(|_| {
+                Error::too_large(format!("The request body is larger than the {limit} bytes this server accepts."))
+            })?
             .to_vec();
         if bytes.is_empty() && parts.method != Method::GET && parts.method != Method::HEAD {
             bytes = b"{}".to_vec();
@@ -125,9 +124,9 @@ fn request_error(err: FromHttpRequestError, body: &[u8]) -> Error {
                 Error::bad_json(format!("The request body is not what this endpoint expects: {e}"))
             }
         }
-        FromHttpRequestError::Deserialization(e @ (DeserializationError::Query(_) | DeserializationError::Ident(_))) => {
-            Error::invalid_param(format!("A parameter is not valid: {e}"))
-        }
+        FromHttpRequestError::Deserialization(
+            e @ (DeserializationError::Query(_) | DeserializationError::Ident(_)),
+        ) => Error::invalid_param(format!("A parameter is not valid: {e}")),
         FromHttpRequestError::MethodMismatch { .. } => Error::method_not_allowed(),
         other => Error::bad_json(format!("The request is not valid: {other}")),
     }
@@ -151,7 +150,10 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
         match self.0.try_into_http_response::<BytesMut>() {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                parts.headers.entry(http::header::CONTENT_TYPE).or_insert(http::HeaderValue::from_static("application/json"));
+                parts
+                    .headers
+                    .entry(http::header::CONTENT_TYPE)
+                    .or_insert(http::HeaderValue::from_static("application/json"));
                 Response::from_parts(parts, Body::from(body.freeze()))
             }
             Err(err) => Error::internal(format!("serialising a response: {err}")).into_response(),

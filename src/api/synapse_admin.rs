@@ -21,7 +21,9 @@ pub fn register(r: &mut Routes) {
 fn secret(state: &AppState) -> Result<String> {
     let secret = state.settings.raw.registration.shared_secret.clone();
     if secret.is_empty() {
-        return Err(Error::bad_json("Shared-secret registration is disabled; set `registration.shared_secret` to enable it."));
+        return Err(Error::bad_json(
+            "Shared-secret registration is disabled; set `registration.shared_secret` to enable it.",
+        ));
     }
     Ok(secret)
 }
@@ -47,7 +49,8 @@ struct RegisterBody {
 
 async fn register_user(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Json<Value>> {
     let secret = secret(&state)?;
-    let body: RegisterBody = serde_json::from_slice(&body).map_err(|e| Error::bad_json(format!("The request body is not valid: {e}")))?;
+    let body: RegisterBody =
+        serde_json::from_slice(&body).map_err(|e| Error::bad_json(format!("The request body is not valid: {e}")))?;
     if !state.shared_secret_nonces.take(&body.nonce) {
         return Err(Error::bad_json("Unrecognised nonce; fetch a fresh one with GET first."));
     }
@@ -71,7 +74,8 @@ async fn register_user(State(state): State<AppState>, body: axum::body::Bytes) -
     let response = blocking(&state, move |s| {
         let user_id = s.users.local_user_id(&body.username.to_lowercase())?;
         s.users.create(&user_id, Some(&body.password), AccountKind::Member, body.admin, body.displayname.clone())?;
-        let (device_id, token) = s.users.create_device(&user_id, None, Some("shared-secret registration".to_owned()), None)?;
+        let (device_id, token) =
+            s.users.create_device(&user_id, None, Some("shared-secret registration".to_owned()), None)?;
         tracing::info!(%user_id, admin = body.admin, "registered an account with the shared secret");
         Ok(json!({ "user_id": user_id, "access_token": token, "device_id": device_id, "home_server": s.server_name() }))
     })

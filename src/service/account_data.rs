@@ -77,7 +77,12 @@ impl AccountData {
                     Err(_) => continue,
                 }
             };
-            out.push(Item { room_id, kind: String::from_utf8_lossy(&rest[split + 1..]).into_owned(), count: entry.count, content: entry.content });
+            out.push(Item {
+                room_id,
+                kind: String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
+                count: entry.count,
+                content: entry.content,
+            });
         }
         Ok(out)
     }

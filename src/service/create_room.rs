@@ -31,13 +31,17 @@ pub struct CreateRoom {
 pub fn create(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
     let version = req.version.clone().unwrap_or_else(|| s.settings.default_room_version.clone());
     if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
-        return Err(Error::unsupported_room_version(format!("This server cannot create rooms of version {version}; use 10, 11 or 12.")));
+        return Err(Error::unsupported_room_version(format!(
+            "This server cannot create rooms of version {version}; use 10, 11 or 12."
+        )));
     }
     let rules = crate::service::rooms::Rooms::rules(&version)?;
     let alias = match &req.alias_localpart {
         Some(localpart) => {
             if localpart.is_empty() || localpart.contains([':', '#', ' ']) {
-                return Err(Error::invalid_param("The room alias name may not be empty or contain ':', '#' or spaces."));
+                return Err(Error::invalid_param(
+                    "The room alias name may not be empty or contain ':', '#' or spaces.",
+                ));
             }
             let alias = OwnedRoomAliasId::try_from(format!("#{localpart}:{}", s.server_name()))
                 .map_err(|_| Error::invalid_param("The room alias name is not valid."))?;
@@ -53,7 +57,8 @@ pub fn create(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRo
             return Err(Error::not_found(format!("{user} does not exist.")));
         }
     }
-    let preset = req.preset.clone().unwrap_or(if req.public { RoomPreset::PublicChat } else { RoomPreset::PrivateChat });
+    let preset =
+        req.preset.clone().unwrap_or(if req.public { RoomPreset::PublicChat } else { RoomPreset::PrivateChat });
     let trusted = preset == RoomPreset::TrustedPrivateChat;
 
     let mut create_content = req.creation_content.clone().unwrap_or_default();
@@ -64,7 +69,8 @@ pub fn create(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRo
         create_content.remove("creator");
     }
     if rules.authorization.explicitly_privilege_room_creators && trusted {
-        let mut extra: Vec<Value> = create_content.get("additional_creators").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        let mut extra: Vec<Value> =
+            create_content.get("additional_creators").and_then(|v| v.as_array()).cloned().unwrap_or_default();
         extra.extend(req.invite.iter().map(|u| json!(u)));
         create_content.insert("additional_creators".into(), Value::Array(extra));
     }
@@ -112,7 +118,11 @@ pub fn create(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRo
         _ => ("invite", "shared", "can_join"),
     };
     events.push(NewEvent::state(TimelineEventType::RoomJoinRules, "", json!({ "join_rule": join_rule })));
-    events.push(NewEvent::state(TimelineEventType::RoomHistoryVisibility, "", json!({ "history_visibility": history })));
+    events.push(NewEvent::state(
+        TimelineEventType::RoomHistoryVisibility,
+        "",
+        json!({ "history_visibility": history }),
+    ));
     events.push(NewEvent::state(TimelineEventType::RoomGuestAccess, "", json!({ "guest_access": guest })));
     for (kind, state_key, content) in req.initial_state {
         if kind == "m.room.create" || kind == "m.room.member" {

@@ -35,14 +35,19 @@ pub fn create_alias(s: &Services, alias: &RoomAliasId, room_id: &RoomId, creator
     if s.db.exists(Cf::Aliases, alias.as_bytes())? {
         return Err(Error::new(http::StatusCode::CONFLICT, "M_UNKNOWN", "This alias is already in use."));
     }
-    s.db.put_json(Cf::Aliases, alias.as_bytes(), &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() })?;
+    s.db.put_json(
+        Cf::Aliases,
+        alias.as_bytes(),
+        &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() },
+    )?;
     Ok(())
 }
 
 /// Remove an alias: its creator, a server admin, or a room member who may
 /// change the canonical alias.
 pub fn delete_alias(s: &Services, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
-    let record: AliasRecord = s.db.get_json(Cf::Aliases, alias.as_bytes())?.ok_or_else(|| Error::not_found("No such alias."))?;
+    let record: AliasRecord =
+        s.db.get_json(Cf::Aliases, alias.as_bytes())?.ok_or_else(|| Error::not_found("No such alias."))?;
     let may = is_admin || record.creator == user || {
         let room = s.rooms.room(&record.room_id)?;
         match room {

@@ -102,7 +102,14 @@ impl Ephemeral {
         Some(json!({ "type": "m.typing", "content": { "user_ids": users } }))
     }
 
-    pub fn set_receipt(&self, room_id: &RoomId, user_id: &UserId, receipt_type: &str, thread: &str, event_id: &OwnedEventId) -> Result<()> {
+    pub fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        receipt_type: &str,
+        thread: &str,
+        event_id: &OwnedEventId,
+    ) -> Result<()> {
         let mut batch = self.db.batch();
         let count = batch.next_count();
         let record = StoredReceipt { event_id: event_id.clone(), ts: crate::util::now_ms(), count };

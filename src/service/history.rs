@@ -51,8 +51,23 @@ pub struct Page {
     pub end: Option<u64>,
 }
 
-/// One page of visible, filter-matching events from `from`.
-pub fn page(s: &Services, user_id: &UserId, room_id: &RoomId, from: u64, forward: bool, limit: usize, filter: &EventFilter<'_>, to: Option<u64>) -> Result<Page> {
+/// Where a page starts, which way it goes, how long it is and where it must stop.
+pub struct PageRequest {
+    pub from: u64,
+    pub forward: bool,
+    pub limit: usize,
+    pub to: Option<u64>,
+}
+
+/// One page of visible, filter-matching events.
+pub fn page(
+    s: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    request: PageRequest,
+    filter: &EventFilter<'_>,
+) -> Result<Page> {
+    let PageRequest { from, forward, limit, to } = request;
     let left_at = match s.rooms.user_membership(user_id, room_id)? {
         Some(record) if record.membership != MembershipState::Join => Some(record.count),
         _ => None,
@@ -71,7 +86,7 @@ pub fn page(s: &Services, user_id: &UserId, room_id: &RoomId, from: u64, forward
                 exhausted = true;
                 break;
             }
-            cursor = if forward { count } else { count };
+            cursor = count;
             // Leavers see nothing after they left.
             if left_at.is_some_and(|left| count > left) {
                 continue;

@@ -13,7 +13,12 @@ use crate::{
 };
 
 /// The content of a member event for a local user, with their profile and guest marker.
-pub fn member_content(services: &Services, user_id: &UserId, membership: MembershipState, reason: Option<&str>) -> Result<Map<String, Value>> {
+pub fn member_content(
+    services: &Services,
+    user_id: &UserId,
+    membership: MembershipState,
+    reason: Option<&str>,
+) -> Result<Map<String, Value>> {
     let mut content = Map::new();
     content.insert("membership".into(), json!(membership.as_str()));
     if let Some(reason) = reason.filter(|r| !r.is_empty()) {
@@ -100,7 +105,9 @@ fn allowed_by_membership(services: &Services, state: &crate::pdu::StateMap, user
         if entry.get("type").and_then(|t| t.as_str()) != Some("m.room_membership") {
             continue;
         }
-        let Some(Ok(room_id)) = entry.get("room_id").and_then(|r| r.as_str()).map(OwnedRoomId::try_from) else { continue };
+        let Some(Ok(room_id)) = entry.get("room_id").and_then(|r| r.as_str()).map(OwnedRoomId::try_from) else {
+            continue;
+        };
         if services.rooms.is_joined(&room_id, user_id)? {
             return Ok(true);
         }
@@ -108,7 +115,14 @@ fn allowed_by_membership(services: &Services, state: &crate::pdu::StateMap, user
     Ok(false)
 }
 
-pub fn invite(services: &Services, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<OwnedEventId> {
+pub fn invite(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Result<OwnedEventId> {
     if !services.rooms.exists(room_id)? {
         return Err(Error::not_found("This room is not known to this server."));
     }
@@ -144,7 +158,14 @@ pub fn leave(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Op
 }
 
 /// Kick, ban or unban `target`. Power is checked by the room's auth rules.
-pub fn moderate(services: &Services, room_id: &RoomId, sender: &UserId, target: &UserId, action: Moderation, reason: Option<&str>) -> Result<()> {
+pub fn moderate(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    action: Moderation,
+    reason: Option<&str>,
+) -> Result<()> {
     if !services.rooms.exists(room_id)? {
         return Err(Error::not_found("This room is not known to this server."));
     }

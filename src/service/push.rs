@@ -45,7 +45,10 @@ pub fn save_ruleset(services: &Services, user_id: &UserId, ruleset: &Ruleset) ->
 }
 
 pub fn counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
-    Ok(services.db.get_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]))?.unwrap_or_default())
+    Ok(services
+        .db
+        .get_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]))?
+        .unwrap_or_default())
 }
 
 /// A read receipt or marker from the user: their counts for the room start again.
@@ -69,7 +72,8 @@ pub async fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
     let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
     let event = services.rooms.get_pdu(&pdu.event_id)?;
     let Some((pdu, meta)) = event else { return Ok(()) };
-    let raw: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event(&meta, false, None))?);
+    let raw: Raw<ruma::events::AnySyncTimelineEvent> =
+        Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event(&meta, false, None))?);
     let mut changed = Vec::new();
     for user_id in members {
         if user_id == pdu.sender || !services.users.is_local(&user_id) {

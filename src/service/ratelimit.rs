@@ -1,11 +1,6 @@
 //! Token-bucket rate limiting keyed by client address.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
 
 pub struct RateLimiter {
     per_second: f64,

@@ -10,8 +10,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
     events::{
         StateEventType, TimelineEventType,
         room::{
@@ -256,7 +256,13 @@ impl Rooms {
 
     /// Timeline entries of a room with stream positions in `(after, until]`
     /// (forward) or `[.., before)` (backward), at most `limit`.
-    pub fn timeline(&self, room_id: &RoomId, from: u64, forward: bool, limit: usize) -> Result<Vec<(u64, OwnedEventId)>> {
+    pub fn timeline(
+        &self,
+        room_id: &RoomId,
+        from: u64,
+        forward: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, OwnedEventId)>> {
         let prefix = prefix(&[room_id.as_bytes()]);
         let mut start = prefix.clone();
         if forward {
@@ -281,7 +287,9 @@ impl Rooms {
     }
 
     pub fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
-        version.rules().ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))
+        version
+            .rules()
+            .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))
     }
 
     /// The room's creators (sender of the create event plus, from v12, `additional_creators`).
@@ -302,7 +310,8 @@ impl Rooms {
                 .unwrap_or_default(),
             None => RoomPowerLevelsSource::None,
         };
-        let creators = if rules.authorization.explicitly_privilege_room_creators { self.creators(state)? } else { Vec::new() };
+        let creators =
+            if rules.authorization.explicitly_privilege_room_creators { self.creators(state)? } else { Vec::new() };
         Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
     }
 
@@ -322,13 +331,15 @@ impl Rooms {
             // Replaced by the create event's reference hash below.
             OwnedRoomId::try_from(format!("!pending:{}", self.server_name)).map_err(Error::internal)?
         } else {
-            OwnedRoomId::try_from(format!("!{}:{}", crate::util::random_string(18), self.server_name)).map_err(Error::internal)?
+            OwnedRoomId::try_from(format!("!{}:{}", crate::util::random_string(18), self.server_name))
+                .map_err(Error::internal)?
         };
         let record = RoomRecord { version, current_state: 0, extremities: Vec::new(), depth: 0, last_count: 0 };
         let mut txn = Txn::new(self, placeholder, record, rules, StateMap::new(), 0);
         let (create, _) = txn.build(sender, NewEvent::state(TimelineEventType::RoomCreate, "", create_content))?;
         if txn.rules.authorization.room_create_event_id_as_room_id {
-            let room_id = OwnedRoomId::try_from(format!("!{}", &create.event_id.as_str()[1..])).map_err(Error::internal)?;
+            let room_id =
+                OwnedRoomId::try_from(format!("!{}", &create.event_id.as_str()[1..])).map_err(Error::internal)?;
             txn.room_id = room_id;
         }
         let room_id = txn.room_id.clone();
@@ -378,7 +389,8 @@ impl Rooms {
     fn event_for_txn(&self, sender: &UserId, txn: Option<&TxnRef>) -> Result<Option<Arc<Pdu>>> {
         let Some(txn) = txn else { return Ok(None) };
         let Some(event_id) = self.db.get(Cf::TxnIds, &txn_key(sender, txn))? else { return Ok(None) };
-        let event_id = OwnedEventId::try_from(String::from_utf8_lossy(&event_id).into_owned()).map_err(Error::internal)?;
+        let event_id =
+            OwnedEventId::try_from(String::from_utf8_lossy(&event_id).into_owned()).map_err(Error::internal)?;
         Ok(self.get_pdu(&event_id)?.map(|(pdu, _)| pdu))
     }
 
@@ -406,7 +418,14 @@ struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    fn new(rooms: &'a Rooms, room_id: OwnedRoomId, record: RoomRecord, rules: RoomVersionRules, state: StateMap, snapshot_depth: u32) -> Self {
+    fn new(
+        rooms: &'a Rooms,
+        room_id: OwnedRoomId,
+        record: RoomRecord,
+        rules: RoomVersionRules,
+        state: StateMap,
+        snapshot_depth: u32,
+    ) -> Self {
         Self {
             batch: rooms.db.batch(),
             rooms,
@@ -450,11 +469,15 @@ impl<'a> Txn<'a> {
         let depth = self.record.depth + 1;
         let mut object = CanonicalJsonObject::new();
         let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
-        let ids = |list: &[OwnedEventId]| CanonicalJsonValue::Array(list.iter().map(|id| string(id.as_str())).collect());
+        let ids =
+            |list: &[OwnedEventId]| CanonicalJsonValue::Array(list.iter().map(|id| string(id.as_str())).collect());
         object.insert("type".into(), string(&event.kind.to_string()));
         object.insert("content".into(), CanonicalJsonValue::Object(content));
         object.insert("sender".into(), string(sender.as_str()));
-        object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()));
+        object.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()),
+        );
         object.insert("depth".into(), CanonicalJsonValue::Integer((depth as u32).into()));
         object.insert("prev_events".into(), ids(&self.record.extremities));
         object.insert("auth_events".into(), ids(&auth_events));
@@ -469,13 +492,22 @@ impl<'a> Txn<'a> {
         {
             object.insert("redacts".into(), string(redacts.as_str()));
         }
-        ruma::signatures::hash_and_sign_event(self.rooms.server_name.as_str(), &self.rooms.signing.key_pair, &mut object, &self.rules.redaction)
-            .map_err(|e| match e {
-                ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than the 65536 bytes a Matrix event may take."),
-                other => Error::internal(format!("signing: {other}")),
-            })?;
+        ruma::signatures::hash_and_sign_event(
+            self.rooms.server_name.as_str(),
+            &self.rooms.signing.key_pair,
+            &mut object,
+            &self.rules.redaction,
+        )
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => {
+                Error::too_large("The event is larger than the 65536 bytes a Matrix event may take.")
+            }
+            other => Error::internal(format!("signing: {other}")),
+        })?;
         let hash = ruma::signatures::reference_hash(&object, &self.rules).map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => Error::too_large("The event is larger than the 65536 bytes a Matrix event may take."),
+            ruma::signatures::JsonError::PduTooLarge => {
+                Error::too_large("The event is larger than the 65536 bytes a Matrix event may take.")
+            }
             other => Error::internal(format!("reference hash: {other}")),
         })?;
         let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
@@ -490,9 +522,13 @@ impl<'a> Txn<'a> {
         // Room version rules checked by ruma: the same checks a remote server runs.
         state_res::check_state_independent_auth_rules(&self.rules.authorization, &pdu, |id| self.fetch(id))
             .map_err(|e| Error::forbidden(format!("This event is not allowed: {e}")))?;
-        state_res::check_state_dependent_auth_rules(&self.rules.authorization, &pdu, |kind: &StateEventType, state_key: &str| {
-            self.state.get(&(kind.to_string(), state_key.to_owned())).and_then(|id| self.fetch(id))
-        })
+        state_res::check_state_dependent_auth_rules(
+            &self.rules.authorization,
+            &pdu,
+            |kind: &StateEventType, state_key: &str| {
+                self.state.get(&(kind.to_string(), state_key.to_owned())).and_then(|id| self.fetch(id))
+            },
+        )
         .map_err(|e| Error::forbidden(format!("This event is not allowed: {e}")))?;
         let mut pdu = pdu;
         pdu.room_id = self.room_id.clone();
@@ -532,12 +568,20 @@ impl<'a> Txn<'a> {
                 }
             } else {
                 self.snapshot_depth += 1;
-                Snapshot { parent: Some(state_before), depth: self.snapshot_depth, changes: vec![(slot.0, slot.1, pdu.event_id.clone())] }
+                Snapshot {
+                    parent: Some(state_before),
+                    depth: self.snapshot_depth,
+                    changes: vec![(slot.0, slot.1, pdu.event_id.clone())],
+                }
             };
             self.batch.put_json(Cf::StateSnapshots, &snapshot_id.to_be_bytes(), &snapshot);
             meta.state_after = snapshot_id;
             self.record.current_state = snapshot_id;
-            self.rooms.state_cache.lock().expect("state cache poisoned").insert(snapshot_id, Arc::new(self.state.clone()));
+            self.rooms
+                .state_cache
+                .lock()
+                .expect("state cache poisoned")
+                .insert(snapshot_id, Arc::new(self.state.clone()));
 
             if pdu.kind == TimelineEventType::RoomMember {
                 self.index_membership(&pdu, state_key, count)?;
@@ -551,8 +595,16 @@ impl<'a> Txn<'a> {
         if let Some(txn) = &meta.txn {
             self.batch.put(Cf::TxnIds, &txn_key(&pdu.sender, txn), pdu.event_id.as_bytes());
         }
-        self.batch.put(Cf::Timeline, &[&prefix(&[self.room_id.as_bytes()])[..], &count.to_be_bytes()].concat(), pdu.event_id.as_bytes());
-        self.batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() });
+        self.batch.put(
+            Cf::Timeline,
+            &[&prefix(&[self.room_id.as_bytes()])[..], &count.to_be_bytes()].concat(),
+            pdu.event_id.as_bytes(),
+        );
+        self.batch.put_json(
+            Cf::Pdus,
+            pdu.event_id.as_bytes(),
+            &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() },
+        );
         self.record.extremities = vec![pdu.event_id.clone()];
         self.record.depth += 1;
         self.record.last_count = count;
@@ -570,7 +622,12 @@ impl<'a> Txn<'a> {
         let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
         self.batch.put_json(Cf::RoomMembers, &key(&[self.room_id.as_bytes(), user_id.as_bytes()]), &content.membership);
         if user_id.server_name() == self.rooms.server_name {
-            let record = MembershipRecord { membership: content.membership, event_id: pdu.event_id.clone(), count, forgotten: false };
+            let record = MembershipRecord {
+                membership: content.membership,
+                event_id: pdu.event_id.clone(),
+                count,
+                forgotten: false,
+            };
             self.batch.put_json(Cf::UserRooms, &key(&[user_id.as_bytes(), self.room_id.as_bytes()]), &record);
         }
         Ok(())
@@ -588,9 +645,9 @@ impl<'a> Txn<'a> {
         let object: CanonicalJsonObject = serde_json::from_str(stored.pdu.get())?;
         let redacted = ruma::canonical_json::redact(object, &self.rules.redaction, None).map_err(Error::internal)?;
         stored.pdu = RawJsonValue::from_string(serde_json::to_string(&redacted)?)?;
-        stored.meta.redacted_because = Some(RawJsonValue::from_string(
-            serde_json::to_string(&redaction.to_client_event(&PduMeta { txn: None, ..stored.meta.clone() }, true, None))?,
-        )?);
+        stored.meta.redacted_because = Some(RawJsonValue::from_string(serde_json::to_string(
+            &redaction.to_client_event(&PduMeta { txn: None, ..stored.meta.clone() }, true, None),
+        )?)?);
         self.batch.put_json(Cf::Pdus, target.as_bytes(), &stored);
         self.rooms.pdu_cache.lock().expect("pdu cache poisoned").remove(target);
         Ok(())

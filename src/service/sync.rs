@@ -13,11 +13,9 @@ use ruma::{
     OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
     api::client::{
         filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
-        sync::sync_events::{
-            v3::{
-                Ephemeral, GlobalAccountData, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom,
-                Response, RoomAccountData, RoomSummary, State, StateEvents, Timeline,
-            },
+        sync::sync_events::v3::{
+            Ephemeral, GlobalAccountData, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom,
+            Response, RoomAccountData, RoomSummary, State, StateEvents, Timeline,
         },
     },
     events::room::member::MembershipState,
@@ -41,7 +39,8 @@ pub struct EventFilter<'a>(pub &'a RoomEventFilter);
 
 impl EventFilter<'_> {
     pub fn allows_room(&self, room_id: &RoomId) -> bool {
-        !self.0.not_rooms.iter().any(|r| r == room_id) && self.0.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+        !self.0.not_rooms.iter().any(|r| r == room_id)
+            && self.0.rooms.as_ref().is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
     }
 
     pub fn allows(&self, pdu: &Pdu) -> bool {
@@ -97,13 +96,16 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
         if record.forgotten || record.count > upto {
             continue;
         }
-        if room_filter.not_rooms.contains(&room_id) || room_filter.rooms.as_ref().is_some_and(|r| !r.contains(&room_id)) {
+        if room_filter.not_rooms.contains(&room_id) || room_filter.rooms.as_ref().is_some_and(|r| !r.contains(&room_id))
+        {
             continue;
         }
         let changed = since.is_none_or(|s| record.count > s);
         match record.membership {
             MembershipState::Join => {
-                if let Some(room) = joined_room(services, session, &room_id, since, upto, params, &rooms_filter, changed)? {
+                if let Some(room) =
+                    joined_room(services, session, &room_id, since, upto, params, &rooms_filter, changed)?
+                {
                     response.rooms.join.insert(room_id, room);
                     anything = true;
                 }
@@ -120,8 +122,13 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
                 response.rooms.knock.insert(room_id, KnockedRoom::from(knock_state));
                 anything = true;
             }
-            MembershipState::Leave | MembershipState::Ban if changed && (since.is_some() || room_filter.include_leave) => {
-                response.rooms.leave.insert(room_id.clone(), left_room(services, session, &room_id, &record.event_id, since)?);
+            MembershipState::Leave | MembershipState::Ban
+                if changed && (since.is_some() || room_filter.include_leave) =>
+            {
+                response
+                    .rooms
+                    .leave
+                    .insert(room_id.clone(), left_room(services, session, &room_id, &record.event_id, since)?);
                 anything = true;
             }
             _ => {}
@@ -133,7 +140,8 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
         if item.count > upto {
             continue;
         }
-        let event = serde_json::json!({ "type": item.kind, "content": serde_json::from_str::<Value>(item.content.get())? });
+        let event =
+            serde_json::json!({ "type": item.kind, "content": serde_json::from_str::<Value>(item.content.get())? });
         match item.room_id {
             None => global.push(raw(&event)),
             Some(room_id) => {
@@ -221,12 +229,17 @@ fn joined_room(
         timeline_start_state.values().cloned().collect()
     } else if limited {
         let before_gap = state_at_position(services, room_id, room_since.unwrap_or(0))?;
-        timeline_start_state.iter().filter(|(slot, id)| before_gap.get(*slot) != Some(*id)).map(|(_, id)| id.clone()).collect()
+        timeline_start_state
+            .iter()
+            .filter(|(slot, id)| before_gap.get(*slot) != Some(*id))
+            .map(|(_, id)| id.clone())
+            .collect()
     } else {
         Vec::new()
     };
     let lazy = EventFilter(&params.filter.room.state).lazy_load_members();
-    let senders: HashSet<&UserId> = entries.iter().map(|(pdu, _)| &*pdu.sender).chain(std::iter::once(&*session.user_id)).collect();
+    let senders: HashSet<&UserId> =
+        entries.iter().map(|(pdu, _)| &*pdu.sender).chain(std::iter::once(&*session.user_id)).collect();
     let mut state_events = Vec::new();
     for event_id in state_ids {
         let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
@@ -241,7 +254,9 @@ fn joined_room(
 
     let device = Some(session.device_id.as_str());
     let mut timeline = Timeline::new();
-    timeline.limited = limited || (room_since.is_none() && entries.first().is_some_and(|(p, _)| p.kind != ruma::events::TimelineEventType::RoomCreate));
+    timeline.limited = limited
+        || (room_since.is_none()
+            && entries.first().is_some_and(|(p, _)| p.kind != ruma::events::TimelineEventType::RoomCreate));
     timeline.prev_batch = entries.first().map(|(_, meta)| format!("t{}", meta.count));
     timeline.events = entries.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, false, device))).collect();
 
@@ -294,10 +309,22 @@ fn summary(services: &Services, room_id: &RoomId, user_id: &UserId, state: &Stat
 }
 
 /// The stripped state sent with invites and knocks.
-pub fn stripped_state(services: &Services, room_id: &RoomId, membership_event: &OwnedEventId) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+pub fn stripped_state(
+    services: &Services,
+    room_id: &RoomId,
+    membership_event: &OwnedEventId,
+) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
     let state = services.rooms.current_state(room_id)?;
     let mut out = Vec::new();
-    for kind in ["m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"] {
+    for kind in [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
+    ] {
         if let Some(pdu) = services.rooms.state_pdu(&state, kind, "")? {
             out.push(raw(&pdu.to_stripped_state()));
         }
@@ -311,7 +338,13 @@ pub fn stripped_state(services: &Services, room_id: &RoomId, membership_event: &
     Ok(out)
 }
 
-fn left_room(services: &Services, session: &Session, room_id: &RoomId, leave_event: &OwnedEventId, since: Option<u64>) -> Result<LeftRoom> {
+fn left_room(
+    services: &Services,
+    session: &Session,
+    room_id: &RoomId,
+    leave_event: &OwnedEventId,
+    since: Option<u64>,
+) -> Result<LeftRoom> {
     let mut room = LeftRoom::new();
     let Some((leave, leave_meta)) = services.rooms.get_pdu(leave_event)? else { return Ok(room) };
     let mut events = Vec::new();
@@ -330,7 +363,9 @@ fn left_room(services: &Services, session: &Session, room_id: &RoomId, leave_eve
     // The room's state up to the timeline, as for a fresh view of a joined
     // room (clients such as matrix-nio expect it).
     let first_state = match services.rooms.timeline(room_id, leave_meta.count + 1, false, events.len())?.last() {
-        Some((_, first)) => services.rooms.get_pdu(first)?.map(|(_, meta)| meta.state_before).unwrap_or(leave_meta.state_before),
+        Some((_, first)) => {
+            services.rooms.get_pdu(first)?.map(|(_, meta)| meta.state_before).unwrap_or(leave_meta.state_before)
+        }
         None => leave_meta.state_before,
     };
     let mut state = Vec::new();

@@ -59,10 +59,21 @@ impl Uiaa {
     ) -> Result<UiaaSession> {
         let (session_id, mut session) = match auth.and_then(|a| a.session()) {
             Some(id) => match self.db.get_json::<UiaaSession>(Cf::UiaaSessions, id.as_bytes())? {
-                Some(s) if s.purpose == purpose && util::now_ms() - s.created_at < SESSION_LIFETIME_MS => (id.to_owned(), s),
-                _ => return Err(self.challenge_new(flows, purpose, Some("The authentication session is unknown or expired; start again."))?),
+                Some(s) if s.purpose == purpose && util::now_ms() - s.created_at < SESSION_LIFETIME_MS => {
+                    (id.to_owned(), s)
+                }
+                _ => {
+                    return Err(self.challenge_new(
+                        flows,
+                        purpose,
+                        Some("The authentication session is unknown or expired; start again."),
+                    )?);
+                }
             },
-            None => (util::random_string(24), UiaaSession { created_at: util::now_ms(), purpose: purpose.to_owned(), ..Default::default() }),
+            None => (
+                util::random_string(24),
+                UiaaSession { created_at: util::now_ms(), purpose: purpose.to_owned(), ..Default::default() },
+            ),
         };
         let Some(auth) = auth else {
             self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
@@ -103,7 +114,12 @@ impl Uiaa {
             }
             Ok(_) => {
                 self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
-                return Err(challenge(flows, &session_id, &session, Some(("M_UNRECOGNIZED", "That stage is not part of any flow here."))));
+                return Err(challenge(
+                    flows,
+                    &session_id,
+                    &session,
+                    Some(("M_UNRECOGNIZED", "That stage is not part of any flow here.")),
+                ));
             }
             Err(err) => {
                 self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;

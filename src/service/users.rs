@@ -97,11 +97,11 @@ impl Users {
     pub fn local_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         let localpart = localpart.strip_prefix('@').map(|s| s.split(':').next().unwrap_or(s)).unwrap_or(localpart);
         if localpart.is_empty()
-            || !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+            || !localpart
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
         {
-            return Err(Error::invalid_username(
-                "User names may only contain a-z, 0-9, and . _ = - / +",
-            ));
+            return Err(Error::invalid_username("User names may only contain a-z, 0-9, and . _ = - / +"));
         }
         let user_id = UserId::parse_with_server_name(localpart, &self.server_name)
             .map_err(|_| Error::invalid_username("That user name is not valid."))?;
@@ -159,7 +159,9 @@ impl Users {
 
     pub fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
         Ok(match self.get(user_id)? {
-            Some(UserRecord { password_hash: Some(hash), deactivated: false, .. }) => util::verify_password(password, &hash),
+            Some(UserRecord { password_hash: Some(hash), deactivated: false, .. }) => {
+                util::verify_password(password, &hash)
+            }
             _ => false,
         })
     }
@@ -179,16 +181,22 @@ impl Users {
         if let Some(old) = self.db.get_json::<DeviceRecord>(Cf::Devices, &device_key)? {
             batch.delete(Cf::AccessTokens, old.access_token.as_bytes());
         }
-        let record = DeviceRecord { display_name, access_token: token.clone(), last_seen_ts: util::now_ms(), last_seen_ip: ip };
+        let record =
+            DeviceRecord { display_name, access_token: token.clone(), last_seen_ts: util::now_ms(), last_seen_ip: ip };
         batch.put_json(Cf::Devices, &device_key, &record);
-        batch.put_json(Cf::AccessTokens, token.as_bytes(), &TokenRecord { user_id: user_id.to_owned(), device_id: device_id.clone() });
+        batch.put_json(
+            Cf::AccessTokens,
+            token.as_bytes(),
+            &TokenRecord { user_id: user_id.to_owned(), device_id: device_id.clone() },
+        );
         batch.commit_durable()?;
         Ok((device_id, token))
     }
 
     /// Resolve an access token to its session.
     pub fn authenticate(&self, token: &str) -> Result<Session> {
-        let record: TokenRecord = self.db.get_json(Cf::AccessTokens, token.as_bytes())?.ok_or_else(Error::unknown_token)?;
+        let record: TokenRecord =
+            self.db.get_json(Cf::AccessTokens, token.as_bytes())?.ok_or_else(Error::unknown_token)?;
         let user = self.get(&record.user_id)?.ok_or_else(Error::unknown_token)?;
         if user.deactivated {
             return Err(Error::unknown_token());

@@ -101,6 +101,9 @@ pub enum StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// A key and its value, as iterators yield them.
+pub type Entry = StorageResult<(Box<[u8]>, Box<[u8]>)>;
+
 const COUNT_KEY: &[u8] = b"stream_count";
 
 pub struct Db {
@@ -164,11 +167,7 @@ impl Db {
     }
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
-    pub fn scan_prefix<'a>(
-        &'a self,
-        cf: Cf,
-        prefix: &'a [u8],
-    ) -> impl Iterator<Item = StorageResult<(Box<[u8]>, Box<[u8]>)>> + 'a {
+    pub fn scan_prefix<'a>(&'a self, cf: Cf, prefix: &'a [u8]) -> impl Iterator<Item = Entry> + 'a {
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
             .take_while(move |item| item.as_ref().map(|(k, _)| k.starts_with(prefix)).unwrap_or(true))
@@ -182,7 +181,7 @@ impl Db {
         prefix: &'a [u8],
         from: &[u8],
         forward: bool,
-    ) -> impl Iterator<Item = StorageResult<(Box<[u8]>, Box<[u8]>)>> + 'a {
+    ) -> impl Iterator<Item = Entry> + 'a {
         let direction = if forward { Direction::Forward } else { Direction::Reverse };
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(from, direction))

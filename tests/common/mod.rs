@@ -21,14 +21,9 @@ pub struct TestServer {
     pub http: reqwest::Client,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub env: Vec<(String, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self { env: Vec::new() }
-    }
 }
 
 impl TestServer {
@@ -79,21 +74,15 @@ impl TestServer {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let base = loop {
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(remaining).unwrap_or_else(|_| panic!("porch did not report readiness within 30s"));
+            let line =
+                rx.recv_timeout(remaining).unwrap_or_else(|_| panic!("porch did not report readiness within 30s"));
             if let Some(rest) = line.split("client API on ").nth(1) {
                 break rest.split_whitespace().next().expect("address").to_owned();
             }
         };
         // Keep draining output so the pipes never fill.
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        Self {
-            child,
-            base,
-            server_name: "porch.test".into(),
-            dir: dir.to_path_buf(),
-            _tmp: None,
-            http: client(),
-        }
+        Self { child, base, server_name: "porch.test".into(), dir: dir.to_path_buf(), _tmp: None, http: client() }
     }
 
     pub fn kill(&mut self) {
@@ -101,7 +90,13 @@ impl TestServer {
         let _ = self.child.wait();
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(token) = token {
             req = req.bearer_auth(token);
@@ -131,7 +126,11 @@ impl TestServer {
     /// Register `name` with the dummy flow; returns a signed-in user.
     pub async fn register(&self, name: &str) -> User {
         let (status, body) = self
-            .post("/_matrix/client/v3/register", None, json!({ "username": name, "password": "correct horse battery", "auth": { "type": "m.login.dummy" } }))
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({ "username": name, "password": "correct horse battery", "auth": { "type": "m.login.dummy" } }),
+            )
             .await;
         assert_eq!(status, 200, "register {name}: {body}");
         User {
@@ -150,7 +149,11 @@ impl TestServer {
     pub async fn send_text(&self, user: &User, room_id: &str, text: &str) -> String {
         let txn = uuid_like();
         let (status, resp) = self
-            .put(&format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id)), Some(&user.token), json!({ "msgtype": "m.text", "body": text }))
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id)),
+                Some(&user.token),
+                json!({ "msgtype": "m.text", "body": text }),
+            )
             .await;
         assert_eq!(status, 200, "send: {resp}");
         resp["event_id"].as_str().unwrap().to_owned()

@@ -17,8 +17,7 @@ use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
     service::{
-        Services,
-        membership,
+        Services, membership,
         uiaa::{self, StageChecks},
         users::AccountKind,
     },
@@ -44,7 +43,9 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
             return Err(Error::forbidden("Guest registration is disabled on this server."));
         }
         if !guest && !s.settings.raw.registration.enabled {
-            return Err(Error::forbidden("Registration is disabled on this server; ask an administrator for an account."));
+            return Err(Error::forbidden(
+                "Registration is disabled on this server; ask an administrator for an account.",
+            ));
         }
         let (user_id, kind, password) = if guest {
             // Temporary accounts get an id nobody can guess or choose.
@@ -64,7 +65,8 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
         };
         let mut token_used = None;
         if !guest {
-            let flows: &[&[&str]] = if s.registration.requires_token() { &[&[uiaa::REGISTRATION_TOKEN]] } else { &[&[uiaa::DUMMY]] };
+            let flows: &[&[&str]] =
+                if s.registration.requires_token() { &[&[uiaa::REGISTRATION_TOKEN]] } else { &[&[uiaa::DUMMY]] };
             let session = s.uiaa.authorize(s, body.auth.as_ref(), flows, "register", None)?;
             token_used = session.registration_token;
         }
@@ -75,7 +77,12 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
         tracing::info!(%user_id, kind = kind.as_str(), "registered an account");
         let mut response = register::v3::Response::new(user_id.clone());
         if !body.inhibit_login {
-            let (device_id, token) = s.users.create_device(&user_id, body.device_id.clone(), body.initial_device_display_name.clone(), Some(ip))?;
+            let (device_id, token) = s.users.create_device(
+                &user_id,
+                body.device_id.clone(),
+                body.initial_device_display_name.clone(),
+                Some(ip),
+            )?;
             response.access_token = Some(token);
             response.device_id = Some(device_id);
         }
@@ -84,7 +91,10 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
     .await
 }
 
-pub async fn username_available(state: AppState, req: Ruma<get_username_availability::v3::Request>) -> Result<get_username_availability::v3::Response> {
+pub async fn username_available(
+    state: AppState,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> Result<get_username_availability::v3::Response> {
     state.register_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
     blocking(&state, move |s| {
         let user_id = s.users.local_user_id(&req.body.username)?;
@@ -101,7 +111,10 @@ pub async fn token_validity(
     req: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<check_registration_token_validity::v1::Response> {
     state.register_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
-    blocking(&state, move |s| Ok(check_registration_token_validity::v1::Response::new(s.registration.is_valid(&req.body.token)?))).await
+    blocking(&state, move |s| {
+        Ok(check_registration_token_validity::v1::Response::new(s.registration.is_valid(&req.body.token)?))
+    })
+    .await
 }
 
 pub async fn login_types(_: AppState, _: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
@@ -125,7 +138,8 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<log
             (None, Some(user)) => user.clone(),
             _ => return Err(Error::forbidden("Invalid username or password.")),
         };
-        let user_id = uiaa::identifier_user(s.server_name(), &name).ok_or_else(|| Error::forbidden("Invalid username or password."))?;
+        let user_id = uiaa::identifier_user(s.server_name(), &name)
+            .ok_or_else(|| Error::forbidden("Invalid username or password."))?;
         if let Some(user) = s.users.get(&user_id)?
             && user.deactivated
         {
@@ -134,7 +148,12 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<log
         if !s.users.is_local(&user_id) || !s.users.check_password(&user_id, &password.password)? {
             return Err(Error::forbidden("Invalid username or password."));
         }
-        let (device_id, token) = s.users.create_device(&user_id, body.device_id.clone(), body.initial_device_display_name.clone(), Some(ip))?;
+        let (device_id, token) = s.users.create_device(
+            &user_id,
+            body.device_id.clone(),
+            body.initial_device_display_name.clone(),
+            Some(ip),
+        )?;
         let mut response = login::v3::Response::new(user_id, token, device_id);
         #[allow(deprecated)]
         {
@@ -148,7 +167,7 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<log
 pub async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
-        s.users.remove_devices(&session.user_id, Some(&[session.device_id.clone()]), None)?;
+        s.users.remove_devices(&session.user_id, Some(std::slice::from_ref(&session.device_id)), None)?;
         Ok(logout::v3::Response::new())
     })
     .await
@@ -175,7 +194,10 @@ fn password_uia(s: &Services, auth: Option<&AuthData>, purpose: &str, user_id: &
     Ok(())
 }
 
-pub async fn change_password(state: AppState, req: Ruma<change_password::v3::Request>) -> Result<change_password::v3::Response> {
+pub async fn change_password(
+    state: AppState,
+    req: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         if session.user.password_hash.is_none() {
@@ -218,7 +240,10 @@ pub fn deactivate_account(s: &Services, user_id: &ruma::UserId) -> Result<()> {
     Ok(())
 }
 
-fn device_info(device_id: OwnedDeviceId, record: crate::service::users::DeviceRecord) -> ruma::api::client::device::Device {
+fn device_info(
+    device_id: OwnedDeviceId,
+    record: crate::service::users::DeviceRecord,
+) -> ruma::api::client::device::Device {
     let mut device = ruma::api::client::device::Device::new(device_id);
     device.display_name = record.display_name;
     device.last_seen_ip = record.last_seen_ip;
@@ -236,13 +261,19 @@ pub async fn devices(state: AppState, req: Ruma<get_devices::v3::Request>) -> Re
 
 pub async fn device(state: AppState, req: Ruma<get_device::v3::Request>) -> Result<get_device::v3::Response> {
     blocking(&state, move |s| {
-        let record = s.users.device(&req.session().user_id, req.body.device_id.as_str())?.ok_or_else(|| Error::not_found("No such device."))?;
+        let record = s
+            .users
+            .device(&req.session().user_id, req.body.device_id.as_str())?
+            .ok_or_else(|| Error::not_found("No such device."))?;
         Ok(get_device::v3::Response::new(device_info(req.body.device_id.clone(), record)))
     })
     .await
 }
 
-pub async fn update_device(state: AppState, req: Ruma<update_device::v3::Request>) -> Result<update_device::v3::Response> {
+pub async fn update_device(
+    state: AppState,
+    req: Ruma<update_device::v3::Request>,
+) -> Result<update_device::v3::Response> {
     blocking(&state, move |s| {
         if !s.users.update_device(&req.session().user_id, req.body.device_id.as_str(), req.body.display_name.clone())? {
             return Err(Error::not_found("No such device."));
@@ -252,20 +283,26 @@ pub async fn update_device(state: AppState, req: Ruma<update_device::v3::Request
     .await
 }
 
-pub async fn delete_device(state: AppState, req: Ruma<delete_device::v3::Request>) -> Result<delete_device::v3::Response> {
+pub async fn delete_device(
+    state: AppState,
+    req: Ruma<delete_device::v3::Request>,
+) -> Result<delete_device::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         if s.users.device(&session.user_id, req.body.device_id.as_str())?.is_none() {
             return Err(Error::not_found("No such device."));
         }
         password_uia(s, req.body.auth.as_ref(), "delete_devices", &session.user_id)?;
-        s.users.remove_devices(&session.user_id, Some(&[req.body.device_id.clone()]), None)?;
+        s.users.remove_devices(&session.user_id, Some(std::slice::from_ref(&req.body.device_id)), None)?;
         Ok(delete_device::v3::Response::new())
     })
     .await
 }
 
-pub async fn delete_devices(state: AppState, req: Ruma<delete_devices::v3::Request>) -> Result<delete_devices::v3::Response> {
+pub async fn delete_devices(
+    state: AppState,
+    req: Ruma<delete_devices::v3::Request>,
+) -> Result<delete_devices::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         password_uia(s, req.body.auth.as_ref(), "delete_devices", &session.user_id)?;

@@ -3,7 +3,10 @@
 use ruma::{
     api::client::{
         config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
-        push::{delete_pushrule, get_pushrule, get_pushrules_all, get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled},
+        push::{
+            delete_pushrule, get_pushrule, get_pushrules_all, get_pushrules_global_scope, set_pushrule,
+            set_pushrule_actions, set_pushrule_enabled,
+        },
         tag::{create_tag, delete_tag, get_tags},
     },
     serde::Raw,
@@ -39,7 +42,10 @@ fn writable(kind: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::Request>) -> Result<set_global_account_data::v3::Response> {
+pub async fn set_global(
+    state: AppState,
+    req: Ruma<set_global_account_data::v3::Request>,
+) -> Result<set_global_account_data::v3::Response> {
     blocking(&state, move |s| {
         own(&req.session().user_id, &req.body.user_id)?;
         let kind = req.body.event_type.to_string();
@@ -51,7 +57,10 @@ pub async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::
     .await
 }
 
-pub async fn get_global(state: AppState, req: Ruma<get_global_account_data::v3::Request>) -> Result<get_global_account_data::v3::Response> {
+pub async fn get_global(
+    state: AppState,
+    req: Ruma<get_global_account_data::v3::Request>,
+) -> Result<get_global_account_data::v3::Response> {
     blocking(&state, move |s| {
         own(&req.session().user_id, &req.body.user_id)?;
         let raw = s
@@ -63,7 +72,10 @@ pub async fn get_global(state: AppState, req: Ruma<get_global_account_data::v3::
     .await
 }
 
-pub async fn set_room(state: AppState, req: Ruma<set_room_account_data::v3::Request>) -> Result<set_room_account_data::v3::Response> {
+pub async fn set_room(
+    state: AppState,
+    req: Ruma<set_room_account_data::v3::Request>,
+) -> Result<set_room_account_data::v3::Response> {
     blocking(&state, move |s| {
         own(&req.session().user_id, &req.body.user_id)?;
         let kind = req.body.event_type.to_string();
@@ -75,7 +87,10 @@ pub async fn set_room(state: AppState, req: Ruma<set_room_account_data::v3::Requ
     .await
 }
 
-pub async fn get_room(state: AppState, req: Ruma<get_room_account_data::v3::Request>) -> Result<get_room_account_data::v3::Response> {
+pub async fn get_room(
+    state: AppState,
+    req: Ruma<get_room_account_data::v3::Request>,
+) -> Result<get_room_account_data::v3::Response> {
     blocking(&state, move |s| {
         own(&req.session().user_id, &req.body.user_id)?;
         let raw = s
@@ -132,33 +147,47 @@ pub async fn delete_tag(state: AppState, req: Ruma<delete_tag::v3::Request>) -> 
     .await
 }
 
-pub async fn push_rules(state: AppState, req: Ruma<get_pushrules_all::v3::Request>) -> Result<get_pushrules_all::v3::Response> {
+pub async fn push_rules(
+    state: AppState,
+    req: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<get_pushrules_all::v3::Response> {
     blocking(&state, move |s| Ok(get_pushrules_all::v3::Response::new(push::ruleset(s, &req.session().user_id)?))).await
 }
 
-pub async fn push_rules_global(state: AppState, req: Ruma<get_pushrules_global_scope::v3::Request>) -> Result<get_pushrules_global_scope::v3::Response> {
-    blocking(&state, move |s| Ok(get_pushrules_global_scope::v3::Response::new(push::ruleset(s, &req.session().user_id)?))).await
+pub async fn push_rules_global(
+    state: AppState,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> Result<get_pushrules_global_scope::v3::Response> {
+    blocking(&state, move |s| {
+        Ok(get_pushrules_global_scope::v3::Response::new(push::ruleset(s, &req.session().user_id)?))
+    })
+    .await
 }
 
 pub async fn push_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) -> Result<get_pushrule::v3::Response> {
     blocking(&state, move |s| {
         let ruleset = push::ruleset(s, &req.session().user_id)?;
-        let rule = ruleset.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(|| Error::not_found("No such push rule."))?;
+        let rule = ruleset
+            .get(req.body.kind.clone(), &req.body.rule_id)
+            .ok_or_else(|| Error::not_found("No such push rule."))?;
         Ok(get_pushrule::v3::Response::new(rule.into()))
     })
     .await
 }
 
-pub async fn set_push_rule(state: AppState, req: Ruma<set_pushrule::v3::Request>) -> Result<set_pushrule::v3::Response> {
+pub async fn set_push_rule(
+    state: AppState,
+    req: Ruma<set_pushrule::v3::Request>,
+) -> Result<set_pushrule::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
         let mut ruleset = push::ruleset(s, user_id)?;
-        ruleset
-            .insert(req.body.rule.clone(), req.body.after.as_deref(), req.body.before.as_deref())
-            .map_err(|e| match e {
+        ruleset.insert(req.body.rule.clone(), req.body.after.as_deref(), req.body.before.as_deref()).map_err(|e| {
+            match e {
                 ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(format!("{e}")),
                 other => Error::invalid_param(format!("{other}")),
-            })?;
+            }
+        })?;
         push::save_ruleset(s, user_id, &ruleset)?;
         s.rooms.notify();
         Ok(set_pushrule::v3::Response::new())
@@ -166,7 +195,10 @@ pub async fn set_push_rule(state: AppState, req: Ruma<set_pushrule::v3::Request>
     .await
 }
 
-pub async fn delete_push_rule(state: AppState, req: Ruma<delete_pushrule::v3::Request>) -> Result<delete_pushrule::v3::Response> {
+pub async fn delete_push_rule(
+    state: AppState,
+    req: Ruma<delete_pushrule::v3::Request>,
+) -> Result<delete_pushrule::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
         let mut ruleset = push::ruleset(s, user_id)?;
@@ -181,11 +213,16 @@ pub async fn delete_push_rule(state: AppState, req: Ruma<delete_pushrule::v3::Re
     .await
 }
 
-pub async fn set_push_rule_enabled(state: AppState, req: Ruma<set_pushrule_enabled::v3::Request>) -> Result<set_pushrule_enabled::v3::Response> {
+pub async fn set_push_rule_enabled(
+    state: AppState,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> Result<set_pushrule_enabled::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
         let mut ruleset = push::ruleset(s, user_id)?;
-        ruleset.set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled).map_err(|_| Error::not_found("No such push rule."))?;
+        ruleset
+            .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
+            .map_err(|_| Error::not_found("No such push rule."))?;
         push::save_ruleset(s, user_id, &ruleset)?;
         s.rooms.notify();
         Ok(set_pushrule_enabled::v3::Response::new())
@@ -193,11 +230,16 @@ pub async fn set_push_rule_enabled(state: AppState, req: Ruma<set_pushrule_enabl
     .await
 }
 
-pub async fn set_push_rule_actions(state: AppState, req: Ruma<set_pushrule_actions::v3::Request>) -> Result<set_pushrule_actions::v3::Response> {
+pub async fn set_push_rule_actions(
+    state: AppState,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> Result<set_pushrule_actions::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
         let mut ruleset = push::ruleset(s, user_id)?;
-        ruleset.set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone()).map_err(|_| Error::not_found("No such push rule."))?;
+        ruleset
+            .set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone())
+            .map_err(|_| Error::not_found("No such push rule."))?;
         push::save_ruleset(s, user_id, &ruleset)?;
         s.rooms.notify();
         Ok(set_pushrule_actions::v3::Response::new())

@@ -32,13 +32,20 @@ fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, since: 
     for room_id in directory::published_rooms(s)? {
         let state = s.rooms.current_state(&room_id)?;
         let text = |kind: &str, field: &str| -> Result<Option<String>> {
-            Ok(s.rooms.state_content(&state, kind, "")?.and_then(|c| c.get(field).and_then(|v| v.as_str()).map(str::to_owned)))
+            Ok(s.rooms
+                .state_content(&state, kind, "")?
+                .and_then(|c| c.get(field).and_then(|v| v.as_str()).map(str::to_owned)))
         };
         let name = text("m.room.name", "name")?;
         let topic = text("m.room.topic", "topic")?;
         let alias = text("m.room.canonical_alias", "alias")?;
         if let Some(term) = &search {
-            let hay = [&name, &topic, &alias].iter().filter_map(|v| v.as_deref()).map(str::to_lowercase).collect::<Vec<_>>().join(" ");
+            let hay = [&name, &topic, &alias]
+                .iter()
+                .filter_map(|v| v.as_deref())
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+                .join(" ");
             if !hay.contains(term.as_str()) {
                 continue;
             }
@@ -47,7 +54,8 @@ fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, since: 
         let mut entry: PublicRoomsChunk = PublicRoomsChunkInit {
             num_joined_members: UInt::new_saturating(joined),
             room_id: room_id.clone(),
-            world_readable: text("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable"),
+            world_readable: text("m.room.history_visibility", "history_visibility")?.as_deref()
+                == Some("world_readable"),
             guest_can_join: text("m.room.guest_access", "guest_access")?.as_deref() == Some("can_join"),
         }
         .into();
@@ -55,13 +63,17 @@ fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, since: 
         entry.topic = topic;
         entry.canonical_alias = alias.and_then(|a| a.try_into().ok());
         entry.avatar_url = text("m.room.avatar", "url")?.map(Into::into);
-        entry.join_rule = JoinRuleKind::from(text("m.room.join_rules", "join_rule")?.unwrap_or_else(|| "public".to_owned()).as_str());
+        entry.join_rule =
+            JoinRuleKind::from(text("m.room.join_rules", "join_rule")?.unwrap_or_else(|| "public".to_owned()).as_str());
         chunk.push(entry);
     }
     chunk.sort_by(|a, b| b.num_joined_members.cmp(&a.num_joined_members).then(a.room_id.cmp(&b.room_id)));
     let total = chunk.len();
     let offset: usize = match since {
-        Some(token) => token.strip_prefix('p').and_then(|n| n.parse().ok()).ok_or_else(|| Error::invalid_param("The `since` token is not valid."))?,
+        Some(token) => token
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("The `since` token is not valid."))?,
         None => 0,
     };
     let limit = limit.map(|l| u64::from(l) as usize).unwrap_or(100).clamp(1, 500);
@@ -80,7 +92,10 @@ fn may_list(s: &Services, session: Option<&crate::service::users::Session>) -> R
     }
 }
 
-pub async fn get_public(state: AppState, req: Ruma<get_public_rooms::v3::Request>) -> Result<get_public_rooms::v3::Response> {
+pub async fn get_public(
+    state: AppState,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> Result<get_public_rooms::v3::Response> {
     blocking(&state, move |s| {
         may_list(s, req.session.as_ref())?;
         let listing = public_rooms(s, None, req.body.limit, req.body.since.as_deref())?;
@@ -93,7 +108,10 @@ pub async fn get_public(state: AppState, req: Ruma<get_public_rooms::v3::Request
     .await
 }
 
-pub async fn post_public(state: AppState, req: Ruma<get_public_rooms_filtered::v3::Request>) -> Result<get_public_rooms_filtered::v3::Response> {
+pub async fn post_public(
+    state: AppState,
+    req: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> Result<get_public_rooms_filtered::v3::Response> {
     blocking(&state, move |s| {
         may_list(s, req.session.as_ref())?;
         let body = &req.body;
@@ -108,25 +126,37 @@ pub async fn post_public(state: AppState, req: Ruma<get_public_rooms_filtered::v
     .await
 }
 
-pub async fn get_visibility(state: AppState, req: Ruma<get_room_visibility::v3::Request>) -> Result<get_room_visibility::v3::Response> {
+pub async fn get_visibility(
+    state: AppState,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> Result<get_room_visibility::v3::Response> {
     blocking(&state, move |s| {
         if !s.rooms.exists(&req.body.room_id)? {
             return Err(Error::not_found("This room is not known to this server."));
         }
-        let visibility = if directory::is_published(s, &req.body.room_id)? { Visibility::Public } else { Visibility::Private };
+        let visibility =
+            if directory::is_published(s, &req.body.room_id)? { Visibility::Public } else { Visibility::Private };
         Ok(get_room_visibility::v3::Response::new(visibility))
     })
     .await
 }
 
-pub async fn set_visibility(state: AppState, req: Ruma<set_room_visibility::v3::Request>) -> Result<set_room_visibility::v3::Response> {
+pub async fn set_visibility(
+    state: AppState,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> Result<set_room_visibility::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         policy::check(s, session, Action::PublishRoom)?;
-        let room = s.rooms.room(&req.body.room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+        let room = s
+            .rooms
+            .room(&req.body.room_id)?
+            .ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         let state = s.rooms.state_at(room.current_state)?;
         let power = s.rooms.power_levels(&room.version, &state)?;
-        if !session.user.is_admin && !power.user_can_send_state(&session.user_id, ruma::events::StateEventType::RoomCanonicalAlias) {
+        if !session.user.is_admin
+            && !power.user_can_send_state(&session.user_id, ruma::events::StateEventType::RoomCanonicalAlias)
+        {
             return Err(Error::forbidden("You may not change whether this room is published."));
         }
         directory::set_published(s, &req.body.room_id, req.body.visibility == Visibility::Public)?;
@@ -157,14 +187,19 @@ pub async fn search_users(state: AppState, req: Ruma<search_users::v3::Request>)
             }
             for member in s.rooms.joined_members(&room_id)? {
                 if !s.users.is_local(&member) && !candidates.iter().any(|(u, _, _)| *u == member) {
-                    let content = s.rooms.current_state_pdu(&room_id, "m.room.member", member.as_str())?.map(|p| p.content_value()).unwrap_or_default();
+                    let content = s
+                        .rooms
+                        .current_state_pdu(&room_id, "m.room.member", member.as_str())?
+                        .map(|p| p.content_value())
+                        .unwrap_or_default();
                     let name = content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
                     candidates.push((member, name, None));
                 }
             }
         }
         for (user_id, display_name, avatar_url) in candidates {
-            let matches = user_id.as_str().to_lowercase().contains(&term) || display_name.as_deref().is_some_and(|n| n.to_lowercase().contains(&term));
+            let matches = user_id.as_str().to_lowercase().contains(&term)
+                || display_name.as_deref().is_some_and(|n| n.to_lowercase().contains(&term));
             if !matches || !policy::may_see_in_directory(s, session, &user_id)? {
                 continue;
             }

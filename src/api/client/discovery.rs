@@ -23,15 +23,25 @@ use crate::{
 };
 
 /// Spec versions whose client-server API porch serves.
-const SPEC_VERSIONS: &[&str] = &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15"];
+const SPEC_VERSIONS: &[&str] = &[
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
+    "v1.13", "v1.14", "v1.15",
+];
 
-pub async fn versions(_: AppState, _: Ruma<get_supported_versions::Request>) -> Result<get_supported_versions::Response> {
+pub async fn versions(
+    _: AppState,
+    _: Ruma<get_supported_versions::Request>,
+) -> Result<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
-    response.unstable_features = BTreeMap::from([("org.matrix.msc3266".to_owned(), true), ("org.matrix.msc3083.v2".to_owned(), true)]);
+    response.unstable_features =
+        BTreeMap::from([("org.matrix.msc3266".to_owned(), true), ("org.matrix.msc3083.v2".to_owned(), true)]);
     Ok(response)
 }
 
-pub async fn well_known_client(state: AppState, _: Ruma<discover_homeserver::Request>) -> Result<discover_homeserver::Response> {
+pub async fn well_known_client(
+    state: AppState,
+    _: Ruma<discover_homeserver::Request>,
+) -> Result<discover_homeserver::Response> {
     Ok(discover_homeserver::Response::new(HomeserverInfo::new(state.settings.client_base_url())))
 }
 
@@ -48,7 +58,10 @@ pub async fn well_known_server(axum::extract::State(state): axum::extract::State
     Json(json!({ "m.server": server }))
 }
 
-pub async fn capabilities(state: AppState, req: Ruma<get_capabilities::v3::Request>) -> Result<get_capabilities::v3::Response> {
+pub async fn capabilities(
+    state: AppState,
+    req: Ruma<get_capabilities::v3::Request>,
+) -> Result<get_capabilities::v3::Response> {
     let mut capabilities = Capabilities::new();
     let available: BTreeMap<RoomVersionId, RoomVersionStability> =
         SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();

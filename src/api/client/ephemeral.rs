@@ -18,7 +18,10 @@ use crate::{
     service::push,
 };
 
-pub async fn typing(state: AppState, req: Ruma<create_typing_event::v3::Request>) -> Result<create_typing_event::v3::Response> {
+pub async fn typing(
+    state: AppState,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> Result<create_typing_event::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         if req.body.user_id != session.user_id {
@@ -47,7 +50,14 @@ fn thread_key(thread: &ReceiptThread) -> String {
 }
 
 /// Record a receipt or marker after checking the event is in the room.
-fn receipt(s: &crate::service::Services, session: &crate::service::users::Session, room_id: &ruma::RoomId, event_id: &ruma::EventId, kind: &str, thread: &str) -> Result<()> {
+fn receipt(
+    s: &crate::service::Services,
+    session: &crate::service::users::Session,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+    kind: &str,
+    thread: &str,
+) -> Result<()> {
     if !s.rooms.is_joined(room_id, &session.user_id)? {
         return Err(Error::forbidden("You are not in this room."));
     }
@@ -67,7 +77,10 @@ fn receipt(s: &crate::service::Services, session: &crate::service::users::Sessio
     Ok(())
 }
 
-pub async fn create_receipt(state: AppState, req: Ruma<create_receipt::v3::Request>) -> Result<create_receipt::v3::Response> {
+pub async fn create_receipt(
+    state: AppState,
+    req: Ruma<create_receipt::v3::Request>,
+) -> Result<create_receipt::v3::Response> {
     blocking(&state, move |s| {
         let body = &req.body;
         let kind = match &body.receipt_type {
@@ -83,7 +96,10 @@ pub async fn create_receipt(state: AppState, req: Ruma<create_receipt::v3::Reque
     .await
 }
 
-pub async fn read_markers(state: AppState, req: Ruma<set_read_marker::v3::Request>) -> Result<set_read_marker::v3::Response> {
+pub async fn read_markers(
+    state: AppState,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> Result<set_read_marker::v3::Response> {
     blocking(&state, move |s| {
         let body = &req.body;
         let session = req.session();

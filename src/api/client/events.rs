@@ -21,7 +21,7 @@ use crate::{
     pdu::TxnRef,
     policy::{self, Action},
     service::{
-        history::{self, require_member},
+        history::{self, PageRequest, require_member},
         push,
         rooms::NewEvent,
         sync::{EventFilter, raw},
@@ -29,14 +29,18 @@ use crate::{
 };
 
 fn content_object(json: &serde_json::value::RawValue) -> Result<Value> {
-    let value: Value = serde_json::from_str(json.get()).map_err(|_| Error::not_json("The event content is not valid JSON."))?;
+    let value: Value =
+        serde_json::from_str(json.get()).map_err(|_| Error::not_json("The event content is not valid JSON."))?;
     if !value.is_object() {
         return Err(Error::bad_json("The event content must be a JSON object."));
     }
     Ok(value)
 }
 
-pub async fn send_message(state: AppState, req: Ruma<send_message_event::v3::Request>) -> Result<send_message_event::v3::Response> {
+pub async fn send_message(
+    state: AppState,
+    req: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
     let pdu = blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
@@ -52,7 +56,10 @@ pub async fn send_message(state: AppState, req: Ruma<send_message_event::v3::Req
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
 }
 
-pub async fn send_state(state: AppState, req: Ruma<send_state_event::v3::Request>) -> Result<send_state_event::v3::Response> {
+pub async fn send_state(
+    state: AppState,
+    req: Ruma<send_state_event::v3::Request>,
+) -> Result<send_state_event::v3::Response> {
     let pdu = blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
@@ -93,15 +100,21 @@ fn check_canonical_alias(s: &crate::service::Services, room_id: &ruma::RoomId, c
         aliases.extend(alt.iter().filter_map(|a| a.as_str()));
     }
     for alias in aliases {
-        let alias = ruma::OwnedRoomAliasId::try_from(alias).map_err(|_| Error::invalid_param(format!("`{alias}` is not a valid alias.")))?;
-        if alias.server_name() == s.server_name() && crate::service::directory::resolve_alias(s, &alias)?.as_deref() != Some(room_id) {
+        let alias = ruma::OwnedRoomAliasId::try_from(alias)
+            .map_err(|_| Error::invalid_param(format!("`{alias}` is not a valid alias.")))?;
+        if alias.server_name() == s.server_name()
+            && crate::service::directory::resolve_alias(s, &alias)?.as_deref() != Some(room_id)
+        {
             return Err(Error::bad_alias(format!("{alias} does not point to this room.")));
         }
     }
     Ok(())
 }
 
-pub async fn state_for_key(state: AppState, req: Ruma<get_state_event_for_key::v3::Request>) -> Result<get_state_event_for_key::v3::Response> {
+pub async fn state_for_key(
+    state: AppState,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<get_state_event_for_key::v3::Response> {
     blocking(&state, move |s| {
         let body = &req.body;
         let user_id = &req.session().user_id;
@@ -112,7 +125,11 @@ pub async fn state_for_key(state: AppState, req: Ruma<get_state_event_for_key::v
             .ok_or_else(|| Error::not_found("There is no such state in this room."))?;
         let value = match body.format {
             ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event => {
-                let meta = s.rooms.get_pdu(&pdu.event_id)?.map(|(_, m)| m).ok_or_else(|| Error::internal("state event vanished"))?;
+                let meta = s
+                    .rooms
+                    .get_pdu(&pdu.event_id)?
+                    .map(|(_, m)| m)
+                    .ok_or_else(|| Error::internal("state event vanished"))?;
                 pdu.to_client_event(&meta, true, None)
             }
             _ => pdu.content_value(),
@@ -123,18 +140,29 @@ pub async fn state_for_key(state: AppState, req: Ruma<get_state_event_for_key::v
 }
 
 /// Current state for members; the state when they left for leavers.
-fn visible_state(s: &crate::service::Services, room_id: &ruma::RoomId, user_id: &ruma::UserId) -> Result<std::sync::Arc<crate::pdu::StateMap>> {
+fn visible_state(
+    s: &crate::service::Services,
+    room_id: &ruma::RoomId,
+    user_id: &ruma::UserId,
+) -> Result<std::sync::Arc<crate::pdu::StateMap>> {
     match require_member(s, room_id, user_id)? {
         MembershipState::Join => s.rooms.current_state(room_id),
         _ => {
-            let record = s.rooms.user_membership(user_id, room_id)?.ok_or_else(|| Error::forbidden("You are not in this room."))?;
-            let (_, meta) = s.rooms.get_pdu(&record.event_id)?.ok_or_else(|| Error::forbidden("You are not in this room."))?;
+            let record = s
+                .rooms
+                .user_membership(user_id, room_id)?
+                .ok_or_else(|| Error::forbidden("You are not in this room."))?;
+            let (_, meta) =
+                s.rooms.get_pdu(&record.event_id)?.ok_or_else(|| Error::forbidden("You are not in this room."))?;
             s.rooms.state_at(meta.state_after)
         }
     }
 }
 
-pub async fn all_state(state: AppState, req: Ruma<get_state_events::v3::Request>) -> Result<get_state_events::v3::Response> {
+pub async fn all_state(
+    state: AppState,
+    req: Ruma<get_state_events::v3::Request>,
+) -> Result<get_state_events::v3::Response> {
     blocking(&state, move |s| {
         let room_state = visible_state(s, &req.body.room_id, &req.session().user_id)?;
         let mut events = Vec::new();
@@ -152,11 +180,16 @@ pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Re
     let pdu = blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
-        let room = s.rooms.room(&body.room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+        let room =
+            s.rooms.room(&body.room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
             return Err(Error::forbidden("You are not in this room."));
         }
-        let (target, _) = s.rooms.get_pdu(&body.event_id)?.filter(|(p, _)| p.room_id == body.room_id).ok_or_else(|| Error::not_found("No such event in this room."))?;
+        let (target, _) = s
+            .rooms
+            .get_pdu(&body.event_id)?
+            .filter(|(p, _)| p.room_id == body.room_id)
+            .ok_or_else(|| Error::not_found("No such event in this room."))?;
         if target.sender != session.user_id {
             let room_state = s.rooms.state_at(room.current_state)?;
             let power = s.rooms.power_levels(&room.version, &room_state)?;
@@ -197,21 +230,31 @@ pub async fn event(state: AppState, req: Ruma<get_room_event::v3::Request>) -> R
     .await
 }
 
-pub async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -> Result<get_message_events::v3::Response> {
+pub async fn messages(
+    state: AppState,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
         require_member(s, &body.room_id, &session.user_id)?;
         let forward = body.dir == Direction::Forward;
         let from = match &body.from {
-            Some(token) => history::parse_token(token).ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?,
+            Some(token) => {
+                history::parse_token(token).ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?
+            }
             None if forward => 0,
             None => s.db.safe_count() + 1,
         };
-        let to = body.to.as_deref().map(|t| history::parse_token(t).ok_or_else(|| Error::invalid_param("The `to` token is not valid."))).transpose()?;
+        let to = body
+            .to
+            .as_deref()
+            .map(|t| history::parse_token(t).ok_or_else(|| Error::invalid_param("The `to` token is not valid.")))
+            .transpose()?;
         let limit = (u64::from(body.limit) as usize).clamp(1, 1000);
         let filter = EventFilter(&body.filter);
-        let page = history::page(s, &session.user_id, &body.room_id, from, forward, limit, &filter, to)?;
+        let page =
+            history::page(s, &session.user_id, &body.room_id, PageRequest { from, forward, limit, to }, &filter)?;
         let mut response = get_message_events::v3::Response::new();
         response.start = format!("t{from}");
         response.end = page.end.map(|e| format!("t{e}"));
@@ -240,8 +283,9 @@ pub async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Re
         }
         let limit = (u64::from(body.limit) as usize).min(100);
         let filter = EventFilter(&body.filter);
-        let before = history::page(s, &session.user_id, &body.room_id, meta.count, false, limit / 2, &filter, None)?;
-        let after = history::page(s, &session.user_id, &body.room_id, meta.count, true, limit - limit / 2, &filter, None)?;
+        let around = |forward: bool, limit: usize| PageRequest { from: meta.count, forward, limit, to: None };
+        let before = history::page(s, &session.user_id, &body.room_id, around(false, limit / 2), &filter)?;
+        let after = history::page(s, &session.user_id, &body.room_id, around(true, limit - limit / 2), &filter)?;
         let device = Some(session.device_id.as_str());
         let mut response = get_context::v3::Response::new();
         response.start = Some(format!("t{}", before.end.unwrap_or(0)));

@@ -42,7 +42,10 @@ pub async fn profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Re
     .await
 }
 
-pub async fn display_name(state: AppState, req: Ruma<get_display_name::v3::Request>) -> Result<get_display_name::v3::Response> {
+pub async fn display_name(
+    state: AppState,
+    req: Ruma<get_display_name::v3::Request>,
+) -> Result<get_display_name::v3::Response> {
     blocking(&state, move |s| {
         let user = profile_of(s, req.session.as_ref(), &req.body.user_id)?;
         Ok(get_display_name::v3::Response::new(user.displayname))
@@ -50,7 +53,10 @@ pub async fn display_name(state: AppState, req: Ruma<get_display_name::v3::Reque
     .await
 }
 
-pub async fn avatar_url(state: AppState, req: Ruma<get_avatar_url::v3::Request>) -> Result<get_avatar_url::v3::Response> {
+pub async fn avatar_url(
+    state: AppState,
+    req: Ruma<get_avatar_url::v3::Request>,
+) -> Result<get_avatar_url::v3::Response> {
     blocking(&state, move |s| {
         let user = profile_of(s, req.session.as_ref(), &req.body.user_id)?;
         Ok(get_avatar_url::v3::Response::new(user.avatar_url))
@@ -65,7 +71,10 @@ fn own_profile(session: &Session, user_id: &UserId) -> Result<()> {
     Ok(())
 }
 
-pub async fn set_display_name(state: AppState, req: Ruma<set_display_name::v3::Request>) -> Result<set_display_name::v3::Response> {
+pub async fn set_display_name(
+    state: AppState,
+    req: Ruma<set_display_name::v3::Request>,
+) -> Result<set_display_name::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         own_profile(session, &req.body.user_id)?;
@@ -82,7 +91,10 @@ pub async fn set_display_name(state: AppState, req: Ruma<set_display_name::v3::R
     .await
 }
 
-pub async fn set_avatar_url(state: AppState, req: Ruma<set_avatar_url::v3::Request>) -> Result<set_avatar_url::v3::Response> {
+pub async fn set_avatar_url(
+    state: AppState,
+    req: Ruma<set_avatar_url::v3::Request>,
+) -> Result<set_avatar_url::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         own_profile(session, &req.body.user_id)?;

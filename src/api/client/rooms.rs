@@ -6,8 +6,8 @@ use ruma::{
         alias::{create_alias, delete_alias, get_alias},
         knock::knock_room,
         membership::{
-            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
-            joined_rooms, kick_user, leave_room, unban_user,
+            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_members, joined_rooms, kick_user, leave_room, unban_user,
         },
         room::{aliases, create_room, get_summary},
     },
@@ -41,7 +41,10 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
         let mut initial_state = Vec::new();
         for event in &body.initial_state {
             let event = object(event)?;
-            let kind = event.get("type").and_then(|t| t.as_str()).ok_or_else(|| Error::bad_json("initial_state events need a type."))?;
+            let kind = event
+                .get("type")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| Error::bad_json("initial_state events need a type."))?;
             let state_key = event.get("state_key").and_then(|k| k.as_str()).unwrap_or("");
             let content = event.get("content").cloned().unwrap_or(Value::Object(Map::new()));
             if !content.is_object() {
@@ -86,7 +89,8 @@ pub async fn put_alias(state: AppState, req: Ruma<create_alias::v3::Request>) ->
 
 pub async fn get_alias(state: AppState, req: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
     blocking(&state, move |s| {
-        let room_id = directory::resolve_alias(s, &req.body.room_alias)?.ok_or_else(|| Error::not_found("No room has this alias."))?;
+        let room_id = directory::resolve_alias(s, &req.body.room_alias)?
+            .ok_or_else(|| Error::not_found("No room has this alias."))?;
         Ok(get_alias::v3::Response::new(room_id, vec![s.settings.server_name.clone()]))
     })
     .await
@@ -117,13 +121,21 @@ fn resolve(s: &Services, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
     }
 }
 
-fn join_checked(s: &Services, session: &crate::service::users::Session, room_id: &ruma::RoomId, reason: Option<&str>) -> Result<()> {
+fn join_checked(
+    s: &Services,
+    session: &crate::service::users::Session,
+    room_id: &ruma::RoomId,
+    reason: Option<&str>,
+) -> Result<()> {
     policy::check(s, session, Action::Join { room_id })?;
     membership::join(s, room_id, &session.user_id, reason)?;
     Ok(())
 }
 
-pub async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) -> Result<join_room_by_id::v3::Response> {
+pub async fn join_by_id(
+    state: AppState,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
     blocking(&state, move |s| {
         join_checked(s, req.session(), &req.body.room_id, req.body.reason.as_deref())?;
         Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
@@ -131,7 +143,10 @@ pub async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>
     .await
 }
 
-pub async fn join_by_id_or_alias(state: AppState, req: Ruma<join_room_by_id_or_alias::v3::Request>) -> Result<join_room_by_id_or_alias::v3::Response> {
+pub async fn join_by_id_or_alias(
+    state: AppState,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
     blocking(&state, move |s| {
         let room_id = resolve(s, &req.body.room_id_or_alias)?;
         join_checked(s, req.session(), &room_id, req.body.reason.as_deref())?;
@@ -145,9 +160,20 @@ pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Res
         let session = req.session();
         policy::check(s, session, Action::Invite)?;
         let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
-            return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", "Third-party invites are not supported."));
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNRECOGNIZED",
+                "Third-party invites are not supported.",
+            ));
         };
-        membership::invite(s, &req.body.room_id, &session.user_id, &recipient.user_id, recipient.reason.as_deref(), false)?;
+        membership::invite(
+            s,
+            &req.body.room_id,
+            &session.user_id,
+            &recipient.user_id,
+            recipient.reason.as_deref(),
+            false,
+        )?;
         Ok(invite_user::v3::Response::new())
     })
     .await
@@ -168,7 +194,9 @@ pub async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Res
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
                 Err(Error::bad_state("Leave the room before forgetting it."))
             }
-            None if s.rooms.user_membership(user_id, &req.body.room_id)?.is_none() => Err(Error::not_found("You were never in this room.")),
+            None if s.rooms.user_membership(user_id, &req.body.room_id)?.is_none() => {
+                Err(Error::not_found("You were never in this room."))
+            }
             _ => {
                 s.rooms.forget(user_id, &req.body.room_id)?;
                 Ok(forget_room::v3::Response::new())
@@ -181,7 +209,14 @@ pub async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Res
 pub async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response> {
     blocking(&state, move |s| {
         policy::check(s, req.session(), Action::Kick)?;
-        membership::moderate(s, &req.body.room_id, &req.session().user_id, &req.body.user_id, Moderation::Kick, req.body.reason.as_deref())?;
+        membership::moderate(
+            s,
+            &req.body.room_id,
+            &req.session().user_id,
+            &req.body.user_id,
+            Moderation::Kick,
+            req.body.reason.as_deref(),
+        )?;
         Ok(kick_user::v3::Response::new())
     })
     .await
@@ -190,7 +225,14 @@ pub async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> Result<
 pub async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> Result<ban_user::v3::Response> {
     blocking(&state, move |s| {
         policy::check(s, req.session(), Action::Ban)?;
-        membership::moderate(s, &req.body.room_id, &req.session().user_id, &req.body.user_id, Moderation::Ban, req.body.reason.as_deref())?;
+        membership::moderate(
+            s,
+            &req.body.room_id,
+            &req.session().user_id,
+            &req.body.user_id,
+            Moderation::Ban,
+            req.body.reason.as_deref(),
+        )?;
         Ok(ban_user::v3::Response::new())
     })
     .await
@@ -199,7 +241,14 @@ pub async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> Result<ba
 pub async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> Result<unban_user::v3::Response> {
     blocking(&state, move |s| {
         policy::check(s, req.session(), Action::Unban)?;
-        membership::moderate(s, &req.body.room_id, &req.session().user_id, &req.body.user_id, Moderation::Unban, req.body.reason.as_deref())?;
+        membership::moderate(
+            s,
+            &req.body.room_id,
+            &req.session().user_id,
+            &req.body.user_id,
+            Moderation::Unban,
+            req.body.reason.as_deref(),
+        )?;
         Ok(unban_user::v3::Response::new())
     })
     .await
@@ -215,7 +264,10 @@ pub async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> Resul
     .await
 }
 
-pub async fn members(state: AppState, req: Ruma<get_member_events::v3::Request>) -> Result<get_member_events::v3::Response> {
+pub async fn members(
+    state: AppState,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response> {
     blocking(&state, move |s| {
         let body = &req.body;
         history::require_member(s, &body.room_id, &req.session().user_id)?;
@@ -240,7 +292,10 @@ pub async fn members(state: AppState, req: Ruma<get_member_events::v3::Request>)
     .await
 }
 
-pub async fn joined_members(state: AppState, req: Ruma<joined_members::v3::Request>) -> Result<joined_members::v3::Response> {
+pub async fn joined_members(
+    state: AppState,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response> {
     blocking(&state, move |s| {
         if !s.rooms.is_joined(&req.body.room_id, &req.session().user_id)? {
             return Err(Error::forbidden("You are not in this room."));
@@ -281,11 +336,14 @@ pub async fn summary(state: AppState, req: Ruma<get_summary::v1::Request>) -> Re
         let room = s.rooms.room(&room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         let room_state = s.rooms.state_at(room.current_state)?;
         let text = |kind: &str, field: &str| -> Result<Option<String>> {
-            Ok(s.rooms.state_content(&room_state, kind, "")?.and_then(|c| c.get(field).and_then(|v| v.as_str()).map(str::to_owned)))
+            Ok(s.rooms
+                .state_content(&room_state, kind, "")?
+                .and_then(|c| c.get(field).and_then(|v| v.as_str()).map(str::to_owned)))
         };
         let join_rule = text("m.room.join_rules", "join_rule")?.unwrap_or_else(|| "invite".to_owned());
         let guest_can_join = text("m.room.guest_access", "guest_access")?.as_deref() == Some("can_join");
-        let world_readable = text("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable");
+        let world_readable =
+            text("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable");
         let membership = match &req.session {
             Some(session) => s.rooms.membership(&room_id, &session.user_id)?,
             None => None,

@@ -24,14 +24,17 @@ pub async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resul
             let id = id.clone();
             let stored = blocking(&state, move |s| s.account_data.filter(&user_id, &id)).await?;
             match stored {
-                Some(value) => serde_json::from_value(value).map_err(|_| Error::invalid_param("The stored filter is no longer valid."))?,
+                Some(value) => serde_json::from_value(value)
+                    .map_err(|_| Error::invalid_param("The stored filter is no longer valid."))?,
                 None => return Err(Error::invalid_param("No filter with this id.")),
             }
         }
         Some(_) => return Err(Error::invalid_param("The filter is not valid.")),
     };
     let since = match &body.since {
-        Some(token) => Some(sync_service::parse_since(token).ok_or_else(|| Error::invalid_param("The `since` token is not valid."))?),
+        Some(token) => Some(
+            sync_service::parse_since(token).ok_or_else(|| Error::invalid_param("The `since` token is not valid."))?,
+        ),
         None => None,
     };
     let params = std::sync::Arc::new(SyncParams { since, full_state: body.full_state, filter });
@@ -57,7 +60,10 @@ pub async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resul
 
 pub const MAX_FILTER_BYTES: usize = 65_536;
 
-pub async fn create_filter(state: AppState, req: Ruma<create_filter::v3::Request>) -> Result<create_filter::v3::Response> {
+pub async fn create_filter(
+    state: AppState,
+    req: Ruma<create_filter::v3::Request>,
+) -> Result<create_filter::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
         if req.body.user_id != session.user_id {
@@ -78,7 +84,10 @@ pub async fn get_filter(state: AppState, req: Ruma<get_filter::v3::Request>) -> 
         if req.body.user_id != session.user_id {
             return Err(Error::forbidden("You can only read your own filters."));
         }
-        let value = s.account_data.filter(&session.user_id, &req.body.filter_id)?.ok_or_else(|| Error::not_found("No filter with this id."))?;
+        let value = s
+            .account_data
+            .filter(&session.user_id, &req.body.filter_id)?
+            .ok_or_else(|| Error::not_found("No filter with this id."))?;
         Ok(get_filter::v3::Response::new(serde_json::from_value(value)?))
     })
     .await

@@ -1,0 +1,552 @@
+//! porch-load: load and latency measurements for any Matrix homeserver (porch,
+//! Synapse, ...) over the client-server API.
+//!
+//! Every run registers fresh users under a random prefix, so runs against the
+//! same server never collide. Accounts come from `POST /_matrix/client/v3/register`
+//! with `m.login.dummy` (open registration), or, with `--shared-secret`, from
+//! Synapse-style shared-secret registration at `/_synapse/admin/v1/register`.
+//! Rate limiting (429 `M_LIMIT_EXCEEDED`) is honoured by waiting
+//! `retry_after_ms` and retrying.
+//!
+//! Each scenario prints a short report. With `--json` the report goes to
+//! stderr and stdout carries exactly one JSON object.
+//!
+//! ```text
+//! # 20 clients each sending 200 messages into one room, as fast as they can
+//! porch-load --url http://127.0.0.1:8008 send --clients 20 --messages 200
+//!
+//! # send-to-/sync delivery latency over 100 messages, as JSON
+//! porch-load --url http://127.0.0.1:8008 latency --samples 100 --json
+//!
+//! # cost of a fresh initial /sync for a user in 200 rooms, on Synapse
+//! porch-load --url http://127.0.0.1:8008 --shared-secret s3cret initial-sync --rooms 200
+//!
+//! # 500 guests arriving through one porch guest link at once
+//! porch-load --url http://127.0.0.1:8008 guest-burst --guests 500 --link-token abc123
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha1::Sha1;
+
+/// Load and latency measurements for a Matrix homeserver.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Base URL of the client-server API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8008")]
+    url: String,
+    /// Register users through Synapse shared-secret registration with this secret.
+    #[arg(long, global = true)]
+    shared_secret: Option<String>,
+    /// Print one JSON object on stdout (the human report goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N clients in one room, each sending M messages as fast as it can.
+    Send {
+        /// Concurrent sending clients, one user each.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Messages each client sends.
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+    },
+    /// Time from sending a message to seeing it in another user's /sync.
+    Latency {
+        /// Messages to time, sent one at a time.
+        #[arg(long, default_value_t = 100)]
+        samples: usize,
+    },
+    /// Time a fresh initial /sync for a user in R rooms.
+    InitialSync {
+        /// Rooms the user is in, each with two messages.
+        #[arg(long, default_value_t = 50)]
+        rooms: usize,
+    },
+    /// N concurrent joins through one porch guest link.
+    GuestBurst {
+        /// Concurrent join requests.
+        #[arg(long, default_value_t = 100)]
+        guests: usize,
+        /// Token of an existing guest link.
+        #[arg(long)]
+        link_token: String,
+    },
+}
+
+/// How many times one request is retried after 429 responses.
+const MAX_RATE_LIMIT_RETRIES: u32 = 50;
+/// Workers used to create rooms in `initial-sync`.
+const SETUP_WORKERS: usize = 8;
+/// Prefix of the client-server API paths.
+const V3: &str = "/_matrix/client/v3";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("porch-load: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    // reqwest is built without a bundled crypto provider; https needs one.
+    // An error only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(120)).build().context("cannot build the HTTP client")?;
+    let api = Api {
+        http,
+        base: cli.url.trim_end_matches('/').to_owned(),
+        secret: cli.shared_secret,
+        prefix: format!("load{}_", random_lowercase(8)),
+    };
+    let (human, report) = match cli.scenario {
+        Scenario::Send { clients, messages } => send(&api, clients, messages).await?,
+        Scenario::Latency { samples } => latency(&api, samples).await?,
+        Scenario::InitialSync { rooms } => initial_sync(&api, rooms).await?,
+        Scenario::GuestBurst { guests, link_token } => guest_burst(&api, guests, &link_token).await?,
+    };
+    if cli.json {
+        eprintln!("{human}");
+        println!("{report}");
+    } else {
+        println!("{human}");
+    }
+    Ok(())
+}
+
+/// A logged-in account.
+#[derive(Clone)]
+struct User {
+    user_id: String,
+    token: String,
+}
+
+/// The HTTP client plus what every request needs. Cheap to clone.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    secret: Option<String>,
+    prefix: String,
+}
+
+impl Api {
+    /// One request, whatever the status; only transport errors are errors.
+    async fn attempt(
+        &self,
+        method: &Method,
+        path: &str,
+        user: Option<&User>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, String)> {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
+        if let Some(user) = user {
+            req = req.bearer_auth(&user.token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let failed = || format!("{method} {path} failed");
+        let resp = req.send().await.with_context(failed)?;
+        let status = resp.status();
+        Ok((status, resp.text().await.with_context(failed)?))
+    }
+
+    /// A request that must succeed, waiting out rate limits; returns the raw body.
+    async fn request(&self, method: Method, path: &str, user: Option<&User>, body: Option<&Value>) -> Result<String> {
+        for _ in 0..=MAX_RATE_LIMIT_RETRIES {
+            let (status, text) = self.attempt(&method, path, user, body).await?;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let wait = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["retry_after_ms"].as_u64())
+                    .unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+            } else if status.is_success() {
+                return Ok(text);
+            } else {
+                bail!("{method} {path} returned {status}: {text}");
+            }
+        }
+        bail!("{method} {path} was still rate limited after {MAX_RATE_LIMIT_RETRIES} retries")
+    }
+
+    /// Like [`Api::request`], parsing the body as JSON.
+    async fn call(&self, method: Method, path: &str, user: Option<&User>, body: Option<&Value>) -> Result<Value> {
+        let text = self.request(method.clone(), path, user, body).await?;
+        serde_json::from_str(&text).with_context(|| format!("{method} {path} sent bad JSON: {text}"))
+    }
+
+    async fn register(&self, name: &str) -> Result<User> {
+        let username = format!("{}{name}", self.prefix);
+        let password = format!("pw-{}", random_lowercase(16));
+        let resp = match &self.secret {
+            None => {
+                let auth = json!({ "type": "m.login.dummy" });
+                let body = json!({ "username": username, "password": password, "auth": auth });
+                self.call(Method::POST, &format!("{V3}/register"), None, Some(&body)).await?
+            }
+            Some(secret) => {
+                let path = "/_synapse/admin/v1/register";
+                let nonce = str_field(&self.call(Method::GET, path, None, None).await?, "nonce")?;
+                let mac = shared_secret_mac(secret, &nonce, &username, &password)?;
+                let body = json!({
+                    "nonce": nonce,
+                    "username": username,
+                    "password": password,
+                    "admin": false,
+                    "mac": mac,
+                });
+                self.call(Method::POST, path, None, Some(&body)).await?
+            }
+        };
+        let (user_id, token) = (str_field(&resp, "user_id")?, str_field(&resp, "access_token")?);
+        Ok(User { user_id, token })
+    }
+
+    /// Register `count` users concurrently.
+    async fn register_many(&self, count: usize) -> Result<Vec<User>> {
+        let tasks = (0..count)
+            .map(|i| {
+                let api = self.clone();
+                tokio::spawn(async move { api.register(&format!("u{i}")).await })
+            })
+            .collect();
+        join_all(tasks).await
+    }
+
+    async fn create_room(&self, user: &User) -> Result<String> {
+        let body = json!({ "preset": "public_chat" });
+        let path = format!("{V3}/createRoom");
+        let resp = self.call(Method::POST, &path, Some(user), Some(&body));
+        str_field(&resp.await?, "room_id")
+    }
+
+    async fn join(&self, user: &User, room_id: &str) -> Result<()> {
+        let path = format!("{V3}/join/{}", encode(room_id));
+        self.call(Method::POST, &path, Some(user), Some(&json!({}))).await?;
+        Ok(())
+    }
+
+    async fn send_text(&self, user: &User, room_id: &str, txn_id: &str, text: &str) -> Result<()> {
+        let (room, txn) = (encode(room_id), encode(txn_id));
+        let path = format!("{V3}/rooms/{room}/send/m.room.message/{txn}");
+        let body = json!({ "msgtype": "m.text", "body": text });
+        self.call(Method::PUT, &path, Some(user), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// A `/sync` (initial when `since` is `None`), returning the raw body.
+    async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Result<String> {
+        let mut path = format!("{V3}/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={}", encode(since)));
+        }
+        self.request(Method::GET, &path, Some(user), None).await
+    }
+}
+
+type Report = (String, Value);
+
+async fn send(api: &Api, clients: usize, messages: usize) -> Result<Report> {
+    if clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let users = api.register_many(clients).await?;
+    let room_id = api.create_room(&users[0]).await?;
+    let joins = users[1..]
+        .iter()
+        .map(|user| {
+            let (api, user, room_id) = (api.clone(), user.clone(), room_id.clone());
+            tokio::spawn(async move { api.join(&user, &room_id).await })
+        })
+        .collect();
+    join_all(joins).await?;
+
+    let start = Instant::now();
+    let senders = users
+        .into_iter()
+        .enumerate()
+        .map(|(c, user)| {
+            let (api, room_id) = (api.clone(), room_id.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(messages);
+                for m in 0..messages {
+                    let (txn, text) = (format!("c{c}m{m}"), format!("message {m} from client {c}"));
+                    let sent = Instant::now();
+                    api.send_text(&user, &room_id, &txn, &text).await?;
+                    latencies.push(millis(sent.elapsed()));
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let latencies: Vec<f64> = join_all(senders).await?.into_iter().flatten().collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = latencies.len();
+    let rate = total as f64 / elapsed.max(f64::EPSILON);
+    let lat = Latency::of(latencies);
+    let human = format!(
+        "send: {clients} clients x {messages} messages = {total} in {elapsed:.2} s, \
+         {rate:.1} msg/s\n  per-request latency {lat}"
+    );
+    let report = json!({
+        "scenario": "send", "clients": clients, "messages_per_client": messages,
+        "total_messages": total, "elapsed_s": elapsed, "messages_per_s": rate,
+        "latency_ms": lat.json(),
+    });
+    Ok((human, report))
+}
+
+async fn latency(api: &Api, samples: usize) -> Result<Report> {
+    let users = api.register_many(2).await?;
+    let (sender, receiver) = (users[0].clone(), users[1].clone());
+    let room_id = api.create_room(&sender).await?;
+    api.join(&receiver, &room_id).await?;
+    let initial: Value = serde_json::from_str(&api.sync(&receiver, None, 0).await?)?;
+    let mut since = str_field(&initial, "next_batch")?;
+
+    // The receiver long-polls /sync and reports every message body it sees,
+    // stamped with the moment its response arrived.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<String>)>();
+    let sync_api = api.clone();
+    let mut receiver_task = tokio::spawn(async move {
+        loop {
+            let text = sync_api.sync(&receiver, Some(since.as_str()), 30_000).await?;
+            let arrived = Instant::now();
+            let resp: Value = serde_json::from_str(&text).context("/sync sent bad JSON")?;
+            since = str_field(&resp, "next_batch")?;
+            let bodies = timeline_bodies(&resp);
+            if !bodies.is_empty() && tx.send((arrived, bodies)).is_err() {
+                return Ok::<(), anyhow::Error>(());
+            }
+        }
+    });
+
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let text = format!("{}latency-{i}", api.prefix);
+        let sent = Instant::now();
+        api.send_text(&sender, &room_id, &format!("lat{i}"), &text).await?;
+        let arrived = loop {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                Err(_) => bail!("message {i} did not reach the receiver's /sync within 60 s"),
+                Ok(None) => {
+                    return match (&mut receiver_task).await {
+                        Ok(Err(err)) => Err(err.context("the receiver's /sync loop failed")),
+                        _ => Err(anyhow!("the receiver's /sync loop stopped")),
+                    };
+                }
+                Ok(Some((at, bodies))) if bodies.contains(&text) => break at,
+                Ok(Some(_)) => {}
+            }
+        };
+        latencies.push(millis(arrived.saturating_duration_since(sent)));
+    }
+    receiver_task.abort();
+
+    let lat = Latency::of(latencies);
+    let human = format!("latency: {samples} messages, send to /sync delivery {lat}");
+    let report = json!({ "scenario": "latency", "samples": samples, "latency_ms": lat.json() });
+    Ok((human, report))
+}
+
+async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
+    let user = api.register("sync").await?;
+    // Split the room creation over a few workers, each working sequentially.
+    let workers = (0..SETUP_WORKERS.min(rooms))
+        .map(|w| {
+            let (api, user) = (api.clone(), user.clone());
+            tokio::spawn(async move {
+                for r in (w..rooms).step_by(SETUP_WORKERS) {
+                    let room_id = api.create_room(&user).await?;
+                    for m in 0..2 {
+                        let text = format!("message {m} in room {r}");
+                        api.send_text(&user, &room_id, &format!("r{r}m{m}"), &text).await?;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    join_all(workers).await?;
+
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        bytes = api.sync(&user, None, 0).await?.len();
+        times.push(millis(start.elapsed()));
+    }
+    let lat = Latency::of(times);
+    let (median, max) = (lat.p50, lat.max);
+    let human = format!(
+        "initial-sync: {} in {rooms} rooms, fresh /sync median {median:.1} ms, \
+         max {max:.1} ms, {bytes} bytes",
+        user.user_id
+    );
+    let report = json!({
+        "scenario": "initial-sync", "rooms": rooms, "runs": 3,
+        "median_ms": median, "max_ms": max, "response_bytes": bytes,
+    });
+    Ok((human, report))
+}
+
+async fn guest_burst(api: &Api, guests: usize, link_token: &str) -> Result<Report> {
+    let path = format!("/_porch/client/v1/guest_links/{}/join", encode(link_token));
+    let start = Instant::now();
+    let tasks = (0..guests)
+        .map(|i| {
+            let (api, path) = (api.clone(), path.clone());
+            tokio::spawn(async move {
+                let body = json!({ "display_name": format!("Guest {i}") });
+                let sent = Instant::now();
+                // A transport error counts as a failure, not as a reason to stop.
+                let failure = match api.attempt(&Method::POST, &path, None, Some(&body)).await {
+                    Ok((status, _)) if status.is_success() => None,
+                    Ok((status, _)) => Some(status.as_u16().to_string()),
+                    Err(_) => Some("transport error".to_owned()),
+                };
+                Ok::<_, anyhow::Error>((millis(sent.elapsed()), failure))
+            })
+        })
+        .collect();
+    let results = join_all(tasks).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    for failure in results.iter().filter_map(|(_, failure)| failure.clone()) {
+        *failures.entry(failure).or_default() += 1;
+    }
+    let failed: usize = failures.values().sum();
+    let succeeded = guests - failed;
+    let lat = Latency::of(results.into_iter().map(|(ms, _)| ms).collect());
+    let by_status: Vec<String> = failures.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    let by_status = if by_status.is_empty() { String::new() } else { format!(" ({})", by_status.join(", ")) };
+    let human = format!(
+        "guest-burst: {guests} joins in {elapsed:.2} s, {succeeded} ok, {failed} failed{by_status}\n  \
+         latency {lat}"
+    );
+    let report = json!({
+        "scenario": "guest-burst", "guests": guests, "succeeded": succeeded,
+        "failed": failed, "failures_by_status": failures, "elapsed_s": elapsed,
+        "latency_ms": lat.json(),
+    });
+    Ok((human, report))
+}
+
+/// Await every task in order, failing on the first error or panic.
+async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<Result<T>>>) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.context("a worker task panicked")??);
+    }
+    Ok(out)
+}
+
+/// Nearest-rank percentile of an ascending slice; 0 when empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Summary of a set of durations in milliseconds.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Latency {
+    fn of(mut ms: Vec<f64>) -> Self {
+        ms.sort_by(f64::total_cmp);
+        let max = ms.last().copied().unwrap_or(0.0);
+        Self { p50: percentile(&ms, 50.0), p99: percentile(&ms, 99.0), max }
+    }
+
+    fn json(&self) -> Value {
+        json!({ "p50": self.p50, "p99": self.p99, "max": self.max })
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", self.p50, self.p99, self.max)
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Percent-encode everything but the unreserved characters A-Z a-z 0-9 - _ . ~
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn random_lowercase(len: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..len).map(|_| char::from(CHARS[rng.gen_range(0..CHARS.len())])).collect()
+}
+
+/// Synapse's registration MAC: HMAC-SHA1 over nonce, user, password and admin flag.
+fn shared_secret_mac(secret: &str, nonce: &str, username: &str, password: &str) -> Result<String> {
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).map_err(|e| anyhow!("bad shared secret: {e}"))?;
+    for part in [nonce, "\0", username, "\0", password, "\0", "notadmin"] {
+        mac.update(part.as_bytes());
+    }
+    Ok(hex::encode(mac.finalize().into_bytes()))
+}
+
+fn str_field(value: &Value, key: &str) -> Result<String> {
+    let field = value[key].as_str().map(str::to_owned);
+    field.ok_or_else(|| anyhow!("response has no string `{key}`: {value}"))
+}
+
+/// Bodies of all timeline events in joined rooms of a /sync response.
+fn timeline_bodies(sync: &Value) -> Vec<String> {
+    let Some(rooms) = sync["rooms"]["join"].as_object() else {
+        return Vec::new();
+    };
+    rooms
+        .values()
+        .filter_map(|room| room["timeline"]["events"].as_array())
+        .flatten()
+        .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -771,3 +771,19 @@ async fn body_size_limit_and_join_with_via() {
     let (status, _) = s.get(&format!("/_matrix/client/v3/directory/room/{}", enc("#hall:porch.test")), None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn concurrent_v12_creates_get_distinct_rooms() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let alice = s.register("alice").await;
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (s, alice) = (s.clone(), alice.clone());
+        tasks.push(tokio::spawn(async move { s.create_room(&alice, json!({})).await }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 12);
+}

@@ -334,28 +334,34 @@ impl Rooms {
             OwnedRoomId::try_from(format!("!{}:{}", crate::util::random_string(18), self.server_name))
                 .map_err(Error::internal)?
         };
-        let record = RoomRecord { version, current_state: 0, extremities: Vec::new(), depth: 0, last_count: 0 };
-        let mut txn = Txn::new(self, placeholder, record, rules, StateMap::new(), 0);
-        let (create, _) = txn.build(sender, NewEvent::state(TimelineEventType::RoomCreate, "", create_content))?;
-        if txn.rules.authorization.room_create_event_id_as_room_id {
-            let room_id =
-                OwnedRoomId::try_from(format!("!{}", &create.event_id.as_str()[1..])).map_err(Error::internal)?;
-            txn.room_id = room_id;
+        // v12 room ids are the create event's hash: two creates by one user in
+        // the same millisecond would collide, so a taken id is retried with a
+        // later timestamp.
+        for _ in 0..20 {
+            let record = RoomRecord { version: version.clone(), current_state: 0, extremities: Vec::new(), depth: 0, last_count: 0 };
+            let mut txn = Txn::new(self, placeholder.clone(), record, rules.clone(), StateMap::new(), 0);
+            let (create, _) = txn.build(sender, NewEvent::state(TimelineEventType::RoomCreate, "", create_content.clone()))?;
+            if txn.rules.authorization.room_create_event_id_as_room_id {
+                txn.room_id =
+                    OwnedRoomId::try_from(format!("!{}", &create.event_id.as_str()[1..])).map_err(Error::internal)?;
+            }
+            let room_id = txn.room_id.clone();
+            let lock = self.room_lock(&room_id);
+            let _guard = lock.lock().expect("room lock poisoned");
+            if self.exists(&room_id)? {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
+            let create = Arc::new(Pdu { room_id: room_id.clone(), ..(*create).clone() });
+            let mut pdus = vec![txn.stage((create, None))?];
+            for event in events {
+                let pdu = txn.build(sender, event)?;
+                pdus.push(txn.stage(pdu)?);
+            }
+            txn.commit()?;
+            return Ok((room_id, pdus));
         }
-        let room_id = txn.room_id.clone();
-        let lock = self.room_lock(&room_id);
-        let _guard = lock.lock().expect("room lock poisoned");
-        if self.exists(&room_id)? {
-            return Err(Error::room_in_use("A room with this id already exists."));
-        }
-        let create = Arc::new(Pdu { room_id: room_id.clone(), ..(*create).clone() });
-        let mut pdus = vec![txn.stage((create, None))?];
-        for event in events {
-            let pdu = txn.build(sender, event)?;
-            pdus.push(txn.stage(pdu)?);
-        }
-        txn.commit()?;
-        Ok((room_id, pdus))
+        Err(Error::room_in_use("Could not find a free room id; try again."))
     }
 
     /// Build, authorise and append one event from a local user.

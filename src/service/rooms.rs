@@ -338,9 +338,16 @@ impl Rooms {
         // the same millisecond would collide, so a taken id is retried with a
         // later timestamp.
         for _ in 0..20 {
-            let record = RoomRecord { version: version.clone(), current_state: 0, extremities: Vec::new(), depth: 0, last_count: 0 };
+            let record = RoomRecord {
+                version: version.clone(),
+                current_state: 0,
+                extremities: Vec::new(),
+                depth: 0,
+                last_count: 0,
+            };
             let mut txn = Txn::new(self, placeholder.clone(), record, rules.clone(), StateMap::new(), 0);
-            let (create, _) = txn.build(sender, NewEvent::state(TimelineEventType::RoomCreate, "", create_content.clone()))?;
+            let (create, _) =
+                txn.build(sender, NewEvent::state(TimelineEventType::RoomCreate, "", create_content.clone()))?;
             if txn.rules.authorization.room_create_event_id_as_room_id {
                 txn.room_id =
                     OwnedRoomId::try_from(format!("!{}", &create.event_id.as_str()[1..])).map_err(Error::internal)?;

@@ -71,6 +71,8 @@ pub struct Rooms {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_request_bytes: usize,
+    /// Largest media upload, in bytes.
+    pub max_upload_bytes: usize,
     pub sync_timeout_max_ms: u64,
 }
 
@@ -134,7 +136,7 @@ impl Default for Rooms {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_request_bytes: 1024 * 1024, sync_timeout_max_ms: 60_000 }
+        Self { max_request_bytes: 1024 * 1024, max_upload_bytes: 50 * 1024 * 1024, sync_timeout_max_ms: 60_000 }
     }
 }
 

@@ -68,7 +68,12 @@ where
         if parts.extensions.get::<EmptyStateKey>().is_some() {
             path_args.push(String::new());
         }
-        let limit = state.settings.raw.limits.max_request_bytes;
+        let limits = &state.settings.raw.limits;
+        let limit = if TypeId::of::<T>() == TypeId::of::<ruma::api::client::media::create_content::v3::Request>() {
+            limits.max_upload_bytes
+        } else {
+            limits.max_request_bytes
+        };
         let mut bytes = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| {
@@ -265,7 +270,7 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Routes::default();
     client::register(&mut routes);
     synapse_admin::register(&mut routes);
-    let max_body = state.settings.raw.limits.max_request_bytes;
+    let max_body = state.settings.raw.limits.max_request_bytes.max(state.settings.raw.limits.max_upload_bytes);
     routes
         .into_router()
         .fallback(unrecognized)

@@ -6,6 +6,7 @@ pub mod create_room;
 pub mod directory;
 pub mod ephemeral;
 pub mod history;
+pub mod media;
 pub mod membership;
 pub mod push;
 pub mod ratelimit;
@@ -26,6 +27,7 @@ pub struct Services {
     pub users: users::Users,
     pub rooms: rooms::Rooms,
     pub account_data: account_data::AccountData,
+    pub media: media::Media,
     pub ephemeral: ephemeral::Ephemeral,
     pub registration: registration::Registration,
     pub shared_secret_nonces: registration::Nonces,
@@ -55,6 +57,12 @@ impl Services {
             users: users::Users::new(db.clone(), server_name.clone()),
             rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone()),
             account_data: account_data::AccountData::new(db.clone()),
+            media: media::Media::new(
+                db.clone(),
+                settings.raw.database.path.join("media"),
+                settings.server_name.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot create the media folder under `database.path` ({e})"))?,
             ephemeral: ephemeral::Ephemeral::new(db.clone()),
             registration: registration::Registration::new(db.clone(), &settings.raw.registration.tokens)?,
             shared_secret_nonces: registration::Nonces::default(),

@@ -41,10 +41,11 @@ pub enum Cf {
     RegistrationTokens,
     UiaaSessions,
     NotificationCounts,
+    Media,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 19] = [
+    pub const ALL: [Cf; 20] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -64,6 +65,7 @@ impl Cf {
         Cf::RegistrationTokens,
         Cf::UiaaSessions,
         Cf::NotificationCounts,
+        Cf::Media,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +89,7 @@ impl Cf {
             Cf::RegistrationTokens => "registration_tokens",
             Cf::UiaaSessions => "uiaa_sessions",
             Cf::NotificationCounts => "notification_counts",
+            Cf::Media => "media",
         }
     }
 }

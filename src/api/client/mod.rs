@@ -6,6 +6,7 @@ pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
 pub mod events;
+pub mod media;
 pub mod profile;
 pub mod rooms;
 pub mod sync;
@@ -16,6 +17,8 @@ use ruma::api::client as c;
 
 use crate::api::Routes;
 
+// The legacy media paths are deprecated in the spec but still used by clients.
+#[allow(deprecated)]
 pub fn register(r: &mut Routes) {
     r.ruma::<c::discovery::get_supported_versions::Request, _, _>(discovery::versions)
         .ruma::<c::discovery::discover_homeserver::Request, _, _>(discovery::well_known_client)
@@ -99,5 +102,13 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(directory::post_public)
         .ruma::<c::directory::get_room_visibility::v3::Request, _, _>(directory::get_visibility)
         .ruma::<c::directory::set_room_visibility::v3::Request, _, _>(directory::set_visibility)
-        .ruma::<c::user_directory::search_users::v3::Request, _, _>(directory::search_users);
+        .ruma::<c::user_directory::search_users::v3::Request, _, _>(directory::search_users)
+        // media
+        .ruma::<c::media::create_content::v3::Request, _, _>(media::upload)
+        .ruma::<c::authenticated_media::get_media_config::v1::Request, _, _>(media::config)
+        .ruma::<c::media::get_media_config::v3::Request, _, _>(media::legacy_config)
+        .ruma::<c::authenticated_media::get_content::v1::Request, _, _>(media::download)
+        .ruma::<c::authenticated_media::get_content_as_filename::v1::Request, _, _>(media::download_as)
+        .ruma::<c::authenticated_media::get_content_thumbnail::v1::Request, _, _>(media::thumbnail)
+        .ruma::<c::media::get_content::v3::Request, _, _>(media::legacy_download);
 }

@@ -6,6 +6,7 @@ pub mod create_room;
 pub mod directory;
 pub mod ephemeral;
 pub mod history;
+pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod push;
@@ -28,6 +29,7 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub account_data: account_data::AccountData,
     pub media: media::Media,
+    pub keys: keys::Keys,
     pub ephemeral: ephemeral::Ephemeral,
     pub registration: registration::Registration,
     pub shared_secret_nonces: registration::Nonces,
@@ -57,6 +59,7 @@ impl Services {
             users: users::Users::new(db.clone(), server_name.clone()),
             rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone()),
             account_data: account_data::AccountData::new(db.clone()),
+            keys: keys::Keys::new(db.clone()),
             media: media::Media::new(
                 db.clone(),
                 settings.raw.database.path.join("media"),

@@ -159,6 +159,49 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
     response.account_data = GlobalAccountData::new();
     response.account_data.events = global;
 
+    // End-to-end encryption: to-device messages, key counts, device lists.
+    let device_id = session.device_id.as_str();
+    let to_device = services.keys.to_device_messages(user_id, device_id, since, upto)?;
+    anything |= !to_device.is_empty();
+    response.to_device.events = to_device.iter().map(raw).collect();
+    response.device_one_time_keys_count = services
+        .keys
+        .one_time_key_counts(user_id, device_id)?
+        .into_iter()
+        .map(|(alg, n)| (ruma::OneTimeKeyAlgorithm::from(alg.as_str()), UInt::new_saturating(n)))
+        .collect();
+    response.device_unused_fallback_key_types = Some(
+        services
+            .keys
+            .unused_fallback_algorithms(user_id, device_id)?
+            .iter()
+            .map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str()))
+            .collect(),
+    );
+    if let Some(since) = since {
+        let mut changed: BTreeSet<OwnedUserId> = BTreeSet::new();
+        for peer in crate::service::keys::room_peers(services, user_id)? {
+            let at = services.keys.changed_at(&peer)?;
+            if at > since && at <= upto {
+                changed.insert(peer);
+            }
+        }
+        // People who joined a room with us since the token are new to our device lists.
+        for room in response.rooms.join.values() {
+            for event in &room.timeline.events {
+                let event: Value = serde_json::from_str(event.json().get())?;
+                if event["type"] == "m.room.member"
+                    && event["content"]["membership"] == "join"
+                    && let Some(Ok(member)) = event["state_key"].as_str().map(OwnedUserId::try_from)
+                {
+                    changed.insert(member);
+                }
+            }
+        }
+        anything |= !changed.is_empty();
+        response.device_lists.changed = changed.into_iter().collect();
+    }
+
     if since.is_some() && !anything {
         return Ok(None);
     }

@@ -237,6 +237,7 @@ impl Users {
             if selected && keep != Some(device_id.as_str()) {
                 batch.delete(Cf::AccessTokens, record.access_token.as_bytes());
                 batch.delete(Cf::Devices, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
+                crate::service::keys::forget_device(&self.db, &mut batch, user_id, device_id.as_str())?;
             }
         }
         batch.commit_durable()?;
@@ -247,6 +248,16 @@ impl Users {
         let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user."))?;
         record.password_hash = Some(util::hash_password(password).map_err(Error::internal)?);
         self.save(user_id, &record)
+    }
+
+    /// Record a to-device transaction id; `false` if it was used before.
+    pub fn claim_to_device_txn(&self, user_id: &UserId, device_id: &str, txn_id: &str) -> Result<bool> {
+        let k = key(&[user_id.as_bytes(), device_id.as_bytes(), b"to_device", txn_id.as_bytes()]);
+        if self.db.exists(Cf::TxnIds, &k)? {
+            return Ok(false);
+        }
+        self.db.put_json(Cf::TxnIds, &k, &true)?;
+        Ok(true)
     }
 
     /// Every local account, for directory search and admin listings.

@@ -42,10 +42,16 @@ pub enum Cf {
     UiaaSessions,
     NotificationCounts,
     Media,
+    DeviceKeys,
+    OneTimeKeys,
+    FallbackKeys,
+    CrossSigningKeys,
+    KeyChanges,
+    ToDevice,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 20] = [
+    pub const ALL: [Cf; 26] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -66,6 +72,12 @@ impl Cf {
         Cf::UiaaSessions,
         Cf::NotificationCounts,
         Cf::Media,
+        Cf::DeviceKeys,
+        Cf::OneTimeKeys,
+        Cf::FallbackKeys,
+        Cf::CrossSigningKeys,
+        Cf::KeyChanges,
+        Cf::ToDevice,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +102,12 @@ impl Cf {
             Cf::UiaaSessions => "uiaa_sessions",
             Cf::NotificationCounts => "notification_counts",
             Cf::Media => "media",
+            Cf::DeviceKeys => "device_keys",
+            Cf::OneTimeKeys => "one_time_keys",
+            Cf::FallbackKeys => "fallback_keys",
+            Cf::CrossSigningKeys => "cross_signing_keys",
+            Cf::KeyChanges => "key_changes",
+            Cf::ToDevice => "to_device",
         }
     }
 }

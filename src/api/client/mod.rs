@@ -6,6 +6,7 @@ pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
 pub mod events;
+pub mod keys;
 pub mod media;
 pub mod profile;
 pub mod rooms;
@@ -103,6 +104,14 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::directory::get_room_visibility::v3::Request, _, _>(directory::get_visibility)
         .ruma::<c::directory::set_room_visibility::v3::Request, _, _>(directory::set_visibility)
         .ruma::<c::user_directory::search_users::v3::Request, _, _>(directory::search_users)
+        // end-to-end encryption
+        .ruma::<c::keys::upload_keys::v3::Request, _, _>(keys::upload)
+        .ruma::<c::keys::get_keys::v3::Request, _, _>(keys::query)
+        .ruma::<c::keys::claim_keys::v3::Request, _, _>(keys::claim)
+        .ruma::<c::keys::get_key_changes::v3::Request, _, _>(keys::changes)
+        .ruma::<c::keys::upload_signing_keys::v3::Request, _, _>(keys::upload_signing)
+        .ruma::<c::keys::upload_signatures::v3::Request, _, _>(keys::upload_signatures)
+        .ruma::<c::to_device::send_event_to_device::v3::Request, _, _>(keys::send_to_device)
         // media
         .ruma::<c::media::create_content::v3::Request, _, _>(media::upload)
         .ruma::<c::authenticated_media::get_media_config::v1::Request, _, _>(media::config)

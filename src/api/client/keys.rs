@@ -1,0 +1,237 @@
+//! End-to-end encryption key endpoints and to-device messages.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedOneTimeKeyId, OwnedUserId, UInt,
+    api::client::{
+        keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
+        to_device::send_event_to_device,
+    },
+    serde::Raw,
+    to_device::DeviceIdOrAllDevices,
+};
+use serde_json::Value;
+
+use crate::{
+    api::{AppState, Ruma, blocking},
+    error::{Error, Result},
+    policy,
+    service::{
+        Services,
+        keys::{MASTER, SELF_SIGNING, USER_SIGNING},
+        uiaa,
+    },
+};
+
+fn value<T>(raw: &Raw<T>) -> Result<Value> {
+    serde_json::from_str(raw.json().get()).map_err(|_| Error::bad_json("A key is not valid JSON."))
+}
+
+fn counts(map: BTreeMap<String, u64>) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
+    map.into_iter().map(|(alg, n)| (OneTimeKeyAlgorithm::from(alg.as_str()), UInt::new_saturating(n))).collect()
+}
+
+pub async fn upload(state: AppState, req: Ruma<upload_keys::v3::Request>) -> Result<upload_keys::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        let device_keys = body.device_keys.as_ref().map(value).transpose()?;
+        let one_time =
+            body.one_time_keys.iter().map(|(id, k)| Ok((id.to_string(), value(k)?))).collect::<Result<Vec<_>>>()?;
+        let fallback =
+            body.fallback_keys.iter().map(|(id, k)| Ok((id.to_string(), value(k)?))).collect::<Result<Vec<_>>>()?;
+        let counts_now =
+            s.keys.upload(&session.user_id, session.device_id.as_str(), device_keys, one_time, fallback)?;
+        s.rooms.notify();
+        Ok(upload_keys::v3::Response::new(counts(counts_now)))
+    })
+    .await
+}
+
+/// Users the requester may ask about: themselves and people they share a room with
+/// (guests), anyone local otherwise.
+fn may_query(s: &Services, session: &crate::service::users::Session, user_id: &ruma::UserId) -> Result<bool> {
+    Ok(user_id == session.user_id || !session.is_guest() || policy::shares_room(s, &session.user_id, user_id)?)
+}
+
+pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let mut response = get_keys::v3::Response::new();
+        for (user_id, devices) in &req.body.device_keys {
+            if !s.users.is_local(user_id) || !may_query(s, session, user_id)? {
+                continue;
+            }
+            let mut keys = BTreeMap::new();
+            for (device_id, mut device) in s.keys.device_keys(user_id, devices)? {
+                // Other users see the device's display name as `unsigned.device_display_name`.
+                if let Some(record) = s.users.device(user_id, device_id.as_str())?
+                    && let Some(name) = record.display_name
+                    && let Some(object) = device.as_object_mut()
+                {
+                    object.insert("unsigned".into(), serde_json::json!({ "device_display_name": name }));
+                }
+                keys.insert(device_id, Raw::from_json(serde_json::value::to_raw_value(&device)?));
+            }
+            response.device_keys.insert(user_id.clone(), keys);
+            let raw = |v: Value| -> Result<Raw<_>> { Ok(Raw::from_json(serde_json::value::to_raw_value(&v)?)) };
+            if let Some(master) = s.keys.cross_signing_key(user_id, MASTER)? {
+                response.master_keys.insert(user_id.clone(), raw(master)?);
+            }
+            if let Some(self_signing) = s.keys.cross_signing_key(user_id, SELF_SIGNING)? {
+                response.self_signing_keys.insert(user_id.clone(), raw(self_signing)?);
+            }
+            if *user_id == session.user_id
+                && let Some(user_signing) = s.keys.cross_signing_key(user_id, USER_SIGNING)?
+            {
+                response.user_signing_keys.insert(user_id.clone(), raw(user_signing)?);
+            }
+        }
+        Ok(response)
+    })
+    .await
+}
+
+pub async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> Result<claim_keys::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let mut claimed = BTreeMap::new();
+        for (user_id, devices) in &req.body.one_time_keys {
+            if !s.users.is_local(user_id) || !may_query(s, session, user_id)? {
+                continue;
+            }
+            let mut per_device = BTreeMap::new();
+            for (device_id, algorithm) in devices {
+                if let Some((key_id, key)) = s.keys.claim(user_id, device_id.as_str(), algorithm.as_str())? {
+                    let Ok(key_id) = OwnedOneTimeKeyId::try_from(key_id) else { continue };
+                    per_device.insert(
+                        device_id.clone(),
+                        BTreeMap::from([(key_id, Raw::from_json(serde_json::value::to_raw_value(&key)?))]),
+                    );
+                }
+            }
+            claimed.insert(user_id.clone(), per_device);
+        }
+        Ok(claim_keys::v3::Response::new(claimed))
+    })
+    .await
+}
+
+pub async fn changes(
+    state: AppState,
+    req: Ruma<get_key_changes::v3::Request>,
+) -> Result<get_key_changes::v3::Response> {
+    blocking(&state, move |s| {
+        let parse = |t: &str| {
+            crate::service::sync::parse_since(t).ok_or_else(|| Error::invalid_param("The token is not valid."))
+        };
+        let (from, to) = (parse(&req.body.from)?, parse(&req.body.to)?);
+        let mut changed = Vec::new();
+        for user_id in crate::service::keys::room_peers(s, &req.session().user_id)? {
+            let at = s.keys.changed_at(&user_id)?;
+            if at > from && at <= to {
+                changed.push(user_id);
+            }
+        }
+        Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+    })
+    .await
+}
+
+pub async fn upload_signing(
+    state: AppState,
+    req: Ruma<upload_signing_keys::v3::Request>,
+) -> Result<upload_signing_keys::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        let master = body.master_key.as_ref().map(value).transpose()?;
+        // Replacing an existing master key needs the password; the first upload does not.
+        let existing = s.keys.cross_signing_key(&session.user_id, MASTER)?;
+        if existing.is_some() && master.is_some() && existing != master {
+            s.uiaa.authorize(
+                s,
+                body.auth.as_ref(),
+                &[&[uiaa::PASSWORD]],
+                &format!("signing_keys:{}", session.user_id),
+                Some(&session.user_id),
+            )?;
+        }
+        let mut keys = Vec::new();
+        if let Some(master) = master {
+            keys.push((MASTER, master));
+        }
+        if let Some(k) = &body.self_signing_key {
+            keys.push((SELF_SIGNING, value(k)?));
+        }
+        if let Some(k) = &body.user_signing_key {
+            keys.push((USER_SIGNING, value(k)?));
+        }
+        s.keys.set_cross_signing_keys(&session.user_id, keys)?;
+        s.rooms.notify();
+        Ok(upload_signing_keys::v3::Response::new())
+    })
+    .await
+}
+
+pub async fn upload_signatures(
+    state: AppState,
+    req: Ruma<upload_signatures::v3::Request>,
+) -> Result<upload_signatures::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let signed: BTreeMap<OwnedUserId, BTreeMap<String, Value>> =
+            serde_json::from_value(serde_json::to_value(&req.body.signed_keys)?)?;
+        for (owner, keys) in signed {
+            if !s.users.is_local(&owner) || !may_query(s, session, &owner)? {
+                continue;
+            }
+            for (key_id, object) in keys {
+                // Failures for one key do not stop the others.
+                if let Err(err) = s.keys.add_signatures(&owner, &key_id, &object) {
+                    tracing::debug!(%owner, key_id, "signature upload skipped: {err}");
+                }
+            }
+        }
+        s.rooms.notify();
+        Ok(upload_signatures::v3::Response::new())
+    })
+    .await
+}
+
+pub async fn send_to_device(
+    state: AppState,
+    req: Ruma<send_event_to_device::v3::Request>,
+) -> Result<send_event_to_device::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        let body = &req.body;
+        if !s.users.claim_to_device_txn(&session.user_id, session.device_id.as_str(), body.txn_id.as_str())? {
+            return Ok(send_event_to_device::v3::Response::new());
+        }
+        let kind = body.event_type.to_string();
+        let mut batch = s.keys.batch();
+        for (target, devices) in &body.messages {
+            if !s.users.is_local(target) {
+                continue;
+            }
+            for (device, content) in devices {
+                let content = value(content)?;
+                let device_ids: Vec<String> = match device {
+                    DeviceIdOrAllDevices::DeviceId(id) => vec![id.to_string()],
+                    DeviceIdOrAllDevices::AllDevices => {
+                        s.users.devices(target)?.into_iter().map(|(id, _)| id.to_string()).collect()
+                    }
+                };
+                for device_id in device_ids {
+                    s.keys.queue_to_device(&mut batch, &session.user_id, target, &device_id, &kind, &content);
+                }
+            }
+        }
+        batch.commit()?;
+        s.rooms.notify();
+        Ok(send_event_to_device::v3::Response::new())
+    })
+    .await
+}

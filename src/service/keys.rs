@@ -1,0 +1,333 @@
+//! End-to-end encryption support: device keys, one-time and fallback keys,
+//! cross-signing keys and signatures, key-change tracking, and to-device
+//! messages. porch stores and forwards; it never sees plaintext.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{
+    error::{Error, Result},
+    storage::{Batch, Cf, Db, decode, key, prefix, u64_from_be},
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FallbackKey {
+    key: Value,
+    used: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ToDeviceMessage {
+    sender: OwnedUserId,
+    #[serde(rename = "type")]
+    kind: String,
+    content: Value,
+}
+
+pub const MASTER: &str = "master";
+pub const SELF_SIGNING: &str = "self_signing";
+pub const USER_SIGNING: &str = "user_signing";
+
+pub struct Keys {
+    db: Arc<Db>,
+}
+
+impl Keys {
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    /// Note that a user's keys changed, so sync reports them to others.
+    fn mark_changed(batch: &mut Batch<'_>, user_id: &UserId) {
+        let count = batch.next_count();
+        batch.put(Cf::KeyChanges, user_id.as_bytes(), &count.to_be_bytes());
+    }
+
+    pub fn changed_at(&self, user_id: &UserId) -> Result<u64> {
+        Ok(self.db.get(Cf::KeyChanges, user_id.as_bytes())?.map(|v| u64_from_be(&v)).unwrap_or(0))
+    }
+
+    /// Store what a device uploads; returns its one-time key counts.
+    pub fn upload(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        device_keys: Option<Value>,
+        one_time_keys: Vec<(String, Value)>,
+        fallback_keys: Vec<(String, Value)>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut batch = self.db.batch();
+        if let Some(keys) = device_keys {
+            if keys.get("user_id").and_then(|v| v.as_str()) != Some(user_id.as_str())
+                || keys.get("device_id").and_then(|v| v.as_str()) != Some(device_id)
+            {
+                return Err(Error::invalid_param("device_keys must name your own user id and device id."));
+            }
+            let k = key(&[user_id.as_bytes(), device_id.as_bytes()]);
+            let old: Option<Value> = self.db.get_json(Cf::DeviceKeys, &k)?;
+            if old.as_ref() != Some(&keys) {
+                batch.put_json(Cf::DeviceKeys, &k, &keys);
+                Self::mark_changed(&mut batch, user_id);
+            }
+        }
+        for (key_id, value) in one_time_keys {
+            check_key_id(&key_id)?;
+            batch.put_json(
+                Cf::OneTimeKeys,
+                &key(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]),
+                &value,
+            );
+        }
+        for (key_id, value) in fallback_keys {
+            check_key_id(&key_id)?;
+            let algorithm = key_id.split(':').next().unwrap_or_default();
+            // One fallback key per algorithm: a new one replaces the old.
+            let fallback_prefix = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+            for item in self.db.scan_prefix(Cf::FallbackKeys, &fallback_prefix) {
+                let (k, _) = item?;
+                if k[fallback_prefix.len()..].starts_with(format!("{algorithm}:").as_bytes()) {
+                    batch.delete(Cf::FallbackKeys, &k);
+                }
+            }
+            batch.put_json(
+                Cf::FallbackKeys,
+                &key(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]),
+                &FallbackKey { key: value, used: false },
+            );
+        }
+        batch.next_count();
+        batch.commit()?;
+        self.one_time_key_counts(user_id, device_id)
+    }
+
+    pub fn one_time_key_counts(&self, user_id: &UserId, device_id: &str) -> Result<BTreeMap<String, u64>> {
+        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut counts = BTreeMap::new();
+        for item in self.db.scan_prefix(Cf::OneTimeKeys, &p) {
+            let (k, _) = item?;
+            let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
+            *counts.entry(key_id.split(':').next().unwrap_or_default().to_owned()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Algorithms with an unused fallback key.
+    pub fn unused_fallback_algorithms(&self, user_id: &UserId, device_id: &str) -> Result<Vec<String>> {
+        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut out = BTreeSet::new();
+        for item in self.db.scan_prefix(Cf::FallbackKeys, &p) {
+            let (k, v) = item?;
+            let fallback: FallbackKey = decode(Cf::FallbackKeys, &v)?;
+            if !fallback.used {
+                out.insert(String::from_utf8_lossy(&k[p.len()..]).split(':').next().unwrap_or_default().to_owned());
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Device keys of a user: all devices, or those named.
+    pub fn device_keys(&self, user_id: &UserId, devices: &[OwnedDeviceId]) -> Result<BTreeMap<OwnedDeviceId, Value>> {
+        let p = prefix(&[user_id.as_bytes()]);
+        let mut out = BTreeMap::new();
+        for item in self.db.scan_prefix(Cf::DeviceKeys, &p) {
+            let (k, v) = item?;
+            let device_id: OwnedDeviceId = String::from_utf8_lossy(&k[p.len()..]).into_owned().into();
+            if devices.is_empty() || devices.contains(&device_id) {
+                out.insert(device_id, decode(Cf::DeviceKeys, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn cross_signing_key(&self, user_id: &UserId, kind: &str) -> Result<Option<Value>> {
+        Ok(self.db.get_json(Cf::CrossSigningKeys, &key(&[user_id.as_bytes(), kind.as_bytes()]))?)
+    }
+
+    pub fn set_cross_signing_keys(&self, user_id: &UserId, keys: Vec<(&str, Value)>) -> Result<()> {
+        let mut batch = self.db.batch();
+        for (kind, value) in keys {
+            if value.get("user_id").and_then(|v| v.as_str()) != Some(user_id.as_str()) {
+                return Err(Error::invalid_param("Cross-signing keys must name your own user id."));
+            }
+            batch.put_json(Cf::CrossSigningKeys, &key(&[user_id.as_bytes(), kind.as_bytes()]), &value);
+        }
+        Self::mark_changed(&mut batch, user_id);
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Merge `signatures` from an uploaded copy into the stored key object
+    /// (a device's keys, or a cross-signing key by its public key id).
+    pub fn add_signatures(&self, owner: &UserId, key_id: &str, signed: &Value) -> Result<()> {
+        let Some(signatures) = signed.get("signatures").and_then(|s| s.as_object()) else {
+            return Err(Error::invalid_param("The signed object has no signatures."));
+        };
+        let device_key = key(&[owner.as_bytes(), key_id.as_bytes()]);
+        let (cf, stored_key, mut stored) = if let Some(v) = self.db.get_json::<Value>(Cf::DeviceKeys, &device_key)? {
+            (Cf::DeviceKeys, device_key, v)
+        } else {
+            let mut found = None;
+            for kind in [MASTER, SELF_SIGNING, USER_SIGNING] {
+                if let Some(v) = self.cross_signing_key(owner, kind)?
+                    && v.get("keys")
+                        .and_then(|k| k.as_object())
+                        .is_some_and(|k| k.keys().any(|id| id.ends_with(&format!(":{key_id}"))))
+                {
+                    found = Some((Cf::CrossSigningKeys, key(&[owner.as_bytes(), kind.as_bytes()]), v));
+                    break;
+                }
+            }
+            found.ok_or_else(|| Error::not_found("No such key."))?
+        };
+        let target = stored.as_object_mut().ok_or_else(|| Error::internal("stored key is not an object"))?;
+        let existing = target.entry("signatures").or_insert_with(|| Value::Object(Map::new()));
+        for (signer, sigs) in signatures {
+            let entry = existing
+                .as_object_mut()
+                .expect("object")
+                .entry(signer.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let (Some(entry), Some(sigs)) = (entry.as_object_mut(), sigs.as_object()) {
+                for (id, sig) in sigs {
+                    entry.insert(id.clone(), sig.clone());
+                }
+            }
+        }
+        let mut batch = self.db.batch();
+        batch.put_json(cf, &stored_key, &stored);
+        Self::mark_changed(&mut batch, owner);
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Take one one-time key of `algorithm`, or else the fallback key.
+    pub fn claim(&self, user_id: &UserId, device_id: &str, algorithm: &str) -> Result<Option<(String, Value)>> {
+        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let wanted = format!("{algorithm}:");
+        for item in self.db.scan_prefix(Cf::OneTimeKeys, &p) {
+            let (k, v) = item?;
+            let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
+            if key_id.starts_with(&wanted) {
+                let value: Value = decode(Cf::OneTimeKeys, &v)?;
+                let mut batch = self.db.batch();
+                batch.delete(Cf::OneTimeKeys, &k);
+                batch.commit()?;
+                return Ok(Some((key_id, value)));
+            }
+        }
+        for item in self.db.scan_prefix(Cf::FallbackKeys, &p) {
+            let (k, v) = item?;
+            let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
+            if key_id.starts_with(&wanted) {
+                let mut fallback: FallbackKey = decode(Cf::FallbackKeys, &v)?;
+                fallback.used = true;
+                let value = fallback.key.clone();
+                let mut batch = self.db.batch();
+                batch.next_count();
+                batch.put_json(Cf::FallbackKeys, &k, &fallback);
+                batch.commit()?;
+                return Ok(Some((key_id, value)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Queue a to-device message for one device.
+    pub fn queue_to_device(
+        &self,
+        batch: &mut Batch<'_>,
+        sender: &UserId,
+        target: &UserId,
+        device_id: &str,
+        kind: &str,
+        content: &Value,
+    ) {
+        let count = batch.next_count();
+        let k = [&prefix(&[target.as_bytes(), device_id.as_bytes()])[..], &count.to_be_bytes()].concat();
+        batch.put_json(
+            Cf::ToDevice,
+            &k,
+            &ToDeviceMessage { sender: sender.to_owned(), kind: kind.to_owned(), content: content.clone() },
+        );
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        self.db.batch()
+    }
+
+    /// Messages for a device up to `upto`; those at or before `acknowledged`
+    /// (the client's `since`) were delivered and are deleted first.
+    pub fn to_device_messages(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        acknowledged: Option<u64>,
+        upto: u64,
+    ) -> Result<Vec<Value>> {
+        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut out = Vec::new();
+        let mut delivered = Vec::new();
+        for item in self.db.scan_prefix(Cf::ToDevice, &p) {
+            let (k, v) = item?;
+            let count = u64_from_be(&k[p.len()..]);
+            if acknowledged.is_some_and(|a| count <= a) {
+                delivered.push(k);
+                continue;
+            }
+            if count > upto || out.len() >= 100 {
+                break;
+            }
+            let message: ToDeviceMessage = decode(Cf::ToDevice, &v)?;
+            out.push(serde_json::json!({ "sender": message.sender, "type": message.kind, "content": message.content }));
+        }
+        if !delivered.is_empty() {
+            let mut batch = self.db.batch();
+            for k in delivered {
+                batch.delete(Cf::ToDevice, &k);
+            }
+            batch.commit()?;
+        }
+        Ok(out)
+    }
+}
+
+/// Users sharing a room with `user_id` (and the user), for key-change tracking.
+pub fn room_peers(s: &crate::service::Services, user_id: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+    let mut peers = BTreeSet::from([user_id.to_owned()]);
+    for (room_id, record) in s.rooms.user_rooms(user_id)? {
+        if record.membership == ruma::events::room::member::MembershipState::Join {
+            peers.extend(s.rooms.joined_members(&room_id)?);
+        }
+    }
+    Ok(peers)
+}
+
+/// Remove everything stored for a device (it was deleted or logged out).
+pub fn forget_device(db: &Db, batch: &mut Batch<'_>, user_id: &UserId, device_id: &str) -> Result<()> {
+    let had_keys = db.exists(Cf::DeviceKeys, &key(&[user_id.as_bytes(), device_id.as_bytes()]))?;
+    batch.delete(Cf::DeviceKeys, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
+    let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+    for cf in [Cf::OneTimeKeys, Cf::FallbackKeys, Cf::ToDevice] {
+        for item in db.scan_prefix(cf, &p) {
+            let (k, _) = item?;
+            batch.delete(cf, &k);
+        }
+    }
+    if had_keys {
+        Keys::mark_changed(batch, user_id);
+    }
+    Ok(())
+}
+
+fn check_key_id(key_id: &str) -> Result<()> {
+    match key_id.split_once(':') {
+        Some((algorithm, id)) if !algorithm.is_empty() && !id.is_empty() && key_id.len() <= 255 => Ok(()),
+        _ => Err(Error::invalid_param(format!("`{key_id}` is not an algorithm:key_id pair."))),
+    }
+}

@@ -1,0 +1,183 @@
+//! End-to-end encryption plumbing: device keys, one-time and fallback keys,
+//! cross-signing, key changes in sync, to-device messages.
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+
+fn device_keys(user: &str, device: &str, tag: &str) -> serde_json::Value {
+    json!({
+        "user_id": user, "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{device}"): format!("curve-{tag}"), format!("ed25519:{device}"): format!("ed-{tag}") },
+        "signatures": { user: { format!("ed25519:{device}"): "sig" } }
+    })
+}
+
+#[tokio::test]
+async fn keys_upload_query_claim_and_to_device() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let bob_since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice.token),
+            json!({
+                "device_keys": device_keys(&alice.user_id, &alice.device_id, "a"),
+                "one_time_keys": { "signed_curve25519:AAAA": { "key": "otk1" }, "signed_curve25519:AAAB": { "key": "otk2" } },
+                "fallback_keys": { "signed_curve25519:FFFF": { "key": "fallback", "fallback": true } }
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 2);
+    // Keys for someone else's device are refused.
+    let (status, _) = s
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            Some(&bob.token),
+            json!({ "device_keys": device_keys(&alice.user_id, &alice.device_id, "x") }),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let bob_sync = s.sync(&bob, Some(&bob_since), 0).await;
+    assert!(bob_sync["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == &alice.user_id), "{bob_sync}");
+
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&bob.token),
+            json!({ "device_keys": { alice.user_id.clone(): [] } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["device_keys"][&alice.user_id][&alice.device_id]["keys"][format!("curve25519:{}", alice.device_id)],
+        "curve-a"
+    );
+
+    let claim = json!({ "one_time_keys": { alice.user_id.clone(): { alice.device_id.clone(): "signed_curve25519" } } });
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = s.post("/_matrix/client/v3/keys/claim", Some(&bob.token), claim.clone()).await;
+        assert_eq!(status, 200);
+        let keys = body["one_time_keys"][&alice.user_id][&alice.device_id].as_object().unwrap().clone();
+        claimed.push(keys.values().next().unwrap()["key"].as_str().unwrap().to_owned());
+    }
+    claimed.sort();
+    assert_eq!(claimed, vec!["fallback", "otk1", "otk2"], "two one-time keys, then the fallback key");
+    let alice_sync = s.sync(&alice, None, 0).await;
+    assert!(alice_sync["device_one_time_keys_count"]["signed_curve25519"].as_u64().unwrap_or(0) == 0, "{alice_sync}");
+    assert!(alice_sync["device_unused_fallback_key_types"].as_array().unwrap().is_empty(), "the fallback key was used");
+
+    // To-device: delivered once, then gone after the next sync acknowledges it.
+    let alice_since = alice_sync["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room_key_request/t1",
+            Some(&bob.token),
+            json!({ "messages": { alice.user_id.clone(): { "*": { "hello": "olm" } } } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let got = s.sync(&alice, Some(&alice_since), 0).await;
+    let events = got["to_device"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{got}");
+    assert_eq!(
+        (events[0]["sender"].as_str(), events[0]["content"]["hello"].as_str()),
+        (Some(bob.user_id.as_str()), Some("olm"))
+    );
+    let next = got["next_batch"].as_str().unwrap().to_owned();
+    let again = s.sync(&alice, Some(&next), 0).await;
+    assert!(again["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()), "{again}");
+    // Same txn id again: not delivered twice.
+    s.put(
+        "/_matrix/client/v3/sendToDevice/m.room_key_request/t1",
+        Some(&bob.token),
+        json!({ "messages": { alice.user_id.clone(): { "*": { "hello": "olm" } } } }),
+    )
+    .await;
+    let once = s.sync(&alice, Some(&next), 0).await;
+    assert!(once["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()), "{once}");
+}
+
+#[tokio::test]
+async fn cross_signing_keys_and_signatures() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    s.post(
+        "/_matrix/client/v3/keys/upload",
+        Some(&alice.token),
+        json!({ "device_keys": device_keys(&alice.user_id, &alice.device_id, "a") }),
+    )
+    .await;
+    let master = json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { "ed25519:MASTERPUB": "MASTERPUB" } });
+    let self_signing =
+        json!({ "user_id": alice.user_id, "usage": ["self_signing"], "keys": { "ed25519:SSPUB": "SSPUB" } });
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice.token),
+            json!({ "master_key": master, "self_signing_key": self_signing }),
+        )
+        .await;
+    assert_eq!(status, 200, "first upload needs no password: {body}");
+    let other_master = json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { "ed25519:OTHER": "OTHER" } });
+    let (status, _) = s
+        .post(
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice.token),
+            json!({ "master_key": other_master }),
+        )
+        .await;
+    assert_eq!(status, 401, "replacing the master key needs UIA");
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            Some(&alice.token),
+            json!({ alice.user_id.clone(): { alice.device_id.clone(): { "signatures": { alice.user_id.clone(): { "ed25519:SSPUB": "devsig" } } } } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = s
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            json!({ "device_keys": { alice.user_id.clone(): [] } }),
+        )
+        .await;
+    assert_eq!(body["master_keys"][&alice.user_id]["keys"]["ed25519:MASTERPUB"], "MASTERPUB");
+    assert_eq!(
+        body["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id]["ed25519:SSPUB"],
+        "devsig"
+    );
+    // Deleting a device deletes its keys.
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse battery" });
+    let (status, _) = s
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            Some(&alice.token),
+            json!({ "devices": [alice.device_id], "auth": auth }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, login) = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "user": "alice", "password": "correct horse battery" }),
+        )
+        .await;
+    let token = login["access_token"].as_str().unwrap();
+    let (_, body) = s
+        .post("/_matrix/client/v3/keys/query", Some(token), json!({ "device_keys": { alice.user_id.clone(): [] } }))
+        .await;
+    assert!(body["device_keys"][&alice.user_id].get(&alice.device_id).is_none(), "{body}");
+}

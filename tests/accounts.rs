@@ -372,3 +372,33 @@ async fn shared_secret_registration_like_synapse() {
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
 }
+
+#[tokio::test]
+async fn client_startup_endpoints_answer_truthfully() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let (status, _) = s
+        .put(
+            "/_matrix/client/v3/presence/@alice:porch.test/status",
+            Some(&alice.token),
+            json!({ "presence": "online", "status_msg": "here" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = s.get("/_matrix/client/v3/presence/@alice:porch.test/status", Some(&bob.token)).await;
+    assert_eq!(status, 200);
+    assert_eq!((body["presence"].as_str(), body["status_msg"].as_str()), (Some("online"), Some("here")));
+    let (status, _) = s
+        .put("/_matrix/client/v3/presence/@alice:porch.test/status", Some(&bob.token), json!({ "presence": "offline" }))
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = s.get("/_matrix/client/v3/pushers", Some(&alice.token)).await;
+    assert_eq!((status, body["pushers"].as_array().map(Vec::len)), (200, Some(0)));
+    let (status, body) = s.get("/_matrix/client/v3/thirdparty/protocols", Some(&alice.token)).await;
+    assert_eq!((status, body.as_object().map(|o| o.len())), (200, Some(0)));
+    let (status, body) = s.get("/_matrix/client/v3/account/3pid", Some(&alice.token)).await;
+    assert_eq!((status, body["threepids"].as_array().map(Vec::len)), (200, Some(0)));
+    let (status, body) = s.get("/_matrix/client/v3/room_keys/version", Some(&alice.token)).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+}

@@ -29,14 +29,27 @@ struct StoredReceipt {
     count: u64,
 }
 
+type PresenceEntry = (ruma::presence::PresenceState, Option<String>, Option<Instant>);
+
 pub struct Ephemeral {
     db: Arc<Db>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    presence: Mutex<HashMap<OwnedUserId, PresenceEntry>>,
 }
 
 impl Ephemeral {
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db, typing: Mutex::new(HashMap::new()) }
+        Self { db, typing: Mutex::new(HashMap::new()), presence: Mutex::new(HashMap::new()) }
+    }
+
+    /// Presence is kept in memory: it describes the moment, not history.
+    pub fn set_presence(&self, user_id: &UserId, state: ruma::presence::PresenceState, status_msg: Option<String>) {
+        let active = (state == ruma::presence::PresenceState::Online).then(Instant::now);
+        self.presence.lock().expect("presence poisoned").insert(user_id.to_owned(), (state, status_msg, active));
+    }
+
+    pub fn presence(&self, user_id: &UserId) -> Option<PresenceEntry> {
+        self.presence.lock().expect("presence poisoned").get(user_id).cloned()
     }
 
     /// Take a stream position for an in-memory change, persisting the high-water mark.

@@ -8,6 +8,7 @@ pub mod ephemeral;
 pub mod events;
 pub mod keys;
 pub mod media;
+pub mod misc;
 pub mod profile;
 pub mod rooms;
 pub mod sync;
@@ -112,6 +113,13 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::keys::upload_signing_keys::v3::Request, _, _>(keys::upload_signing)
         .ruma::<c::keys::upload_signatures::v3::Request, _, _>(keys::upload_signatures)
         .ruma::<c::to_device::send_event_to_device::v3::Request, _, _>(keys::send_to_device)
+        // start-up odds and ends
+        .ruma::<c::presence::set_presence::v3::Request, _, _>(misc::set_presence)
+        .ruma::<c::presence::get_presence::v3::Request, _, _>(misc::get_presence)
+        .ruma::<c::push::get_pushers::v3::Request, _, _>(misc::pushers)
+        .ruma::<c::thirdparty::get_protocols::v3::Request, _, _>(misc::protocols)
+        .ruma::<c::account::get_3pids::v3::Request, _, _>(misc::threepids)
+        .ruma::<c::backup::get_latest_backup_info::v3::Request, _, _>(misc::key_backup)
         // media
         .ruma::<c::media::create_content::v3::Request, _, _>(media::upload)
         .ruma::<c::authenticated_media::get_media_config::v1::Request, _, _>(media::config)

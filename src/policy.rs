@@ -31,9 +31,11 @@ pub enum Action<'a> {
     Join {
         room_id: &'a RoomId,
     },
+    /// `open`: a public preset or custom join rules.
     CreateRoom {
         is_direct: bool,
         invites: &'a [ruma::OwnedUserId],
+        open: bool,
     },
 }
 
@@ -64,8 +66,8 @@ pub fn check(services: &Services, session: &Session, action: Action<'_>) -> Resu
             Some(MembershipState::Invite | MembershipState::Join) => Ok(()),
             _ => Err(Error::forbidden("Guests can only join rooms through a link or an invite.")),
         },
-        Action::CreateRoom { is_direct, invites } => match invites {
-            [other] if is_direct && shares_room(services, user_id, other)? => Ok(()),
+        Action::CreateRoom { is_direct, invites, open } => match invites {
+            [other] if is_direct && !open && shares_room(services, user_id, other)? => Ok(()),
             _ => Err(Error::forbidden("Guests can only open a direct chat with someone they share a room with.")),
         },
     }

@@ -106,8 +106,8 @@ async fn registration_tokens() {
         .post("/_matrix/client/v3/register", None, json!({ "username": "dan", "password": "pw", "auth": { "type": "m.login.registration_token", "token": "wrong" } }))
         .await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
-    let (status, _) = s.get("/_matrix/client/v3/profile/@dan:porch.test", None).await;
-    assert_eq!(status, 404, "a refused registration made no account");
+    let (status, body) = s.get("/_matrix/client/v3/register/available?username=dan", None).await;
+    assert_eq!((status, body["available"].as_bool()), (200, Some(true)), "a refused registration made no account");
     let (status, body) = s
         .post("/_matrix/client/v3/register", None, json!({ "username": "dan", "password": "pw", "auth": { "type": "m.login.registration_token", "token": "letmein" } }))
         .await;
@@ -300,7 +300,7 @@ async fn profile_changes_reach_member_events() {
         )
         .await;
     assert_eq!(status, 200);
-    let (status, body) = s.get("/_matrix/client/v3/profile/@alice:porch.test", None).await;
+    let (status, body) = s.get("/_matrix/client/v3/profile/@alice:porch.test", Some(&alice.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["displayname"], "Alice A.");
     let (status, body) = s
@@ -319,7 +319,7 @@ async fn profile_changes_reach_member_events() {
         )
         .await;
     assert_eq!(status, 200);
-    let (_, body) = s.get("/_matrix/client/v3/profile/@alice:porch.test/avatar_url", None).await;
+    let (_, body) = s.get("/_matrix/client/v3/profile/@alice:porch.test/avatar_url", Some(&alice.token)).await;
     assert_eq!(body["avatar_url"], "mxc://porch.test/abc");
     let bob = s.register("bob").await;
     let (status, body) = s
@@ -330,7 +330,7 @@ async fn profile_changes_reach_member_events() {
         )
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
-    let (status, body) = s.get("/_matrix/client/v3/profile/@nobody:porch.test", None).await;
+    let (status, body) = s.get("/_matrix/client/v3/profile/@nobody:porch.test", Some(&bob.token)).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
 }
 

@@ -144,10 +144,11 @@ pub fn create(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRo
         events.push(NewEvent::state(TimelineEventType::RoomMember, user.as_str(), Value::Object(content)));
     }
 
-    let (room_id, _) = s.rooms.create_room(creator, version, Value::Object(create_content), events)?;
-    if let Some(alias) = alias {
-        directory::create_alias(s, &alias, &room_id, creator)?;
-    }
+    let create = || Ok(s.rooms.create_room(creator, version, Value::Object(create_content), events)?.0);
+    let room_id = match &alias {
+        Some(alias) => directory::create_with_alias(s, alias, creator, create)?,
+        None => create()?,
+    };
     if req.public {
         directory::set_published(s, &room_id, true)?;
     }

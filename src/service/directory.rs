@@ -27,11 +27,15 @@ pub fn check_local_alias(s: &Services, alias: &RoomAliasId) -> Result<()> {
     Ok(())
 }
 
+/// Serialises "is this alias free? then take it".
+static ALIAS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn create_alias(s: &Services, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
     check_local_alias(s, alias)?;
     if !s.rooms.exists(room_id)? {
         return Err(Error::not_found("This room is not known to this server."));
     }
+    let _guard = ALIAS_LOCK.lock().expect("alias lock poisoned");
     if s.db.exists(Cf::Aliases, alias.as_bytes())? {
         return Err(Error::new(http::StatusCode::CONFLICT, "M_UNKNOWN", "This alias is already in use."));
     }
@@ -41,6 +45,28 @@ pub fn create_alias(s: &Services, alias: &RoomAliasId, room_id: &RoomId, creator
         &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() },
     )?;
     Ok(())
+}
+
+/// Create a room and give it `alias` as one step: the alias is checked and
+/// claimed under the alias lock, so a refused alias leaves no room behind.
+pub fn create_with_alias(
+    s: &Services,
+    alias: &RoomAliasId,
+    creator: &UserId,
+    create: impl FnOnce() -> Result<OwnedRoomId>,
+) -> Result<OwnedRoomId> {
+    check_local_alias(s, alias)?;
+    let _guard = ALIAS_LOCK.lock().expect("alias lock poisoned");
+    if s.db.exists(Cf::Aliases, alias.as_bytes())? {
+        return Err(Error::room_in_use("That room alias is already taken."));
+    }
+    let room_id = create()?;
+    s.db.put_json(
+        Cf::Aliases,
+        alias.as_bytes(),
+        &AliasRecord { room_id: room_id.clone(), creator: creator.to_owned() },
+    )?;
+    Ok(room_id)
 }
 
 /// Remove an alias: its creator, a server admin, or a room member who may

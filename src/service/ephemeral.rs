@@ -52,55 +52,55 @@ impl Ephemeral {
         self.presence.lock().expect("presence poisoned").get(user_id).cloned()
     }
 
-    /// Take a stream position for an in-memory change, persisting the high-water mark.
-    fn bump(&self) -> Result<u64> {
+    /// Apply an in-memory change under a fresh stream position. The change is
+    /// made before the position is released, so no sync can pass it unseen.
+    fn with_position<T>(&self, change: impl FnOnce(u64) -> T) -> Result<T> {
         let mut batch = self.db.batch();
         let count = batch.next_count();
+        let out = change(count);
         batch.commit()?;
-        Ok(count)
+        Ok(out)
     }
 
     pub fn set_typing(&self, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) -> Result<()> {
-        let count = self.bump()?;
-        let mut typing = self.typing.lock().expect("typing poisoned");
-        let room = typing.entry(room_id.to_owned()).or_default();
-        match timeout {
-            Some(timeout) => {
-                room.users.insert(user_id.to_owned(), Instant::now() + timeout.min(Duration::from_secs(120)));
+        self.with_position(|count| {
+            let mut typing = self.typing.lock().expect("typing poisoned");
+            let room = typing.entry(room_id.to_owned()).or_default();
+            match timeout {
+                Some(timeout) => {
+                    room.users.insert(user_id.to_owned(), Instant::now() + timeout.min(Duration::from_secs(120)));
+                }
+                None => {
+                    room.users.remove(user_id);
+                }
             }
-            None => {
-                room.users.remove(user_id);
-            }
-        }
-        room.changed_at = count;
-        Ok(())
+            room.changed_at = count;
+        })
     }
 
     /// Drop expired typers; returns whether anything changed.
     pub fn expire_typing(&self) -> Result<bool> {
         let now = Instant::now();
-        let mut expired_rooms = Vec::new();
-        {
+        let any_expired = self
+            .typing
+            .lock()
+            .expect("typing poisoned")
+            .values()
+            .any(|room| room.users.values().any(|until| *until <= now));
+        if !any_expired {
+            return Ok(false);
+        }
+        self.with_position(|count| {
             let mut typing = self.typing.lock().expect("typing poisoned");
-            for (room_id, room) in typing.iter_mut() {
+            for room in typing.values_mut() {
                 let before = room.users.len();
                 room.users.retain(|_, until| *until > now);
                 if room.users.len() != before {
-                    expired_rooms.push(room_id.clone());
+                    room.changed_at = count;
                 }
             }
-        }
-        if expired_rooms.is_empty() {
-            return Ok(false);
-        }
-        let count = self.bump()?;
-        let mut typing = self.typing.lock().expect("typing poisoned");
-        for room_id in expired_rooms {
-            if let Some(room) = typing.get_mut(&room_id) {
-                room.changed_at = count;
-            }
-        }
-        Ok(true)
+            true
+        })
     }
 
     /// The `m.typing` event for the room if it changed after `since`.

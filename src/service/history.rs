@@ -40,6 +40,29 @@ pub fn require_member(s: &Services, room_id: &RoomId, user_id: &UserId) -> Resul
     }
 }
 
+/// The room state a user may read: the current state for members; for
+/// those who left, the state when they left, if they had been joined.
+pub fn visible_state(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Arc<crate::pdu::StateMap>> {
+    let refused = || Error::forbidden("You are not in this room.");
+    match s.rooms.membership(room_id, user_id)? {
+        Some(MembershipState::Join) => s.rooms.current_state(room_id),
+        Some(MembershipState::Leave | MembershipState::Ban) => {
+            let record = s.rooms.user_membership(user_id, room_id)?.ok_or_else(refused)?;
+            let (_, meta) = s.rooms.get_pdu(&record.event_id)?.ok_or_else(refused)?;
+            let was_joined = meta
+                .prev_content
+                .as_ref()
+                .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
+                .is_some_and(|c| c["membership"] == "join");
+            if !was_joined {
+                return Err(refused());
+            }
+            s.rooms.state_at(meta.state_after)
+        }
+        _ => Err(refused()),
+    }
+}
+
 /// Tokens for `/messages`: `t<position>`; the page holds events strictly
 /// before (backward) or after (forward) it.
 pub fn parse_token(token: &str) -> Option<u64> {
@@ -72,6 +95,9 @@ pub fn page(
         Some(record) if record.membership != MembershipState::Join => Some(record.count),
         _ => None,
     };
+    // Never read past what is fully written: a later page picks it up.
+    let safe = s.db.safe_count();
+    let to = if forward { Some(to.map_or(safe, |t| t.min(safe))) } else { to };
     let mut events = Vec::new();
     let mut cursor = from;
     let mut exhausted = false;

@@ -36,11 +36,13 @@ pub const USER_SIGNING: &str = "user_signing";
 
 pub struct Keys {
     db: Arc<Db>,
+    /// Makes claiming a one-time key a single step: no key goes out twice.
+    claim_lock: std::sync::Mutex<()>,
 }
 
 impl Keys {
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db }
+        Self { db, claim_lock: std::sync::Mutex::new(()) }
     }
 
     /// Note that a user's keys changed, so sync reports them to others.
@@ -164,10 +166,13 @@ impl Keys {
 
     /// Merge `signatures` from an uploaded copy into the stored key object
     /// (a device's keys, or a cross-signing key by its public key id).
-    pub fn add_signatures(&self, owner: &UserId, key_id: &str, signed: &Value) -> Result<()> {
-        let Some(signatures) = signed.get("signatures").and_then(|s| s.as_object()) else {
-            return Err(Error::invalid_param("The signed object has no signatures."));
+    /// Only the uploader's own signatures are taken: nobody can replace the
+    /// signatures another user made.
+    pub fn add_signatures(&self, owner: &UserId, key_id: &str, signed: &Value, signer: &UserId) -> Result<()> {
+        let Some(signatures) = signed.get("signatures").and_then(|s| s.get(signer.as_str())) else {
+            return Err(Error::invalid_param("The signed object has no signatures by you."));
         };
+        let signatures = Map::from_iter([(signer.to_string(), signatures.clone())]);
         let device_key = key(&[owner.as_bytes(), key_id.as_bytes()]);
         let (cf, stored_key, mut stored) = if let Some(v) = self.db.get_json::<Value>(Cf::DeviceKeys, &device_key)? {
             (Cf::DeviceKeys, device_key, v)
@@ -208,6 +213,7 @@ impl Keys {
 
     /// Take one one-time key of `algorithm`, or else the fallback key.
     pub fn claim(&self, user_id: &UserId, device_id: &str, algorithm: &str) -> Result<Option<(String, Value)>> {
+        let _guard = self.claim_lock.lock().expect("claim lock poisoned");
         let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
         let wanted = format!("{algorithm}:");
         for item in self.db.scan_prefix(Cf::OneTimeKeys, &p) {
@@ -280,7 +286,7 @@ impl Keys {
                 delivered.push(k);
                 continue;
             }
-            if count > upto || out.len() >= 100 {
+            if count > upto {
                 break;
             }
             let message: ToDeviceMessage = decode(Cf::ToDevice, &v)?;

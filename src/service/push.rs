@@ -7,6 +7,8 @@ use ruma::{
     push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -23,6 +25,15 @@ pub const PUSH_RULES: &str = "m.push_rules";
 pub struct Counts {
     pub notification_count: u64,
     pub highlight_count: u64,
+    /// Stream position of the last change, so sync reports it.
+    #[serde(default)]
+    pub changed_at: u64,
+}
+
+impl Counts {
+    fn is_zero(&self) -> bool {
+        self.notification_count == 0 && self.highlight_count == 0
+    }
 }
 
 /// The user's ruleset: stored, or the spec's defaults.
@@ -51,29 +62,40 @@ pub fn counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result
         .unwrap_or_default())
 }
 
+/// Serialises read-modify-write of the counts.
+static COUNTS_LOCK: Mutex<()> = Mutex::new(());
+
 /// A read receipt or marker from the user: their counts for the room start again.
 pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+    let _guard = COUNTS_LOCK.lock().expect("counts lock poisoned");
+    if counts(services, user_id, room_id)?.is_zero() {
+        return Ok(());
+    }
     let mut batch = services.db.batch();
-    batch.next_count();
-    batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &Counts::default());
+    let changed_at = batch.next_count();
+    batch.put_json(
+        Cf::NotificationCounts,
+        &key(&[user_id.as_bytes(), room_id.as_bytes()]),
+        &Counts { changed_at, ..Counts::default() },
+    );
     batch.commit()?;
     Ok(())
 }
 
 /// Evaluate every local member's push rules against a new event and bump
-/// their unread counts.
-pub async fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
+/// their unread counts. Runs on a blocking thread (the rule evaluation is
+/// driven to completion there; it does no I/O).
+pub fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
     let room_id: OwnedRoomId = pdu.room_id.clone();
+    let Some(record) = services.rooms.room(&room_id)? else { return Ok(()) };
+    let Some((pdu, meta)) = services.rooms.get_pdu(&pdu.event_id)? else { return Ok(()) };
     let members = services.rooms.joined_members(&room_id)?;
-    let record = services.rooms.room(&room_id)?;
-    let Some(record) = record else { return Ok(()) };
-    let state = services.rooms.state_at(record.current_state)?;
+    let state = services.rooms.state_at(meta.state_after)?;
     let power_levels = services.rooms.power_levels(&record.version, &state)?;
     let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
-    let event = services.rooms.get_pdu(&pdu.event_id)?;
-    let Some((pdu, meta)) = event else { return Ok(()) };
     let raw: Raw<ruma::events::AnySyncTimelineEvent> =
         Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event(&meta, false, None))?);
+    let runtime = tokio::runtime::Handle::current();
     let mut changed = Vec::new();
     for user_id in members {
         if user_id == pdu.sender || !services.users.is_local(&user_id) {
@@ -87,7 +109,7 @@ pub async fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
         let mut ctx = PushConditionRoomCtx::new(room_id.clone(), member_count, user_id.clone(), display_name);
         ctx.power_levels = Some(PushConditionPowerLevelsCtx::from(power_levels.clone()));
         let rules = ruleset(services, &user_id)?;
-        let actions = rules.get_actions(&raw, &ctx).await;
+        let actions = runtime.block_on(rules.get_actions(&raw, &ctx));
         let notify = actions.iter().any(|a| a.should_notify());
         let highlight = actions.iter().any(|a| a.is_highlight());
         if notify || highlight {
@@ -97,15 +119,16 @@ pub async fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
     if changed.is_empty() {
         return Ok(());
     }
+    let _guard = COUNTS_LOCK.lock().expect("counts lock poisoned");
     let mut batch = services.db.batch();
-    batch.next_count();
+    let changed_at = batch.next_count();
     for (user_id, notify, highlight) in changed {
         let mut counts = counts(services, &user_id, &room_id)?;
         counts.notification_count += u64::from(notify);
         counts.highlight_count += u64::from(highlight);
+        counts.changed_at = changed_at;
         batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &counts);
     }
     batch.commit()?;
-    services.rooms.notify();
     Ok(())
 }

@@ -21,6 +21,9 @@ pub struct TokenRecord {
 pub struct Registration {
     db: Arc<Db>,
     any_tokens: bool,
+    /// Held from the last validity check to the use being counted, so a
+    /// single-use token cannot register two accounts at once.
+    use_lock: std::sync::Mutex<()>,
 }
 
 impl Registration {
@@ -31,7 +34,7 @@ impl Registration {
             }
         }
         let any_tokens = db.scan_prefix(Cf::RegistrationTokens, b"").next().is_some();
-        Ok(Self { db, any_tokens })
+        Ok(Self { db, any_tokens, use_lock: std::sync::Mutex::new(()) })
     }
 
     /// Whether registration needs a token (any token exists).
@@ -51,13 +54,19 @@ impl Registration {
         Ok(unused && fresh)
     }
 
-    /// Count one completed registration against the token.
-    pub fn consume(&self, token: &str) -> Result<()> {
+    /// Run `register` if the token is still valid, and count the use if it
+    /// succeeds; check and count happen under one lock.
+    pub fn use_token<T>(&self, token: &str, register: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _guard = self.use_lock.lock().expect("token lock poisoned");
+        if !self.is_valid(token)? {
+            return Err(crate::error::Error::forbidden("The registration token is no longer valid."));
+        }
+        let out = register()?;
         if let Some(mut record) = self.db.get_json::<TokenRecord>(Cf::RegistrationTokens, token.as_bytes())? {
             record.completed += 1;
             self.db.put_json(Cf::RegistrationTokens, token.as_bytes(), &record)?;
         }
-        Ok(())
+        Ok(out)
     }
 }
 

@@ -89,12 +89,10 @@ pub struct Rooms {
     locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     pdu_cache: Mutex<HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>>,
     state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
-    notifier: tokio::sync::watch::Sender<u64>,
 }
 
 impl Rooms {
     pub fn new(db: Arc<Db>, server_name: OwnedServerName, signing: Arc<SigningKey>) -> Self {
-        let (notifier, _) = tokio::sync::watch::channel(db.current_count());
         Self {
             db,
             server_name,
@@ -102,17 +100,7 @@ impl Rooms {
             locks: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(HashMap::new()),
-            notifier,
         }
-    }
-
-    /// Wakes long-polling syncs whenever the stream moves.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.notifier.subscribe()
-    }
-
-    pub fn notify(&self) {
-        self.notifier.send_replace(self.db.current_count());
     }
 
     fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
@@ -387,7 +375,7 @@ impl Rooms {
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, state, depth);
         let mut out = Vec::new();
         for (sender, event) in events {
-            if let Some(existing) = self.event_for_txn(&sender, event.txn.as_ref())? {
+            if let Some(existing) = self.event_for_txn(room_id, &sender, event.txn.as_ref())? {
                 out.push(existing);
                 continue;
             }
@@ -399,9 +387,9 @@ impl Rooms {
     }
 
     /// The event a client already sent with this transaction id, if any.
-    fn event_for_txn(&self, sender: &UserId, txn: Option<&TxnRef>) -> Result<Option<Arc<Pdu>>> {
+    fn event_for_txn(&self, room_id: &RoomId, sender: &UserId, txn: Option<&TxnRef>) -> Result<Option<Arc<Pdu>>> {
         let Some(txn) = txn else { return Ok(None) };
-        let Some(event_id) = self.db.get(Cf::TxnIds, &txn_key(sender, txn))? else { return Ok(None) };
+        let Some(event_id) = self.db.get(Cf::TxnIds, &txn_key(room_id, sender, txn))? else { return Ok(None) };
         let event_id =
             OwnedEventId::try_from(String::from_utf8_lossy(&event_id).into_owned()).map_err(Error::internal)?;
         Ok(self.get_pdu(&event_id)?.map(|(pdu, _)| pdu))
@@ -427,7 +415,10 @@ struct Txn<'a> {
     snapshot_depth: u32,
     /// Changes since the last stored full or delta snapshot in this txn.
     pending: HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>,
-    staged: Vec<OwnedEventId>,
+    /// Events whose stored copy this txn replaces with a redacted one.
+    redacted: Vec<OwnedEventId>,
+    /// Local users' membership records written by this txn.
+    membership_updates: HashMap<OwnedUserId, MembershipRecord>,
 }
 
 impl<'a> Txn<'a> {
@@ -448,7 +439,8 @@ impl<'a> Txn<'a> {
             state,
             snapshot_depth,
             pending: HashMap::new(),
-            staged: Vec::new(),
+            redacted: Vec::new(),
+            membership_updates: HashMap::new(),
         }
     }
 
@@ -545,7 +537,25 @@ impl<'a> Txn<'a> {
         .map_err(|e| Error::forbidden(format!("This event is not allowed: {e}")))?;
         let mut pdu = pdu;
         pdu.room_id = self.room_id.clone();
+        if let Some(target) = &pdu.redacts {
+            self.check_redaction(sender, target)?;
+        }
         Ok((Arc::new(pdu), event.txn))
+    }
+
+    /// From room version 3 the auth rules leave redactions to the server: a
+    /// user may redact their own events, or others' with the `redact` level.
+    fn check_redaction(&self, sender: &UserId, target: &EventId) -> Result<()> {
+        let Some(target) = self.fetch(target) else { return Ok(()) };
+        if target.sender == sender {
+            return Ok(());
+        }
+        let power = self.rooms.power_levels(&self.record.version, &self.state)?;
+        if power.user_can_redact_event_of_other(sender) {
+            Ok(())
+        } else {
+            Err(Error::forbidden("You may not redact other people's events in this room."))
+        }
     }
 
     /// Put an authorised event into the batch and move the working state on.
@@ -606,7 +616,7 @@ impl<'a> Txn<'a> {
             self.apply_redaction(&pdu, &target)?;
         }
         if let Some(txn) = &meta.txn {
-            self.batch.put(Cf::TxnIds, &txn_key(&pdu.sender, txn), pdu.event_id.as_bytes());
+            self.batch.put(Cf::TxnIds, &txn_key(&self.room_id, &pdu.sender, txn), pdu.event_id.as_bytes());
         }
         self.batch.put(
             Cf::Timeline,
@@ -622,7 +632,6 @@ impl<'a> Txn<'a> {
         self.record.depth += 1;
         self.record.last_count = count;
         self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta));
-        self.staged.push(pdu.event_id.clone());
         Ok(pdu)
     }
 
@@ -635,13 +644,22 @@ impl<'a> Txn<'a> {
         let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
         self.batch.put_json(Cf::RoomMembers, &key(&[self.room_id.as_bytes(), user_id.as_bytes()]), &content.membership);
         if user_id.server_name() == self.rooms.server_name {
+            let user_key = key(&[user_id.as_bytes(), self.room_id.as_bytes()]);
+            // A profile change (join to join) is not a membership change: keep
+            // the position of the transition, so sync does not resend the room.
+            let previous = match self.membership_updates.get(&user_id) {
+                Some(record) => Some(record.clone()),
+                None => self.rooms.db.get_json::<MembershipRecord>(Cf::UserRooms, &user_key)?,
+            };
+            let since = previous.filter(|p| p.membership == content.membership).map_or(count, |p| p.count);
             let record = MembershipRecord {
                 membership: content.membership,
                 event_id: pdu.event_id.clone(),
-                count,
+                count: since,
                 forgotten: false,
             };
-            self.batch.put_json(Cf::UserRooms, &key(&[user_id.as_bytes(), self.room_id.as_bytes()]), &record);
+            self.batch.put_json(Cf::UserRooms, &user_key, &record);
+            self.membership_updates.insert(user_id, record);
         }
         Ok(())
     }
@@ -662,25 +680,32 @@ impl<'a> Txn<'a> {
             &redaction.to_client_event(&PduMeta { txn: None, ..stored.meta.clone() }, true, None),
         )?)?);
         self.batch.put_json(Cf::Pdus, target.as_bytes(), &stored);
-        self.rooms.pdu_cache.lock().expect("pdu cache poisoned").remove(target);
+        if let Some((_, meta)) = self.pending.get_mut(target) {
+            meta.redacted_because = stored.meta.redacted_because.clone();
+        }
+        self.redacted.push(target.to_owned());
         Ok(())
     }
 
     fn commit(self) -> Result<()> {
-        let Txn { rooms, mut batch, room_id, record, pending, .. } = self;
+        let Txn { rooms, mut batch, room_id, record, pending, redacted, .. } = self;
         batch.put_json(Cf::Rooms, room_id.as_bytes(), &record);
         batch.commit_durable()?;
+        // After the write: a reader racing the commit may have cached the
+        // unredacted copy, so redaction targets are evicted only now.
         let mut cache = rooms.pdu_cache.lock().expect("pdu cache poisoned");
         if cache.len() > CACHE_LIMIT {
             cache.clear();
         }
-        cache.extend(pending);
-        drop(cache);
-        rooms.notify();
+        for target in &redacted {
+            cache.remove(target);
+        }
+        cache.extend(pending.into_iter().filter(|(id, _)| !redacted.contains(id)));
         Ok(())
     }
 }
 
-fn txn_key(sender: &UserId, txn: &TxnRef) -> Vec<u8> {
-    key(&[sender.as_bytes(), txn.device_id.as_bytes(), txn.txn_id.as_bytes()])
+/// Transaction ids are scoped to the device and the room they were sent to.
+fn txn_key(room_id: &RoomId, sender: &UserId, txn: &TxnRef) -> Vec<u8> {
+    key(&[sender.as_bytes(), txn.device_id.as_bytes(), room_id.as_bytes(), txn.txn_id.as_bytes()])
 }

@@ -239,6 +239,10 @@ fn joined_room(
             if !timeline_filter.allows(&pdu) {
                 continue;
             }
+            // A fresh view reaches back before the join: history visibility applies.
+            if room_since.is_none() && !crate::service::history::may_see(services, &session.user_id, &pdu, &meta)? {
+                break 'scan;
+            }
             if entries.len() == limit {
                 limited = true;
                 break 'scan;
@@ -256,7 +260,9 @@ fn joined_room(
     if let Some(receipts) = services.ephemeral.receipt_event(room_id, ephemeral_since, &session.user_id)? {
         ephemeral.push(raw(&receipts));
     }
-    if room_since.is_some() && entries.is_empty() && ephemeral.is_empty() && !params.full_state {
+    let counts = push::counts(services, &session.user_id, room_id)?;
+    let counts_changed = room_since.is_some_and(|s| counts.changed_at > s && counts.changed_at <= upto);
+    if room_since.is_some() && entries.is_empty() && ephemeral.is_empty() && !counts_changed && !params.full_state {
         return Ok(None);
     }
 
@@ -309,7 +315,6 @@ fn joined_room(
     room.ephemeral = Ephemeral::new();
     room.ephemeral.events = ephemeral;
     room.account_data = RoomAccountData::new();
-    let counts = push::counts(services, &session.user_id, room_id)?;
     room.unread_notifications.notification_count = UInt::new(counts.notification_count);
     room.unread_notifications.highlight_count = UInt::new(counts.highlight_count);
     if room_since.is_none() || entries.iter().any(|(p, _)| p.kind == ruma::events::TimelineEventType::RoomMember) {
@@ -390,36 +395,48 @@ fn left_room(
 ) -> Result<LeftRoom> {
     let mut room = LeftRoom::new();
     let Some((leave, leave_meta)) = services.rooms.get_pdu(leave_event)? else { return Ok(room) };
-    let mut events = Vec::new();
+    let leave_json = leave.to_client_event(&leave_meta, false, None);
+    let leave_event = raw(&leave_json);
+    room.timeline.prev_batch = Some(format!("t{}", leave_meta.count));
+    let was_joined = leave_meta
+        .prev_content
+        .as_ref()
+        .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
+        .is_some_and(|c| c["membership"] == "join");
+    if !was_joined {
+        // A rejected invite, a withdrawn knock or a ban of an outsider shows
+        // nothing of the room beyond the membership change itself.
+        room.timeline.events = vec![leave_event.clone()];
+        room.state = State::Before(StateEvents::from(vec![raw(&leave_json)]));
+        return Ok(room);
+    }
+    // The last events up to the leave that the user could see, and the
+    // state before them (clients such as matrix-nio expect state here).
+    let mut entries = Vec::new();
     for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count + 1, false, 10)? {
         if since.is_some_and(|s| count <= s) {
             break;
         }
-        if let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? {
-            events.push(raw(&pdu.to_client_event(&meta, false, Some(session.device_id.as_str()))));
+        let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
+        if !crate::service::history::may_see(services, &session.user_id, &pdu, &meta)? {
+            break;
         }
+        entries.push((pdu, meta));
     }
-    events.reverse();
-    if events.is_empty() {
-        events.push(raw(&leave.to_client_event(&leave_meta, false, None)));
-    }
-    // The room's state up to the timeline, as for a fresh view of a joined
-    // room (clients such as matrix-nio expect it).
-    let first_state = match services.rooms.timeline(room_id, leave_meta.count + 1, false, events.len())?.last() {
-        Some((_, first)) => {
-            services.rooms.get_pdu(first)?.map(|(_, meta)| meta.state_before).unwrap_or(leave_meta.state_before)
-        }
-        None => leave_meta.state_before,
-    };
+    entries.reverse();
+    let first_state = entries.first().map_or(leave_meta.state_before, |(_, meta)| meta.state_before);
     let mut state = Vec::new();
     for event_id in services.rooms.state_at(first_state)?.values() {
         if let Some((pdu, meta)) = services.rooms.get_pdu(event_id)? {
             state.push(raw(&pdu.to_client_event(&meta, false, None)));
         }
     }
+    let device = Some(session.device_id.as_str());
+    room.timeline.events = entries.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, false, device))).collect();
+    if room.timeline.events.is_empty() {
+        room.timeline.events.push(leave_event);
+    }
     room.state = State::Before(StateEvents::from(state));
-    room.timeline.events = events;
-    room.timeline.prev_batch = Some(format!("t{}", leave_meta.count));
     Ok(room)
 }
 

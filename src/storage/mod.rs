@@ -136,6 +136,8 @@ pub struct Db {
     /// change would be skipped.
     in_flight: Mutex<BTreeSet<u64>>,
     sync_writes: bool,
+    /// Publishes `safe_count` whenever it may have moved, to wake syncs.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Db {
@@ -145,13 +147,22 @@ impl Db {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut cf_opts = Options::default();
+            if *cf == Cf::Meta {
+                // The stream counter is merged as a maximum, so concurrent
+                // batches committing out of order never lower it.
+                cf_opts.set_merge_operator_associative("max_u64", max_u64_merge);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let count = db
             .get_cf(db.cf_handle(Cf::Meta.name()).expect("meta cf"), COUNT_KEY)?
             .map(|v| u64_from_be(&v))
             .unwrap_or(0);
-        Ok(Self { db, count: AtomicU64::new(count), in_flight: Mutex::new(BTreeSet::new()), sync_writes })
+        let (changes, _) = tokio::sync::watch::channel(count);
+        Ok(Self { db, count: AtomicU64::new(count), in_flight: Mutex::new(BTreeSet::new()), sync_writes, changes })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -233,10 +244,26 @@ impl Db {
     }
 
     fn release_counts(&self, counts: &[u64]) {
-        let mut in_flight = self.in_flight.lock().expect("in-flight set poisoned");
-        for count in counts {
-            in_flight.remove(count);
+        if counts.is_empty() {
+            return;
         }
+        {
+            let mut in_flight = self.in_flight.lock().expect("in-flight set poisoned");
+            for count in counts {
+                in_flight.remove(count);
+            }
+        }
+        self.publish();
+    }
+
+    /// Wake everything waiting for the stream to move.
+    pub fn publish(&self) {
+        self.changes.send_replace(self.safe_count());
+    }
+
+    /// A receiver of `safe_count` changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 
@@ -281,10 +308,10 @@ impl Batch<'_> {
     }
 
     fn write(mut self, sync: bool) -> StorageResult<()> {
-        let high_water = self.db.current_count();
-        let inner = std::mem::take(&mut self.inner);
-        let mut inner = inner;
-        inner.put_cf(self.db.cf(Cf::Meta), COUNT_KEY, high_water.to_be_bytes());
+        let mut inner = std::mem::take(&mut self.inner);
+        if let Some(highest) = self.reserved.iter().max() {
+            inner.merge_cf(self.db.cf(Cf::Meta), COUNT_KEY, highest.to_be_bytes());
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.db.db.write_opt(inner, &opts)?;
@@ -334,5 +361,62 @@ pub fn last_part(key: &[u8]) -> &[u8] {
     match key.iter().rposition(|b| *b == SEP) {
         Some(i) => &key[i + 1..],
         None => key,
+    }
+}
+
+/// Merge operator for the stream counter: the largest of all values.
+fn max_u64_merge(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
+    let max = existing.into_iter().chain(operands.iter()).map(u64_from_be).max().unwrap_or(0);
+    Some(max.to_be_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn prefix_scans_stay_inside_their_prefix() {
+        let (_dir, db) = open();
+        for k in [key(&[b"@a:x", b"1"]), key(&[b"@a:x", b"2"]), key(&[b"@a:xy", b"1"]), key(&[b"@b:x", b"1"])] {
+            db.put_json(Cf::Filters, &k, &1).unwrap();
+        }
+        let p = prefix(&[b"@a:x"]);
+        let found: Vec<_> = db.scan_prefix(Cf::Filters, &p).map(|e| e.unwrap().0).collect();
+        assert_eq!(found.len(), 2, "`@a:xy` shares bytes with `@a:x` but not the prefix");
+    }
+
+    #[test]
+    fn counter_survives_out_of_order_commits_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), false).unwrap();
+            let mut early = db.batch();
+            let first = early.next_count();
+            let mut late = db.batch();
+            let second = late.next_count();
+            assert!(second > first);
+            assert_eq!(db.safe_count(), first - 1, "nothing past an unwritten position is safe");
+            late.commit().unwrap();
+            assert_eq!(db.safe_count(), first - 1);
+            early.commit().unwrap();
+            assert_eq!(db.safe_count(), second);
+        }
+        let db = Db::open(dir.path(), false).unwrap();
+        assert_eq!(db.current_count(), 2, "the larger position was kept though it was written first");
+    }
+
+    #[test]
+    fn dropped_batches_release_their_positions() {
+        let (_dir, db) = open();
+        let mut batch = db.batch();
+        let n = batch.next_count();
+        drop(batch);
+        assert_eq!(db.safe_count(), n);
     }
 }

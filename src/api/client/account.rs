@@ -70,10 +70,11 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
             let session = s.uiaa.authorize(s, body.auth.as_ref(), flows, "register", None)?;
             token_used = session.registration_token;
         }
-        s.users.create(&user_id, password.as_deref(), kind, false, None)?;
-        if let Some(token) = token_used {
-            s.registration.consume(&token)?;
-        }
+        let create = || s.users.create(&user_id, password.as_deref(), kind, false, None);
+        match token_used {
+            Some(token) => s.registration.use_token(&token, create)?,
+            None => create()?,
+        };
         tracing::info!(%user_id, kind = kind.as_str(), "registered an account");
         let mut response = register::v3::Response::new(user_id.clone());
         if !body.inhibit_login {

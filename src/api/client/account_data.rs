@@ -34,10 +34,14 @@ fn object(json: &serde_json::value::RawValue) -> Result<Value> {
     Ok(value)
 }
 
-/// Types the server manages through their own endpoints.
-fn writable(kind: &str) -> Result<()> {
+/// Types the server manages through their own endpoints, and the shape of
+/// those it reads itself.
+fn writable(kind: &str, content: &Value) -> Result<()> {
     if matches!(kind, "m.fully_read" | "m.push_rules") {
         return Err(Error::bad_json(format!("{kind} is set through its own endpoint.")));
+    }
+    if kind == "m.tag" && !content.get("tags").is_some_and(Value::is_object) {
+        return Err(Error::bad_json("m.tag content needs a `tags` object."));
     }
     Ok(())
 }
@@ -49,9 +53,9 @@ pub async fn set_global(
     blocking(&state, move |s| {
         own(&req.session().user_id, &req.body.user_id)?;
         let kind = req.body.event_type.to_string();
-        writable(&kind)?;
-        s.account_data.set(&req.body.user_id, None, &kind, &object(req.body.data.json())?)?;
-        s.rooms.notify();
+        let content = object(req.body.data.json())?;
+        writable(&kind, &content)?;
+        s.account_data.set(&req.body.user_id, None, &kind, &content)?;
         Ok(set_global_account_data::v3::Response::new())
     })
     .await
@@ -79,9 +83,9 @@ pub async fn set_room(
     blocking(&state, move |s| {
         own(&req.session().user_id, &req.body.user_id)?;
         let kind = req.body.event_type.to_string();
-        writable(&kind)?;
-        s.account_data.set(&req.body.user_id, Some(&req.body.room_id), &kind, &object(req.body.data.json())?)?;
-        s.rooms.notify();
+        let content = object(req.body.data.json())?;
+        writable(&kind, &content)?;
+        s.account_data.set(&req.body.user_id, Some(&req.body.room_id), &kind, &content)?;
         Ok(set_room_account_data::v3::Response::new())
     })
     .await
@@ -103,7 +107,8 @@ pub async fn get_room(
 }
 
 fn tags(s: &Services, user_id: &ruma::UserId, room_id: &ruma::RoomId) -> Result<Value> {
-    Ok(s.account_data.get_value(user_id, Some(room_id), "m.tag")?.unwrap_or_else(|| json!({ "tags": {} })))
+    let stored = s.account_data.get_value(user_id, Some(room_id), "m.tag")?;
+    Ok(stored.filter(|v| v.get("tags").is_some_and(Value::is_object)).unwrap_or_else(|| json!({ "tags": {} })))
 }
 
 pub async fn get_tags(state: AppState, req: Ruma<get_tags::v3::Request>) -> Result<get_tags::v3::Response> {
@@ -126,7 +131,6 @@ pub async fn put_tag(state: AppState, req: Ruma<create_tag::v3::Request>) -> Res
         let mut value = tags(s, &body.user_id, &body.room_id)?;
         value["tags"][body.tag.as_str()] = serde_json::to_value(&body.tag_info)?;
         s.account_data.set(&body.user_id, Some(&body.room_id), "m.tag", &value)?;
-        s.rooms.notify();
         Ok(create_tag::v3::Response::new())
     })
     .await
@@ -141,7 +145,6 @@ pub async fn delete_tag(state: AppState, req: Ruma<delete_tag::v3::Request>) -> 
             map.remove(&body.tag);
         }
         s.account_data.set(&body.user_id, Some(&body.room_id), "m.tag", &value)?;
-        s.rooms.notify();
         Ok(delete_tag::v3::Response::new())
     })
     .await
@@ -189,7 +192,6 @@ pub async fn set_push_rule(
             }
         })?;
         push::save_ruleset(s, user_id, &ruleset)?;
-        s.rooms.notify();
         Ok(set_pushrule::v3::Response::new())
     })
     .await
@@ -207,7 +209,6 @@ pub async fn delete_push_rule(
             other => Error::forbidden(format!("{other}")),
         })?;
         push::save_ruleset(s, user_id, &ruleset)?;
-        s.rooms.notify();
         Ok(delete_pushrule::v3::Response::new())
     })
     .await
@@ -224,7 +225,6 @@ pub async fn set_push_rule_enabled(
             .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
             .map_err(|_| Error::not_found("No such push rule."))?;
         push::save_ruleset(s, user_id, &ruleset)?;
-        s.rooms.notify();
         Ok(set_pushrule_enabled::v3::Response::new())
     })
     .await
@@ -241,7 +241,6 @@ pub async fn set_push_rule_actions(
             .set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone())
             .map_err(|_| Error::not_found("No such push rule."))?;
         push::save_ruleset(s, user_id, &ruleset)?;
-        s.rooms.notify();
         Ok(set_pushrule_actions::v3::Response::new())
     })
     .await

@@ -35,7 +35,6 @@ pub async fn typing(
             _ => None,
         };
         s.ephemeral.set_typing(&req.body.room_id, &session.user_id, timeout.map(|t: Duration| t))?;
-        s.rooms.notify();
         Ok(create_typing_event::v3::Response::new())
     })
     .await
@@ -90,7 +89,6 @@ pub async fn create_receipt(
             _ => return Err(Error::invalid_param("Unknown receipt type.")),
         };
         receipt(s, req.session(), &body.room_id, &body.event_id, kind, &thread_key(&body.thread))?;
-        s.rooms.notify();
         Ok(create_receipt::v3::Response::new())
     })
     .await
@@ -112,7 +110,6 @@ pub async fn read_markers(
         if let Some(event_id) = &body.private_read_receipt {
             receipt(s, session, &body.room_id, event_id, "m.read.private", "")?;
         }
-        s.rooms.notify();
         Ok(set_read_marker::v3::Response::new())
     })
     .await

@@ -49,10 +49,11 @@ pub async fn send_message(
         }
         let mut event = NewEvent::message(body.event_type.to_string().as_str(), content_object(body.body.json())?);
         event.txn = Some(TxnRef { device_id: session.device_id.to_string(), txn_id: body.txn_id.to_string() });
-        s.rooms.append(&body.room_id, &session.user_id, event)
+        let pdu = s.rooms.append(&body.room_id, &session.user_id, event)?;
+        push::on_event(s, &pdu)?;
+        Ok(pdu)
     })
     .await?;
-    push::on_event(&state, &pdu).await?;
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
 }
 
@@ -60,37 +61,106 @@ pub async fn send_state(
     state: AppState,
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<send_state_event::v3::Response> {
-    let pdu = blocking(&state, move |s| {
+    let event_id = blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
-        let mut content = content_object(body.body.json())?;
+        let content = content_object(body.body.json())?;
         let kind = body.event_type.to_string();
         if kind == "m.room.member" {
-            let target = crate::service::membership::parse_user(&body.state_key)?;
-            let membership = content.get("membership").and_then(|m| m.as_str()).map(MembershipState::from);
-            let action = match membership {
-                Some(MembershipState::Join) if target == session.user_id => Action::Join { room_id: &body.room_id },
-                Some(MembershipState::Leave) if target == session.user_id => Action::LeaveOrProfile,
-                Some(MembershipState::Invite) => Action::Invite,
-                Some(MembershipState::Ban) => Action::Ban,
-                Some(MembershipState::Knock) => Action::Knock,
-                _ => Action::Kick,
-            };
-            policy::check(s, session, action)?;
-            if session.is_guest() && target == session.user_id {
-                content[policy::GUEST_MARKER] = Value::Bool(true);
-            }
-        } else if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
+            return member_state(s, session, &body.room_id, &body.state_key, content);
+        }
+        if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
             return Err(Error::forbidden("You are not in this room."));
         }
         if kind == "m.room.canonical_alias" {
             check_canonical_alias(s, &body.room_id, &content)?;
         }
-        s.rooms.append(&body.room_id, &session.user_id, NewEvent::state(kind.as_str(), body.state_key.clone(), content))
+        let pdu = s.rooms.append(
+            &body.room_id,
+            &session.user_id,
+            NewEvent::state(kind.as_str(), body.state_key.clone(), content),
+        )?;
+        push::on_event(s, &pdu)?;
+        Ok(pdu.event_id.clone())
     })
     .await?;
-    push::on_event(&state, &pdu).await?;
-    Ok(send_state_event::v3::Response::new(pdu.event_id.clone()))
+    Ok(send_state_event::v3::Response::new(event_id))
+}
+
+/// `m.room.member` through the state API goes the same way as the
+/// membership endpoints, so joins are authorised and the guest policy holds.
+fn member_state(
+    s: &crate::service::Services,
+    session: &crate::service::users::Session,
+    room_id: &ruma::RoomId,
+    state_key: &str,
+    mut content: Value,
+) -> Result<ruma::OwnedEventId> {
+    use crate::service::membership::{self, Moderation};
+    let target = membership::parse_user(state_key)?;
+    let wanted = content.get("membership").and_then(|m| m.as_str()).map(MembershipState::from);
+    let reason = content.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
+    let current = s.rooms.membership(room_id, &target)?;
+    let own = target == session.user_id;
+    match wanted {
+        Some(MembershipState::Join) if own && current == Some(MembershipState::Join) => {
+            // A profile change in this room. Authorisation fields are the
+            // resident server's to set, and the guest marker stays.
+            let object = content.as_object_mut().ok_or_else(|| Error::bad_json("Content must be an object."))?;
+            object.remove("join_authorised_via_users_server");
+            object.remove(policy::GUEST_MARKER);
+            if session.is_guest() {
+                object.insert(policy::GUEST_MARKER.into(), Value::Bool(true));
+            }
+            let event = NewEvent::state(TimelineEventType::RoomMember, state_key, content);
+            Ok(s.rooms.append(room_id, &session.user_id, event)?.event_id.clone())
+        }
+        Some(MembershipState::Join) if own => {
+            policy::check(s, session, Action::Join { room_id })?;
+            membership::join(s, room_id, &session.user_id, reason.as_deref())
+        }
+        Some(MembershipState::Leave) if own => {
+            membership::leave(s, room_id, &session.user_id, reason.as_deref())?;
+            latest_member_event(s, room_id, &target)
+        }
+        Some(MembershipState::Knock) if own => {
+            policy::check(s, session, Action::Knock)?;
+            membership::knock(s, room_id, &session.user_id, reason.as_deref())?;
+            latest_member_event(s, room_id, &target)
+        }
+        Some(MembershipState::Invite) => {
+            policy::check(s, session, Action::Invite)?;
+            let is_direct = content.get("is_direct").and_then(|d| d.as_bool()).unwrap_or(false);
+            membership::invite(s, room_id, &session.user_id, &target, reason.as_deref(), is_direct)
+        }
+        Some(MembershipState::Ban) => {
+            policy::check(s, session, Action::Ban)?;
+            membership::moderate(s, room_id, &session.user_id, &target, Moderation::Ban, reason.as_deref())?;
+            latest_member_event(s, room_id, &target)
+        }
+        Some(MembershipState::Leave) => {
+            let (action, moderation) = if current == Some(MembershipState::Ban) {
+                (Action::Unban, Moderation::Unban)
+            } else {
+                (Action::Kick, Moderation::Kick)
+            };
+            policy::check(s, session, action)?;
+            membership::moderate(s, room_id, &session.user_id, &target, moderation, reason.as_deref())?;
+            latest_member_event(s, room_id, &target)
+        }
+        _ => Err(Error::bad_json("This membership change is not possible through the state API.")),
+    }
+}
+
+fn latest_member_event(
+    s: &crate::service::Services,
+    room_id: &ruma::RoomId,
+    user_id: &ruma::UserId,
+) -> Result<ruma::OwnedEventId> {
+    s.rooms
+        .current_state_pdu(room_id, "m.room.member", user_id.as_str())?
+        .map(|pdu| pdu.event_id.clone())
+        .ok_or_else(|| Error::internal("member event vanished"))
 }
 
 /// Aliases named in `m.room.canonical_alias` must point at this room.
@@ -118,7 +188,7 @@ pub async fn state_for_key(
     blocking(&state, move |s| {
         let body = &req.body;
         let user_id = &req.session().user_id;
-        let room_state = visible_state(s, &body.room_id, user_id)?;
+        let room_state = history::visible_state(s, &body.room_id, user_id)?;
         let pdu = s
             .rooms
             .state_pdu(&room_state, &body.event_type.to_string(), &body.state_key)?
@@ -139,32 +209,12 @@ pub async fn state_for_key(
     .await
 }
 
-/// Current state for members; the state when they left for leavers.
-fn visible_state(
-    s: &crate::service::Services,
-    room_id: &ruma::RoomId,
-    user_id: &ruma::UserId,
-) -> Result<std::sync::Arc<crate::pdu::StateMap>> {
-    match require_member(s, room_id, user_id)? {
-        MembershipState::Join => s.rooms.current_state(room_id),
-        _ => {
-            let record = s
-                .rooms
-                .user_membership(user_id, room_id)?
-                .ok_or_else(|| Error::forbidden("You are not in this room."))?;
-            let (_, meta) =
-                s.rooms.get_pdu(&record.event_id)?.ok_or_else(|| Error::forbidden("You are not in this room."))?;
-            s.rooms.state_at(meta.state_after)
-        }
-    }
-}
-
 pub async fn all_state(
     state: AppState,
     req: Ruma<get_state_events::v3::Request>,
 ) -> Result<get_state_events::v3::Response> {
     blocking(&state, move |s| {
-        let room_state = visible_state(s, &req.body.room_id, &req.session().user_id)?;
+        let room_state = history::visible_state(s, &req.body.room_id, &req.session().user_id)?;
         let mut events = Vec::new();
         for event_id in room_state.values() {
             if let Some((pdu, meta)) = s.rooms.get_pdu(event_id)? {

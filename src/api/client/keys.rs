@@ -43,7 +43,6 @@ pub async fn upload(state: AppState, req: Ruma<upload_keys::v3::Request>) -> Res
             body.fallback_keys.iter().map(|(id, k)| Ok((id.to_string(), value(k)?))).collect::<Result<Vec<_>>>()?;
         let counts_now =
             s.keys.upload(&session.user_id, session.device_id.as_str(), device_keys, one_time, fallback)?;
-        s.rooms.notify();
         Ok(upload_keys::v3::Response::new(counts(counts_now)))
     })
     .await
@@ -169,7 +168,6 @@ pub async fn upload_signing(
             keys.push((USER_SIGNING, value(k)?));
         }
         s.keys.set_cross_signing_keys(&session.user_id, keys)?;
-        s.rooms.notify();
         Ok(upload_signing_keys::v3::Response::new())
     })
     .await
@@ -189,12 +187,11 @@ pub async fn upload_signatures(
             }
             for (key_id, object) in keys {
                 // Failures for one key do not stop the others.
-                if let Err(err) = s.keys.add_signatures(&owner, &key_id, &object) {
+                if let Err(err) = s.keys.add_signatures(&owner, &key_id, &object, &session.user_id) {
                     tracing::debug!(%owner, key_id, "signature upload skipped: {err}");
                 }
             }
         }
-        s.rooms.notify();
         Ok(upload_signatures::v3::Response::new())
     })
     .await
@@ -230,7 +227,6 @@ pub async fn send_to_device(
             }
         }
         batch.commit()?;
-        s.rooms.notify();
         Ok(send_event_to_device::v3::Response::new())
     })
     .await

@@ -14,10 +14,11 @@ use crate::{
 };
 
 /// The profile of a user as this server knows it, after the guest policy.
+/// Lookups need a signed-in caller: otherwise anyone, guests included, could
+/// enumerate the server's people by leaving out their token.
 fn profile_of(s: &Services, viewer: Option<&Session>, user_id: &UserId) -> Result<crate::service::users::UserRecord> {
-    if let Some(viewer) = viewer {
-        policy::check(s, viewer, Action::ViewProfile { target: user_id })?;
-    }
+    let viewer = viewer.ok_or_else(Error::missing_token)?;
+    policy::check(s, viewer, Action::ViewProfile { target: user_id })?;
     match s.users.get(user_id)? {
         Some(user) if !user.deactivated && s.users.is_local(user_id) => Ok(user),
         _ => Err(Error::not_found("This user has no profile here.")),

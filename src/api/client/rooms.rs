@@ -37,7 +37,17 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
     blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
-        policy::check(s, session, Action::CreateRoom { is_direct: body.is_direct, invites: &body.invite })?;
+        let open = body.preset == Some(ruma::api::client::room::create_room::v3::RoomPreset::PublicChat)
+            || body.initial_state.iter().any(|event| {
+                object(event).is_ok_and(|e| e.get("type").and_then(|t| t.as_str()) == Some("m.room.join_rules"))
+            });
+        policy::check(s, session, Action::CreateRoom { is_direct: body.is_direct, invites: &body.invite, open })?;
+        if body.visibility == ruma::api::client::room::Visibility::Public {
+            policy::check(s, session, Action::PublishRoom)?;
+        }
+        if body.room_alias_name.is_some() {
+            policy::check(s, session, Action::ManageAliases)?;
+        }
         let mut initial_state = Vec::new();
         for event in &body.initial_state {
             let event = object(event)?;
@@ -270,8 +280,7 @@ pub async fn members(
 ) -> Result<get_member_events::v3::Response> {
     blocking(&state, move |s| {
         let body = &req.body;
-        history::require_member(s, &body.room_id, &req.session().user_id)?;
-        let room_state = s.rooms.current_state(&body.room_id)?;
+        let room_state = history::visible_state(s, &body.room_id, &req.session().user_id)?;
         let mut chunk = Vec::new();
         for ((kind, _), event_id) in room_state.iter() {
             if kind != "m.room.member" {

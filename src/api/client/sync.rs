@@ -40,7 +40,7 @@ pub async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resul
     let params = std::sync::Arc::new(SyncParams { since, full_state: body.full_state, filter });
     let timeout = body.timeout.unwrap_or_default().min(state.settings.sync_timeout_max);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut changes = state.rooms.subscribe();
+    let mut changes = state.db.subscribe();
     loop {
         changes.borrow_and_update();
         let (p, sess) = (params.clone(), session.clone());
@@ -50,10 +50,9 @@ pub async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resul
         // Nothing new: wait for the stream to move, or give up at the deadline.
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => continue,
-            _ => {
-                let position = state.db.safe_count().max(since.unwrap_or(0));
-                return Ok(sync_events::v3::Response::new(position.to_string()));
-            }
+            // Nothing new: answer with the same position, so nothing that
+            // became visible meanwhile can be skipped.
+            _ => return Ok(sync_events::v3::Response::new(since.unwrap_or(0).to_string())),
         }
     }
 }
@@ -100,10 +99,9 @@ pub fn spawn_typing_expiry(state: AppState) {
         loop {
             tick.tick().await;
             let s = state.clone();
-            match tokio::task::spawn_blocking(move || s.ephemeral.expire_typing()).await {
-                Ok(Ok(true)) => state.rooms.notify(),
-                Ok(Err(err)) => tracing::warn!("expiring typing notifications failed: {err}"),
-                _ => {}
+            // Expiring takes a stream position, which wakes waiting syncs.
+            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || s.ephemeral.expire_typing()).await {
+                tracing::warn!("expiring typing notifications failed: {err}");
             }
         }
     });

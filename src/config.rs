@@ -24,6 +24,87 @@ pub struct Config {
     pub limits: Limits,
     pub rate_limits: RateLimits,
     pub well_known: WellKnown,
+    pub guests: Guests,
+    pub security_levels: Vec<SecurityLevel>,
+    pub default_security_level: String,
+}
+
+/// Guest rooms, links and guest accounts (see the guest-rooms contract).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Guests {
+    pub enabled: bool,
+    /// Base of guest-link URLs (`{public_base_url}/guest/{token}`); empty: the client base URL.
+    pub public_base_url: String,
+    /// Appended to every guest's display name.
+    pub display_suffix: String,
+    /// How long a temporary guest account lives at most.
+    #[serde(with = "humantime_serde")]
+    pub temporary_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub link_default_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub link_max_lifetime: Duration,
+    /// How long an ended guest room's history is kept before it is purged.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
+    /// Most external (email-invited) accounts at once; 0: no limit.
+    pub max_external_users: u64,
+    pub allowed_email_domains: Vec<String>,
+    /// A room whose members may join every guest room without a link; empty: none.
+    pub team_room: String,
+    /// Redemption tries per client address: steady rate and burst.
+    pub redeem_per_second: f64,
+    pub redeem_burst: u32,
+}
+
+impl Default for Guests {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 60 * 60;
+        Self {
+            enabled: true,
+            public_base_url: String::new(),
+            display_suffix: " (guest)".to_owned(),
+            temporary_ttl: Duration::from_secs(30 * DAY),
+            link_default_lifetime: Duration::from_secs(7 * DAY),
+            link_max_lifetime: Duration::from_secs(90 * DAY),
+            history_retention: Duration::from_secs(30 * DAY),
+            max_external_users: 0,
+            allowed_email_domains: Vec::new(),
+            team_room: String::new(),
+            redeem_per_second: 0.5,
+            redeem_burst: 20,
+        }
+    }
+}
+
+/// A security level rooms can carry; shown as a banner by every client.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityLevel {
+    pub id: String,
+    pub label: String,
+    pub color: String,
+    #[serde(default)]
+    pub classified: bool,
+    /// For classified levels: the other servers allowed into such rooms.
+    #[serde(default)]
+    pub cleared_servers: Vec<String>,
+}
+
+pub fn default_security_levels() -> Vec<SecurityLevel> {
+    let level = |id: &str, label: &str, color: &str, classified: bool| SecurityLevel {
+        id: id.to_owned(),
+        label: label.to_owned(),
+        color: color.to_owned(),
+        classified,
+        cleared_servers: Vec::new(),
+    };
+    vec![
+        level("public", "Public", "#2e7d32", false),
+        level("internal", "Internal", "#1565c0", false),
+        level("confidential", "Confidential", "#c62828", true),
+    ]
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -106,6 +187,9 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             well_known: WellKnown::default(),
+            guests: Guests::default(),
+            security_levels: default_security_levels(),
+            default_security_level: "internal".to_owned(),
         }
     }
 }
@@ -239,6 +323,44 @@ impl Config {
                 )));
             }
         }
+        if self.security_levels.is_empty() {
+            return Err(ConfigError(
+                "config key `security_levels` is empty; define at least one level (see config.example.toml)".to_owned(),
+            ));
+        }
+        if !self.security_levels.iter().any(|l| l.id == self.default_security_level) {
+            return Err(ConfigError(format!(
+                "config key `default_security_level` is `{}`, which is not the id of any entry in `security_levels`; use one of them",
+                self.default_security_level
+            )));
+        }
+        if let Some(level) = self.security_levels.iter().find(|l| !valid_color(&l.color)) {
+            return Err(ConfigError(format!(
+                "config key `security_levels` gives level `{}` the color `{}`; use a #rrggbb color",
+                level.id, level.color
+            )));
+        }
+        if self.guests.link_default_lifetime > self.guests.link_max_lifetime || self.guests.link_max_lifetime.is_zero()
+        {
+            return Err(ConfigError(
+                "config keys `guests.link_default_lifetime` and `guests.link_max_lifetime` must be above zero, the default no longer than the maximum; fix them".to_owned(),
+            ));
+        }
+        if !self.guests.team_room.is_empty() && ruma::OwnedRoomId::try_from(self.guests.team_room.as_str()).is_err() {
+            return Err(ConfigError(format!(
+                "config key `guests.team_room` is `{}`, which is not a room id; set it to a room id like `!abc:example.org` or leave it empty",
+                self.guests.team_room
+            )));
+        }
+        if self.guests.redeem_per_second.is_nan()
+            || self.guests.redeem_per_second <= 0.0
+            || self.guests.redeem_burst == 0
+        {
+            return Err(ConfigError(
+                "config keys `guests.redeem_per_second` and `guests.redeem_burst` must both be above zero; raise them"
+                    .to_owned(),
+            ));
+        }
         if self.registration.tokens.iter().any(|t| !valid_registration_token(t)) {
             return Err(ConfigError(
                 "config key `registration.tokens` holds a token that is empty, longer than 64 characters or uses characters other than A-Z a-z 0-9 . _ ~ -; fix or remove it".to_owned(),
@@ -255,6 +377,10 @@ impl Config {
     }
 }
 
+fn valid_color(color: &str) -> bool {
+    color.len() == 7 && color.starts_with('#') && color[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The spec's grammar for registration tokens.
 pub fn valid_registration_token(token: &str) -> bool {
     !token.is_empty() && token.len() <= 64 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
@@ -269,6 +395,19 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 impl Settings {
+    pub fn security_level(&self, id: &str) -> Option<&SecurityLevel> {
+        self.raw.security_levels.iter().find(|l| l.id == id)
+    }
+
+    /// Where guest links point.
+    pub fn guest_base_url(&self) -> String {
+        if self.raw.guests.public_base_url.is_empty() {
+            self.client_base_url()
+        } else {
+            self.raw.guests.public_base_url.trim_end_matches('/').to_owned()
+        }
+    }
+
     pub fn client_base_url(&self) -> String {
         if self.raw.well_known.client.is_empty() {
             format!("http://{}", self.client_addr)

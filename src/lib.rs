@@ -39,6 +39,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     api::client::sync::spawn_typing_expiry(services.clone());
+    service::guests::spawn_scheduler(services.clone());
     if services.settings.federation_addr.is_some() {
         tracing::warn!(
             "`listen.federation` is set, but this build of porch does not federate yet; other servers cannot reach it"

@@ -31,6 +31,10 @@ pub enum Action<'a> {
     Join {
         room_id: &'a RoomId,
     },
+    /// Guest rooms are made by members (and admins) only.
+    CreateGuestRoom,
+    ManageLinks,
+    EndRoom,
     /// `open`: a public preset or custom join rules.
     CreateRoom {
         is_direct: bool,
@@ -61,6 +65,9 @@ pub fn check(services: &Services, session: &Session, action: Action<'_>) -> Resu
             Err(Error::forbidden("Guests cannot invite, kick, ban or unban anyone."))
         }
         Action::LeaveOrProfile => Ok(()),
+        Action::CreateGuestRoom => Err(Error::forbidden("Guests cannot create guest rooms.")),
+        Action::ManageLinks => Err(Error::forbidden("Guests cannot create or manage links.")),
+        Action::EndRoom => Err(Error::forbidden("Guests cannot end rooms.")),
         Action::Knock => Err(Error::forbidden("Guests can only join rooms through a link or an invite.")),
         Action::Join { room_id } => match services.rooms.membership(room_id, user_id)? {
             Some(MembershipState::Invite | MembershipState::Join) => Ok(()),
@@ -89,4 +96,11 @@ pub fn may_see_in_directory(services: &Services, viewer: &Session, target: &User
         return Ok(true);
     }
     shares_room(services, &viewer.user_id, target)
+}
+
+/// A guest's display name always ends with the configured suffix.
+pub fn guest_display_name(services: &Services, name: &str) -> String {
+    let suffix = &services.settings.raw.guests.display_suffix;
+    let name = name.trim();
+    if suffix.is_empty() || name.ends_with(suffix.as_str()) { name.to_owned() } else { format!("{name}{suffix}") }
 }

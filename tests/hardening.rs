@@ -221,3 +221,47 @@ async fn signatures_are_taken_only_from_their_signer() {
         "real"
     );
 }
+
+#[tokio::test]
+async fn malformed_bodies_found_by_fuzzing_get_clear_errors() {
+    let s = TestServer::start().await;
+    for body in [json!({}), json!({ "user": "x" })] {
+        let (status, resp) = s.post("/_matrix/client/v3/login", None, body.clone()).await;
+        assert_eq!((status, resp["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
+    }
+    let alice = s.register("alice").await;
+    let (status, resp) = s
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+            Some(&alice.token),
+            json!({ "presence": "bogus" }),
+        )
+        .await;
+    assert_eq!((status, resp["errcode"].as_str()), (400, Some("M_INVALID_PARAM")));
+    let upload = s
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&alice.token)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let uri = upload.json::<serde_json::Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned();
+    let media_id = uri.rsplit('/').next().unwrap();
+    let (status, _) = s
+        .get(
+            &format!("/_matrix/client/v1/media/thumbnail/porch.test/{media_id}?width=10&height=10"),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, 404, "text has no thumbnail");
+    let (status, resp) =
+        s.get("/_matrix/client/v3/pushrules/global/override/.m.rule.master/enabled", Some(&alice.token)).await;
+    assert_eq!((status, resp["enabled"].as_bool()), (200, Some(false)));
+    let (status, resp) = s
+        .get("/_matrix/client/v3/pushrules/global/content/.m.rule.contains_user_name/actions", Some(&alice.token))
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp["actions"].as_array().is_some_and(|a| !a.is_empty()));
+}

@@ -3,6 +3,7 @@
 //! request in, service calls, ruma response out.
 
 pub mod client;
+pub mod porch;
 pub mod synapse_admin;
 
 use std::{
@@ -105,7 +106,14 @@ where
 
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let http_request = http::Request::from_parts(parts, &bytes[..]);
-        let body = T::try_from_http_request(http_request, &args).map_err(|e| request_error(e, &bytes))?;
+        // ruma's deserialisers can panic on some malformed bodies (e.g. a login
+        // body without `type`); that is the client's mistake, not the server's.
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::try_from_http_request(http_request, &args)));
+        let body = match parsed {
+            Ok(result) => result.map_err(|e| request_error(e, &bytes))?,
+            Err(_) => return Err(Error::bad_json("The request body is not what this endpoint expects.")),
+        };
         Ok(Self { body, session, ip })
     }
 }
@@ -270,6 +278,7 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Routes::default();
     client::register(&mut routes);
     synapse_admin::register(&mut routes);
+    porch::register(&mut routes);
     let max_body = state.settings.raw.limits.max_request_bytes.max(state.settings.raw.limits.max_upload_bytes);
     routes
         .into_router()
@@ -282,6 +291,9 @@ pub fn router(state: AppState) -> Router {
                 .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
                 .allow_headers([http::header::AUTHORIZATION, http::header::CONTENT_TYPE, http::HeaderName::from_static("x-requested-with")]),
         )
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            Error::internal("a request handler panicked").into_response()
+        }))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &http::Request<Body>| {
             tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
         }))

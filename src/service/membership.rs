@@ -95,6 +95,20 @@ pub fn join(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Opt
     Ok(pdu.event_id.clone())
 }
 
+/// Join a restricted room on the strength of `authoriser` (a local member who
+/// may invite): the guest-link path, where the link is the permission.
+pub fn join_authorised(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+    authoriser: &UserId,
+) -> Result<OwnedEventId> {
+    let mut content = member_content(services, user_id, MembershipState::Join, None)?;
+    content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+    let pdu = services.rooms.append(room_id, user_id, member_event(user_id, content))?;
+    Ok(pdu.event_id.clone())
+}
+
 /// Whether the user is joined to a room named in the join rule's `allow` list.
 fn allowed_by_membership(services: &Services, state: &crate::pdu::StateMap, user_id: &UserId) -> Result<bool> {
     let Some(join_rules) = services.rooms.state_content(state, "m.room.join_rules", "")? else {

@@ -2,9 +2,11 @@
 //! touches storage. `Services` is built once at start-up and shared.
 
 pub mod account_data;
+pub mod accounts;
 pub mod create_room;
 pub mod directory;
 pub mod ephemeral;
+pub mod guests;
 pub mod history;
 pub mod keys;
 pub mod media;
@@ -30,6 +32,8 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub media: media::Media,
     pub keys: keys::Keys,
+    pub guests: guests::Guests,
+    pub redeem_limiter: ratelimit::RateLimiter,
     pub ephemeral: ephemeral::Ephemeral,
     pub registration: registration::Registration,
     pub shared_secret_nonces: registration::Nonces,
@@ -60,6 +64,11 @@ impl Services {
             rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone()),
             account_data: account_data::AccountData::new(db.clone()),
             keys: keys::Keys::new(db.clone()),
+            guests: guests::Guests::default(),
+            redeem_limiter: ratelimit::RateLimiter::new(
+                settings.raw.guests.redeem_per_second,
+                settings.raw.guests.redeem_burst,
+            ),
             media: media::Media::new(
                 db.clone(),
                 settings.raw.database.path.join("media"),

@@ -303,6 +303,31 @@ impl Rooms {
         Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
     }
 
+    /// Delete a room's history (events and timeline); the room record stays so
+    /// its id is never reused. For guest rooms past their retention.
+    pub fn purge_history(&self, room_id: &RoomId) -> Result<()> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        let prefix = prefix(&[room_id.as_bytes()]);
+        let mut batch = self.db.batch();
+        let mut purged = Vec::new();
+        for item in self.db.scan_prefix(Cf::Timeline, &prefix) {
+            let (k, v) = item?;
+            batch.delete(Cf::Timeline, &k);
+            batch.delete(Cf::Pdus, &v);
+            purged.push(v);
+        }
+        batch.commit()?;
+        let mut cache = self.pdu_cache.lock().expect("pdu cache poisoned");
+        for event_id in purged {
+            if let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&event_id).into_owned()) {
+                cache.remove(&event_id);
+            }
+        }
+        tracing::info!(%room_id, "purged room history");
+        Ok(())
+    }
+
     // ----- writes -----
 
     /// Create a room: `create_content` becomes the `m.room.create` event,

@@ -46,6 +46,9 @@ pub struct UserRecord {
     pub displayname: Option<String>,
     pub avatar_url: Option<OwnedMxcUri>,
     pub created_at: u64,
+    /// Set by an admin; `None`: the server's default level.
+    #[serde(default)]
+    pub security_level: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -142,6 +145,7 @@ impl Users {
             displayname: displayname.or_else(|| Some(user_id.localpart().to_owned())),
             avatar_url: None,
             created_at: util::now_ms(),
+            security_level: None,
         };
         let _guard = self.create_lock.lock().expect("create lock poisoned");
         if self.exists(user_id)? {
@@ -151,6 +155,13 @@ impl Users {
         batch.put_json(Cf::Users, user_id.as_bytes(), &record);
         batch.commit_durable()?;
         Ok(record)
+    }
+
+    /// Remove an account that was made moments ago and never used (a guest
+    /// redemption that failed after the account was made).
+    pub fn remove_unused(&self, user_id: &UserId) -> Result<()> {
+        self.remove_devices(user_id, None, None)?;
+        Ok(self.db.delete(Cf::Users, user_id.as_bytes())?)
     }
 
     pub fn save(&self, user_id: &UserId, record: &UserRecord) -> Result<()> {

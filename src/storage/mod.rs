@@ -48,10 +48,13 @@ pub enum Cf {
     CrossSigningKeys,
     KeyChanges,
     ToDevice,
+    GuestRooms,
+    GuestLinks,
+    LinkTokens,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 26] = [
+    pub const ALL: [Cf; 29] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -78,6 +81,9 @@ impl Cf {
         Cf::CrossSigningKeys,
         Cf::KeyChanges,
         Cf::ToDevice,
+        Cf::GuestRooms,
+        Cf::GuestLinks,
+        Cf::LinkTokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +114,9 @@ impl Cf {
             Cf::CrossSigningKeys => "cross_signing_keys",
             Cf::KeyChanges => "key_changes",
             Cf::ToDevice => "to_device",
+            Cf::GuestRooms => "guest_rooms",
+            Cf::GuestLinks => "guest_links",
+            Cf::LinkTokens => "link_tokens",
         }
     }
 }

@@ -140,6 +140,46 @@ impl TestServer {
         }
     }
 
+    /// Register a server admin through the shared-secret endpoint.
+    pub async fn register_admin(&self, name: &str) -> User {
+        use hmac::{Hmac, Mac};
+        let (_, body) = self.get("/_synapse/admin/v1/register", None).await;
+        let nonce = body["nonce"].as_str().expect("nonce").to_owned();
+        let password = "admin password 1";
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"test-secret").expect("hmac");
+        mac.update(format!("{nonce}\0{name}\0{password}\0admin").as_bytes());
+        let mac = hex::encode(mac.finalize().into_bytes());
+        let (status, body) = self
+            .post(
+                "/_synapse/admin/v1/register",
+                None,
+                json!({ "nonce": nonce, "username": name, "password": password, "admin": true, "mac": mac }),
+            )
+            .await;
+        assert_eq!(status, 200, "admin registration: {body}");
+        User {
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            device_id: body["device_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Create a guest room; returns (room id, link token, link id).
+    pub async fn guest_room(&self, user: &User, body: Value) -> (String, String, String) {
+        let (status, resp) = self.post("/_porch/client/v1/guest_rooms", Some(&user.token), body).await;
+        assert_eq!(status, 200, "create guest room: {resp}");
+        (
+            resp["room_id"].as_str().unwrap().to_owned(),
+            resp["link"]["token"].as_str().unwrap().to_owned(),
+            resp["link"]["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Join through a link as a new temporary guest.
+    pub async fn redeem_as_guest(&self, token: &str, name: &str) -> (u16, Value) {
+        self.post(&format!("/_porch/client/v1/guest_links/{token}/join"), None, json!({ "display_name": name })).await
+    }
+
     pub async fn create_room(&self, user: &User, body: Value) -> String {
         let (status, resp) = self.post("/_matrix/client/v3/createRoom", Some(&user.token), body).await;
         assert_eq!(status, 200, "createRoom: {resp}");

@@ -17,7 +17,7 @@ use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
     service::{
-        Services, membership,
+        Services,
         uiaa::{self, StageChecks},
         users::AccountKind,
     },
@@ -223,22 +223,10 @@ pub async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> 
         if session.user.password_hash.is_some() {
             password_uia(s, req.body.auth.as_ref(), "deactivate", &session.user_id)?;
         }
-        deactivate_account(s, &session.user_id)?;
+        crate::service::accounts::deactivate(s, &session.user_id)?;
         Ok(deactivate::v3::Response::new(ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport))
     })
     .await
-}
-
-/// Leave every room, log out everywhere, and mark the account deactivated.
-pub fn deactivate_account(s: &Services, user_id: &ruma::UserId) -> Result<()> {
-    membership::leave_all(s, user_id)?;
-    s.users.remove_devices(user_id, None, None)?;
-    let mut user = s.users.get(user_id)?.ok_or_else(|| Error::not_found("No such user."))?;
-    user.deactivated = true;
-    user.password_hash = None;
-    s.users.save(user_id, &user)?;
-    tracing::info!(%user_id, "deactivated an account");
-    Ok(())
 }
 
 fn device_info(

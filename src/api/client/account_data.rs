@@ -4,8 +4,8 @@ use ruma::{
     api::client::{
         config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
         push::{
-            delete_pushrule, get_pushrule, get_pushrules_all, get_pushrules_global_scope, set_pushrule,
-            set_pushrule_actions, set_pushrule_enabled,
+            delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+            get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
         },
         tag::{create_tag, delete_tag, get_tags},
     },
@@ -174,6 +174,34 @@ pub async fn push_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) ->
             .get(req.body.kind.clone(), &req.body.rule_id)
             .ok_or_else(|| Error::not_found("No such push rule."))?;
         Ok(get_pushrule::v3::Response::new(rule.into()))
+    })
+    .await
+}
+
+pub async fn push_rule_actions(
+    state: AppState,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> Result<get_pushrule_actions::v3::Response> {
+    blocking(&state, move |s| {
+        let ruleset = push::ruleset(s, &req.session().user_id)?;
+        let rule = ruleset
+            .get(req.body.kind.clone(), &req.body.rule_id)
+            .ok_or_else(|| Error::not_found("No such push rule."))?;
+        Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
+    })
+    .await
+}
+
+pub async fn push_rule_enabled(
+    state: AppState,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> Result<get_pushrule_enabled::v3::Response> {
+    blocking(&state, move |s| {
+        let ruleset = push::ruleset(s, &req.session().user_id)?;
+        let rule = ruleset
+            .get(req.body.kind.clone(), &req.body.rule_id)
+            .ok_or_else(|| Error::not_found("No such push rule."))?;
+        Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
     })
     .await
 }

@@ -111,6 +111,9 @@ fn member_state(
             object.remove(policy::GUEST_MARKER);
             if session.is_guest() {
                 object.insert(policy::GUEST_MARKER.into(), Value::Bool(true));
+                let name = object.get("displayname").and_then(|n| n.as_str()).unwrap_or(session.user_id.localpart());
+                let name = policy::guest_display_name(s, name);
+                object.insert("displayname".into(), Value::String(name));
             }
             let event = NewEvent::state(TimelineEventType::RoomMember, state_key, content);
             Ok(s.rooms.append(room_id, &session.user_id, event)?.event_id.clone())

@@ -82,13 +82,17 @@ pub async fn download_as(
     .await
 }
 
-/// Thumbnails are the original file: porch does not scale images.
+/// Thumbnails of images are the original file: porch does not scale images.
+/// Other media has no thumbnail.
 pub async fn thumbnail(
     state: AppState,
     req: Ruma<authenticated_media::get_content_thumbnail::v1::Request>,
 ) -> Result<authenticated_media::get_content_thumbnail::v1::Response> {
     blocking(&state, move |s| {
         let (record, bytes) = s.media.get(&req.body.server_name, &req.body.media_id)?;
+        if !record.content_type.starts_with("image/") {
+            return Err(crate::error::Error::not_found("This media is not an image and has no thumbnail."));
+        }
         let disposition = disposition(&record, None);
         Ok(authenticated_media::get_content_thumbnail::v1::Response::new(bytes, record.content_type, disposition))
     })

@@ -26,6 +26,9 @@ pub async fn set_presence(state: AppState, req: Ruma<set_presence::v3::Request>)
     if req.body.user_id != session.user_id {
         return Err(Error::forbidden("You can only set your own presence."));
     }
+    if !matches!(req.body.presence, PresenceState::Online | PresenceState::Offline | PresenceState::Unavailable) {
+        return Err(Error::invalid_param("Presence must be online, offline or unavailable."));
+    }
     state.ephemeral.set_presence(&session.user_id, req.body.presence.clone(), req.body.status_msg.clone());
     Ok(set_presence::v3::Response::new())
 }

@@ -95,6 +95,8 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::push::get_pushrules_all::v3::Request, _, _>(account_data::push_rules)
         .ruma::<c::push::get_pushrules_global_scope::v3::Request, _, _>(account_data::push_rules_global)
         .ruma::<c::push::get_pushrule::v3::Request, _, _>(account_data::push_rule)
+        .ruma::<c::push::get_pushrule_actions::v3::Request, _, _>(account_data::push_rule_actions)
+        .ruma::<c::push::get_pushrule_enabled::v3::Request, _, _>(account_data::push_rule_enabled)
         .ruma::<c::push::set_pushrule::v3::Request, _, _>(account_data::set_push_rule)
         .ruma::<c::push::delete_pushrule::v3::Request, _, _>(account_data::delete_push_rule)
         .ruma::<c::push::set_pushrule_enabled::v3::Request, _, _>(account_data::set_push_rule_enabled)

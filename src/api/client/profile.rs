@@ -79,7 +79,11 @@ pub async fn set_display_name(
     blocking(&state, move |s| {
         let session = req.session();
         own_profile(session, &req.body.user_id)?;
-        let name = req.body.displayname.clone().filter(|n| !n.trim().is_empty());
+        let mut name = req.body.displayname.clone().filter(|n| !n.trim().is_empty());
+        if session.is_guest() {
+            // Guests keep their marker: the suffix comes back whatever they send.
+            name = Some(policy::guest_display_name(s, name.as_deref().unwrap_or(session.user_id.localpart())));
+        }
         if name.as_ref().is_some_and(|n| n.len() > 256) {
             return Err(Error::invalid_param("Display names are limited to 256 bytes."));
         }

@@ -1,0 +1,302 @@
+//! Guests try every way to reach beyond their rooms; every try is refused
+//! and changes nothing. Run for a temporary (link) guest and a guest made
+//! through `kind=guest` registration.
+
+mod common;
+
+use common::{TestServer, User, enc};
+use serde_json::{Value, json};
+
+struct World {
+    s: TestServer,
+    alice: User,
+    outsider: User,
+    guest_room: String,
+    other_room: String,
+    guest: User,
+    link_token: String,
+}
+
+async fn world() -> World {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let outsider = s.register("outsider").await;
+    let (guest_room, link_token, _) = s.guest_room(&alice, json!({ "name": "Visit" })).await;
+    let other_room = s
+        .create_room(&alice, json!({ "preset": "public_chat", "visibility": "public", "room_alias_name": "lobby" }))
+        .await;
+    let (status, body) = s.redeem_as_guest(&link_token, "Eve").await;
+    assert_eq!(status, 200, "{body}");
+    let guest = User {
+        user_id: body["user_id"].as_str().unwrap().to_owned(),
+        token: body["access_token"].as_str().unwrap().to_owned(),
+        device_id: body["device_id"].as_str().unwrap().to_owned(),
+    };
+    World { s, alice, outsider, guest_room, other_room, guest, link_token }
+}
+
+async fn snapshot(w: &World) -> Value {
+    let (_, a) = w.s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&w.guest_room)), Some(&w.alice.token)).await;
+    let (_, b) = w.s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&w.other_room)), Some(&w.alice.token)).await;
+    let (_, links) =
+        w.s.get(&format!("/_porch/client/v1/guest_rooms/{}/links", enc(&w.guest_room)), Some(&w.alice.token)).await;
+    // Event ids name the state exactly (ages in `unsigned` move on).
+    let sorted = |v: Value| {
+        let mut events: Vec<Value> =
+            v.as_array().into_iter().flatten().map(|e| json!([e["type"], e["state_key"], e["event_id"]])).collect();
+        events.sort_by_key(|e| e.to_string());
+        Value::Array(events)
+    };
+    json!({ "guest_room": sorted(a), "other_room": sorted(b), "links": links })
+}
+
+#[tokio::test]
+async fn guests_cannot_reach_beyond_their_rooms() {
+    let w = world().await;
+    let s = &w.s;
+    let g = &w.guest;
+    let before = snapshot(&w).await;
+    let room = enc(&w.guest_room);
+    let other = enc(&w.other_room);
+    let forbidden = |label: &str, (status, body): (u16, Value)| {
+        assert!(status == 403 || status == 401 || status == 404, "{label}: expected a refusal, got {status} {body}");
+        assert!(body["errcode"].is_string(), "{label}: {body}");
+    };
+
+    forbidden("public directory", s.get("/_matrix/client/v3/publicRooms", Some(&g.token)).await);
+    forbidden("public directory (POST)", s.post("/_matrix/client/v3/publicRooms", Some(&g.token), json!({})).await);
+    forbidden(
+        "profile of a stranger",
+        s.get(&format!("/_matrix/client/v3/profile/{}", enc(&w.outsider.user_id)), Some(&g.token)).await,
+    );
+    forbidden(
+        "profile without a token",
+        s.get(&format!("/_matrix/client/v3/profile/{}", enc(&w.outsider.user_id)), None).await,
+    );
+    let (status, found) = s
+        .post("/_matrix/client/v3/user_directory/search", Some(&g.token), json!({ "search_term": "o", "limit": 50 }))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        found["results"].as_array().unwrap().iter().all(|u| u["user_id"] != w.outsider.user_id.as_str()),
+        "search found a stranger: {found}"
+    );
+    let (_, co) = s
+        .post(
+            "/_matrix/client/v3/user_directory/search",
+            Some(&g.token),
+            json!({ "search_term": "alice", "limit": 50 }),
+        )
+        .await;
+    assert_eq!(co["results"][0]["user_id"], w.alice.user_id.as_str(), "co-members are found");
+
+    forbidden(
+        "invite",
+        s.post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            Some(&g.token),
+            json!({ "user_id": w.outsider.user_id }),
+        )
+        .await,
+    );
+    forbidden(
+        "invite via state",
+        s.put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", enc(&w.outsider.user_id)),
+            Some(&g.token),
+            json!({ "membership": "invite" }),
+        )
+        .await,
+    );
+    forbidden(
+        "kick",
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), Some(&g.token), json!({ "user_id": w.alice.user_id }))
+            .await,
+    );
+    forbidden(
+        "ban",
+        s.post(&format!("/_matrix/client/v3/rooms/{room}/ban"), Some(&g.token), json!({ "user_id": w.alice.user_id }))
+            .await,
+    );
+    forbidden(
+        "unban",
+        s.post(
+            &format!("/_matrix/client/v3/rooms/{room}/unban"),
+            Some(&g.token),
+            json!({ "user_id": w.alice.user_id }),
+        )
+        .await,
+    );
+    forbidden("join by id", s.post(&format!("/_matrix/client/v3/join/{other}"), Some(&g.token), json!({})).await);
+    forbidden(
+        "join by alias",
+        s.post(&format!("/_matrix/client/v3/join/{}", enc("#lobby:porch.test")), Some(&g.token), json!({})).await,
+    );
+    forbidden(
+        "join by id (rooms path)",
+        s.post(&format!("/_matrix/client/v3/rooms/{other}/join"), Some(&g.token), json!({})).await,
+    );
+    forbidden(
+        "join via state",
+        s.put(
+            &format!("/_matrix/client/v3/rooms/{other}/state/m.room.member/{}", enc(&g.user_id)),
+            Some(&g.token),
+            json!({ "membership": "join" }),
+        )
+        .await,
+    );
+    forbidden("knock", s.post(&format!("/_matrix/client/v3/knock/{other}"), Some(&g.token), json!({})).await);
+    forbidden("create room", s.post("/_matrix/client/v3/createRoom", Some(&g.token), json!({ "name": "mine" })).await);
+    forbidden(
+        "DM with a stranger",
+        s.post(
+            "/_matrix/client/v3/createRoom",
+            Some(&g.token),
+            json!({ "is_direct": true, "invite": [w.outsider.user_id] }),
+        )
+        .await,
+    );
+    forbidden(
+        "create guest room",
+        s.post("/_porch/client/v1/guest_rooms", Some(&g.token), json!({ "name": "mine" })).await,
+    );
+    forbidden(
+        "create link",
+        s.post(&format!("/_porch/client/v1/guest_rooms/{room}/links"), Some(&g.token), json!({})).await,
+    );
+    forbidden("list links", s.get(&format!("/_porch/client/v1/guest_rooms/{room}/links"), Some(&g.token)).await);
+    forbidden(
+        "end room",
+        s.post(&format!("/_porch/client/v1/guest_rooms/{room}/end"), Some(&g.token), json!({})).await,
+    );
+    forbidden(
+        "alias",
+        s.put(
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#mine:porch.test")),
+            Some(&g.token),
+            json!({ "room_id": w.guest_room }),
+        )
+        .await,
+    );
+    forbidden(
+        "publish",
+        s.put(
+            &format!("/_matrix/client/v3/directory/list/room/{room}"),
+            Some(&g.token),
+            json!({ "visibility": "public" }),
+        )
+        .await,
+    );
+    for (kind, content) in [
+        ("m.room.power_levels", json!({ "users": { g.user_id.clone(): 100 } })),
+        ("m.room.name", json!({ "name": "Eve's room" })),
+        ("m.room.topic", json!({ "topic": "hijacked" })),
+        ("dev.porch.security_level", json!({ "level": "public", "label": "Public", "color": "#2e7d32" })),
+        ("dev.porch.guest_room", json!({ "ended": true })),
+        ("m.room.join_rules", json!({ "join_rule": "public" })),
+    ] {
+        forbidden(
+            kind,
+            s.put(&format!("/_matrix/client/v3/rooms/{room}/state/{kind}/"), Some(&g.token), content).await,
+        );
+    }
+    forbidden("admin api", s.get("/_porch/admin/v1/stats", Some(&g.token)).await);
+    // Another link in a new session: temporary accounts cannot hop rooms.
+    let (status, _) =
+        s.post(&format!("/_porch/client/v1/guest_links/{}/join", w.link_token), Some(&g.token), json!({})).await;
+    assert_eq!(status, 200, "the guest's own room is fine");
+    let (other_guest_room, other_token, _) = s.guest_room(&w.alice, json!({ "name": "Second" })).await;
+    forbidden(
+        "redeem another link with a temporary account",
+        s.post(&format!("/_porch/client/v1/guest_links/{other_token}/join"), Some(&g.token), json!({})).await,
+    );
+    let _ = other_guest_room;
+
+    // What guests may do keeps working.
+    s.send_text(g, &w.guest_room, "hi").await;
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.pinned_events/"),
+            Some(&g.token),
+            json!({ "pinned": [] }),
+        )
+        .await;
+    assert_eq!(status, 200, "guests may pin");
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/user/{}/rooms/{room}/tags/m.favourite", enc(&g.user_id)),
+            Some(&g.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "tags");
+    let (status, _) = s
+        .put(&format!("/_matrix/client/v3/pushrules/global/room/{room}"), Some(&g.token), json!({ "actions": [] }))
+        .await;
+    assert_eq!(status, 200, "push rules");
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{}", enc(&g.user_id)),
+            Some(&g.token),
+            json!({ "typing": true, "timeout": 1000 }),
+        )
+        .await;
+    assert_eq!(status, 200, "typing");
+    let (status, _) = s
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&g.token),
+            json!({ "is_direct": true, "invite": [w.alice.user_id] }),
+        )
+        .await;
+    assert_eq!(status, 200, "a DM with a co-member");
+
+    let after = snapshot(&w).await;
+    assert_eq!(before["other_room"], after["other_room"], "the other room is untouched");
+    assert_eq!(before["links"], after["links"], "links are untouched");
+    let names = |v: &Value| {
+        v["guest_room"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e[0] != "m.room.member" && e[0] != "m.room.pinned_events")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&before), names(&after), "the guest room's state is untouched");
+}
+
+#[tokio::test]
+async fn tokens_cannot_be_guessed_or_reused() {
+    let w = world().await;
+    let s = &w.s;
+    let (status, _) = s
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/_porch/client/v1/guest_rooms/{}/links/{}", enc(&w.guest_room), {
+                let (_, links) = s
+                    .get(&format!("/_porch/client/v1/guest_rooms/{}/links", enc(&w.guest_room)), Some(&w.alice.token))
+                    .await;
+                links["links"][0]["id"].as_str().unwrap().to_owned()
+            }),
+            Some(&w.alice.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s.redeem_as_guest(&w.link_token, "Again").await;
+    assert_eq!(status, 404, "revoked token");
+    // Guessing runs into the per-address limit long before it could succeed.
+    let mut limited = false;
+    for i in 0..40 {
+        let (status, body) = s.get(&format!("/_porch/client/v1/guest_links/guess{i:04}"), None).await;
+        if status == 429 {
+            assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+            limited = true;
+            break;
+        }
+        assert_eq!(status, 404);
+    }
+    assert!(limited, "guessing was never slowed down");
+    assert!(w.link_token.len() >= 22, "at least 128 bits of token");
+}

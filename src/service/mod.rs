@@ -33,6 +33,7 @@ pub struct Services {
     pub media: media::Media,
     pub keys: keys::Keys,
     pub guests: guests::Guests,
+    pub push_rules: push::RulesetCache,
     pub redeem_limiter: ratelimit::RateLimiter,
     pub ephemeral: ephemeral::Ephemeral,
     pub registration: registration::Registration,
@@ -65,6 +66,7 @@ impl Services {
             account_data: account_data::AccountData::new(db.clone()),
             keys: keys::Keys::new(db.clone()),
             guests: guests::Guests::default(),
+            push_rules: push::RulesetCache::default(),
             redeem_limiter: ratelimit::RateLimiter::new(
                 settings.raw.guests.redeem_per_second,
                 settings.raw.guests.redeem_burst,

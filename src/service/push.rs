@@ -3,11 +3,14 @@
 //! reports, computed when an event is appended.
 
 use ruma::{
-    OwnedRoomId, RoomId, UInt, UserId,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
-use std::sync::Mutex;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -36,22 +39,38 @@ impl Counts {
     }
 }
 
+/// Parsed rulesets by user: every new event is checked against every local
+/// member's rules, so they are not re-read and re-parsed each time.
+#[derive(Default)]
+pub struct RulesetCache(Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>);
+
 /// The user's ruleset: stored, or the spec's defaults.
-pub fn ruleset(services: &Services, user_id: &UserId) -> Result<Ruleset> {
+pub fn ruleset(services: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
     #[derive(Deserialize)]
     struct Content {
         global: Ruleset,
     }
-    if let Some(raw) = services.account_data.get(user_id, None, PUSH_RULES)?
-        && let Ok(content) = serde_json::from_str::<Content>(raw.get())
-    {
-        return Ok(content.global);
+    if let Some(hit) = services.push_rules.0.lock().expect("ruleset cache poisoned").get(user_id) {
+        return Ok(hit.clone());
     }
-    Ok(Ruleset::server_default(user_id))
+    let ruleset = match services.account_data.get(user_id, None, PUSH_RULES)? {
+        Some(raw) => serde_json::from_str::<Content>(raw.get())
+            .map(|c| c.global)
+            .unwrap_or_else(|_| Ruleset::server_default(user_id)),
+        None => Ruleset::server_default(user_id),
+    };
+    let ruleset = Arc::new(ruleset);
+    let mut cache = services.push_rules.0.lock().expect("ruleset cache poisoned");
+    if cache.len() > 10_000 {
+        cache.clear();
+    }
+    cache.insert(user_id.to_owned(), ruleset.clone());
+    Ok(ruleset)
 }
 
 pub fn save_ruleset(services: &Services, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
     services.account_data.set(user_id, None, PUSH_RULES, &json!({ "global": ruleset }))?;
+    services.push_rules.0.lock().expect("ruleset cache poisoned").insert(user_id.to_owned(), Arc::new(ruleset.clone()));
     Ok(())
 }
 

@@ -154,7 +154,10 @@ pub async fn push_rules(
     state: AppState,
     req: Ruma<get_pushrules_all::v3::Request>,
 ) -> Result<get_pushrules_all::v3::Response> {
-    blocking(&state, move |s| Ok(get_pushrules_all::v3::Response::new(push::ruleset(s, &req.session().user_id)?))).await
+    blocking(&state, move |s| {
+        Ok(get_pushrules_all::v3::Response::new((*push::ruleset(s, &req.session().user_id)?).clone()))
+    })
+    .await
 }
 
 pub async fn push_rules_global(
@@ -162,7 +165,7 @@ pub async fn push_rules_global(
     req: Ruma<get_pushrules_global_scope::v3::Request>,
 ) -> Result<get_pushrules_global_scope::v3::Response> {
     blocking(&state, move |s| {
-        Ok(get_pushrules_global_scope::v3::Response::new(push::ruleset(s, &req.session().user_id)?))
+        Ok(get_pushrules_global_scope::v3::Response::new((*push::ruleset(s, &req.session().user_id)?).clone()))
     })
     .await
 }
@@ -212,7 +215,7 @@ pub async fn set_push_rule(
 ) -> Result<set_pushrule::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
-        let mut ruleset = push::ruleset(s, user_id)?;
+        let mut ruleset = (*push::ruleset(s, user_id)?).clone();
         ruleset.insert(req.body.rule.clone(), req.body.after.as_deref(), req.body.before.as_deref()).map_err(|e| {
             match e {
                 ruma::push::InsertPushRuleError::UnknownRuleId => Error::not_found(format!("{e}")),
@@ -231,7 +234,7 @@ pub async fn delete_push_rule(
 ) -> Result<delete_pushrule::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
-        let mut ruleset = push::ruleset(s, user_id)?;
+        let mut ruleset = (*push::ruleset(s, user_id)?).clone();
         ruleset.remove(req.body.kind.clone(), &req.body.rule_id).map_err(|e| match e {
             ruma::push::RemovePushRuleError::NotFound => Error::not_found("No such push rule."),
             other => Error::forbidden(format!("{other}")),
@@ -248,7 +251,7 @@ pub async fn set_push_rule_enabled(
 ) -> Result<set_pushrule_enabled::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
-        let mut ruleset = push::ruleset(s, user_id)?;
+        let mut ruleset = (*push::ruleset(s, user_id)?).clone();
         ruleset
             .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
             .map_err(|_| Error::not_found("No such push rule."))?;
@@ -264,7 +267,7 @@ pub async fn set_push_rule_actions(
 ) -> Result<set_pushrule_actions::v3::Response> {
     blocking(&state, move |s| {
         let user_id = &req.session().user_id;
-        let mut ruleset = push::ruleset(s, user_id)?;
+        let mut ruleset = (*push::ruleset(s, user_id)?).clone();
         ruleset
             .set_actions(req.body.kind.clone(), &req.body.rule_id, req.body.actions.clone())
             .map_err(|_| Error::not_found("No such push rule."))?;

@@ -452,3 +452,77 @@ async fn admin_api_users_rooms_links_and_figures() {
         .await;
     assert_eq!(status, 403);
 }
+
+async fn notices(s: &TestServer, user: &User, room: &str) -> Vec<String> {
+    let (_, page) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(room)), Some(&user.token)).await;
+    page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["content"]["msgtype"] == "m.notice")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn room_commands_from_any_client() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let (room, token, first_link) = s.guest_room(&alice, json!({ "name": "Visit" })).await;
+    let (_, body) = s.redeem_as_guest(&token, "Gus").await;
+    let guest = guest_user(&body);
+
+    s.send_text(&alice, &room, "!guest link 3").await;
+    let latest = notices(&s, &alice, &room).await;
+    assert!(latest[0].starts_with("New guest link") && latest[0].contains("/guest/"), "{latest:?}");
+    let (_, links) = s.get(&format!("/_porch/client/v1/guest_rooms/{}/links", enc(&room)), Some(&alice.token)).await;
+    assert_eq!(links["links"].as_array().unwrap().len(), 2);
+    assert_eq!(links["links"][1]["max_uses"], 3);
+
+    s.send_text(&alice, &room, "!guest links").await;
+    let latest = notices(&s, &alice, &room).await;
+    assert!(latest[0].contains(&first_link) && latest[0].lines().count() == 2, "{latest:?}");
+
+    s.send_text(&alice, &room, &format!("!guest revoke {first_link}")).await;
+    assert_eq!(notices(&s, &alice, &room).await[0], format!("Link {first_link} revoked."));
+    let (status, _) = s.get(&format!("/_porch/client/v1/guest_links/{token}"), None).await;
+    assert_eq!(status, 404);
+
+    s.send_text(&guest, &room, "!guest link").await;
+    assert_eq!(notices(&s, &alice, &room).await[0], "Guests cannot manage this room.");
+    let (_, links) = s.get(&format!("/_porch/client/v1/guest_rooms/{}/links", enc(&room)), Some(&alice.token)).await;
+    assert_eq!(links["links"].as_array().unwrap().len(), 2, "the guest's command made no link");
+
+    s.send_text(&alice, &room, "!guest nonsense").await;
+    assert!(notices(&s, &alice, &room).await[0].starts_with("Commands:"));
+
+    s.send_text(&alice, &room, "!guest end").await;
+    let (_, details) = s.get("/_porch/client/v1/guest_rooms", Some(&alice.token)).await;
+    assert!(details["guest_rooms"].as_array().unwrap().is_empty(), "ended rooms are no longer listed: {details}");
+    let (_, joined) = s.get("/_matrix/client/v3/joined_rooms", Some(&alice.token)).await;
+    assert!(!joined["joined_rooms"].as_array().unwrap().iter().any(|r| r == room.as_str()));
+}
+
+#[tokio::test]
+async fn ended_room_history_is_purged_after_the_retention() {
+    let s =
+        TestServer::start_with(Options { env: vec![("PORCH_GUESTS__HISTORY_RETENTION".into(), "1s".into())] }).await;
+    let alice = s.register("alice").await;
+    let (room, _, _) = s.guest_room(&alice, json!({ "name": "Brief" })).await;
+    let event = s.send_text(&alice, &room, "soon gone").await;
+    let admin = s.register_admin("boss").await;
+    let (status, _) =
+        s.post(&format!("/_porch/client/v1/guest_rooms/{}/end", enc(&room)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200);
+    // Alice left but may still read what she saw, until the purge.
+    let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&event));
+    assert_eq!(s.get(&path, Some(&alice.token)).await.0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.get(&path, Some(&alice.token)).await.0 == 200 {
+        assert!(std::time::Instant::now() < deadline, "history never purged");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let (_, rooms) = s.get("/_porch/admin/v1/guest_rooms", Some(&admin.token)).await;
+    assert_eq!(rooms["guest_rooms"][0]["ended"], true);
+}

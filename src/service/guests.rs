@@ -658,3 +658,79 @@ pub fn spawn_scheduler(services: Arc<Services>) {
         }
     });
 }
+
+/// `!guest …` commands typed in a guest room by any Matrix client. Returns
+/// the text of the notice that answers it, or `None` if the message is no
+/// command. Guests' commands are answered with a refusal.
+pub fn command(s: &Services, session: &Session, room_id: &RoomId, body: &str) -> Result<Option<String>> {
+    let mut words = body.split_whitespace();
+    if words.next() != Some("!guest") {
+        return Ok(None);
+    }
+    let Some(record) = room(s, room_id)? else { return Ok(None) };
+    const USAGE: &str = "Commands: !guest link [max uses] · !guest links · !guest revoke LINK_ID · !guest end";
+    if session.is_guest() {
+        return Ok(Some("Guests cannot manage this room.".to_owned()));
+    }
+    let base = s.settings.guest_base_url();
+    let answer = match (words.next(), words.next()) {
+        (Some("link"), max_uses) => {
+            let max_uses = match max_uses.map(str::parse::<u64>) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => return Ok(Some(USAGE.to_owned())),
+                None => None,
+            };
+            match create_link(s, session, room_id, LinkOptions { max_uses, ..Default::default() }) {
+                Ok(link) => format!(
+                    "New guest link {} (expires {}): {base}/guest/{}",
+                    link.id,
+                    format_time(link.expires_at),
+                    link.token
+                ),
+                Err(err) => err.message,
+            }
+        }
+        (Some("links"), None) => match managed_room(s, session, room_id) {
+            Ok(_) => {
+                let now = util::now_ms();
+                let live: Vec<String> = links_of(s, room_id)?
+                    .iter()
+                    .filter(|l| !l.revoked && l.expires_at > now)
+                    .map(|l| {
+                        let uses = l.max_uses.map_or(format!("{} uses", l.uses), |m| format!("{} of {m} uses", l.uses));
+                        format!("{}: {uses}, expires {}, {base}/guest/{}", l.id, format_time(l.expires_at), l.token)
+                    })
+                    .collect();
+                if live.is_empty() { "No active guest links.".to_owned() } else { live.join("\n") }
+            }
+            Err(err) => err.message,
+        },
+        (Some("revoke"), Some(link_id)) => match managed_room(s, session, room_id) {
+            Ok(_) => match link(s, link_id)?.filter(|l| l.room_id == room_id) {
+                Some(found) => {
+                    revoke_link(s, &found.id)?;
+                    format!("Link {} revoked.", found.id)
+                }
+                None => format!("This room has no link {link_id}."),
+            },
+            Err(err) => err.message,
+        },
+        (Some("end"), None) => {
+            if may_end(s, session, &record)? {
+                // The notice goes out before the room is ended and everyone leaves.
+                let notice = json!({ "msgtype": "m.notice", "body": "This conversation has been ended." });
+                s.rooms.append(room_id, &session.user_id, NewEvent::message("m.room.message", notice))?;
+                end(s, room_id)?;
+                return Ok(None);
+            }
+            "Only the room's creator, its admins or a server admin may end it.".to_owned()
+        }
+        _ => USAGE.to_owned(),
+    };
+    Ok(Some(answer))
+}
+
+/// A timestamp for people, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn format_time(ms: u64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}

@@ -51,6 +51,7 @@ pub async fn send_message(
         event.txn = Some(TxnRef { device_id: session.device_id.to_string(), txn_id: body.txn_id.to_string() });
         let pdu = s.rooms.append(&body.room_id, &session.user_id, event)?;
         push::on_event(s, &pdu)?;
+        answer_command(s, session, &pdu)?;
         Ok(pdu)
     })
     .await?;
@@ -85,6 +86,29 @@ pub async fn send_state(
     })
     .await?;
     Ok(send_state_event::v3::Response::new(event_id))
+}
+
+/// Guest-room commands (`!guest …`) typed in any client are answered with a notice.
+fn answer_command(
+    s: &crate::service::Services,
+    session: &crate::service::users::Session,
+    pdu: &crate::pdu::Pdu,
+) -> Result<()> {
+    if pdu.kind != TimelineEventType::RoomMessage {
+        return Ok(());
+    }
+    let content = pdu.content_value();
+    let Some(body) = content.get("body").and_then(|b| b.as_str()).filter(|b| b.starts_with("!guest")) else {
+        return Ok(());
+    };
+    if content.get("msgtype").and_then(|m| m.as_str()) != Some("m.text") {
+        return Ok(());
+    }
+    if let Some(answer) = crate::service::guests::command(s, session, &pdu.room_id, body)? {
+        let notice = json!({ "msgtype": "m.notice", "body": answer, "m.relates_to": { "m.in_reply_to": { "event_id": pdu.event_id } } });
+        s.rooms.append(&pdu.room_id, &session.user_id, NewEvent::message(TimelineEventType::RoomMessage, notice))?;
+    }
+    Ok(())
 }
 
 /// `m.room.member` through the state API goes the same way as the

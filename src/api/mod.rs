@@ -3,6 +3,7 @@
 //! request in, service calls, ruma response out.
 
 pub mod client;
+pub mod guest_page;
 pub mod porch;
 pub mod synapse_admin;
 
@@ -279,6 +280,7 @@ pub fn router(state: AppState) -> Router {
     client::register(&mut routes);
     synapse_admin::register(&mut routes);
     porch::register(&mut routes);
+    guest_page::register(&mut routes);
     let max_body = state.settings.raw.limits.max_request_bytes.max(state.settings.raw.limits.max_upload_bytes);
     routes
         .into_router()

@@ -1,0 +1,248 @@
+// The guest's page: preview a guest link, join it, and talk in the room.
+// Plain JavaScript over porch's client API; no framework, no build step.
+"use strict";
+
+const token = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+const $ = (id) => document.getElementById(id);
+const storageKey = `porch-guest:${token}`;
+let session = JSON.parse(sessionStorage.getItem(storageKey) || "null");
+let preview = null;
+let members = new Map();
+
+const MESSAGES = {
+  M_NOT_FOUND: "This link does not exist or was revoked. Ask the person who sent it for a new one.",
+  "DEV.PORCH.LINK_EXPIRED": "This link has expired. Ask the person who sent it for a new one.",
+  "DEV.PORCH.LINK_USED_UP": "This link has been used as often as it may. Ask the person who sent it for a new one.",
+  "DEV.PORCH.PASSWORD_REQUIRED": "This link needs a password.",
+  "DEV.PORCH.ROOM_ENDED": "This conversation has ended.",
+  M_LIMIT_EXCEEDED: "Too many tries from your network. Wait a moment and try again.",
+};
+
+function show(id, visible) { $(id).hidden = !visible; }
+
+function say(text) {
+  $("message").textContent = text;
+  show("message", Boolean(text));
+}
+
+async function api(method, path, body, accessToken) {
+  const headers = { "Content-Type": "application/json" };
+  if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(MESSAGES[data.errcode] || data.error || `The server answered ${response.status}.`);
+    error.errcode = data.errcode;
+    throw error;
+  }
+  return data;
+}
+
+function showBanner(level) {
+  if (!level || !level.label) return;
+  const banner = $("banner");
+  banner.textContent = level.label;
+  banner.style.background = /^#[0-9a-fA-F]{6}$/.test(level.color || "") ? level.color : "#555";
+  banner.setAttribute("aria-label", `Security level: ${level.label}`);
+  show("banner", true);
+}
+
+async function loadPreview() {
+  try {
+    preview = await api("GET", `/_porch/client/v1/guest_links/${encodeURIComponent(token)}`);
+  } catch (error) {
+    $("room-name").textContent = "This link cannot be used";
+    say(error.message);
+    return;
+  }
+  document.title = preview.name || "Guest room";
+  $("room-name").textContent = preview.name || "Guest room";
+  $("room-topic").textContent = preview.topic || "";
+  const count = preview.member_count;
+  $("room-meta").textContent = `${count} ${count === 1 ? "person" : "people"} here · on ${preview.server_name}`;
+  for (const el of document.querySelectorAll(".server-name")) el.textContent = preview.server_name;
+  showBanner(preview.security_level);
+  if (preview.ended) {
+    say(MESSAGES["DEV.PORCH.ROOM_ENDED"]);
+  } else if (preview.expires_at <= Date.now()) {
+    say(MESSAGES["DEV.PORCH.LINK_EXPIRED"]);
+  } else if (session) {
+    startChat();
+  } else {
+    show("password-box", preview.requires_password);
+    show("join", true);
+  }
+}
+
+async function join(body, accessToken) {
+  const password = $("link-password").value;
+  if (preview.requires_password) body.password = password;
+  return api("POST", `/_porch/client/v1/guest_links/${encodeURIComponent(token)}/join`, body, accessToken);
+}
+
+function busy(form, on) {
+  for (const button of form.querySelectorAll("button")) button.disabled = on;
+}
+
+$("guest-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  busy(event.target, true);
+  say("");
+  try {
+    const joined = await join({ display_name: $("guest-name").value });
+    session = { accessToken: joined.access_token, userId: joined.user_id, roomId: joined.room_id };
+    sessionStorage.setItem(storageKey, JSON.stringify(session));
+    startChat();
+  } catch (error) {
+    say(error.message);
+  } finally {
+    busy(event.target, false);
+  }
+});
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  busy(event.target, true);
+  say("");
+  try {
+    const login = await api("POST", "/_matrix/client/v3/login", {
+      type: "m.login.password",
+      identifier: { type: "m.id.user", user: $("login-user").value },
+      password: $("login-password").value,
+      initial_device_display_name: "Guest link page",
+    });
+    const joined = await join({}, login.access_token);
+    session = { accessToken: login.access_token, userId: joined.user_id, roomId: joined.room_id };
+    sessionStorage.setItem(storageKey, JSON.stringify(session));
+    startChat();
+  } catch (error) {
+    say(error.message);
+  } finally {
+    busy(event.target, false);
+  }
+});
+
+function renderMembers() {
+  const list = $("members");
+  list.replaceChildren();
+  const here = [...members.values()].filter((m) => m.membership === "join").length;
+  $("room-meta").textContent = `${here} ${here === 1 ? "person" : "people"} here · on ${preview.server_name}`;
+  for (const [userId, member] of [...members.entries()].sort((a, b) => a[1].name.localeCompare(b[1].name))) {
+    if (member.membership !== "join") continue;
+    const item = document.createElement("li");
+    item.textContent = member.name;
+    item.title = userId;
+    if (member.guest) {
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.textContent = "guest";
+      item.append(badge);
+    }
+    list.append(item);
+  }
+}
+
+function nameOf(userId) {
+  return (members.get(userId) || {}).name || userId;
+}
+
+function applyState(event) {
+  if (event.type === "m.room.member") {
+    members.set(event.state_key, {
+      name: event.content.displayname || event.state_key,
+      membership: event.content.membership,
+      guest: event.content["dev.porch.guest"] === true,
+    });
+  } else if (event.type === "dev.porch.security_level") {
+    showBanner(event.content);
+  } else if (event.type === "m.room.name") {
+    $("room-name").textContent = event.content.name || $("room-name").textContent;
+  }
+}
+
+function appendEvent(event) {
+  if (event.state_key !== undefined) applyState(event);
+  if (event.type !== "m.room.message" || typeof event.content.body !== "string") return;
+  const item = document.createElement("li");
+  const sender = document.createElement("span");
+  sender.className = "sender";
+  sender.textContent = nameOf(event.sender);
+  const body = document.createElement("span");
+  body.textContent = event.content.body;
+  if (event.content.msgtype === "m.notice") body.className = "notice";
+  item.append(sender, body);
+  $("timeline").append(item);
+  $("timeline").scrollTop = $("timeline").scrollHeight;
+}
+
+async function syncLoop() {
+  const filter = encodeURIComponent(JSON.stringify({ room: { rooms: [session.roomId], timeline: { limit: 50 } } }));
+  let since = null;
+  while (session) {
+    const query = `filter=${filter}&timeout=${since ? 30000 : 0}${since ? `&since=${encodeURIComponent(since)}` : ""}`;
+    let data;
+    try {
+      data = await api("GET", `/_matrix/client/v3/sync?${query}`, undefined, session.accessToken);
+    } catch (error) {
+      if (error.errcode === "M_UNKNOWN_TOKEN") {
+        endSession("You are no longer in this conversation.");
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      continue;
+    }
+    since = data.next_batch;
+    const room = ((data.rooms || {}).join || {})[session.roomId];
+    if (room) {
+      for (const event of (room.state || {}).events || []) applyState(event);
+      for (const event of (room.timeline || {}).events || []) appendEvent(event);
+      renderMembers();
+    } else if (((data.rooms || {}).leave || {})[session.roomId]) {
+      endSession("You are no longer in this conversation.");
+      return;
+    }
+  }
+}
+
+function startChat() {
+  show("join", false);
+  show("chat", true);
+  say("");
+  $("composer-input").focus();
+  syncLoop();
+}
+
+function endSession(text) {
+  sessionStorage.removeItem(storageKey);
+  session = null;
+  show("chat", false);
+  say(text);
+}
+
+$("composer").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = $("composer-input");
+  const body = input.value.trim();
+  if (!body || !session) return;
+  input.value = "";
+  const txn = `web${Date.now()}${Math.random().toString(36).slice(2)}`;
+  try {
+    await api("PUT", `/_matrix/client/v3/rooms/${encodeURIComponent(session.roomId)}/send/m.room.message/${txn}`, { msgtype: "m.text", body }, session.accessToken);
+  } catch (error) {
+    say(error.message);
+    input.value = body;
+  }
+});
+
+$("leave").addEventListener("click", async () => {
+  if (!session) return;
+  try {
+    await api("POST", `/_matrix/client/v3/rooms/${encodeURIComponent(session.roomId)}/leave`, {}, session.accessToken);
+  } catch (error) {
+    say(error.message);
+    return;
+  }
+  endSession("You left the conversation.");
+});
+
+loadPreview();

@@ -1,0 +1,73 @@
+// Drives porch's guest page in real headless Chromium: open a link, see the
+// banner and the room, join as a guest, talk both ways, and see an expired
+// link's message. Prints one JSON line with what it saw; exits non-zero on
+// any failed expectation.
+//
+// Usage: node guest_page.mjs BASE_URL TOKEN EXPIRED_TOKEN MEMBER_ACCESS_TOKEN ROOM_ID SCREENSHOT_DIR
+import { chromium } from "playwright-core";
+
+const [base, token, expiredToken, memberToken, roomId, shots] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const expect = (condition, what) => {
+  if (!condition) throw new Error(`expectation failed: ${what}`);
+};
+const result = {};
+try {
+  const page = await browser.newPage();
+  await page.goto(`${base}/guest/${token}`);
+  await page.locator("#room-name", { hasText: "Visit" }).waitFor({ timeout: 15000 });
+  result.banner = (await page.locator("#banner").textContent()).trim();
+  result.bannerVisible = await page.locator("#banner").isVisible();
+  expect(result.banner === "Internal" && result.bannerVisible, `banner shows the level (${result.banner})`);
+  await page.screenshot({ path: `${shots}/guest-page-preview.png`, fullPage: true });
+
+  await page.getByLabel("Your name").fill("Gina");
+  await page.getByRole("button", { name: "Join as a guest" }).click();
+  await page.locator("#chat").waitFor({ state: "visible", timeout: 15000 });
+  await page.locator("#members li", { hasText: "Gina (guest)" }).waitFor({ timeout: 15000 });
+  result.members = await page.locator("#members li").allTextContents();
+  expect(result.members.some((m) => m.includes("Gina (guest)") && m.endsWith("guest")), `guest badge: ${result.members}`);
+  expect(result.members.some((m) => m.startsWith("alice")), `member listed: ${result.members}`);
+
+  await page.getByRole("textbox", { name: "Message" }).fill("hello from the browser");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator("#timeline li", { hasText: "hello from the browser" }).waitFor({ timeout: 15000 });
+
+  // The member answers from another client; the page's sync shows it.
+  const txn = `browser-test-${Date.now()}`;
+  const sent = await fetch(`${base}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/${txn}`, {
+    method: "PUT",
+    headers: { Authorization: `Bearer ${memberToken}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ msgtype: "m.text", body: "welcome, Gina" }),
+  });
+  expect(sent.ok, `member's message sent (${sent.status})`);
+  await page.locator("#timeline li", { hasText: "welcome, Gina" }).waitFor({ timeout: 15000 });
+  result.timeline = await page.locator("#timeline li").allTextContents();
+  await page.screenshot({ path: `${shots}/guest-page-chat.png`, fullPage: true });
+
+  const expired = await browser.newPage();
+  await expired.goto(`${base}/guest/${expiredToken}`);
+  await expired.locator("#message").waitFor({ state: "visible", timeout: 15000 });
+  result.expiredMessage = (await expired.locator("#message").textContent()).trim();
+  expect(/expired/i.test(result.expiredMessage), `expired link message: ${result.expiredMessage}`);
+  expect(await expired.locator("#join").isHidden(), "no join form for an expired link");
+
+  const unknown = await browser.newPage();
+  await unknown.goto(`${base}/guest/not-a-real-token`);
+  await unknown.locator("#message").waitFor({ state: "visible", timeout: 15000 });
+  result.unknownMessage = (await unknown.locator("#message").textContent()).trim();
+  expect(/does not exist or was revoked/.test(result.unknownMessage), `unknown link message: ${result.unknownMessage}`);
+
+  result.ok = true;
+  console.log(JSON.stringify(result));
+} catch (error) {
+  result.ok = false;
+  result.error = String(error);
+  console.log(JSON.stringify(result));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,84 @@
+//! The guest's page in real headless Chromium (Debian's `chromium`, driven
+//! by playwright-core from npm): open a link, see the banner, join as a
+//! guest, send a message that a member receives through `/sync`, and see an
+//! expired link's message.
+
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+use common::{TestServer, enc, timeline};
+use serde_json::{Value, json};
+
+/// A folder with playwright-core installed, made once per target directory.
+fn browser_harness() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    for file in ["package.json", "guest_page.mjs"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    if !dir.join("node_modules/playwright-core").exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm");
+        assert!(status.success(), "npm install of playwright-core failed in {}", dir.display());
+    }
+    dir
+}
+
+#[tokio::test]
+async fn guest_page_in_headless_chromium() {
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
+        "install Debian's chromium (or set CHROMIUM)"
+    );
+    let harness = tokio::task::spawn_blocking(browser_harness).await.unwrap();
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let (room, token, _) = s.guest_room(&alice, json!({ "name": "Visit", "topic": "Planning" })).await;
+    let (status, expired) = s
+        .post(
+            &format!("/_porch/client/v1/guest_rooms/{}/links", enc(&room)),
+            Some(&alice.token),
+            json!({ "expires_in_ms": 1 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+
+    let output = tokio::process::Command::new("node")
+        .arg(harness.join("guest_page.mjs"))
+        .args([&s.base, &token, expired["token"].as_str().unwrap(), &alice.token, &room])
+        .arg(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "browser scenario failed\nstdout: {stdout}\nstderr: {stderr}");
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("scenario prints JSON");
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert_eq!(seen["banner"], "Internal");
+
+    // The member received the guest's message through /sync, from a marked guest.
+    let sync = s.sync(&alice, Some(&since), 0).await;
+    let events = timeline(&sync, &room);
+    let message = events.iter().find(|e| e["content"]["body"] == "hello from the browser").expect("message delivered");
+    let sender = message["sender"].as_str().unwrap();
+    let (_, member) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(sender)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(
+        (member["dev.porch.guest"].as_bool(), member["displayname"].as_str()),
+        (Some(true), Some("Gina (guest)"))
+    );
+}

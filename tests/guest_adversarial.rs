@@ -17,7 +17,15 @@ struct World {
     link_token: String,
 }
 
-async fn world() -> World {
+#[derive(Clone, Copy, PartialEq)]
+enum GuestKind {
+    /// Joined as a guest in the browser: no password, made by the link.
+    Temporary,
+    /// An account of kind `external` (as an email invitation makes), joining with its login.
+    External,
+}
+
+async fn world(kind: GuestKind) -> World {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
     let outsider = s.register("outsider").await;
@@ -25,12 +33,35 @@ async fn world() -> World {
     let other_room = s
         .create_room(&alice, json!({ "preset": "public_chat", "visibility": "public", "room_alias_name": "lobby" }))
         .await;
-    let (status, body) = s.redeem_as_guest(&link_token, "Eve").await;
-    assert_eq!(status, 200, "{body}");
-    let guest = User {
-        user_id: body["user_id"].as_str().unwrap().to_owned(),
-        token: body["access_token"].as_str().unwrap().to_owned(),
-        device_id: body["device_id"].as_str().unwrap().to_owned(),
+    let guest = match kind {
+        GuestKind::Temporary => {
+            let (status, body) = s.redeem_as_guest(&link_token, "Eve").await;
+            assert_eq!(status, 200, "{body}");
+            User {
+                user_id: body["user_id"].as_str().unwrap().to_owned(),
+                token: body["access_token"].as_str().unwrap().to_owned(),
+                device_id: body["device_id"].as_str().unwrap().to_owned(),
+            }
+        }
+        GuestKind::External => {
+            let admin = s.register_admin("boss").await;
+            let new_user = json!({ "username": "eve", "password": "eve password", "kind": "external" });
+            let (status, body) = s.post("/_porch/admin/v1/users", Some(&admin.token), new_user).await;
+            assert_eq!((status, body["kind"].as_str()), (200, Some("external")), "{body}");
+            let login = json!({ "type": "m.login.password", "user": "eve", "password": "eve password" });
+            let (_, login) = s.post("/_matrix/client/v3/login", None, login).await;
+            let user = User {
+                user_id: login["user_id"].as_str().unwrap().to_owned(),
+                token: login["access_token"].as_str().unwrap().to_owned(),
+                device_id: login["device_id"].as_str().unwrap().to_owned(),
+            };
+            let path = format!("/_porch/client/v1/guest_links/{link_token}/join");
+            let (status, body) = s.post(&path, Some(&user.token), json!({})).await;
+            assert_eq!(status, 200, "{body}");
+            let (_, who) = s.get("/_matrix/client/v3/account/whoami", Some(&user.token)).await;
+            assert_eq!(who["is_guest"], true, "external accounts are guests");
+            user
+        }
     };
     World { s, alice, outsider, guest_room, other_room, guest, link_token }
 }
@@ -51,8 +82,17 @@ async fn snapshot(w: &World) -> Value {
 }
 
 #[tokio::test]
-async fn guests_cannot_reach_beyond_their_rooms() {
-    let w = world().await;
+async fn temporary_guests_cannot_reach_beyond_their_rooms() {
+    reach_beyond(GuestKind::Temporary).await;
+}
+
+#[tokio::test]
+async fn external_guests_cannot_reach_beyond_their_rooms() {
+    reach_beyond(GuestKind::External).await;
+}
+
+async fn reach_beyond(kind: GuestKind) {
+    let w = world(kind).await;
     let s = &w.s;
     let g = &w.guest;
     let before = snapshot(&w).await;
@@ -205,12 +245,12 @@ async fn guests_cannot_reach_beyond_their_rooms() {
     let (status, _) =
         s.post(&format!("/_porch/client/v1/guest_links/{}/join", w.link_token), Some(&g.token), json!({})).await;
     assert_eq!(status, 200, "the guest's own room is fine");
-    let (other_guest_room, other_token, _) = s.guest_room(&w.alice, json!({ "name": "Second" })).await;
-    forbidden(
-        "redeem another link with a temporary account",
-        s.post(&format!("/_porch/client/v1/guest_links/{other_token}/join"), Some(&g.token), json!({})).await,
-    );
-    let _ = other_guest_room;
+    // Temporary accounts belong to one visit; external people may use any link sent to them.
+    if kind == GuestKind::Temporary {
+        let (_, other_token, _) = s.guest_room(&w.alice, json!({ "name": "Second" })).await;
+        let path = format!("/_porch/client/v1/guest_links/{other_token}/join");
+        forbidden("redeem another link with a temporary account", s.post(&path, Some(&g.token), json!({})).await);
+    }
 
     // What guests may do keeps working.
     s.send_text(g, &w.guest_room, "hi").await;
@@ -268,7 +308,7 @@ async fn guests_cannot_reach_beyond_their_rooms() {
 
 #[tokio::test]
 async fn tokens_cannot_be_guessed_or_reused() {
-    let w = world().await;
+    let w = world(GuestKind::Temporary).await;
     let s = &w.s;
     let (status, _) = s
         .request(

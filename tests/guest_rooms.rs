@@ -321,7 +321,7 @@ async fn ending_removes_everyone_and_runs_once() {
     assert_eq!((status, &again["ended_at"]), (200, &body["ended_at"]), "runs once");
     // Links revoked; the temporary guest is deactivated.
     let (status, _) = s.get(&format!("/_porch/client/v1/guest_links/{token}"), None).await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 410);
     let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&guest.token)).await;
     assert_eq!(status, 401, "temporary guest logged out");
     // The room is gone from everyone's room list.
@@ -351,7 +351,7 @@ async fn ends_at_is_kept_across_a_restart() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (status, body) = restarted.get(&format!("/_porch/client/v1/guest_links/{token}"), None).await;
-        if status == 404 {
+        if status == 410 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "room never ended: {body}");
@@ -525,4 +525,30 @@ async fn ended_room_history_is_purged_after_the_retention() {
     }
     let (_, rooms) = s.get("/_porch/admin/v1/guest_rooms", Some(&admin.token)).await;
     assert_eq!(rooms["guest_rooms"][0]["ended"], true);
+}
+
+#[tokio::test]
+async fn temporary_accounts_expire_and_disabled_guests_cannot_join() {
+    let mut s =
+        TestServer::start_with(Options { env: vec![("PORCH_GUESTS__TEMPORARY_TTL".into(), "2s".into())] }).await;
+    let alice = s.register("alice").await;
+    let (room, token, _) = s.guest_room(&alice, json!({ "name": "Visit" })).await;
+    let (_, body) = s.redeem_as_guest(&token, "Brief").await;
+    let guest = guest_user(&body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.get("/_matrix/client/v3/account/whoami", Some(&guest.token)).await.0 == 200 {
+        assert!(std::time::Instant::now() < deadline, "the temporary account outlived its TTL");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let (_, members) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), Some(&alice.token)).await;
+    assert!(members["joined"].get(&guest.user_id).is_none(), "the expired guest left the room: {members}");
+
+    // Guests switched off: links stop working, and nothing is made.
+    s.kill();
+    let dir = s.dir.clone();
+    let off = TestServer::launch(&dir, &Options { env: vec![("PORCH_GUESTS__ENABLED".into(), "false".into())] });
+    let (status, body) = off.redeem_as_guest(&token, "Late").await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    drop(s);
 }

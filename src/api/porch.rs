@@ -411,6 +411,8 @@ async fn admin_users(
 struct CreateUserBody {
     username: String,
     password: String,
+    /// `member` (default) or `external`; temporary accounts come only from links.
+    kind: Option<String>,
     #[serde(default)]
     admin: bool,
     displayname: Option<String>,
@@ -435,9 +437,26 @@ async fn admin_create_user(
         {
             return Err(Error::invalid_param(format!("`{level}` is not a configured security level.")));
         }
+        let kind = match body.kind.as_deref() {
+            None | Some("member") => AccountKind::Member,
+            Some("external") => AccountKind::External,
+            Some(_) => {
+                return Err(Error::invalid_param(
+                    "`kind` may be member or external; temporary accounts come from guest links.",
+                ));
+            }
+        };
+        if kind == AccountKind::External && body.admin {
+            return Err(Error::invalid_param("External accounts cannot be server admins."));
+        }
         let user_id = s.users.local_user_id(&body.username)?;
-        let mut user =
-            s.users.create(&user_id, Some(&body.password), AccountKind::Member, body.admin, body.displayname)?;
+        let displayname = match kind {
+            AccountKind::External => {
+                Some(crate::policy::guest_display_name(s, body.displayname.as_deref().unwrap_or(&body.username)))
+            }
+            _ => body.displayname,
+        };
+        let mut user = s.users.create(&user_id, Some(&body.password), kind, body.admin, displayname)?;
         if body.security_level.is_some() {
             user.security_level = body.security_level;
             s.users.save(&user_id, &user)?;

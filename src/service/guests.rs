@@ -355,12 +355,24 @@ pub fn revoke_link(s: &Services, link_id: &str) -> Result<Link> {
     Ok(link)
 }
 
+/// The link behind a token and its room. Links of ended rooms answer 410
+/// (the ending revoked them), so people learn the conversation ended.
+fn usable_link(s: &Services, token: &str) -> Result<(Link, GuestRoom)> {
+    let not_found = || Error::not_found("This link does not exist or was revoked.");
+    let link = link_by_token(s, token)?.ok_or_else(not_found)?;
+    let record = room(s, &link.room_id)?.ok_or_else(not_found)?;
+    if record.ended {
+        return Err(guest_error(http::StatusCode::GONE, "DEV.PORCH.ROOM_ENDED", "This conversation has ended."));
+    }
+    if link.revoked {
+        return Err(not_found());
+    }
+    Ok((link, record))
+}
+
 /// What anyone holding the token may see before joining.
 pub fn preview(s: &Services, token: &str) -> Result<Value> {
-    let link = link_by_token(s, token)?
-        .filter(|l| !l.revoked)
-        .ok_or_else(|| Error::not_found("This link does not exist or was revoked."))?;
-    let record = room(s, &link.room_id)?.ok_or_else(|| Error::not_found("This link does not exist or was revoked."))?;
+    let (link, record) = usable_link(s, token)?;
     let state = s.rooms.current_state(&link.room_id)?;
     let text = |kind: &str, field: &str| -> Result<Option<String>> {
         Ok(s.rooms
@@ -386,13 +398,7 @@ pub fn preview(s: &Services, token: &str) -> Result<Value> {
 /// account, membership or use is left behind by a refused try.
 pub fn redeem(s: &Services, token: &str, password: Option<&str>, redeemer: Redeemer<'_>) -> Result<Redeemed> {
     let _guard = s.guests.lock.lock().expect("guest lock poisoned");
-    let mut link = link_by_token(s, token)?
-        .filter(|l| !l.revoked)
-        .ok_or_else(|| Error::not_found("This link does not exist or was revoked."))?;
-    let record = room(s, &link.room_id)?.ok_or_else(|| Error::not_found("This link does not exist or was revoked."))?;
-    if record.ended {
-        return Err(guest_error(http::StatusCode::GONE, "DEV.PORCH.ROOM_ENDED", "This conversation has ended."));
-    }
+    let (mut link, _) = usable_link(s, token)?;
     require_enabled(s)?;
     if util::now_ms() >= link.expires_at {
         return Err(guest_error(

@@ -1,7 +1,9 @@
 //! The guest's page in real headless Chromium (Debian's `chromium`, driven
 //! by playwright-core from npm): open a link, see the banner, join as a
-//! guest, send a message that a member receives through `/sync`, and see an
-//! expired link's message.
+//! guest, send a message that a member receives through `/sync`, receive
+//! the member's answer; the messages for expired, unknown,
+//! password-protected links and ended rooms; and signing in with an account
+//! of this server to join.
 
 mod common;
 
@@ -49,13 +51,29 @@ async fn guest_page_in_headless_chromium() {
         )
         .await;
     assert_eq!(status, 200);
+    let (_, locked) = s
+        .post(
+            &format!("/_porch/client/v1/guest_rooms/{}/links", enc(&room)),
+            Some(&alice.token),
+            json!({ "password": "open sesame" }),
+        )
+        .await;
+    let (ended_room, ended_token, _) = s.guest_room(&alice, json!({ "name": "Over" })).await;
+    let (status, _) =
+        s.post(&format!("/_porch/client/v1/guest_rooms/{}/end", enc(&ended_room)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200);
+    s.register("bob").await;
     let since = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 
+    let scenario = json!({
+        "base": s.base, "token": token, "expiredToken": expired["token"], "passwordToken": locked["token"],
+        "endedToken": ended_token, "memberToken": alice.token, "roomId": room,
+        "login": { "user": "bob", "password": "correct horse battery" }, "shots": env!("CARGO_TARGET_TMPDIR"),
+    });
     let output = tokio::process::Command::new("node")
         .arg(harness.join("guest_page.mjs"))
-        .args([&s.base, &token, expired["token"].as_str().unwrap(), &alice.token, &room])
-        .arg(env!("CARGO_TARGET_TMPDIR"))
+        .arg(scenario.to_string())
         .output()
         .await
         .expect("run node");
@@ -65,6 +83,7 @@ async fn guest_page_in_headless_chromium() {
     let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("scenario prints JSON");
     assert_eq!(seen["ok"], true, "{seen}");
     assert_eq!(seen["banner"], "Internal");
+    assert_eq!((seen["passwordJoin"].as_bool(), seen["signedIn"].as_bool()), (Some(true), Some(true)), "{seen}");
 
     // The member received the guest's message through /sync, from a marked guest.
     let sync = s.sync(&alice, Some(&since), 0).await;

@@ -3,10 +3,11 @@
 // link's message. Prints one JSON line with what it saw; exits non-zero on
 // any failed expectation.
 //
-// Usage: node guest_page.mjs BASE_URL TOKEN EXPIRED_TOKEN MEMBER_ACCESS_TOKEN ROOM_ID SCREENSHOT_DIR
+// Usage: node guest_page.mjs '{"base": …, "token": …, "expiredToken": …, "passwordToken": …,
+//   "endedToken": …, "memberToken": …, "roomId": …, "login": {"user": …, "password": …}, "shots": DIR}'
 import { chromium } from "playwright-core";
 
-const [base, token, expiredToken, memberToken, roomId, shots] = process.argv.slice(2);
+const { base, token, expiredToken, passwordToken, endedToken, memberToken, roomId, login, shots } = JSON.parse(process.argv[2]);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
@@ -60,6 +61,33 @@ try {
   await unknown.locator("#message").waitFor({ state: "visible", timeout: 15000 });
   result.unknownMessage = (await unknown.locator("#message").textContent()).trim();
   expect(/does not exist or was revoked/.test(result.unknownMessage), `unknown link message: ${result.unknownMessage}`);
+
+  const locked = await browser.newPage();
+  await locked.goto(`${base}/guest/${passwordToken}`);
+  await locked.locator("#password-box").waitFor({ state: "visible", timeout: 15000 });
+  await locked.getByLabel("Your name").fill("Pat");
+  await locked.getByRole("button", { name: "Join as a guest" }).click();
+  await locked.locator("#message", { hasText: "needs a password" }).waitFor({ timeout: 15000 });
+  await locked.getByLabel("This link needs a password").fill("open sesame");
+  await locked.getByRole("button", { name: "Join as a guest" }).click();
+  await locked.locator("#chat").waitFor({ state: "visible", timeout: 15000 });
+  result.passwordJoin = true;
+
+  const ended = await browser.newPage();
+  await ended.goto(`${base}/guest/${endedToken}`);
+  await ended.locator("#message").waitFor({ state: "visible", timeout: 15000 });
+  result.endedMessage = (await ended.locator("#message").textContent()).trim();
+  expect(/has ended/.test(result.endedMessage), `ended room message: ${result.endedMessage}`);
+
+  // A member of this server signs in on the page and joins with their account.
+  const member = await browser.newPage();
+  await member.goto(`${base}/guest/${token}`);
+  await member.getByLabel("User name").fill(login.user);
+  await member.getByLabel("Password", { exact: true }).fill(login.password);
+  await member.getByRole("button", { name: "Sign in and join" }).click();
+  await member.locator("#chat").waitFor({ state: "visible", timeout: 15000 });
+  await member.locator("#members li", { hasText: login.user }).waitFor({ timeout: 15000 });
+  result.signedIn = true;
 
   result.ok = true;
   console.log(JSON.stringify(result));

@@ -476,6 +476,18 @@ fn local_user(s: &Services, user_id: &str) -> Result<(OwnedUserId, crate::servic
     Ok((user_id, user))
 }
 
+/// Change a local account and answer with its new record.
+fn update_user(
+    s: &Services,
+    user_id: &str,
+    change: impl FnOnce(&mut crate::service::users::UserRecord) -> Result<()>,
+) -> Result<Json<Value>> {
+    let (user_id, mut user) = local_user(s, user_id)?;
+    change(&mut user)?;
+    s.users.save(&user_id, &user)?;
+    Ok(Json(user_json(&user_id, &user, s)))
+}
+
 #[derive(Deserialize)]
 struct AdminFlagBody {
     admin: bool,
@@ -488,13 +500,13 @@ async fn admin_set_admin(
     Body(body): Body<AdminFlagBody>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let (user_id, mut user) = local_user(s, &user_id)?;
-        if body.admin && user.kind.is_guest() {
-            return Err(Error::forbidden("Guest accounts cannot be server admins."));
-        }
-        user.is_admin = body.admin;
-        s.users.save(&user_id, &user)?;
-        Ok(Json(user_json(&user_id, &user, s)))
+        update_user(s, &user_id, |user| {
+            if body.admin && user.kind.is_guest() {
+                return Err(Error::forbidden("Guest accounts cannot be server admins."));
+            }
+            user.is_admin = body.admin;
+            Ok(())
+        })
     })
     .await
 }
@@ -525,13 +537,13 @@ async fn admin_set_level(
     Body(body): Body<LevelBody>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let (user_id, mut user) = local_user(s, &user_id)?;
         if s.settings.security_level(&body.level).is_none() {
             return Err(Error::invalid_param(format!("`{}` is not a configured security level.", body.level)));
         }
-        user.security_level = Some(body.level);
-        s.users.save(&user_id, &user)?;
-        Ok(Json(user_json(&user_id, &user, s)))
+        update_user(s, &user_id, |user| {
+            user.security_level = Some(body.level);
+            Ok(())
+        })
     })
     .await
 }

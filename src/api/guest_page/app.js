@@ -80,6 +80,13 @@ async function join(body, accessToken) {
   return api("POST", `/_porch/client/v1/guest_links/${encodeURIComponent(token)}/join`, body, accessToken);
 }
 
+// Remember the session for reloads of this tab, and open the conversation.
+function enterRoom(joined, accessToken) {
+  session = { accessToken, userId: joined.user_id, roomId: joined.room_id };
+  sessionStorage.setItem(storageKey, JSON.stringify(session));
+  startChat();
+}
+
 function busy(form, on) {
   for (const button of form.querySelectorAll("button")) button.disabled = on;
 }
@@ -90,9 +97,7 @@ $("guest-form").addEventListener("submit", async (event) => {
   say("");
   try {
     const joined = await join({ display_name: $("guest-name").value });
-    session = { accessToken: joined.access_token, userId: joined.user_id, roomId: joined.room_id };
-    sessionStorage.setItem(storageKey, JSON.stringify(session));
-    startChat();
+    enterRoom(joined, joined.access_token);
   } catch (error) {
     say(error.message);
   } finally {
@@ -111,10 +116,7 @@ $("login-form").addEventListener("submit", async (event) => {
       password: $("login-password").value,
       initial_device_display_name: "Guest link page",
     });
-    const joined = await join({}, login.access_token);
-    session = { accessToken: login.access_token, userId: joined.user_id, roomId: joined.room_id };
-    sessionStorage.setItem(storageKey, JSON.stringify(session));
-    startChat();
+    enterRoom(await join({}, login.access_token), login.access_token);
   } catch (error) {
     say(error.message);
   } finally {

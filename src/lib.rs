@@ -12,6 +12,7 @@ pub mod policy;
 pub mod service;
 pub mod signing;
 pub mod storage;
+pub mod tls;
 pub mod util;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -40,10 +41,14 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     api::client::sync::spawn_typing_expiry(services.clone());
     service::guests::spawn_scheduler(services.clone());
-    if services.settings.federation_addr.is_some() {
-        tracing::warn!(
-            "`listen.federation` is set, but this build of porch does not federate yet; other servers cannot reach it"
-        );
+    let (stop_federation, federation_stopped) = tokio::sync::watch::channel(false);
+    if let Some(federation_addr) = services.settings.federation_addr {
+        let acceptor = tls::acceptor(&services.settings)?;
+        let listener = tokio::net::TcpListener::bind(federation_addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {federation_addr} ({e}); set `listen.federation` to a free address")
+        })?;
+        tracing::info!("federation API on https://{}", listener.local_addr()?);
+        tokio::spawn(tls::serve(api::federation_router(services.clone()), listener, acceptor, federation_stopped));
     }
     tracing::info!(
         server_name = %services.settings.server_name,
@@ -54,6 +59,7 @@ pub async fn serve_on(
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await?;
+    let _ = stop_federation.send(true);
     tracing::info!("porch stopped");
     Ok(())
 }

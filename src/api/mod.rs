@@ -3,6 +3,7 @@
 //! request in, service calls, ruma response out.
 
 pub mod client;
+pub mod federation;
 pub mod guest_page;
 pub mod porch;
 pub mod synapse_admin;
@@ -273,6 +274,21 @@ pub async fn unrecognized() -> Error {
 
 pub async fn method_not_allowed() -> Error {
     Error::method_not_allowed()
+}
+
+/// The server-server API, served over TLS on `listen.federation`.
+pub fn federation_router(state: AppState) -> Router {
+    let mut routes = Routes::default();
+    federation::register(&mut routes);
+    routes
+        .into_router()
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(state.settings.raw.limits.max_request_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            Error::internal("a request handler panicked").into_response()
+        }))
+        .with_state(state)
 }
 
 pub fn router(state: AppState) -> Router {

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 pub struct TestServer {
     pub child: Child,
     pub base: String,
+    /// `https://…` of the federation listener, when one was asked for.
+    pub federation_base: Option<String>,
     pub server_name: String,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -72,17 +74,29 @@ impl TestServer {
             });
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut federation_base = None;
         let base = loop {
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
             let line =
                 rx.recv_timeout(remaining).unwrap_or_else(|_| panic!("porch did not report readiness within 30s"));
+            if let Some(rest) = line.split("federation API on ").nth(1) {
+                federation_base = Some(rest.split_whitespace().next().expect("address").to_owned());
+            }
             if let Some(rest) = line.split("client API on ").nth(1) {
                 break rest.split_whitespace().next().expect("address").to_owned();
             }
         };
         // Keep draining output so the pipes never fill.
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        Self { child, base, server_name: "porch.test".into(), dir: dir.to_path_buf(), _tmp: None, http: client() }
+        Self {
+            child,
+            base,
+            federation_base,
+            server_name: "porch.test".into(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            http: client(),
+        }
     }
 
     pub fn kill(&mut self) {

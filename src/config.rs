@@ -25,6 +25,7 @@ pub struct Config {
     pub rate_limits: RateLimits,
     pub well_known: WellKnown,
     pub guests: Guests,
+    pub federation: Federation,
     pub security_levels: Vec<SecurityLevel>,
     pub default_security_level: String,
 }
@@ -75,6 +76,22 @@ impl Default for Guests {
             redeem_per_second: 0.5,
             redeem_burst: 20,
         }
+    }
+}
+
+/// How porch talks to other servers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Federation {
+    /// Check other servers' TLS certificates (turn off only in labs).
+    pub verify_certificates: bool,
+    /// A PEM CA certificate to trust besides the system's (e.g. a lab CA).
+    pub trusted_ca: String,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self { verify_certificates: true, trusted_ca: String::new() }
     }
 }
 
@@ -188,6 +205,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             well_known: WellKnown::default(),
             guests: Guests::default(),
+            federation: Federation::default(),
             security_levels: default_security_levels(),
             default_security_level: "internal".to_owned(),
         }

@@ -65,3 +65,80 @@ async fn server_keys_are_published_over_tls_and_verify() {
     assert_eq!(std::fs::read(dir.join("db/tls/self-signed.crt")).unwrap(), cert);
     drop(s);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A porch whose server name is `localhost:PORT`, PORT being its TLS
+/// federation listener, as the spec's discovery resolves it.
+async fn federating_server() -> (TestServer, String) {
+    let port = free_port();
+    let name = format!("localhost:{port}");
+    let server = TestServer::start_with(Options {
+        env: vec![
+            ("PORCH_SERVER_NAME".into(), name.clone()),
+            ("PORCH_LISTEN__FEDERATION".into(), format!("127.0.0.1:{port}")),
+            // Both servers use self-signed certificates: the labs-only switch.
+            ("PORCH_FEDERATION__VERIFY_CERTIFICATES".into(), "false".into()),
+        ],
+    })
+    .await;
+    (server, name)
+}
+
+#[tokio::test]
+async fn signed_requests_between_two_servers_and_forgeries_refused() {
+    let (a, a_name) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let bob_id = format!("@bob:{b_name}");
+    assert_eq!(bob.user_id, bob_id);
+    b.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", common::enc(&bob_id)),
+        Some(&bob.token),
+        serde_json::json!({ "displayname": "Bob of B" }),
+    )
+    .await;
+
+    // A asks B over federation; B checks A's X-Matrix signature with A's keys.
+    let (status, profile) =
+        a.get(&format!("/_matrix/client/v3/profile/{}", common::enc(&bob_id)), Some(&alice.token)).await;
+    assert_eq!(status, 200, "{profile}");
+    assert_eq!(profile["displayname"], "Bob of B");
+
+    // Requests without a signature, or with a forged one, are refused.
+    let client = insecure_client();
+    let b_base = b.federation_base.clone().unwrap();
+    let url = format!("{b_base}/_matrix/federation/v1/query/profile?user_id={}", common::enc(&bob_id));
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["errcode"], "M_UNAUTHORIZED");
+    let (_, a_keys) = {
+        let resp =
+            client.get(format!("{}/_matrix/key/v2/server", a.federation_base.clone().unwrap())).send().await.unwrap();
+        ((), resp.json::<Value>().await.unwrap())
+    };
+    let key_id = a_keys["verify_keys"].as_object().unwrap().keys().next().unwrap().clone();
+    let forged =
+        format!("X-Matrix origin=\"{a_name}\",destination=\"{b_name}\",key=\"{key_id}\",sig=\"{}\"", "A".repeat(86));
+    let resp = client.get(&url).header("Authorization", forged).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "a forged signature is refused");
+    assert_eq!(resp.json::<Value>().await.unwrap()["errcode"], "M_UNAUTHORIZED");
+    let spoofed =
+        format!("X-Matrix origin=\"{b_name}\",destination=\"{b_name}\",key=\"{key_id}\",sig=\"{}\"", "A".repeat(86));
+    let resp = client.get(&url).header("Authorization", spoofed).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "nobody may claim to be B itself");
+
+    // A server that cannot be reached is named in a 502.
+    let closed = free_port();
+    let (status, body) = a
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", common::enc(&format!("@x:localhost:{closed}"))),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (502, Some("DEV.PORCH.SERVER_UNREACHABLE")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&format!("localhost:{closed}")));
+}

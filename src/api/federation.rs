@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use ruma::{
     CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerSigningKeyId,
-    api::federation::discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
+    api::federation::{
+        discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
+        query::get_profile_information,
+    },
     serde::{Base64, Raw},
 };
 
@@ -18,7 +21,42 @@ use crate::{
 const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 pub fn register(r: &mut Routes) {
-    r.ruma::<get_server_keys::v2::Request, _, _>(server_keys).ruma::<get_server_version::v1::Request, _, _>(version);
+    r.ruma::<get_server_keys::v2::Request, _, _>(server_keys)
+        .ruma::<get_server_version::v1::Request, _, _>(version)
+        .ruma::<get_profile_information::v1::Request, _, _>(profile);
+}
+
+/// Profiles of this server's users, for other servers. Guests' profiles
+/// carry their marker here too.
+async fn profile(
+    state: AppState,
+    req: Ruma<get_profile_information::v1::Request>,
+) -> Result<get_profile_information::v1::Response> {
+    crate::api::blocking(&state, move |s| {
+        let user_id = &req.body.user_id;
+        let user = match s.users.get(user_id)? {
+            Some(user) if s.users.is_local(user_id) && !user.deactivated => user,
+            _ => return Err(Error::not_found("This user has no profile here.")),
+        };
+        let mut response = get_profile_information::v1::Response::new();
+        let wanted = req.body.field.as_ref().map(|f| f.as_str().to_owned());
+        let mut put = |field: &str, value: serde_json::Value| {
+            if wanted.as_deref().is_none_or(|w| w == field) {
+                response.data.set(field.to_owned(), value);
+            }
+        };
+        if let Some(name) = user.displayname {
+            put("displayname", serde_json::Value::String(name));
+        }
+        if let Some(avatar) = user.avatar_url {
+            put("avatar_url", serde_json::Value::String(avatar.to_string()));
+        }
+        if user.kind.is_guest() {
+            put(crate::policy::GUEST_MARKER, serde_json::Value::Bool(true));
+        }
+        Ok(response)
+    })
+    .await
 }
 
 async fn version(_: AppState, _: Ruma<get_server_version::v1::Request>) -> Result<get_server_version::v1::Response> {

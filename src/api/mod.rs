@@ -43,6 +43,8 @@ pub type AppState = Arc<Services>;
 pub struct Ruma<T> {
     pub body: T,
     pub session: Option<Session>,
+    /// The server that signed a federation request.
+    pub origin: Option<ruma::OwnedServerName>,
     pub ip: IpAddr,
 }
 
@@ -108,6 +110,11 @@ where
 
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let http_request = http::Request::from_parts(parts, &bytes[..]);
+        let origin = if auth == TypeId::of::<ruma::api::federation::authentication::ServerSignatures>() {
+            Some(state.federation.authenticate(&http_request).await?)
+        } else {
+            None
+        };
         // ruma's deserialisers can panic on some malformed bodies (e.g. a login
         // body without `type`); that is the client's mistake, not the server's.
         let parsed =
@@ -116,7 +123,7 @@ where
             Ok(result) => result.map_err(|e| request_error(e, &bytes))?,
             Err(_) => return Err(Error::bad_json("The request body is not what this endpoint expects.")),
         };
-        Ok(Self { body, session, ip })
+        Ok(Self { body, session, origin, ip })
     }
 }
 

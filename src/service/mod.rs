@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod create_room;
 pub mod directory;
 pub mod ephemeral;
+pub mod federation;
 pub mod guests;
 pub mod history;
 pub mod keys;
@@ -33,6 +34,7 @@ pub struct Services {
     pub media: media::Media,
     pub keys: keys::Keys,
     pub guests: guests::Guests,
+    pub federation: federation::Federation,
     pub push_rules: push::RulesetCache,
     pub redeem_limiter: ratelimit::RateLimiter,
     pub ephemeral: ephemeral::Ephemeral,
@@ -66,6 +68,7 @@ impl Services {
             account_data: account_data::AccountData::new(db.clone()),
             keys: keys::Keys::new(db.clone()),
             guests: guests::Guests::default(),
+            federation: federation::Federation::new(db.clone(), signing.clone(), &settings)?,
             push_rules: push::RulesetCache::default(),
             redeem_limiter: ratelimit::RateLimiter::new(
                 settings.raw.guests.redeem_per_second,

@@ -51,10 +51,11 @@ pub enum Cf {
     GuestRooms,
     GuestLinks,
     LinkTokens,
+    ServerKeys,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 29] = [
+    pub const ALL: [Cf; 30] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -84,6 +85,7 @@ impl Cf {
         Cf::GuestRooms,
         Cf::GuestLinks,
         Cf::LinkTokens,
+        Cf::ServerKeys,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +119,7 @@ impl Cf {
             Cf::GuestRooms => "guest_rooms",
             Cf::GuestLinks => "guest_links",
             Cf::LinkTokens => "link_tokens",
+            Cf::ServerKeys => "server_keys",
         }
     }
 }

@@ -26,6 +26,9 @@ fn profile_of(s: &Services, viewer: Option<&Session>, user_id: &UserId) -> Resul
 }
 
 pub async fn profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Result<get_profile::v3::Response> {
+    if !state.users.is_local(&req.body.user_id) {
+        return remote_profile(state, req).await;
+    }
     blocking(&state, move |s| {
         let user = profile_of(s, req.session.as_ref(), &req.body.user_id)?;
         let mut data = ruma::profile::UserProfile::new();
@@ -41,6 +44,17 @@ pub async fn profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Re
         Ok(get_profile::v3::Response::from(data))
     })
     .await
+}
+
+/// A user of another server: asked over federation, after the guest policy.
+async fn remote_profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Result<get_profile::v3::Response> {
+    let user_id = req.body.user_id.clone();
+    let session = req.session.ok_or_else(Error::missing_token)?;
+    let target = user_id.clone();
+    blocking(&state, move |s| policy::check(s, &session, Action::ViewProfile { target: &target })).await?;
+    let request = ruma::api::federation::query::get_profile_information::v1::Request::new(user_id.clone());
+    let answer = state.federation.send(user_id.server_name(), request).await?;
+    Ok(get_profile::v3::Response::from(answer.data))
 }
 
 pub async fn display_name(

@@ -1,0 +1,215 @@
+//! Talking to other servers: finding them (server discovery), signing our
+//! requests (X-Matrix), fetching, verifying and caching their keys, and
+//! verifying the requests they send us.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use ruma::{
+    CanonicalJsonValue, OwnedServerName, ServerName,
+    api::{
+        IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
+        federation::authentication::{ServerSignatures, XMatrix, XMatrixSigningInput},
+    },
+    serde::Base64,
+    signatures::{PublicKeyMap, PublicKeySet},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::Settings,
+    error::{Error, Result},
+    signing::SigningKey,
+    storage::{Cf, Db},
+    util,
+};
+
+/// A remote server's verify keys as we last fetched and checked them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct CachedKeys {
+    keys: BTreeMap<String, String>,
+    valid_until: u64,
+}
+
+pub struct Federation {
+    db: Arc<Db>,
+    signing: Arc<SigningKey>,
+    server_name: OwnedServerName,
+    http: reqwest::Client,
+    keys: Mutex<HashMap<OwnedServerName, CachedKeys>>,
+}
+
+fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
+    Error::new(
+        http::StatusCode::BAD_GATEWAY,
+        "DEV.PORCH.SERVER_UNREACHABLE",
+        format!("{server} cannot be reached: {why}"),
+    )
+}
+
+impl Federation {
+    pub fn new(db: Arc<Db>, signing: Arc<SigningKey>, settings: &Settings) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("porch/", env!("CARGO_PKG_VERSION")));
+        let fed = &settings.raw.federation;
+        if !fed.trusted_ca.is_empty() {
+            let pem = std::fs::read(&fed.trusted_ca).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read `federation.trusted_ca` ({}): {e}; give the path of a PEM CA certificate",
+                    fed.trusted_ca
+                )
+            })?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("`federation.trusted_ca` is not a PEM certificate ({e}); fix the file"))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        if !fed.verify_certificates {
+            tracing::warn!(
+                "federation.verify_certificates is off: other servers' TLS certificates are not checked (for labs only)"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        Ok(Self {
+            db,
+            signing,
+            server_name: settings.server_name.clone(),
+            http: builder.build()?,
+            keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Where to reach a server: IP literals and explicit ports directly,
+    /// otherwise its `.well-known/matrix/server` delegation, else port 8448.
+    pub async fn base_url(&self, server: &ServerName) -> Result<String> {
+        if server.port().is_some() || server.is_ip_literal() {
+            return Ok(format!("https://{server}"));
+        }
+        let well_known = format!("https://{server}/.well-known/matrix/server");
+        if let Ok(response) = self.http.get(&well_known).timeout(Duration::from_secs(10)).send().await
+            && response.status().is_success()
+            && let Ok(body) = response.json::<serde_json::Value>().await
+            && let Some(delegated) = body["m.server"].as_str()
+            && let Ok(delegated) = OwnedServerName::try_from(delegated)
+        {
+            return Ok(if delegated.port().is_some() {
+                format!("https://{delegated}")
+            } else {
+                format!("https://{delegated}:8448")
+            });
+        }
+        Ok(format!("https://{server}:8448"))
+    }
+
+    /// Send a signed request to `destination` and parse its answer.
+    pub async fn send<R>(&self, destination: &ServerName, request: R) -> Result<R::IncomingResponse>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures>,
+        for<'a> R::PathBuilder: ruma::api::path_builder::PathBuilder<Input<'a> = ()>,
+    {
+        let base = self.base_url(destination).await?;
+        let input = XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), &self.signing.key_pair);
+        let request = request
+            .try_into_http_request::<BytesMut>(&base, input, ())
+            .map_err(|e| Error::internal(format!("building a federation request: {e}")))?;
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, body.freeze());
+        let response = self
+            .http
+            .execute(reqwest::Request::try_from(request).map_err(Error::internal)?)
+            .await
+            .map_err(|e| unreachable(destination, e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| unreachable(destination, e))?;
+        let mut http_response = http::Response::builder().status(status);
+        for (name, value) in &headers {
+            http_response = http_response.header(name, value);
+        }
+        let http_response = http_response.body(&bytes[..]).map_err(Error::internal)?;
+        <R::IncomingResponse as IncomingResponseExt>::try_from_http_response(http_response).map_err(|e| {
+            Error::new(
+                http::StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!("{destination} answered in a way porch cannot use: {e}"),
+            )
+        })
+    }
+
+    /// A server's verify keys: cached while valid, else fetched from the
+    /// server itself and checked against its own signature.
+    pub async fn verify_keys(&self, server: &ServerName) -> Result<PublicKeySet> {
+        let now = util::now_ms();
+        let cached = self.keys.lock().expect("key cache poisoned").get(server).cloned();
+        let cached = match cached {
+            Some(c) => Some(c),
+            None => self.db.get_json::<CachedKeys>(Cf::ServerKeys, server.as_bytes())?,
+        };
+        if let Some(cached) = cached.filter(|c| c.valid_until > now) {
+            return to_key_set(&cached);
+        }
+        let base = self.base_url(server).await?;
+        let response =
+            self.http.get(format!("{base}/_matrix/key/v2/server")).send().await.map_err(|e| unreachable(server, e))?;
+        let body: serde_json::Value =
+            response.json().await.map_err(|e| unreachable(server, format!("its keys are not JSON ({e})")))?;
+        let object = match CanonicalJsonValue::try_from(body.clone()) {
+            Ok(CanonicalJsonValue::Object(object)) => object,
+            _ => return Err(Error::forbidden(format!("{server} published keys that are not canonical JSON"))),
+        };
+        if body["server_name"].as_str() != Some(server.as_str()) {
+            return Err(Error::forbidden(format!("{server} published keys for another server")));
+        }
+        let mut keys = BTreeMap::new();
+        for (key_id, key) in body["verify_keys"].as_object().into_iter().flatten() {
+            if let Some(key) = key["key"].as_str() {
+                keys.insert(key_id.clone(), key.to_owned());
+            }
+        }
+        let cached = CachedKeys {
+            keys,
+            valid_until: body["valid_until_ts"].as_u64().unwrap_or(0).min(now + 7 * 24 * 3600 * 1000),
+        };
+        let key_map: PublicKeyMap = BTreeMap::from([(server.to_string(), to_key_set(&cached)?)]);
+        ruma::signatures::verify_json(&key_map, &object)
+            .map_err(|e| Error::forbidden(format!("{server}'s keys are not signed by themselves: {e}")))?;
+        self.db.put_json(Cf::ServerKeys, server.as_bytes(), &cached)?;
+        self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), cached.clone());
+        to_key_set(&cached)
+    }
+
+    /// Check the X-Matrix signature of a request sent to us; returns its origin.
+    pub async fn authenticate(&self, request: &http::Request<&[u8]>) -> Result<OwnedServerName> {
+        let unauthorized = |why: String| Error::new(http::StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", why);
+        let x_matrix = XMatrix::extract_from_http_headers(request.headers())
+            .map_err(|e| unauthorized(format!("This endpoint needs a valid X-Matrix Authorization header: {e}")))?;
+        if x_matrix.origin == self.server_name {
+            return Err(unauthorized("Requests cannot claim to come from this server.".to_owned()));
+        }
+        let keys = self.verify_keys(&x_matrix.origin).await?;
+        let key_map: PublicKeyMap = BTreeMap::from([(x_matrix.origin.to_string(), keys)]);
+        x_matrix
+            .verify_http_request(request, &self.server_name, &key_map)
+            .map_err(|e| unauthorized(format!("The request's signature does not verify: {e}")))?;
+        Ok(x_matrix.origin)
+    }
+}
+
+fn to_key_set(cached: &CachedKeys) -> Result<PublicKeySet> {
+    cached
+        .keys
+        .iter()
+        .map(|(id, key)| {
+            Ok((
+                id.clone(),
+                Base64::parse(key).map_err(|e| Error::forbidden(format!("a published key is not base64: {e}")))?,
+            ))
+        })
+        .collect()
+}

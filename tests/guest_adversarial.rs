@@ -304,6 +304,25 @@ async fn reach_beyond(kind: GuestKind) {
             .collect::<Vec<_>>()
     };
     assert_eq!(names(&before), names(&after), "the guest room's state is untouched");
+
+    // Receipts, media and leaving work for guests too.
+    let last = s.send_text(g, &w.guest_room, "bye").await;
+    let (status, _) = s
+        .post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", enc(&last)), Some(&g.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "receipts");
+    let upload = s
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&g.token)
+        .header("content-type", "image/png")
+        .body(vec![1u8, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 200, "media upload");
+    let (status, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&g.token), json!({})).await;
+    assert_eq!(status, 200, "leave");
 }
 
 #[tokio::test]

@@ -368,14 +368,6 @@ pub fn u64_from_be(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-/// The last [`SEP`]-separated part of a key.
-pub fn last_part(key: &[u8]) -> &[u8] {
-    match key.iter().rposition(|b| *b == SEP) {
-        Some(i) => &key[i + 1..],
-        None => key,
-    }
-}
-
 /// Merge operator for the stream counter: the largest of all values.
 fn max_u64_merge(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
     let max = existing.into_iter().chain(operands.iter()).map(u64_from_be).max().unwrap_or(0);

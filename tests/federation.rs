@@ -131,6 +131,36 @@ async fn signed_requests_between_two_servers_and_forgeries_refused() {
     let resp = client.get(&url).header("Authorization", spoofed).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401, "nobody may claim to be B itself");
 
+    // Aliases and the public directory of the other server, over federation.
+    let hall = b.create_room(&bob, serde_json::json!({ "preset": "public_chat", "visibility": "public", "room_alias_name": "hall", "name": "B's hall" })).await;
+    let alias = format!("#hall:{b_name}");
+    let (status, body) =
+        a.get(&format!("/_matrix/client/v3/directory/room/{}", common::enc(&alias)), Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["room_id"].as_str(), body["servers"][0].as_str()), (Some(hall.as_str()), Some(b_name.as_str())));
+    let (status, body) = a
+        .get(
+            &format!("/_matrix/client/v3/directory/room/{}", common::enc(&format!("#nope:{b_name}"))),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) =
+        a.get(&format!("/_matrix/client/v3/publicRooms?server={}", common::enc(&b_name)), Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["chunk"][0]["room_id"].as_str(), body["chunk"][0]["name"].as_str()),
+        (Some(hall.as_str()), Some("B's hall"))
+    );
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={}", common::enc(&b_name)),
+            Some(&alice.token),
+            serde_json::json!({ "filter": { "generic_search_term": "nothing like it" } }),
+        )
+        .await;
+    assert_eq!((status, body["chunk"].as_array().map(Vec::len)), (200, Some(0)), "{body}");
+
     // A server that cannot be reached is named in a 502.
     let closed = free_port();
     let (status, body) = a

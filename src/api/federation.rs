@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, time::Duration};
 use ruma::{
     CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerSigningKeyId,
     api::federation::{
+        directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
-        query::get_profile_information,
+        query::{get_profile_information, get_room_information},
     },
     serde::{Base64, Raw},
 };
@@ -15,6 +16,7 @@ use ruma::{
 use crate::{
     api::{AppState, Routes, Ruma},
     error::{Error, Result},
+    service::directory,
 };
 
 /// How long other servers may cache our keys.
@@ -23,7 +25,60 @@ const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub fn register(r: &mut Routes) {
     r.ruma::<get_server_keys::v2::Request, _, _>(server_keys)
         .ruma::<get_server_version::v1::Request, _, _>(version)
-        .ruma::<get_profile_information::v1::Request, _, _>(profile);
+        .ruma::<get_profile_information::v1::Request, _, _>(profile)
+        .ruma::<get_room_information::v1::Request, _, _>(room_by_alias)
+        .ruma::<get_public_rooms::v1::Request, _, _>(public_rooms)
+        .ruma::<get_public_rooms_filtered::v1::Request, _, _>(public_rooms_filtered);
+}
+
+/// An alias of this server, for other servers.
+async fn room_by_alias(
+    state: AppState,
+    req: Ruma<get_room_information::v1::Request>,
+) -> Result<get_room_information::v1::Response> {
+    crate::api::blocking(&state, move |s| {
+        let alias = &req.body.room_alias;
+        if alias.server_name() != s.server_name() {
+            return Err(Error::not_found("That alias does not belong to this server."));
+        }
+        let room_id = directory::resolve_alias(s, alias)?.ok_or_else(|| Error::not_found("No room has this alias."))?;
+        Ok(get_room_information::v1::Response::new(room_id, vec![s.settings.server_name.clone()]))
+    })
+    .await
+}
+
+async fn public_rooms(
+    state: AppState,
+    req: Ruma<get_public_rooms::v1::Request>,
+) -> Result<get_public_rooms::v1::Response> {
+    crate::api::blocking(&state, move |s| {
+        let listing = directory::public_rooms(s, None, req.body.limit, req.body.since.as_deref())?;
+        let mut response = get_public_rooms::v1::Response::new();
+        response.chunk = listing.chunk;
+        response.next_batch = listing.next_batch;
+        response.prev_batch = listing.prev_batch;
+        response.total_room_count_estimate = Some(ruma::UInt::new_saturating(listing.total as u64));
+        Ok(response)
+    })
+    .await
+}
+
+async fn public_rooms_filtered(
+    state: AppState,
+    req: Ruma<get_public_rooms_filtered::v1::Request>,
+) -> Result<get_public_rooms_filtered::v1::Response> {
+    crate::api::blocking(&state, move |s| {
+        let body = &req.body;
+        let listing =
+            directory::public_rooms(s, body.filter.generic_search_term.as_deref(), body.limit, body.since.as_deref())?;
+        let mut response = get_public_rooms_filtered::v1::Response::new();
+        response.chunk = listing.chunk;
+        response.next_batch = listing.next_batch;
+        response.prev_batch = listing.prev_batch;
+        response.total_room_count_estimate = Some(ruma::UInt::new_saturating(listing.total as u64));
+        Ok(response)
+    })
+    .await
 }
 
 /// Profiles of this server's users, for other servers. Guests' profiles

@@ -1,6 +1,10 @@
 //! Room aliases, the public room directory and the user directory.
 
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use ruma::{
+    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UInt, UserId,
+    directory::{PublicRoomsChunk, PublicRoomsChunkInit},
+    room::JoinRuleKind,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -128,4 +132,69 @@ pub fn published_rooms(s: &Services) -> Result<Vec<OwnedRoomId>> {
         }
     }
     Ok(out)
+}
+
+pub struct Listing {
+    pub chunk: Vec<PublicRoomsChunk>,
+    pub next_batch: Option<String>,
+    pub prev_batch: Option<String>,
+    pub total: usize,
+}
+
+/// A page of the public room directory, most members first.
+pub fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, since: Option<&str>) -> Result<Listing> {
+    let search = search.map(str::to_lowercase);
+    let mut chunk = Vec::new();
+    for room_id in published_rooms(s)? {
+        let state = s.rooms.current_state(&room_id)?;
+        let text = |kind: &str, field: &str| -> Result<Option<String>> {
+            Ok(s.rooms
+                .state_content(&state, kind, "")?
+                .and_then(|c| c.get(field).and_then(|v| v.as_str()).map(str::to_owned)))
+        };
+        let name = text("m.room.name", "name")?;
+        let topic = text("m.room.topic", "topic")?;
+        let alias = text("m.room.canonical_alias", "alias")?;
+        if let Some(term) = &search {
+            let hay = [&name, &topic, &alias]
+                .iter()
+                .filter_map(|v| v.as_deref())
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+                .join(" ");
+            if !hay.contains(term.as_str()) {
+                continue;
+            }
+        }
+        let joined = s.rooms.joined_members(&room_id)?.len() as u64;
+        let mut entry: PublicRoomsChunk = PublicRoomsChunkInit {
+            num_joined_members: UInt::new_saturating(joined),
+            room_id: room_id.clone(),
+            world_readable: text("m.room.history_visibility", "history_visibility")?.as_deref()
+                == Some("world_readable"),
+            guest_can_join: text("m.room.guest_access", "guest_access")?.as_deref() == Some("can_join"),
+        }
+        .into();
+        entry.name = name;
+        entry.topic = topic;
+        entry.canonical_alias = alias.and_then(|a| a.try_into().ok());
+        entry.avatar_url = text("m.room.avatar", "url")?.map(Into::into);
+        entry.join_rule =
+            JoinRuleKind::from(text("m.room.join_rules", "join_rule")?.unwrap_or_else(|| "public".to_owned()).as_str());
+        chunk.push(entry);
+    }
+    chunk.sort_by(|a, b| b.num_joined_members.cmp(&a.num_joined_members).then(a.room_id.cmp(&b.room_id)));
+    let total = chunk.len();
+    let offset: usize = match since {
+        Some(token) => token
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("The `since` token is not valid."))?,
+        None => 0,
+    };
+    let limit = limit.map(|l| u64::from(l) as usize).unwrap_or(100).clamp(1, 500);
+    let page: Vec<_> = chunk.into_iter().skip(offset).take(limit).collect();
+    let next_batch = (offset + page.len() < total).then(|| format!("p{}", offset + page.len()));
+    let prev_batch = (offset > 0).then(|| format!("p{}", offset.saturating_sub(limit)));
+    Ok(Listing { chunk: page, next_batch, prev_batch, total })
 }

@@ -128,6 +128,19 @@ impl Federation {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| unreachable(destination, e))?;
+        if matches!(status.as_u16(), 400 | 403 | 404) {
+            // The other server's refusal is passed on, naming it (other
+            // statuses, such as its 401, would mislead our client: 502 below).
+            #[derive(Deserialize)]
+            struct MatrixError {
+                errcode: String,
+                error: Option<String>,
+            }
+            if let Ok(refusal) = serde_json::from_slice::<MatrixError>(&bytes) {
+                let message = format!("{destination}: {}", refusal.error.unwrap_or_else(|| refusal.errcode.clone()));
+                return Err(Error::new(status, refusal.errcode, message));
+            }
+        }
         let mut http_response = http::Response::builder().status(status);
         for (name, value) in &headers {
             http_response = http_response.header(name, value);

@@ -7,9 +7,7 @@ use ruma::{
         room::Visibility,
         user_directory::search_users,
     },
-    directory::{PublicRoomsChunk, PublicRoomsChunkInit},
     events::room::member::MembershipState,
-    room::JoinRuleKind,
 };
 
 use crate::{
@@ -18,70 +16,6 @@ use crate::{
     policy::{self, Action},
     service::{Services, directory},
 };
-
-struct Listing {
-    chunk: Vec<PublicRoomsChunk>,
-    next_batch: Option<String>,
-    prev_batch: Option<String>,
-    total: usize,
-}
-
-fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, since: Option<&str>) -> Result<Listing> {
-    let search = search.map(str::to_lowercase);
-    let mut chunk = Vec::new();
-    for room_id in directory::published_rooms(s)? {
-        let state = s.rooms.current_state(&room_id)?;
-        let text = |kind: &str, field: &str| -> Result<Option<String>> {
-            Ok(s.rooms
-                .state_content(&state, kind, "")?
-                .and_then(|c| c.get(field).and_then(|v| v.as_str()).map(str::to_owned)))
-        };
-        let name = text("m.room.name", "name")?;
-        let topic = text("m.room.topic", "topic")?;
-        let alias = text("m.room.canonical_alias", "alias")?;
-        if let Some(term) = &search {
-            let hay = [&name, &topic, &alias]
-                .iter()
-                .filter_map(|v| v.as_deref())
-                .map(str::to_lowercase)
-                .collect::<Vec<_>>()
-                .join(" ");
-            if !hay.contains(term.as_str()) {
-                continue;
-            }
-        }
-        let joined = s.rooms.joined_members(&room_id)?.len() as u64;
-        let mut entry: PublicRoomsChunk = PublicRoomsChunkInit {
-            num_joined_members: UInt::new_saturating(joined),
-            room_id: room_id.clone(),
-            world_readable: text("m.room.history_visibility", "history_visibility")?.as_deref()
-                == Some("world_readable"),
-            guest_can_join: text("m.room.guest_access", "guest_access")?.as_deref() == Some("can_join"),
-        }
-        .into();
-        entry.name = name;
-        entry.topic = topic;
-        entry.canonical_alias = alias.and_then(|a| a.try_into().ok());
-        entry.avatar_url = text("m.room.avatar", "url")?.map(Into::into);
-        entry.join_rule =
-            JoinRuleKind::from(text("m.room.join_rules", "join_rule")?.unwrap_or_else(|| "public".to_owned()).as_str());
-        chunk.push(entry);
-    }
-    chunk.sort_by(|a, b| b.num_joined_members.cmp(&a.num_joined_members).then(a.room_id.cmp(&b.room_id)));
-    let total = chunk.len();
-    let offset: usize = match since {
-        Some(token) => token
-            .strip_prefix('p')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid_param("The `since` token is not valid."))?,
-        None => 0,
-    };
-    let limit = limit.map(|l| u64::from(l) as usize).unwrap_or(100).clamp(1, 500);
-    let page: Vec<_> = chunk.into_iter().skip(offset).take(limit).collect();
-    let next_batch = (offset + page.len() < total).then(|| format!("p{}", offset + page.len()));
-    let prev_batch = (offset > 0).then(|| format!("p{}", offset.saturating_sub(limit)));
-    Ok(Listing { chunk: page, next_batch, prev_batch, total })
-}
 
 /// Signed-in non-guests may list; anonymous callers only if configured.
 fn may_list(s: &Services, session: Option<&crate::service::users::Session>) -> Result<()> {
@@ -92,38 +26,71 @@ fn may_list(s: &Services, session: Option<&crate::service::users::Session>) -> R
     }
 }
 
+/// The directory of another server, asked over federation.
+async fn remote_public_rooms(
+    state: &AppState,
+    server: &ruma::ServerName,
+    limit: Option<UInt>,
+    since: Option<String>,
+    search: Option<String>,
+) -> Result<directory::Listing> {
+    use ruma::api::federation::directory::get_public_rooms_filtered as remote;
+    let mut request = remote::v1::Request::new();
+    request.limit = limit;
+    request.since = since;
+    request.filter.generic_search_term = search;
+    let answer = state.federation.send(server, request).await?;
+    let total = answer.total_room_count_estimate.map(|n| u64::from(n) as usize).unwrap_or(answer.chunk.len());
+    Ok(directory::Listing { chunk: answer.chunk, next_batch: answer.next_batch, prev_batch: answer.prev_batch, total })
+}
+
+fn is_remote(state: &AppState, server: Option<&ruma::OwnedServerName>) -> Option<ruma::OwnedServerName> {
+    server.filter(|server| **server != state.settings.server_name).cloned()
+}
+
+/// Check the caller may list, then list this server's directory or, with
+/// `server`, another's over federation.
+async fn listing(
+    state: &AppState,
+    session: Option<crate::service::users::Session>,
+    server: Option<&ruma::OwnedServerName>,
+    limit: Option<UInt>,
+    since: Option<String>,
+    search: Option<String>,
+) -> Result<directory::Listing> {
+    blocking(state, move |s| may_list(s, session.as_ref())).await?;
+    if let Some(server) = is_remote(state, server) {
+        return remote_public_rooms(state, &server, limit, since, search).await;
+    }
+    blocking(state, move |s| directory::public_rooms(s, search.as_deref(), limit, since.as_deref())).await
+}
+
 pub async fn get_public(
     state: AppState,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
-    blocking(&state, move |s| {
-        may_list(s, req.session.as_ref())?;
-        let listing = public_rooms(s, None, req.body.limit, req.body.since.as_deref())?;
-        let mut response = get_public_rooms::v3::Response::new(listing.chunk);
-        response.next_batch = listing.next_batch;
-        response.prev_batch = listing.prev_batch;
-        response.total_room_count_estimate = Some(UInt::new_saturating(listing.total as u64));
-        Ok(response)
-    })
-    .await
+    let body = req.body;
+    let listing = listing(&state, req.session, body.server.as_ref(), body.limit, body.since, None).await?;
+    let mut response = get_public_rooms::v3::Response::new(listing.chunk);
+    response.next_batch = listing.next_batch;
+    response.prev_batch = listing.prev_batch;
+    response.total_room_count_estimate = Some(UInt::new_saturating(listing.total as u64));
+    Ok(response)
 }
 
 pub async fn post_public(
     state: AppState,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
-    blocking(&state, move |s| {
-        may_list(s, req.session.as_ref())?;
-        let body = &req.body;
-        let listing = public_rooms(s, body.filter.generic_search_term.as_deref(), body.limit, body.since.as_deref())?;
-        let mut response = get_public_rooms_filtered::v3::Response::new();
-        response.chunk = listing.chunk;
-        response.next_batch = listing.next_batch;
-        response.prev_batch = listing.prev_batch;
-        response.total_room_count_estimate = Some(UInt::new_saturating(listing.total as u64));
-        Ok(response)
-    })
-    .await
+    let body = req.body;
+    let search = body.filter.generic_search_term.clone();
+    let listing = listing(&state, req.session, body.server.as_ref(), body.limit, body.since, search).await?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    response.chunk = listing.chunk;
+    response.next_batch = listing.next_batch;
+    response.prev_batch = listing.prev_batch;
+    response.total_room_count_estimate = Some(UInt::new_saturating(listing.total as u64));
+    Ok(response)
 }
 
 pub async fn get_visibility(

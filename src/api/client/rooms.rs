@@ -98,6 +98,12 @@ pub async fn put_alias(state: AppState, req: Ruma<create_alias::v3::Request>) ->
 }
 
 pub async fn get_alias(state: AppState, req: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
+    let alias = req.body.room_alias.clone();
+    if alias.server_name() != state.settings.server_name {
+        let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.clone());
+        let answer = state.federation.send(alias.server_name(), request).await?;
+        return Ok(get_alias::v3::Response::new(answer.room_id, answer.servers));
+    }
     blocking(&state, move |s| {
         let room_id = directory::resolve_alias(s, &req.body.room_alias)?
             .ok_or_else(|| Error::not_found("No room has this alias."))?;

@@ -161,6 +161,42 @@ async fn signed_requests_between_two_servers_and_forgeries_refused() {
         .await;
     assert_eq!((status, body["chunk"].as_array().map(Vec::len)), (200, Some(0)), "{body}");
 
+    // Device keys of a user on the other server, for end-to-end encryption.
+    let device_keys = serde_json::json!({
+        "user_id": bob_id, "device_id": bob.device_id, "algorithms": ["m.megolm.v1.aes-sha2"],
+        "keys": { format!("ed25519:{}", bob.device_id): "bob-ed" }, "signatures": {}
+    });
+    let (status, _) = b
+        .post("/_matrix/client/v3/keys/upload", Some(&bob.token), serde_json::json!({ "device_keys": device_keys }))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = a
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            serde_json::json!({ "device_keys": { bob_id.clone(): [] } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["device_keys"][&bob_id][&bob.device_id]["keys"][format!("ed25519:{}", bob.device_id)],
+        "bob-ed",
+        "{body}"
+    );
+    let unreachable_user = format!("@x:localhost:{}", free_port());
+    let (_, body) = a
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            serde_json::json!({ "device_keys": { unreachable_user: [] } }),
+        )
+        .await;
+    assert_eq!(
+        body["failures"].as_object().map(|f| f.len()),
+        Some(1),
+        "an unreachable server is reported in failures: {body}"
+    );
+
     // A server that cannot be reached is named in a 502.
     let closed = free_port();
     let (status, body) = a

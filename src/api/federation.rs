@@ -8,6 +8,7 @@ use ruma::{
     api::federation::{
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
+        keys::get_keys,
         query::{get_profile_information, get_room_information},
     },
     serde::{Base64, Raw},
@@ -28,7 +29,30 @@ pub fn register(r: &mut Routes) {
         .ruma::<get_profile_information::v1::Request, _, _>(profile)
         .ruma::<get_room_information::v1::Request, _, _>(room_by_alias)
         .ruma::<get_public_rooms::v1::Request, _, _>(public_rooms)
-        .ruma::<get_public_rooms_filtered::v1::Request, _, _>(public_rooms_filtered);
+        .ruma::<get_public_rooms_filtered::v1::Request, _, _>(public_rooms_filtered)
+        .ruma::<get_keys::v1::Request, _, _>(user_keys);
+}
+
+/// Device and cross-signing keys of this server's users, for other servers.
+async fn user_keys(state: AppState, req: Ruma<get_keys::v1::Request>) -> Result<get_keys::v1::Response> {
+    crate::api::blocking(&state, move |s| {
+        let mut response = get_keys::v1::Response::new(Default::default());
+        for (user_id, devices) in &req.body.device_keys {
+            if !s.users.is_local(user_id) {
+                continue;
+            }
+            let keys = crate::service::keys::published_keys(s, user_id, devices, false)?;
+            response.device_keys.insert(user_id.clone(), keys.devices);
+            if let Some(master) = keys.master {
+                response.master_keys.insert(user_id.clone(), master);
+            }
+            if let Some(self_signing) = keys.self_signing {
+                response.self_signing_keys.insert(user_id.clone(), self_signing);
+            }
+        }
+        Ok(response)
+    })
+    .await
 }
 
 /// An alias of this server, for other servers.

@@ -303,6 +303,47 @@ impl Keys {
     }
 }
 
+/// A user's keys as published to others.
+pub struct PublishedKeys {
+    pub devices: BTreeMap<OwnedDeviceId, ruma::serde::Raw<ruma::encryption::DeviceKeys>>,
+    pub master: Option<ruma::serde::Raw<ruma::encryption::CrossSigningKey>>,
+    pub self_signing: Option<ruma::serde::Raw<ruma::encryption::CrossSigningKey>>,
+    pub user_signing: Option<ruma::serde::Raw<ruma::encryption::CrossSigningKey>>,
+}
+
+/// The device and cross-signing keys of a local user, with each device's
+/// display name as `unsigned.device_display_name`. The user-signing key is
+/// only for the user themself.
+pub fn published_keys(
+    s: &crate::service::Services,
+    user_id: &UserId,
+    devices: &[OwnedDeviceId],
+    own: bool,
+) -> Result<PublishedKeys> {
+    fn raw<T>(value: &Value) -> Result<ruma::serde::Raw<T>> {
+        Ok(ruma::serde::Raw::from_json(serde_json::value::to_raw_value(value)?))
+    }
+    let mut out = BTreeMap::new();
+    for (device_id, mut device) in s.keys.device_keys(user_id, devices)? {
+        if let Some(record) = s.users.device(user_id, device_id.as_str())?
+            && let Some(name) = record.display_name
+            && let Some(object) = device.as_object_mut()
+        {
+            object.insert("unsigned".into(), serde_json::json!({ "device_display_name": name }));
+        }
+        out.insert(device_id, raw(&device)?);
+    }
+    let cross = |kind: &str| -> Result<Option<ruma::serde::Raw<_>>> {
+        s.keys.cross_signing_key(user_id, kind)?.as_ref().map(raw).transpose()
+    };
+    Ok(PublishedKeys {
+        devices: out,
+        master: cross(MASTER)?,
+        self_signing: cross(SELF_SIGNING)?,
+        user_signing: if own { cross(USER_SIGNING)? } else { None },
+    })
+}
+
 /// Users sharing a room with `user_id` (and the user), for key-change tracking.
 pub fn room_peers(s: &crate::service::Services, user_id: &UserId) -> Result<BTreeSet<OwnedUserId>> {
     let mut peers = BTreeSet::from([user_id.to_owned()]);

@@ -55,41 +55,52 @@ fn may_query(s: &Services, session: &crate::service::users::Session, user_id: &r
 }
 
 pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response> {
-    blocking(&state, move |s| {
-        let session = req.session();
+    let session = req.session().clone();
+    let wanted = req.body.device_keys;
+    // Local users from storage; users of other servers asked over federation.
+    let (mut response, remote) = blocking(&state, move |s| {
         let mut response = get_keys::v3::Response::new();
-        for (user_id, devices) in &req.body.device_keys {
-            if !s.users.is_local(user_id) || !may_query(s, session, user_id)? {
+        let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<OwnedUserId, Vec<ruma::OwnedDeviceId>>> =
+            BTreeMap::new();
+        for (user_id, devices) in wanted {
+            if !may_query(s, &session, &user_id)? {
                 continue;
             }
-            let mut keys = BTreeMap::new();
-            for (device_id, mut device) in s.keys.device_keys(user_id, devices)? {
-                // Other users see the device's display name as `unsigned.device_display_name`.
-                if let Some(record) = s.users.device(user_id, device_id.as_str())?
-                    && let Some(name) = record.display_name
-                    && let Some(object) = device.as_object_mut()
-                {
-                    object.insert("unsigned".into(), serde_json::json!({ "device_display_name": name }));
-                }
-                keys.insert(device_id, Raw::from_json(serde_json::value::to_raw_value(&device)?));
+            if !s.users.is_local(&user_id) {
+                remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
+                continue;
             }
-            response.device_keys.insert(user_id.clone(), keys);
-            let raw = |v: Value| -> Result<Raw<_>> { Ok(Raw::from_json(serde_json::value::to_raw_value(&v)?)) };
-            if let Some(master) = s.keys.cross_signing_key(user_id, MASTER)? {
-                response.master_keys.insert(user_id.clone(), raw(master)?);
+            let keys = crate::service::keys::published_keys(s, &user_id, &devices, user_id == session.user_id)?;
+            response.device_keys.insert(user_id.clone(), keys.devices);
+            if let Some(master) = keys.master {
+                response.master_keys.insert(user_id.clone(), master);
             }
-            if let Some(self_signing) = s.keys.cross_signing_key(user_id, SELF_SIGNING)? {
-                response.self_signing_keys.insert(user_id.clone(), raw(self_signing)?);
+            if let Some(self_signing) = keys.self_signing {
+                response.self_signing_keys.insert(user_id.clone(), self_signing);
             }
-            if *user_id == session.user_id
-                && let Some(user_signing) = s.keys.cross_signing_key(user_id, USER_SIGNING)?
-            {
-                response.user_signing_keys.insert(user_id.clone(), raw(user_signing)?);
+            if let Some(user_signing) = keys.user_signing {
+                response.user_signing_keys.insert(user_id, user_signing);
             }
         }
-        Ok(response)
+        Ok((response, remote))
     })
-    .await
+    .await?;
+    for (server, users) in remote {
+        let request = ruma::api::federation::keys::get_keys::v1::Request::new(users);
+        match state.federation.send(&server, request).await {
+            Ok(answer) => {
+                response.device_keys.extend(answer.device_keys);
+                response.master_keys.extend(answer.master_keys);
+                response.self_signing_keys.extend(answer.self_signing_keys);
+            }
+            Err(err) => {
+                response
+                    .failures
+                    .insert(server.to_string(), serde_json::json!({ "errcode": err.errcode, "error": err.message }));
+            }
+        }
+    }
+    Ok(response)
 }
 
 pub async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> Result<claim_keys::v3::Response> {

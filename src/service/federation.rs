@@ -10,7 +10,7 @@ use std::{
 
 use bytes::BytesMut;
 use ruma::{
-    CanonicalJsonValue, OwnedServerName, ServerName,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName,
     api::{
         IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
         federation::authentication::{ServerSignatures, XMatrix, XMatrixSigningInput},
@@ -158,6 +158,10 @@ impl Federation {
     /// A server's verify keys: cached while valid, else fetched from the
     /// server itself and checked against its own signature.
     pub async fn verify_keys(&self, server: &ServerName) -> Result<PublicKeySet> {
+        if server == self.server_name {
+            let own = Base64::new(self.signing.key_pair.public_key().to_vec());
+            return Ok(BTreeMap::from([(self.signing.key_id(), own)]));
+        }
         let now = util::now_ms();
         let cached = self.keys.lock().expect("key cache poisoned").get(server).cloned();
         let cached = match cached {
@@ -197,6 +201,40 @@ impl Federation {
         to_key_set(&cached)
     }
 
+    /// The checks on receipt of a PDU that need no room state: its format,
+    /// the signatures of every server that must have signed it (refused if
+    /// any fails), and its content hash (redacted if it does not match).
+    /// Returns the event id and the object to keep.
+    pub async fn verify_pdu(
+        &self,
+        room_version: &ruma::RoomVersionId,
+        object: CanonicalJsonObject,
+    ) -> Result<(ruma::OwnedEventId, CanonicalJsonObject)> {
+        let rules = room_version
+            .rules()
+            .ok_or_else(|| Error::unsupported_room_version(format!("Room version {room_version} is not supported.")))?;
+        ruma::state_res::check_pdu_format(&object, &rules.event_format)
+            .map_err(|e| Error::bad_json(format!("The event is malformed: {e}")))?;
+        let servers = ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
+            .map_err(|e| Error::bad_json(format!("The event does not say who must sign it: {e}")))?;
+        let mut key_map = PublicKeyMap::new();
+        for server in servers {
+            key_map.insert(server.to_string(), self.verify_keys(&server).await?);
+        }
+        let verified = ruma::signatures::verify_event(&key_map, &object, &rules)
+            .map_err(|e| Error::forbidden(format!("The event's signatures do not verify: {e}")))?;
+        let object = match verified {
+            ruma::signatures::Verified::All => object,
+            // The content was changed after signing: keep only what redaction keeps.
+            ruma::signatures::Verified::Signatures => ruma::canonical_json::redact(object, &rules.redaction, None)
+                .map_err(|e| Error::bad_json(format!("The event cannot be redacted: {e}")))?,
+        };
+        let hash = ruma::signatures::reference_hash(&object, &rules)
+            .map_err(|e| Error::bad_json(format!("The event cannot be hashed: {e}")))?;
+        let event_id = ruma::OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+        Ok((event_id, object))
+    }
+
     /// Check the X-Matrix signature of a request sent to us; returns its origin.
     pub async fn authenticate(&self, request: &http::Request<&[u8]>) -> Result<OwnedServerName> {
         let unauthorized = |why: String| Error::new(http::StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", why);
@@ -225,4 +263,73 @@ fn to_key_set(cached: &CachedKeys) -> Result<PublicKeySet> {
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{CanonicalJsonValue, RoomVersionId, events::TimelineEventType};
+    use serde_json::json;
+
+    use crate::{
+        config::Config,
+        service::{Services, rooms::NewEvent},
+    };
+
+    /// A real event of this server, verified as a remote server's would be.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn incoming_pdus_are_verified_redacted_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.database.path = dir.path().join("db");
+        config.database.sync_writes = false;
+        let services = Services::open(config.validate().unwrap()).unwrap();
+        let alice = services.users.local_user_id("alice").unwrap();
+        services
+            .users
+            .create(&alice, Some("password1"), crate::service::users::AccountKind::Member, false, None)
+            .unwrap();
+        let (room_id, _) = services
+            .rooms
+            .create_room(
+                &alice,
+                RoomVersionId::V12,
+                json!({ "room_version": "12" }),
+                vec![NewEvent::state(TimelineEventType::RoomMember, alice.as_str(), json!({ "membership": "join" }))],
+            )
+            .unwrap();
+        let message = services
+            .rooms
+            .append(&room_id, &alice, NewEvent::message("m.room.message", json!({ "body": "secret" })))
+            .unwrap();
+        let original = message.canonical_object();
+
+        let (event_id, kept) = services.federation.verify_pdu(&RoomVersionId::V12, original.clone()).await.unwrap();
+        assert_eq!(event_id, message.event_id, "the event id is recomputed from the content");
+        assert_eq!(kept, original);
+
+        let mut tampered = original.clone();
+        tampered.insert("content".into(), CanonicalJsonValue::Object([("body".to_owned(), "forged".into())].into()));
+        let (_, kept) = services.federation.verify_pdu(&RoomVersionId::V12, tampered).await.unwrap();
+        assert_eq!(
+            kept.get("content"),
+            Some(&CanonicalJsonValue::Object(Default::default())),
+            "a hash mismatch is redacted"
+        );
+
+        let mut forged = original.clone();
+        forged.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(1u32.into()));
+        assert!(
+            services.federation.verify_pdu(&RoomVersionId::V12, forged).await.is_err(),
+            "a broken signature is refused"
+        );
+
+        let mut malformed = original;
+        let too_many: Vec<CanonicalJsonValue> =
+            (0..21).map(|i| CanonicalJsonValue::String(format!("$event{i}"))).collect();
+        malformed.insert("prev_events".into(), CanonicalJsonValue::Array(too_many));
+        assert!(
+            services.federation.verify_pdu(&RoomVersionId::V12, malformed).await.is_err(),
+            "a malformed PDU is refused"
+        );
+    }
 }

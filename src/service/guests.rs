@@ -115,11 +115,13 @@ pub struct Redeemed {
 pub struct Guests {
     /// Serialises link use counting and room ending.
     lock: Mutex<()>,
+    /// When the accounts were last checked against the temporary TTL.
+    ttl_checked_at: Mutex<u64>,
 }
 
 impl Default for Guests {
     fn default() -> Self {
-        Self { lock: Mutex::new(()) }
+        Self { lock: Mutex::new(()), ttl_checked_at: Mutex::new(0) }
     }
 }
 
@@ -641,7 +643,16 @@ pub fn run_due(s: &Services) -> Result<()> {
             save_room(s, &GuestRoom { purged: true, ..record })?;
         }
     }
+    // Reading every account is not for every tick: a quarter of the TTL is
+    // precise enough (between 1 s and 1 min).
     let ttl = s.settings.raw.guests.temporary_ttl.as_millis() as u64;
+    {
+        let mut checked_at = s.guests.ttl_checked_at.lock().expect("ttl clock poisoned");
+        if now < *checked_at + (ttl / 4).clamp(1_000, 60_000) {
+            return Ok(());
+        }
+        *checked_at = now;
+    }
     for (user_id, user) in s.users.all()? {
         if user.kind == AccountKind::Temporary && !user.deactivated && user.created_at + ttl <= now {
             crate::service::accounts::deactivate(s, &user_id)?;

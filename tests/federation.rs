@@ -208,3 +208,56 @@ async fn signed_requests_between_two_servers_and_forgeries_refused() {
     assert_eq!((status, body["errcode"].as_str()), (502, Some("DEV.PORCH.SERVER_UNREACHABLE")), "{body}");
     assert!(body["error"].as_str().unwrap().contains(&format!("localhost:{closed}")));
 }
+
+/// A porch running inside the test, so the test can send signed requests
+/// with its key, as a server would.
+async fn in_process_server() -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut config = porch::config::Config::default();
+    config.server_name = format!("localhost:{port}");
+    config.listen.client = "127.0.0.1:0".into();
+    config.listen.federation = format!("127.0.0.1:{port}");
+    config.database.path = dir.path().join("db");
+    config.federation.verify_certificates = false;
+    let services = porch::service::Services::open(config.validate().unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(porch::serve_on(services.clone(), listener, std::future::pending()));
+    // The federation listener is up once its port answers.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (services, format!("localhost:{port}"), dir)
+}
+
+#[tokio::test]
+async fn device_lists_of_users_on_another_server() {
+    use ruma::api::federation::device::get_devices;
+    let (a, _a_name, _dir) = in_process_server().await;
+    let (b, b_name) = federating_server().await;
+    let bob = b.register("bob").await;
+    b.put(
+        &format!("/_matrix/client/v3/devices/{}", bob.device_id),
+        Some(&bob.token),
+        serde_json::json!({ "display_name": "Bob's laptop" }),
+    )
+    .await;
+    let device_keys = serde_json::json!({
+        "user_id": bob.user_id, "device_id": bob.device_id, "algorithms": [],
+        "keys": { format!("ed25519:{}", bob.device_id): "bob-ed" }, "signatures": {}
+    });
+    b.post("/_matrix/client/v3/keys/upload", Some(&bob.token), serde_json::json!({ "device_keys": device_keys })).await;
+    let server = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
+    let bob_id = ruma::OwnedUserId::try_from(bob.user_id.as_str()).unwrap();
+    let answer = a.federation.send(&server, get_devices::v1::Request::new(bob_id.clone())).await.unwrap();
+    assert_eq!(answer.user_id, bob_id);
+    assert_eq!(answer.devices.len(), 1);
+    assert_eq!(answer.devices[0].device_display_name.as_deref(), Some("Bob's laptop"));
+    assert!(u64::from(answer.stream_id) > 0, "the stream id moves with key changes");
+    let nobody = ruma::OwnedUserId::try_from(format!("@nobody:{b_name}")).unwrap();
+    let err = a.federation.send(&server, get_devices::v1::Request::new(nobody)).await.unwrap_err();
+    assert_eq!((err.status.as_u16(), err.errcode.as_ref()), (404, "M_NOT_FOUND"));
+}

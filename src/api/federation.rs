@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use ruma::{
     CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerSigningKeyId,
     api::federation::{
+        device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
         keys::get_keys,
@@ -30,7 +31,30 @@ pub fn register(r: &mut Routes) {
         .ruma::<get_room_information::v1::Request, _, _>(room_by_alias)
         .ruma::<get_public_rooms::v1::Request, _, _>(public_rooms)
         .ruma::<get_public_rooms_filtered::v1::Request, _, _>(public_rooms_filtered)
-        .ruma::<get_keys::v1::Request, _, _>(user_keys);
+        .ruma::<get_keys::v1::Request, _, _>(user_keys)
+        .ruma::<get_devices::v1::Request, _, _>(user_devices);
+}
+
+/// A local user's devices with their keys, for other servers' device lists.
+async fn user_devices(state: AppState, req: Ruma<get_devices::v1::Request>) -> Result<get_devices::v1::Response> {
+    crate::api::blocking(&state, move |s| {
+        let user_id = &req.body.user_id;
+        if !s.users.is_local(user_id) || s.users.get(user_id)?.is_none() {
+            return Err(Error::not_found("No such user on this server."));
+        }
+        let keys = crate::service::keys::published_keys(s, user_id, &[], false)?;
+        let stream_id = ruma::UInt::new_saturating(s.keys.changed_at(user_id)?);
+        let mut response = get_devices::v1::Response::new(user_id.clone(), stream_id);
+        for (device_id, device_keys) in keys.devices {
+            let mut device = get_devices::v1::UserDevice::new(device_id.clone(), device_keys);
+            device.device_display_name = s.users.device(user_id, device_id.as_str())?.and_then(|d| d.display_name);
+            response.devices.push(device);
+        }
+        response.master_key = keys.master;
+        response.self_signing_key = keys.self_signing;
+        Ok(response)
+    })
+    .await
 }
 
 /// Device and cross-signing keys of this server's users, for other servers.

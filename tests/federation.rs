@@ -214,8 +214,7 @@ async fn signed_requests_between_two_servers_and_forgeries_refused() {
 async fn in_process_server() -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut config = porch::config::Config::default();
-    config.server_name = format!("localhost:{port}");
+    let mut config = porch::config::Config { server_name: format!("localhost:{port}"), ..Default::default() };
     config.listen.client = "127.0.0.1:0".into();
     config.listen.federation = format!("127.0.0.1:{port}");
     config.database.path = dir.path().join("db");

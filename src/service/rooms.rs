@@ -480,48 +480,8 @@ impl<'a> Txn<'a> {
     /// it against the auth rules. Nothing is written.
     fn build(&self, sender: &UserId, event: NewEvent) -> Result<(Arc<Pdu>, Option<TxnRef>)> {
         let is_create = event.kind == TimelineEventType::RoomCreate;
-        let content = to_canonical(event.content).map_err(Error::bad_json)?;
-        let content_raw = RawJsonValue::from_string(serde_json::to_string(&content)?)?;
-        let auth_types = state_res::auth_types_for_event(
-            &event.kind,
-            sender,
-            event.state_key.as_deref(),
-            &content_raw,
-            &self.rules.authorization,
-        )
-        .map_err(|e| Error::bad_json(format!("The event content is not valid: {e}")))?;
-        let mut auth_events: Vec<OwnedEventId> = Vec::new();
-        for (kind, state_key) in auth_types {
-            if let Some(id) = self.state.get(&(kind.to_string(), state_key)) {
-                auth_events.push(id.clone());
-            }
-        }
-        let depth = self.record.depth + 1;
-        let mut object = CanonicalJsonObject::new();
-        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
-        let ids =
-            |list: &[OwnedEventId]| CanonicalJsonValue::Array(list.iter().map(|id| string(id.as_str())).collect());
-        object.insert("type".into(), string(&event.kind.to_string()));
-        object.insert("content".into(), CanonicalJsonValue::Object(content));
-        object.insert("sender".into(), string(sender.as_str()));
-        object.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()),
-        );
-        object.insert("depth".into(), CanonicalJsonValue::Integer((depth as u32).into()));
-        object.insert("prev_events".into(), ids(&self.record.extremities));
-        object.insert("auth_events".into(), ids(&auth_events));
-        if !(is_create && self.rules.authorization.room_create_event_id_as_room_id) {
-            object.insert("room_id".into(), string(self.room_id.as_str()));
-        }
-        if let Some(state_key) = &event.state_key {
-            object.insert("state_key".into(), string(state_key));
-        }
-        if let Some(redacts) = &event.redacts
-            && !self.rules.redaction.keep_room_redaction_redacts
-        {
-            object.insert("redacts".into(), string(redacts.as_str()));
-        }
+        let txn = event.txn.clone();
+        let mut object = self.template(sender, event)?;
         ruma::signatures::hash_and_sign_event(
             self.rooms.server_name.as_str(),
             &self.rooms.signing.key_pair,
@@ -565,7 +525,57 @@ impl<'a> Txn<'a> {
         if let Some(target) = &pdu.redacts {
             self.check_redaction(sender, target)?;
         }
-        Ok((Arc::new(pdu), event.txn))
+        Ok((Arc::new(pdu), txn))
+    }
+
+    /// The unsigned event object for `event` on top of the working state:
+    /// auth events, prev events, depth, time. `build` signs it; for a remote
+    /// user's join it is the `make_join` template their server signs.
+    fn template(&self, sender: &UserId, event: NewEvent) -> Result<CanonicalJsonObject> {
+        let is_create = event.kind == TimelineEventType::RoomCreate;
+        let content = to_canonical(event.content).map_err(Error::bad_json)?;
+        let content_raw = RawJsonValue::from_string(serde_json::to_string(&content)?)?;
+        let auth_types = state_res::auth_types_for_event(
+            &event.kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            &self.rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("The event content is not valid: {e}")))?;
+        let mut auth_events: Vec<OwnedEventId> = Vec::new();
+        for (kind, state_key) in auth_types {
+            if let Some(id) = self.state.get(&(kind.to_string(), state_key)) {
+                auth_events.push(id.clone());
+            }
+        }
+        let depth = self.record.depth + 1;
+        let mut object = CanonicalJsonObject::new();
+        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        let ids =
+            |list: &[OwnedEventId]| CanonicalJsonValue::Array(list.iter().map(|id| string(id.as_str())).collect());
+        object.insert("type".into(), string(&event.kind.to_string()));
+        object.insert("content".into(), CanonicalJsonValue::Object(content));
+        object.insert("sender".into(), string(sender.as_str()));
+        object.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()),
+        );
+        object.insert("depth".into(), CanonicalJsonValue::Integer((depth as u32).into()));
+        object.insert("prev_events".into(), ids(&self.record.extremities));
+        object.insert("auth_events".into(), ids(&auth_events));
+        if !(is_create && self.rules.authorization.room_create_event_id_as_room_id) {
+            object.insert("room_id".into(), string(self.room_id.as_str()));
+        }
+        if let Some(state_key) = &event.state_key {
+            object.insert("state_key".into(), string(state_key));
+        }
+        if let Some(redacts) = &event.redacts
+            && !self.rules.redaction.keep_room_redaction_redacts
+        {
+            object.insert("redacts".into(), string(redacts.as_str()));
+        }
+        Ok(object)
     }
 
     /// From room version 3 the auth rules leave redactions to the server: a

@@ -87,11 +87,14 @@ pub struct Federation {
     pub verify_certificates: bool,
     /// A PEM CA certificate to trust besides the system's (e.g. a lab CA).
     pub trusted_ca: String,
+    /// The longest wait between retries to a server that does not answer.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_interval: Duration,
 }
 
 impl Default for Federation {
     fn default() -> Self {
-        Self { verify_certificates: true, trusted_ca: String::new() }
+        Self { verify_certificates: true, trusted_ca: String::new(), max_retry_interval: Duration::from_secs(600) }
     }
 }
 

@@ -68,6 +68,27 @@ pub struct PduMeta {
     pub redacted_because: Option<Box<RawJsonValue>>,
 }
 
+impl PduMeta {
+    /// An event stored without a place in the timeline or known state.
+    pub fn outlier(room_id: OwnedRoomId) -> Self {
+        Self {
+            room_id,
+            count: 0,
+            state_before: 0,
+            state_after: 0,
+            txn: None,
+            replaces_state: None,
+            prev_content: None,
+            redacted_because: None,
+        }
+    }
+
+    /// Stream positions start at 1: position 0 marks an outlier.
+    pub fn is_outlier(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// The device and transaction id a local client sent an event with.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TxnRef {

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Options, TestServer};
+use common::{Options, TestServer, federating_server, free_port};
 use ruma::{CanonicalJsonValue, serde::Base64, signatures::PublicKeyMap};
 use serde_json::Value;
 
@@ -64,27 +64,6 @@ async fn server_keys_are_published_over_tls_and_verify() {
     assert_eq!(keys_again["verify_keys"], keys["verify_keys"]);
     assert_eq!(std::fs::read(dir.join("db/tls/self-signed.crt")).unwrap(), cert);
     drop(s);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A porch whose server name is `localhost:PORT`, PORT being its TLS
-/// federation listener, as the spec's discovery resolves it.
-async fn federating_server() -> (TestServer, String) {
-    let port = free_port();
-    let name = format!("localhost:{port}");
-    let server = TestServer::start_with(Options {
-        env: vec![
-            ("PORCH_SERVER_NAME".into(), name.clone()),
-            ("PORCH_LISTEN__FEDERATION".into(), format!("127.0.0.1:{port}")),
-            // Both servers use self-signed certificates: the labs-only switch.
-            ("PORCH_FEDERATION__VERIFY_CERTIFICATES".into(), "false".into()),
-        ],
-    })
-    .await;
-    (server, name)
 }
 
 #[tokio::test]

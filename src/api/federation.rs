@@ -1,24 +1,29 @@
-//! The server-server API served on the TLS listener. So far: the server's
-//! published signing keys and its version; the rest of federation is next.
+//! The server-server API served on the TLS listener: keys, transactions,
+//! joins, events and state of rooms, directory, profiles and device keys.
+//! Handlers are thin; the logic is in `service::{inbound, remote_join, rooms}`.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use ruma::{
     CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerSigningKeyId,
     api::federation::{
+        backfill::get_backfill,
         device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
+        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::get_keys,
+        membership::{create_join_event, prepare_join_event},
         query::{get_profile_information, get_room_information},
+        transactions::send_transaction_message,
     },
     serde::{Base64, Raw},
 };
 
 use crate::{
-    api::{AppState, Routes, Ruma},
+    api::{AppState, Routes, Ruma, blocking},
     error::{Error, Result},
-    service::directory,
+    service::{acl, directory, inbound, remote_join},
 };
 
 /// How long other servers may cache our keys.
@@ -32,7 +37,150 @@ pub fn register(r: &mut Routes) {
         .ruma::<get_public_rooms::v1::Request, _, _>(public_rooms)
         .ruma::<get_public_rooms_filtered::v1::Request, _, _>(public_rooms_filtered)
         .ruma::<get_keys::v1::Request, _, _>(user_keys)
-        .ruma::<get_devices::v1::Request, _, _>(user_devices);
+        .ruma::<get_devices::v1::Request, _, _>(user_devices)
+        .ruma::<send_transaction_message::v1::Request, _, _>(send_transaction)
+        .ruma::<prepare_join_event::v1::Request, _, _>(make_join)
+        .ruma::<create_join_event::v2::Request, _, _>(send_join)
+        .ruma::<get_event::v1::Request, _, _>(event)
+        .ruma::<get_room_state_ids::v1::Request, _, _>(state_ids)
+        .ruma::<get_room_state::v1::Request, _, _>(room_state)
+        .ruma::<get_missing_events::v1::Request, _, _>(missing_events)
+        .ruma::<get_backfill::v1::Request, _, _>(backfill);
+}
+
+/// `/send`: PDUs and EDUs from another server.
+async fn send_transaction(
+    state: AppState,
+    req: Ruma<send_transaction_message::v1::Request>,
+) -> Result<send_transaction_message::v1::Response> {
+    let origin = req.origin();
+    if req.body.origin != *origin {
+        return Err(Error::forbidden("The transaction's origin is not the server that signed it."));
+    }
+    if req.body.pdus.len() > 50 || req.body.edus.len() > 100 {
+        return Err(Error::bad_json("A transaction carries at most 50 PDUs and 100 EDUs."));
+    }
+    let edus: Vec<serde_json::Value> =
+        req.body.edus.iter().filter_map(|edu| serde_json::from_str(edu.json().get()).ok()).collect();
+    let results = inbound::transaction(&state, origin, &req.body.pdus, &edus).await;
+    Ok(send_transaction_message::v1::Response::new(results))
+}
+
+async fn make_join(
+    state: AppState,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> Result<prepare_join_event::v1::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        let (version, template) = remote_join::make_join(s, req.origin(), &body.room_id, &body.user_id, &body.ver)?;
+        let event = serde_json::value::to_raw_value(&template)?;
+        let mut response = prepare_join_event::v1::Response::new(event);
+        response.room_version = Some(version);
+        Ok(response)
+    })
+    .await
+}
+
+async fn send_join(
+    state: AppState,
+    req: Ruma<create_join_event::v2::Request>,
+) -> Result<create_join_event::v2::Response> {
+    let body = &req.body;
+    let room_state = remote_join::send_join(&state, req.origin(), &body.room_id, &body.event_id, &body.pdu).await?;
+    Ok(create_join_event::v2::Response::new(room_state))
+}
+
+fn now() -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch::now()
+}
+
+/// One event, for a server with a user in its room.
+async fn event(state: AppState, req: Ruma<get_event::v1::Request>) -> Result<get_event::v1::Response> {
+    blocking(&state, move |s| {
+        let (pdu, meta) = s.rooms.get_pdu(&req.body.event_id)?.ok_or_else(|| Error::not_found("No such event."))?;
+        acl::check_participant(s, &meta.room_id, req.origin())?;
+        Ok(get_event::v1::Response::new(s.settings.server_name.clone(), now(), pdu.json.clone()))
+    })
+    .await
+}
+
+/// The state before an event (ids, or events), with its auth chain.
+fn state_at_event(
+    s: &crate::service::Services,
+    origin: &ruma::ServerName,
+    room_id: &ruma::RoomId,
+    event_id: &ruma::EventId,
+) -> Result<(Vec<ruma::OwnedEventId>, Vec<ruma::OwnedEventId>)> {
+    acl::check_participant(s, room_id, origin)?;
+    let (_, meta) = s.rooms.get_pdu(event_id)?.ok_or_else(|| Error::not_found("No such event."))?;
+    if meta.room_id != room_id || meta.is_outlier() {
+        return Err(Error::not_found("This server does not know the state at that event."));
+    }
+    let state = s.rooms.state_at(meta.state_before)?;
+    let ids: Vec<ruma::OwnedEventId> = state.values().cloned().collect();
+    let chain = s.rooms.auth_chain(ids.iter().cloned())?;
+    let chain: Vec<ruma::OwnedEventId> = chain.into_iter().filter(|id| !state.values().any(|v| v == id)).collect();
+    Ok((ids, chain))
+}
+
+async fn state_ids(
+    state: AppState,
+    req: Ruma<get_room_state_ids::v1::Request>,
+) -> Result<get_room_state_ids::v1::Response> {
+    blocking(&state, move |s| {
+        let (ids, chain) = state_at_event(s, req.origin(), &req.body.room_id, &req.body.event_id)?;
+        Ok(get_room_state_ids::v1::Response::new(chain, ids))
+    })
+    .await
+}
+
+async fn room_state(state: AppState, req: Ruma<get_room_state::v1::Request>) -> Result<get_room_state::v1::Response> {
+    blocking(&state, move |s| {
+        let (ids, chain) = state_at_event(s, req.origin(), &req.body.room_id, &req.body.event_id)?;
+        let load = |ids: Vec<ruma::OwnedEventId>| -> Result<Vec<Box<serde_json::value::RawValue>>> {
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some((pdu, _)) = s.rooms.get_pdu(&id)? {
+                    out.push(pdu.json.clone());
+                }
+            }
+            Ok(out)
+        };
+        Ok(get_room_state::v1::Response::new(load(chain)?, load(ids)?))
+    })
+    .await
+}
+
+async fn missing_events(
+    state: AppState,
+    req: Ruma<get_missing_events::v1::Request>,
+) -> Result<get_missing_events::v1::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        acl::check_participant(s, &body.room_id, req.origin())?;
+        let limit = u64::from(body.limit).min(100) as usize;
+        let events = s.rooms.missing_events(&body.room_id, &body.earliest_events, &body.latest_events, limit)?;
+        let min_depth = body.min_depth;
+        Ok(get_missing_events::v1::Response::new(
+            events.into_iter().filter(|p| p.depth >= min_depth).map(|p| p.json.clone()).collect(),
+        ))
+    })
+    .await
+}
+
+async fn backfill(state: AppState, req: Ruma<get_backfill::v1::Request>) -> Result<get_backfill::v1::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        acl::check_participant(s, &body.room_id, req.origin())?;
+        let limit = u64::from(body.limit).min(100) as usize;
+        let events = s.rooms.events_before(&body.room_id, &body.v, limit)?;
+        Ok(get_backfill::v1::Response::new(
+            s.settings.server_name.clone(),
+            now(),
+            events.into_iter().map(|p| p.json.clone()).collect(),
+        ))
+    })
+    .await
 }
 
 /// A local user's devices with their keys, for other servers' device lists.

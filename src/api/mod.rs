@@ -49,6 +49,11 @@ pub struct Ruma<T> {
 }
 
 impl<T> Ruma<T> {
+    /// The server that signed a request to an endpoint with server-signature auth.
+    pub fn origin(&self) -> &ruma::ServerName {
+        self.origin.as_deref().expect("the extractor verifies the origin of federation endpoints")
+    }
+
     /// The session of an endpoint that requires an access token.
     pub fn session(&self) -> &Session {
         self.session.as_ref().expect("the extractor enforces a session for authenticated endpoints")
@@ -160,8 +165,7 @@ where
     F: FnOnce(&Services) -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let services = state.clone();
-    tokio::task::spawn_blocking(move || f(&services)).await.map_err(Error::internal)?
+    crate::service::blocking(state, f).await
 }
 
 /// A ruma response as an axum response.

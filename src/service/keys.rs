@@ -51,6 +51,14 @@ impl Keys {
         batch.put(Cf::KeyChanges, user_id.as_bytes(), &count.to_be_bytes());
     }
 
+    /// Another server told us a user's keys changed: our clients re-query them.
+    pub fn mark_remote_changed(&self, user_id: &UserId) -> Result<()> {
+        let mut batch = self.db.batch();
+        Self::mark_changed(&mut batch, user_id);
+        batch.commit()?;
+        Ok(())
+    }
+
     pub fn changed_at(&self, user_id: &UserId) -> Result<u64> {
         Ok(self.db.get(Cf::KeyChanges, user_id.as_bytes())?.map(|v| u64_from_be(&v)).unwrap_or(0))
     }

@@ -64,31 +64,10 @@ pub fn join(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Opt
     }
     let state = services.rooms.state_at(record.current_state)?;
     let mut content = member_content(services, user_id, MembershipState::Join, reason)?;
-    let join_rule = services
-        .rooms
-        .state_content(&state, "m.room.join_rules", "")?
-        .and_then(|c| c.get("join_rule").and_then(|j| j.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| "invite".to_owned());
+    let join_rule = join_rule(services, &state)?;
     let invited = current == Some(MembershipState::Invite);
     if matches!(join_rule.as_str(), "restricted" | "knock_restricted") && !invited {
-        let allowed = allowed_by_membership(services, &state, user_id)?;
-        if !allowed {
-            return Err(Error::forbidden("You need an invite, or membership of a room this room allows, to join."));
-        }
-        let power_levels = services.rooms.power_levels(&record.version, &state)?;
-        let authoriser = services
-            .rooms
-            .joined_members(room_id)?
-            .into_iter()
-            .filter(|member| services.users.is_local(member))
-            .find(|member| power_levels.user_can_invite(member))
-            .ok_or_else(|| {
-                Error::new(
-                    http::StatusCode::BAD_REQUEST,
-                    "M_UNABLE_TO_GRANT_JOIN",
-                    "No member of this server may invite you to the room, so the join cannot be authorised.",
-                )
-            })?;
+        let authoriser = restricted_authoriser(services, room_id, &record.version, &state, user_id)?;
         content.insert("join_authorised_via_users_server".into(), json!(authoriser));
     }
     let pdu = services.rooms.append(room_id, user_id, member_event(user_id, content))?;
@@ -107,6 +86,43 @@ pub fn join_authorised(
     content.insert("join_authorised_via_users_server".into(), json!(authoriser));
     let pdu = services.rooms.append(room_id, user_id, member_event(user_id, content))?;
     Ok(pdu.event_id.clone())
+}
+
+/// The join rule of a room state (`invite` when unset).
+pub fn join_rule(services: &Services, state: &crate::pdu::StateMap) -> Result<String> {
+    Ok(services
+        .rooms
+        .state_content(state, "m.room.join_rules", "")?
+        .and_then(|c| c.get("join_rule").and_then(|j| j.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "invite".to_owned()))
+}
+
+/// For a restricted join without an invite: the local member who vouches
+/// for it (one who may invite), once the user is seen in an allowed room.
+pub fn restricted_authoriser(
+    services: &Services,
+    room_id: &RoomId,
+    version: &ruma::RoomVersionId,
+    state: &crate::pdu::StateMap,
+    user_id: &UserId,
+) -> Result<OwnedUserId> {
+    if !allowed_by_membership(services, state, user_id)? {
+        return Err(Error::forbidden("You need an invite, or membership of a room this room allows, to join."));
+    }
+    let power_levels = services.rooms.power_levels(version, state)?;
+    services
+        .rooms
+        .joined_members(room_id)?
+        .into_iter()
+        .filter(|member| services.users.is_local(member))
+        .find(|member| power_levels.user_can_invite(member))
+        .ok_or_else(|| {
+            Error::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNABLE_TO_GRANT_JOIN",
+                "No member of this server may invite you to the room, so the join cannot be authorised.",
+            )
+        })
 }
 
 /// Whether the user is joined to a room named in the join rule's `allow` list.

@@ -3,18 +3,22 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod acl;
 pub mod create_room;
 pub mod directory;
 pub mod ephemeral;
 pub mod federation;
 pub mod guests;
 pub mod history;
+pub mod inbound;
 pub mod keys;
 pub mod media;
 pub mod membership;
+pub mod outbound;
 pub mod push;
 pub mod ratelimit;
 pub mod registration;
+pub mod remote_join;
 pub mod rooms;
 pub mod sync;
 pub mod uiaa;
@@ -35,6 +39,8 @@ pub struct Services {
     pub keys: keys::Keys,
     pub guests: guests::Guests,
     pub federation: federation::Federation,
+    pub outbox: Arc<outbound::OutboxSignal>,
+    pub inbound: inbound::Inbound,
     pub push_rules: push::RulesetCache,
     pub redeem_limiter: ratelimit::RateLimiter,
     pub ephemeral: ephemeral::Ephemeral,
@@ -62,9 +68,12 @@ impl Services {
         let signing = Arc::new(SigningKey::load_or_create(&db)?);
         let server_name = settings.server_name.clone();
         let limits = &settings.raw.rate_limits;
+        let outbox = Arc::new(outbound::OutboxSignal::default());
         Ok(Arc::new(Self {
             users: users::Users::new(db.clone(), server_name.clone()),
-            rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone()),
+            rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone(), outbox.clone()),
+            outbox,
+            inbound: inbound::Inbound::default(),
             account_data: account_data::AccountData::new(db.clone()),
             keys: keys::Keys::new(db.clone()),
             guests: guests::Guests::default(),
@@ -95,4 +104,14 @@ impl Services {
     pub fn server_name(&self) -> &ruma::ServerName {
         &self.settings.server_name
     }
+}
+
+/// Run storage work off the async executor.
+pub async fn blocking<F, T>(services: &Arc<Services>, f: F) -> crate::error::Result<T>
+where
+    F: FnOnce(&Services) -> crate::error::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let services = services.clone();
+    tokio::task::spawn_blocking(move || f(&services)).await.map_err(crate::error::Error::internal)?
 }

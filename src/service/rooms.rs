@@ -4,8 +4,10 @@
 //! Every append for one room happens under that room's lock, in a blocking
 //! context (callers use `spawn_blocking`), and lands in one write batch.
 
+mod remote;
+
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -25,9 +27,11 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue as RawJsonValue};
 
+pub use self::remote::Placed;
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, PduMeta, StateMap, StoredPdu, TxnRef, to_canonical},
+    service::outbound::{self, OutboxItem, OutboxSignal},
     signing::SigningKey,
     storage::{Batch, Cf, Db, decode, key, prefix, u64_from_be},
 };
@@ -89,14 +93,19 @@ pub struct Rooms {
     locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     pdu_cache: Mutex<HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>>,
     state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+    /// Per room, the other servers with joined members: where our events go.
+    servers: Mutex<HashMap<OwnedRoomId, Arc<BTreeSet<OwnedServerName>>>>,
+    outbox: Arc<OutboxSignal>,
 }
 
 impl Rooms {
-    pub fn new(db: Arc<Db>, server_name: OwnedServerName, signing: Arc<SigningKey>) -> Self {
+    pub fn new(db: Arc<Db>, server_name: OwnedServerName, signing: Arc<SigningKey>, outbox: Arc<OutboxSignal>) -> Self {
         Self {
             db,
             server_name,
             signing,
+            servers: Mutex::new(HashMap::new()),
+            outbox,
             locks: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(HashMap::new()),
@@ -444,6 +453,12 @@ struct Txn<'a> {
     redacted: Vec<OwnedEventId>,
     /// Local users' membership records written by this txn.
     membership_updates: HashMap<OwnedUserId, MembershipRecord>,
+    /// Chain depths of the snapshots this txn wrote.
+    snapshot_depths: HashMap<u64, u32>,
+    /// Events to send to the room's other servers.
+    outgoing: Vec<Arc<Pdu>>,
+    /// Whether a member event was staged (the server list may change).
+    members_changed: bool,
 }
 
 impl<'a> Txn<'a> {
@@ -466,6 +481,9 @@ impl<'a> Txn<'a> {
             pending: HashMap::new(),
             redacted: Vec::new(),
             membership_updates: HashMap::new(),
+            snapshot_depths: HashMap::new(),
+            outgoing: Vec::new(),
+            members_changed: false,
         }
     }
 
@@ -643,6 +661,7 @@ impl<'a> Txn<'a> {
 
             if pdu.kind == TimelineEventType::RoomMember {
                 self.index_membership(&pdu, state_key, count)?;
+                self.members_changed = true;
             }
         }
         if pdu.kind == TimelineEventType::RoomRedaction
@@ -667,6 +686,7 @@ impl<'a> Txn<'a> {
         self.record.depth += 1;
         self.record.last_count = count;
         self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta));
+        self.outgoing.push(pdu.clone());
         Ok(pdu)
     }
 
@@ -723,9 +743,27 @@ impl<'a> Txn<'a> {
     }
 
     fn commit(self) -> Result<()> {
-        let Txn { rooms, mut batch, room_id, record, pending, redacted, .. } = self;
+        let Txn { rooms, mut batch, room_id, record, pending, redacted, outgoing, members_changed, .. } = self;
         batch.put_json(Cf::Rooms, room_id.as_bytes(), &record);
+        // Our events go to every server in the room before the change (a
+        // kicked server hears of its kick), in the same batch as the event.
+        let mut woken = BTreeSet::new();
+        if !outgoing.is_empty() {
+            let servers = rooms.remote_servers(&room_id)?;
+            for pdu in &outgoing {
+                let destinations: BTreeSet<OwnedServerName> =
+                    servers.iter().filter(|s| **s != pdu.sender.server_name()).cloned().collect();
+                outbound::queue(&mut batch, &destinations, &OutboxItem::Pdu(pdu.event_id.clone()));
+                woken.extend(destinations);
+            }
+        }
         batch.commit_durable()?;
+        if members_changed {
+            rooms.servers.lock().expect("server cache poisoned").remove(&room_id);
+        }
+        for server in &woken {
+            rooms.outbox.wake(server);
+        }
         // After the write: a reader racing the commit may have cached the
         // unredacted copy, so redaction targets are evicted only now.
         let mut cache = rooms.pdu_cache.lock().expect("pdu cache poisoned");

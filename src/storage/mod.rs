@@ -52,10 +52,12 @@ pub enum Cf {
     GuestLinks,
     LinkTokens,
     ServerKeys,
+    Outbox,
+    RemoteInvites,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 30] = [
+    pub const ALL: [Cf; 32] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -86,6 +88,8 @@ impl Cf {
         Cf::GuestLinks,
         Cf::LinkTokens,
         Cf::ServerKeys,
+        Cf::Outbox,
+        Cf::RemoteInvites,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +124,8 @@ impl Cf {
             Cf::GuestLinks => "guest_links",
             Cf::LinkTokens => "link_tokens",
             Cf::ServerKeys => "server_keys",
+            Cf::Outbox => "outbox",
+            Cf::RemoteInvites => "remote_invites",
         }
     }
 }

@@ -44,7 +44,8 @@ impl TestServer {
     /// Start (again) on an existing database folder.
     pub fn launch(dir: &Path, options: &Options) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_porch"));
-        cmd.env("PORCH_SERVER_NAME", "porch.test")
+        cmd.env_remove("PORCH_TEST_LOG")
+            .env("PORCH_SERVER_NAME", "porch.test")
             .env("PORCH_LISTEN__CLIENT", "127.0.0.1:0")
             .env("PORCH_DATABASE__PATH", dir.join("db"))
             .env("PORCH_REGISTRATION__SHARED_SECRET", "test-secret")
@@ -269,4 +270,51 @@ pub fn uuid_like() -> String {
 /// Timeline events of a room in a sync response.
 pub fn timeline<'a>(sync: &'a Value, room_id: &str) -> Vec<&'a Value> {
     sync["rooms"]["join"][room_id]["timeline"]["events"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Settings of a porch whose server name is `localhost:PORT`, PORT being its
+/// TLS federation listener, as the spec's discovery resolves it.
+pub fn federating_options(port: u16) -> Options {
+    Options {
+        env: vec![
+            ("PORCH_SERVER_NAME".into(), format!("localhost:{port}")),
+            ("PORCH_LISTEN__FEDERATION".into(), format!("127.0.0.1:{port}")),
+            // The servers use self-signed certificates: the labs-only switch.
+            ("PORCH_FEDERATION__VERIFY_CERTIFICATES".into(), "false".into()),
+            // A restarted peer is retried within seconds.
+            ("PORCH_FEDERATION__MAX_RETRY_INTERVAL".into(), "2s".into()),
+        ],
+    }
+}
+
+pub async fn federating_server() -> (TestServer, String) {
+    let port = free_port();
+    let mut server = TestServer::start_with(federating_options(port)).await;
+    server.server_name = format!("localhost:{port}");
+    let name = server.server_name.clone();
+    (server, name)
+}
+
+/// Sync (long-polling from `since`) until `found` picks something out of a
+/// response; panics naming `what` after 30 s.
+pub async fn sync_until<T>(
+    server: &TestServer,
+    user: &User,
+    since: &mut Option<String>,
+    what: &str,
+    found: impl Fn(&Value) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = server.sync(user, since.as_deref(), 2000).await;
+        *since = body["next_batch"].as_str().map(str::to_owned);
+        if let Some(hit) = found(&body) {
+            return hit;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not arrive within 30 s");
+    }
 }

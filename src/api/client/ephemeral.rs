@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
-    service::push,
+    service::{outbound, push},
 };
 
 pub async fn typing(
@@ -35,6 +35,7 @@ pub async fn typing(
             _ => None,
         };
         s.ephemeral.set_typing(&req.body.room_id, &session.user_id, timeout.map(|t: Duration| t))?;
+        outbound::typing(s, &req.body.room_id, &session.user_id, timeout.is_some())?;
         Ok(create_typing_event::v3::Response::new())
     })
     .await
@@ -70,6 +71,7 @@ fn receipt(
         _ => {
             let event_id = event_id.to_owned();
             s.ephemeral.set_receipt(room_id, &session.user_id, kind, thread, &event_id)?;
+            outbound::receipt(s, room_id, &session.user_id, kind, thread, &event_id)?;
             push::reset_counts(s, &session.user_id, room_id)?;
         }
     }

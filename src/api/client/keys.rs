@@ -41,8 +41,12 @@ pub async fn upload(state: AppState, req: Ruma<upload_keys::v3::Request>) -> Res
             body.one_time_keys.iter().map(|(id, k)| Ok((id.to_string(), value(k)?))).collect::<Result<Vec<_>>>()?;
         let fallback =
             body.fallback_keys.iter().map(|(id, k)| Ok((id.to_string(), value(k)?))).collect::<Result<Vec<_>>>()?;
+        let changed_before = s.keys.changed_at(&session.user_id)?;
         let counts_now =
             s.keys.upload(&session.user_id, session.device_id.as_str(), device_keys, one_time, fallback)?;
+        if s.keys.changed_at(&session.user_id)? != changed_before {
+            crate::service::outbound::device_list_update(s, &session.user_id, session.device_id.as_str(), false)?;
+        }
         Ok(upload_keys::v3::Response::new(counts(counts_now)))
     })
     .await

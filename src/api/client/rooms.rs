@@ -25,6 +25,7 @@ use crate::{
         create_room::{self as room_factory, CreateRoom},
         directory, history,
         membership::{self, Moderation},
+        remote_join,
         sync::raw,
     },
 };
@@ -137,38 +138,64 @@ fn resolve(s: &Services, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
     }
 }
 
-fn join_checked(
-    s: &Services,
-    session: &crate::service::users::Session,
-    room_id: &ruma::RoomId,
-    reason: Option<&str>,
-) -> Result<()> {
-    policy::check(s, session, Action::Join { room_id })?;
-    membership::join(s, room_id, &session.user_id, reason)?;
-    Ok(())
+/// Join a room by id or alias: locally when porch holds the room, else
+/// through the servers named (`via`, the alias's, the room id's).
+async fn join_any(
+    state: &AppState,
+    session: crate::service::users::Session,
+    room: &RoomOrAliasId,
+    mut via: Vec<ruma::OwnedServerName>,
+    reason: Option<String>,
+) -> Result<OwnedRoomId> {
+    let room_id = match <&ruma::RoomId>::try_from(room) {
+        Ok(room_id) => room_id.to_owned(),
+        Err(alias) if alias.server_name() == state.settings.server_name => {
+            let alias = alias.to_owned();
+            blocking(state, move |s| {
+                directory::resolve_alias(s, &alias)?.ok_or_else(|| Error::not_found("No room has this alias."))
+            })
+            .await?
+        }
+        Err(alias) => {
+            let request = ruma::api::federation::query::get_room_information::v1::Request::new(alias.to_owned());
+            let answer = state.federation.send(alias.server_name(), request).await?;
+            via.extend(answer.servers);
+            via.push(alias.server_name().to_owned());
+            answer.room_id
+        }
+    };
+    let (checked_room, user) = (room_id.clone(), session.user_id.clone());
+    let remote = blocking(state, move |s| {
+        policy::check(s, &session, Action::Join { room_id: &checked_room })?;
+        remote_join::needs_remote_join(s, &checked_room)
+    })
+    .await?;
+    if remote {
+        remote_join::join(state, &user, &room_id, via, reason).await?;
+    } else {
+        let checked_room = room_id.clone();
+        blocking(state, move |s| membership::join(s, &checked_room, &user, reason.as_deref())).await?;
+    }
+    Ok(room_id)
 }
 
 pub async fn join_by_id(
     state: AppState,
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response> {
-    blocking(&state, move |s| {
-        join_checked(s, req.session(), &req.body.room_id, req.body.reason.as_deref())?;
-        Ok(join_room_by_id::v3::Response::new(req.body.room_id.clone()))
-    })
-    .await
+    let room = ruma::OwnedRoomOrAliasId::from(req.body.room_id.clone());
+    let room_id = join_any(&state, req.session().clone(), &room, Vec::new(), req.body.reason.clone()).await?;
+    Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
 pub async fn join_by_id_or_alias(
     state: AppState,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
-    blocking(&state, move |s| {
-        let room_id = resolve(s, &req.body.room_id_or_alias)?;
-        join_checked(s, req.session(), &room_id, req.body.reason.as_deref())?;
-        Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
-    })
-    .await
+    let body = &req.body;
+    let room_id =
+        join_any(&state, req.session().clone(), &body.room_id_or_alias, body.via.clone(), body.reason.clone()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
 pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Result<invite_user::v3::Response> {

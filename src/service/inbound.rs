@@ -1,0 +1,482 @@
+//! What other servers send us: transactions of PDUs and EDUs.
+//!
+//! Every PDU is verified (format, signatures, content hash), checked
+//! against its auth events (fetched when missing) and against the state
+//! before it (filling gaps with `get_missing_events`, then `state_ids`),
+//! and then placed by [`Rooms::append_remote`], which soft-fails what the
+//! current state forbids. One room's events are handled one at a time.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, ServerName,
+    UInt,
+    api::federation::event::{get_event, get_missing_events, get_room_state_ids},
+    events::room::member::MembershipState,
+};
+use serde_json::{Value, value::RawValue as RawJsonValue};
+
+use crate::{
+    error::{Error, Result},
+    pdu::{Pdu, StateMap},
+    service::{Services, blocking, push, rooms::Placed},
+};
+
+/// Events fetched to fill one gap at most (auth events or missing state).
+const MAX_FETCH: usize = 500;
+const MISSING_EVENTS_LIMIT: u32 = 20;
+
+#[derive(Default)]
+pub struct Inbound {
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Inbound {
+    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.room_locks.lock().expect("inbound locks poisoned").entry(room_id.to_owned()).or_default().clone()
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Handle one `/send` transaction; returns each PDU's outcome.
+pub async fn transaction(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    pdus: &[Box<RawJsonValue>],
+    edus: &[Value],
+) -> BTreeMap<OwnedEventId, std::result::Result<(), String>> {
+    let mut results = BTreeMap::new();
+    for raw in pdus {
+        if let Some((event_id, result)) = incoming_pdu(s, origin, raw).await {
+            results.insert(event_id, result);
+        }
+    }
+    for edu in edus {
+        if let Err(err) = incoming_edu(s, origin, edu).await {
+            tracing::debug!(%origin, "ignoring an EDU: {err}");
+        }
+    }
+    results
+}
+
+/// Parse a PDU of a room we know; `None` when we cannot even name it.
+async fn incoming_pdu(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    raw: &RawJsonValue,
+) -> Option<(OwnedEventId, std::result::Result<(), String>)> {
+    let Ok(object) = serde_json::from_str::<CanonicalJsonObject>(raw.get()) else {
+        tracing::info!(%origin, "ignoring a PDU that is not canonical JSON");
+        return None;
+    };
+    let Some(Ok(room_id)) = object.get("room_id").and_then(|v| v.as_str()).map(OwnedRoomId::try_from) else {
+        tracing::info!(%origin, "ignoring a PDU without a room id");
+        return None;
+    };
+    let record = {
+        let room_id = room_id.clone();
+        blocking(s, move |s| s.rooms.room(&room_id)).await.ok().flatten()
+    };
+    let Some(record) = record else {
+        tracing::info!(%origin, %room_id, "ignoring a PDU for a room this server is not in");
+        return None;
+    };
+    let rules = ruma::RoomVersionId::rules(&record.version)?;
+    let event_id = ruma::signatures::reference_hash(&object, &rules)
+        .ok()
+        .and_then(|hash| OwnedEventId::try_from(format!("${hash}")).ok())?;
+    let lock = s.inbound.room_lock(&room_id);
+    let _guard = lock.lock().await;
+    let result = match receive(s, origin, &room_id, &record.version, object, true).await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            tracing::info!(%origin, %room_id, %event_id, "refused an event: {}", err.message);
+            Err(err.message.clone())
+        }
+    };
+    Some((event_id, result))
+}
+
+/// Verify, authorise and place one PDU. `fill_gaps` allows fetching
+/// missing prev events (not done again for the events so fetched).
+pub fn receive<'a>(
+    s: &'a Arc<Services>,
+    origin: &'a ServerName,
+    room_id: &'a RoomId,
+    version: &'a RoomVersionId,
+    object: CanonicalJsonObject,
+    fill_gaps: bool,
+) -> BoxFuture<'a, Result<Placed>> {
+    Box::pin(async move {
+        let pdu = verified_pdu(s, room_id, version, object).await?;
+        {
+            let event_id = pdu.event_id.clone();
+            if blocking(s, move |s| s.rooms.has_state_for(&event_id)).await? {
+                return Ok(Placed::Known);
+            }
+        }
+        fetch_auth_events(s, origin, room_id, version, std::slice::from_ref(&pdu)).await?;
+        check_against_auth_events(s, version, &pdu).await?;
+
+        let state_before = match state_before(s, version, &pdu).await? {
+            Some(state) => state,
+            None => {
+                if fill_gaps {
+                    fetch_missing_prev_events(s, origin, room_id, version, &pdu).await;
+                }
+                match state_before(s, version, &pdu).await? {
+                    Some(state) => state,
+                    None => state_from_remote(s, origin, room_id, version, &pdu).await?,
+                }
+            }
+        };
+        {
+            let (version, pdu, state) = (version.clone(), pdu.clone(), state_before.clone());
+            blocking(s, move |s| {
+                s.rooms
+                    .check_auth(&version, &pdu, &state, &HashMap::new())
+                    .map_err(|why| Error::forbidden(format!("The event is not allowed by the state before it: {why}")))
+            })
+            .await?;
+        }
+        let room_id = room_id.to_owned();
+        blocking(s, move |s| {
+            let placed = s.rooms.append_remote(&room_id, pdu, state_before, false)?;
+            if let Placed::Timeline(pdu) = &placed {
+                push::on_event(s, pdu)?;
+            }
+            Ok(placed)
+        })
+        .await
+    })
+}
+
+/// Signature and hash checks, then parsing.
+pub async fn verified_pdu(
+    s: &Arc<Services>,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    object: CanonicalJsonObject,
+) -> Result<Arc<Pdu>> {
+    let (event_id, object) = s.federation.verify_pdu(version, object).await?;
+    let json = RawJsonValue::from_string(serde_json::to_string(&object)?)?;
+    let pdu =
+        Pdu::from_json(event_id, room_id, json).map_err(|e| Error::bad_json(format!("The event is malformed: {e}")))?;
+    if pdu.room_id != room_id {
+        return Err(Error::bad_json("The event belongs to another room."));
+    }
+    Ok(Arc::new(pdu))
+}
+
+async fn check_against_auth_events(s: &Arc<Services>, version: &RoomVersionId, pdu: &Arc<Pdu>) -> Result<()> {
+    let (version, pdu) = (version.clone(), pdu.clone());
+    blocking(s, move |s| {
+        let none = HashMap::new();
+        let state = s
+            .rooms
+            .auth_state(&version, &pdu, &none)?
+            .map_err(|missing| Error::forbidden(format!("The event's auth event {missing} could not be found.")))?;
+        s.rooms
+            .check_auth(&version, &pdu, &state, &none)
+            .map_err(|why| Error::forbidden(format!("The event is not allowed by its auth events: {why}")))
+    })
+    .await
+}
+
+async fn state_before(s: &Arc<Services>, version: &RoomVersionId, pdu: &Arc<Pdu>) -> Result<Option<StateMap>> {
+    let (version, prev) = (version.clone(), pdu.prev_events.clone());
+    blocking(s, move |s| s.rooms.state_before_event(&version, &prev)).await
+}
+
+/// Fetch the auth events we lack (recursively) from `origin`, check each
+/// against its own auth events, and store them as outliers.
+pub async fn fetch_auth_events(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    from: &[Arc<Pdu>],
+) -> Result<()> {
+    let mut wanted: Vec<OwnedEventId> = from.iter().flat_map(|p| p.auth_events.iter().cloned()).collect();
+    let mut fetched: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    let mut seen: HashSet<OwnedEventId> = HashSet::new();
+    while let Some(id) = wanted.pop() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let known = {
+            let id = id.clone();
+            blocking(s, move |s| Ok(s.rooms.get_pdu(&id)?.is_some())).await?
+        };
+        if known {
+            continue;
+        }
+        if fetched.len() >= MAX_FETCH {
+            return Err(Error::forbidden("The event's auth chain is too long to fetch."));
+        }
+        let pdu = fetch_event(s, origin, room_id, version, &id).await?;
+        wanted.extend(pdu.auth_events.iter().cloned());
+        fetched.insert(id, pdu);
+    }
+    store_authorised_outliers(s, room_id, version, fetched).await
+}
+
+/// Check fetched events against their auth events (oldest first) and store
+/// the ones that pass.
+async fn store_authorised_outliers(
+    s: &Arc<Services>,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    fetched: HashMap<OwnedEventId, Arc<Pdu>>,
+) -> Result<()> {
+    if fetched.is_empty() {
+        return Ok(());
+    }
+    let (room_id, version) = (room_id.to_owned(), version.clone());
+    blocking(s, move |s| {
+        let mut order: Vec<Arc<Pdu>> = fetched.values().cloned().collect();
+        order.sort_by_key(|p| p.depth);
+        let mut accepted = HashMap::new();
+        for pdu in order {
+            let state = match s.rooms.auth_state(&version, &pdu, &accepted)? {
+                Ok(state) => state,
+                Err(missing) => {
+                    tracing::info!(event_id = %pdu.event_id, %missing, "dropping a fetched event without its auth events");
+                    continue;
+                }
+            };
+            match s.rooms.check_auth(&version, &pdu, &state, &accepted) {
+                Ok(()) => {
+                    accepted.insert(pdu.event_id.clone(), pdu);
+                }
+                Err(why) => tracing::info!(event_id = %pdu.event_id, "dropping a fetched event: {why}"),
+            }
+        }
+        let accepted: Vec<Arc<Pdu>> = accepted.into_values().collect();
+        s.rooms.store_outliers(&room_id, &accepted)
+    })
+    .await
+}
+
+async fn fetch_event(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    event_id: &OwnedEventId,
+) -> Result<Arc<Pdu>> {
+    let response = s.federation.send(origin, get_event::v1::Request::new(event_id.clone())).await?;
+    let object: CanonicalJsonObject = serde_json::from_str(response.pdu.get())
+        .map_err(|_| Error::bad_json(format!("{origin} sent an event that is not canonical JSON")))?;
+    let pdu = verified_pdu(s, room_id, version, object).await?;
+    if pdu.event_id != *event_id {
+        return Err(Error::forbidden(format!("{origin} answered with another event than {event_id}")));
+    }
+    Ok(pdu)
+}
+
+/// Ask `origin` for the events between our forward extremities and this
+/// one, and take them in, oldest first.
+async fn fetch_missing_prev_events(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    pdu: &Arc<Pdu>,
+) {
+    let earliest = {
+        let room_id = room_id.to_owned();
+        match blocking(s, move |s| s.rooms.room(&room_id)).await {
+            Ok(Some(record)) => record.extremities,
+            _ => return,
+        }
+    };
+    let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, vec![pdu.event_id.clone()]);
+    request.limit = UInt::from(MISSING_EVENTS_LIMIT);
+    request.min_depth = UInt::from(0u32);
+    let response = match s.federation.send(origin, request).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::info!(%origin, %room_id, "get_missing_events failed: {}", err.message);
+            return;
+        }
+    };
+    let mut events: Vec<(u64, CanonicalJsonObject)> = response
+        .events
+        .iter()
+        .filter_map(|raw| serde_json::from_str::<CanonicalJsonObject>(raw.get()).ok())
+        .map(|object| {
+            let depth = match object.get("depth") {
+                Some(CanonicalJsonValue::Integer(d)) => u64::try_from(i64::from(*d)).unwrap_or(0),
+                _ => 0,
+            };
+            (depth, object)
+        })
+        .collect();
+    events.sort_by_key(|(depth, _)| *depth);
+    for (_, object) in events {
+        if let Err(err) = receive(s, origin, room_id, version, object, false).await {
+            tracing::info!(%origin, %room_id, "a missing event was refused: {}", err.message);
+        }
+    }
+}
+
+/// The state before `pdu` as `origin` tells it: for each prev event whose
+/// state we lack, its `state_ids`, with the events fetched and checked.
+async fn state_from_remote(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    pdu: &Arc<Pdu>,
+) -> Result<StateMap> {
+    let mut states = Vec::new();
+    for prev in &pdu.prev_events {
+        let known = {
+            let prev = prev.clone();
+            blocking(s, move |s| s.rooms.state_after_event(&prev)).await?
+        };
+        if let Some(state) = known {
+            states.push(state);
+            continue;
+        }
+        let request = get_room_state_ids::v1::Request::new(prev.clone(), room_id.to_owned());
+        let ids = s.federation.send(origin, request).await?;
+        if ids.pdu_ids.len() + ids.auth_chain_ids.len() > 10 * MAX_FETCH {
+            return Err(Error::forbidden(format!("{origin} sent too much state to check")));
+        }
+        let mut fetched = HashMap::new();
+        let mut wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
+        wanted.push(prev.clone());
+        for id in wanted {
+            let known = {
+                let id = id.clone();
+                blocking(s, move |s| Ok(s.rooms.get_pdu(&id)?.is_some())).await?
+            };
+            if known || fetched.contains_key(&id) {
+                continue;
+            }
+            match fetch_event(s, origin, room_id, version, &id).await {
+                Ok(event) => {
+                    fetched.insert(id, event);
+                }
+                Err(err) => tracing::info!(%origin, event_id = %id, "could not fetch a state event: {}", err.message),
+            }
+        }
+        store_authorised_outliers(s, room_id, version, fetched).await?;
+        let (pdu_ids, prev_id) = (ids.pdu_ids.clone(), prev.clone());
+        let state = blocking(s, move |s| {
+            let mut state = StateMap::new();
+            for id in pdu_ids.iter().chain(std::iter::once(&prev_id)) {
+                if let Some((event, _)) = s.rooms.get_pdu(id)?
+                    && let Some(key) = &event.state_key
+                    && (id != &prev_id || event.is_state())
+                {
+                    state.insert((event.kind.to_string(), key.clone()), id.clone());
+                }
+            }
+            Ok(state)
+        })
+        .await?;
+        states.push(Arc::new(state));
+    }
+    let version = version.clone();
+    blocking(s, move |s| s.rooms.resolve(&version, states)).await
+}
+
+/// Typing, receipts, presence, device lists and to-device messages from
+/// `origin`'s users. A user of another server than `origin` is ignored.
+async fn incoming_edu(s: &Arc<Services>, origin: &ServerName, edu: &Value) -> Result<()> {
+    let kind = edu.get("edu_type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let content = edu.get("content").cloned().unwrap_or(Value::Null);
+    let origin = origin.to_owned();
+    blocking(s, move |s| {
+        let from_origin = |user: Option<&str>| -> Option<OwnedUserId> {
+            let user = OwnedUserId::try_from(user?).ok()?;
+            (user.server_name() == origin).then_some(user)
+        };
+        match kind.as_str() {
+            "m.typing" => {
+                let user = from_origin(content.get("user_id").and_then(Value::as_str));
+                let room = content.get("room_id").and_then(Value::as_str).and_then(|r| OwnedRoomId::try_from(r).ok());
+                if let (Some(user), Some(room)) = (user, room)
+                    && s.rooms.membership(&room, &user)? == Some(MembershipState::Join)
+                {
+                    let typing = content.get("typing").and_then(Value::as_bool).unwrap_or(false);
+                    s.ephemeral.set_typing(&room, &user, typing.then_some(Duration::from_secs(30)))?;
+                }
+            }
+            "m.receipt" => {
+                for (room, by_type) in content.as_object().into_iter().flatten() {
+                    let Ok(room) = OwnedRoomId::try_from(room.as_str()) else { continue };
+                    for (receipt_type, by_user) in by_type.as_object().into_iter().flatten() {
+                        for (user, receipt) in by_user.as_object().into_iter().flatten() {
+                            let Some(user) = from_origin(Some(user)) else { continue };
+                            if s.rooms.membership(&room, &user)? != Some(MembershipState::Join) {
+                                continue;
+                            }
+                            let thread = receipt["data"]["thread_id"].as_str().unwrap_or("").to_owned();
+                            let events =
+                                receipt.get("event_ids").and_then(Value::as_array).cloned().unwrap_or_default();
+                            for event_id in events.iter().filter_map(Value::as_str) {
+                                if let Ok(event_id) = OwnedEventId::try_from(event_id) {
+                                    s.ephemeral.set_receipt(&room, &user, receipt_type, &thread, &event_id)?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            "m.presence" => {
+                for update in content.get("push").and_then(Value::as_array).into_iter().flatten() {
+                    let Some(user) = from_origin(update.get("user_id").and_then(Value::as_str)) else { continue };
+                    let Some(Ok(state)) = update
+                        .get("presence")
+                        .map(|p| serde_json::from_value::<ruma::presence::PresenceState>(p.clone()))
+                    else {
+                        continue;
+                    };
+                    let status = update.get("status_msg").and_then(Value::as_str).map(str::to_owned);
+                    s.ephemeral.set_presence(&user, state, status);
+                }
+            }
+            "m.device_list_update" | "m.signing_key_update" => {
+                if let Some(user) = from_origin(content.get("user_id").and_then(Value::as_str)) {
+                    s.keys.mark_remote_changed(&user)?;
+                }
+            }
+            "m.direct_to_device" => {
+                let Some(sender) = from_origin(content.get("sender").and_then(Value::as_str)) else { return Ok(()) };
+                let message_type = content.get("type").and_then(Value::as_str).unwrap_or_default();
+                let mut batch = s.keys.batch();
+                for (user, devices) in content.get("messages").and_then(Value::as_object).into_iter().flatten() {
+                    let Ok(user) = OwnedUserId::try_from(user.as_str()) else { continue };
+                    if !s.users.is_local(&user) {
+                        continue;
+                    }
+                    for (device, message) in devices.as_object().into_iter().flatten() {
+                        let targets: Vec<String> = if device == "*" {
+                            s.users.devices(&user)?.into_iter().map(|(d, _)| d.to_string()).collect()
+                        } else {
+                            vec![device.clone()]
+                        };
+                        for device in targets {
+                            s.keys.queue_to_device(&mut batch, &sender, &user, &device, message_type, message);
+                        }
+                    }
+                }
+                batch.commit()?;
+            }
+            _ => {}
+        }
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,568 @@
+//! Events that come from other servers: checking them against their auth
+//! events and the state before them, placing them in the room's DAG
+//! (soft-failing what the current state forbids, resolving forks with
+//! ruma's state resolution v2), storing the outliers a join brings, and
+//! the templates and state other servers need to join our rooms.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+
+use ruma::{
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+    state_res::{self, utils::event_id_set::EventIdSet},
+};
+
+use super::{NewEvent, RoomRecord, Rooms, Snapshot, Txn};
+use crate::{
+    error::{Error, Result},
+    pdu::{Pdu, PduMeta, StateMap, StoredPdu},
+    storage::{Cf, prefix},
+};
+
+/// Bounds the walks over auth chains, so a hostile DAG cannot exhaust us.
+const MAX_AUTH_CHAIN: usize = 100_000;
+
+/// Where an event from another server ended up.
+#[derive(Debug)]
+pub enum Placed {
+    /// In the timeline, with its state.
+    Timeline(Arc<Pdu>),
+    /// Allowed by the state before it but not by the room's current state:
+    /// stored, not shown, not built upon.
+    SoftFailed,
+    /// Already stored.
+    Known,
+}
+
+impl Rooms {
+    /// The other servers with members joined to the room.
+    pub fn remote_servers(&self, room_id: &RoomId) -> Result<Arc<BTreeSet<OwnedServerName>>> {
+        if let Some(hit) = self.servers.lock().expect("server cache poisoned").get(room_id) {
+            return Ok(hit.clone());
+        }
+        let servers: BTreeSet<OwnedServerName> = self
+            .joined_members(room_id)?
+            .into_iter()
+            .map(|user| user.server_name().to_owned())
+            .filter(|server| *server != self.server_name)
+            .collect();
+        let servers = Arc::new(servers);
+        self.servers.lock().expect("server cache poisoned").insert(room_id.to_owned(), servers.clone());
+        Ok(servers)
+    }
+
+    /// Whether the event is stored with its place in the DAG (not only as
+    /// an outlier, whose state we do not know).
+    pub fn has_state_for(&self, event_id: &EventId) -> Result<bool> {
+        Ok(self.get_pdu(event_id)?.is_some_and(|(_, meta)| !meta.is_outlier()))
+    }
+
+    /// The room state after an event, if we know it.
+    pub fn state_after_event(&self, event_id: &EventId) -> Result<Option<Arc<StateMap>>> {
+        match self.get_pdu(event_id)? {
+            Some((_, meta)) if !meta.is_outlier() => Ok(Some(self.state_at(meta.state_after)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The room state before an event: the states after its prev events,
+    /// resolved. `None` when one of them is unknown or an outlier.
+    pub fn state_before_event(
+        &self,
+        version: &RoomVersionId,
+        prev_events: &[OwnedEventId],
+    ) -> Result<Option<StateMap>> {
+        let mut states = Vec::new();
+        for prev in prev_events {
+            match self.state_after_event(prev)? {
+                Some(state) => states.push(state),
+                None => return Ok(None),
+            }
+        }
+        self.resolve(version, states).map(Some)
+    }
+
+    /// State resolution (v2) of several forks of the room state.
+    pub fn resolve(&self, version: &RoomVersionId, states: Vec<Arc<StateMap>>) -> Result<StateMap> {
+        let mut distinct: Vec<Arc<StateMap>> = Vec::new();
+        for state in states {
+            if !distinct.iter().any(|s| **s == *state) {
+                distinct.push(state);
+            }
+        }
+        match distinct.len() {
+            0 => return Ok(StateMap::new()),
+            1 => return Ok((*distinct[0]).clone()),
+            _ => {}
+        }
+        let rules = Self::rules(version)?;
+        let v2 = rules
+            .state_res
+            .v2_rules()
+            .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))?;
+        let maps: Vec<state_res::StateMap<OwnedEventId>> = distinct
+            .iter()
+            .map(|state| {
+                state
+                    .iter()
+                    .map(|((kind, key), id)| ((StateEventType::from(kind.as_str()), key.clone()), id.clone()))
+                    .collect()
+            })
+            .collect();
+        let mut chains = Vec::new();
+        for state in &distinct {
+            let chain = self.auth_chain(state.values().cloned())?;
+            chains.push(chain.into_iter().collect::<EventIdSet<OwnedEventId>>());
+        }
+        let fetch = |id: &EventId| self.get_pdu(id).ok().flatten().map(|(pdu, _)| pdu);
+        let resolved = state_res::resolve(&rules.authorization, v2, &maps, chains, fetch, |conflicted| {
+            let starts: Vec<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+            self.conflicted_subgraph(&starts).ok()
+        })
+        .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        Ok(resolved.into_iter().map(|((kind, key), id)| ((kind.to_string(), key), id)).collect())
+    }
+
+    /// Every event reachable through `auth_events` from `start` (inclusive).
+    pub fn auth_chain(&self, start: impl IntoIterator<Item = OwnedEventId>) -> Result<HashSet<OwnedEventId>> {
+        let mut seen = HashSet::new();
+        let mut todo: Vec<OwnedEventId> = start.into_iter().collect();
+        while let Some(id) = todo.pop() {
+            if seen.len() >= MAX_AUTH_CHAIN {
+                return Err(Error::internal("auth chain too long"));
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some((pdu, _)) = self.get_pdu(&id)? {
+                todo.extend(pdu.auth_events.iter().filter(|a| !seen.contains(*a)).cloned());
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Room v12's conflicted state subgraph: the events on auth-event paths
+    /// from one conflicted state event to another.
+    fn conflicted_subgraph(&self, conflicted: &[OwnedEventId]) -> Result<EventIdSet<OwnedEventId>> {
+        let targets: HashSet<&OwnedEventId> = conflicted.iter().collect();
+        let reachable = self.auth_chain(conflicted.iter().cloned())?;
+        // Which reachable events lead (through auth events) to a conflicted one.
+        let mut leads: HashMap<OwnedEventId, bool> = HashMap::new();
+        fn visit(
+            rooms: &Rooms,
+            id: &OwnedEventId,
+            targets: &HashSet<&OwnedEventId>,
+            leads: &mut HashMap<OwnedEventId, bool>,
+        ) -> bool {
+            if let Some(known) = leads.get(id) {
+                return *known;
+            }
+            leads.insert(id.clone(), false);
+            let mut result = false;
+            if let Ok(Some((pdu, _))) = rooms.get_pdu(id) {
+                for parent in &pdu.auth_events {
+                    if targets.contains(parent) || visit(rooms, parent, targets, leads) {
+                        result = true;
+                    }
+                }
+            }
+            leads.insert(id.clone(), result);
+            result
+        }
+        let mut out = EventIdSet::new();
+        for id in &reachable {
+            if targets.contains(id) || visit(self, id, &targets, &mut leads) {
+                out.insert(id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Check an event against the auth rules with `state` as the state
+    /// before it. `extra` holds events not stored yet.
+    pub fn check_auth(
+        &self,
+        version: &RoomVersionId,
+        pdu: &Arc<Pdu>,
+        state: &StateMap,
+        extra: &HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> std::result::Result<(), String> {
+        let rules = Self::rules(version).map_err(|e| e.to_string())?;
+        let fetch =
+            |id: &EventId| extra.get(id).cloned().or_else(|| self.get_pdu(id).ok().flatten().map(|(pdu, _)| pdu));
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch)?;
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
+            state.get(&(kind.to_string(), key.to_owned())).and_then(|id| fetch(id))
+        })
+    }
+
+    /// The state its own auth events describe, for the first auth check.
+    pub fn auth_state(
+        &self,
+        version: &RoomVersionId,
+        pdu: &Pdu,
+        extra: &HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<std::result::Result<StateMap, OwnedEventId>> {
+        let mut state = StateMap::new();
+        // From v12 the create event is named by the room id, not listed.
+        if Self::rules(version)?.authorization.room_create_event_id_as_room_id
+            && pdu.kind != TimelineEventType::RoomCreate
+            && let Ok(create) = OwnedEventId::try_from(format!("${}", &pdu.room_id.as_str()[1..]))
+        {
+            state.insert(("m.room.create".to_owned(), String::new()), create);
+        }
+        for id in &pdu.auth_events {
+            let event = match extra.get(id) {
+                Some(event) => event.clone(),
+                None => match self.get_pdu(id)? {
+                    Some((event, _)) => event,
+                    None => return Ok(Err(id.clone())),
+                },
+            };
+            if let Some(key) = &event.state_key {
+                state.insert((event.kind.to_string(), key.clone()), id.clone());
+            }
+        }
+        Ok(Ok(state))
+    }
+
+    /// Store events whose place in the DAG we do not know (auth chains,
+    /// state from a join): readable by id, not in any timeline.
+    pub fn store_outliers(&self, room_id: &RoomId, pdus: &[Arc<Pdu>]) -> Result<()> {
+        let mut batch = self.db.batch();
+        for pdu in pdus {
+            if self.get_pdu(&pdu.event_id)?.is_some() {
+                continue;
+            }
+            let meta = PduMeta::outlier(room_id.to_owned());
+            batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta, pdu: pdu.json.clone() });
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Place an event from another server, already checked against its
+    /// auth events and `state_before`: soft-fail it if the current state
+    /// forbids it, else append it and move the current state on (resolving
+    /// when it does not extend every forward extremity). `broadcast` sends
+    /// it on to the room's other servers (joins and leaves we sign off on).
+    pub fn append_remote(
+        &self,
+        room_id: &RoomId,
+        pdu: Arc<Pdu>,
+        state_before: StateMap,
+        broadcast: bool,
+    ) -> Result<Placed> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        if self.has_state_for(&pdu.event_id)? {
+            return Ok(Placed::Known);
+        }
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+        let rules = Self::rules(&record.version)?;
+        let current = (*self.state_at(record.current_state)?).clone();
+        let depth = self.snapshot_depth(record.current_state)?;
+        let version = record.version.clone();
+        let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, depth);
+        if let Err(why) = self.check_auth(&version, &pdu, &txn.state, &Default::default()) {
+            tracing::info!(%room_id, event_id = %pdu.event_id, "soft-failing an event the current state forbids: {why}");
+            txn.stage_soft_failed(&pdu, &state_before)?;
+            txn.commit()?;
+            return Ok(Placed::SoftFailed);
+        }
+        txn.stage_remote(pdu.clone(), state_before)?;
+        if broadcast {
+            txn.outgoing.push(pdu.clone());
+        }
+        txn.commit()?;
+        Ok(Placed::Timeline(pdu))
+    }
+
+    /// Create the room from the state a `send_join` answered with, then
+    /// append our user's join on top. `outliers` are the state and auth
+    /// chain, all verified and authorised by the caller.
+    pub fn import_joined_room(
+        &self,
+        room_id: &RoomId,
+        version: RoomVersionId,
+        state: StateMap,
+        outliers: &[Arc<Pdu>],
+        join: Arc<Pdu>,
+    ) -> Result<Arc<Pdu>> {
+        self.store_outliers(room_id, outliers)?;
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        let rules = Self::rules(&version)?;
+        let existing = self.room(room_id)?;
+        let depth = outliers.iter().map(|p| u64::from(p.depth)).max().unwrap_or(0);
+        let record = match existing {
+            Some(record) => record,
+            None => {
+                RoomRecord { version: version.clone(), current_state: 0, extremities: Vec::new(), depth, last_count: 0 }
+            }
+        };
+        let current = (*self.state_at(record.current_state)?).clone();
+        let snapshot_depth = self.snapshot_depth(record.current_state)?;
+        let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, snapshot_depth);
+        // The joined state replaces whatever we knew (we were not in the room).
+        let count = txn.batch.next_count();
+        txn.set_current(state.clone(), count, true)?;
+        txn.record.extremities = join.prev_events.clone();
+        txn.stage_remote(join.clone(), state)?;
+        txn.outgoing.clear();
+        txn.commit()?;
+        Ok(join)
+    }
+
+    /// The unsigned join (or leave, knock) event another server's user
+    /// signs: our current state's auth and prev events.
+    pub fn membership_template(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        content: serde_json::Value,
+    ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+        let rules = Self::rules(&record.version)?;
+        let state = (*self.state_at(record.current_state)?).clone();
+        let version = record.version.clone();
+        let txn = Txn::new(self, room_id.to_owned(), record, rules, state, 0);
+        let object = txn.template(sender, NewEvent::state(TimelineEventType::RoomMember, sender.as_str(), content))?;
+        Ok((version, object))
+    }
+
+    /// Events of the room's timeline before `from` (for backfill).
+    pub fn events_before(&self, room_id: &RoomId, from: &[OwnedEventId], limit: usize) -> Result<Vec<Arc<Pdu>>> {
+        let mut out = Vec::new();
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        let mut todo: VecDeque<OwnedEventId> = from.iter().cloned().collect();
+        while let Some(id) = todo.pop_front() {
+            if out.len() >= limit {
+                break;
+            }
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some((pdu, meta)) = self.get_pdu(&id)? else { continue };
+            if meta.room_id != room_id {
+                continue;
+            }
+            todo.extend(pdu.prev_events.iter().cloned());
+            out.push(pdu);
+        }
+        Ok(out)
+    }
+
+    /// Timeline events following `earliest` up to `latest`, walking back
+    /// from `latest` (for `get_missing_events`).
+    pub fn missing_events(
+        &self,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let stop: HashSet<&OwnedEventId> = earliest.iter().collect();
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        let mut out = Vec::new();
+        let mut todo: VecDeque<OwnedEventId> = VecDeque::new();
+        for id in latest {
+            if let Some((pdu, _)) = self.get_pdu(id)? {
+                todo.extend(pdu.prev_events.iter().cloned());
+            }
+        }
+        while let Some(id) = todo.pop_front() {
+            if out.len() >= limit {
+                break;
+            }
+            if stop.contains(&id) || !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some((pdu, meta)) = self.get_pdu(&id)? else { continue };
+            if meta.room_id != room_id {
+                continue;
+            }
+            todo.extend(pdu.prev_events.iter().cloned());
+            out.push(pdu);
+        }
+        out.sort_by_key(|p| p.depth);
+        Ok(out)
+    }
+}
+
+impl Txn<'_> {
+    /// The delta-chain length of a snapshot, including ones this txn wrote.
+    fn depth_of(&self, id: u64) -> Result<u32> {
+        if let Some(depth) = self.snapshot_depths.get(&id) {
+            return Ok(*depth);
+        }
+        if id == self.record.current_state {
+            return Ok(self.snapshot_depth);
+        }
+        self.rooms.snapshot_depth(id)
+    }
+
+    /// Store `state` as a snapshot based on `base` (a delta when the chain
+    /// is short and nothing was removed) and return its id.
+    fn write_snapshot(&mut self, base: u64, base_state: &StateMap, state: &StateMap) -> Result<u64> {
+        let id = self.batch.next_count();
+        let base_depth = if base == 0 { MAX_CHAIN } else { self.depth_of(base)? };
+        let removed = base_state.keys().any(|k| !state.contains_key(k));
+        let snapshot = if base == 0 || removed || base_depth >= MAX_CHAIN {
+            Snapshot {
+                parent: None,
+                depth: 0,
+                changes: state.iter().map(|((k, s), id)| (k.clone(), s.clone(), id.clone())).collect(),
+            }
+        } else {
+            Snapshot {
+                parent: Some(base),
+                depth: base_depth + 1,
+                changes: state
+                    .iter()
+                    .filter(|(slot, id)| base_state.get(*slot) != Some(*id))
+                    .map(|((k, s), id)| (k.clone(), s.clone(), id.clone()))
+                    .collect(),
+            }
+        };
+        self.batch.put_json(Cf::StateSnapshots, &id.to_be_bytes(), &snapshot);
+        self.snapshot_depths.insert(id, snapshot.depth);
+        self.rooms.state_cache.lock().expect("state cache poisoned").insert(id, Arc::new(state.clone()));
+        Ok(id)
+    }
+
+    /// Make `state` the room's current state, re-indexing the memberships
+    /// that changed. `all_members` re-indexes every member (a join's import).
+    fn set_current(&mut self, state: StateMap, count: u64, all_members: bool) -> Result<()> {
+        if state == self.state && self.record.current_state != 0 {
+            return Ok(());
+        }
+        let base = self.record.current_state;
+        let old = std::mem::take(&mut self.state);
+        let id = self.write_snapshot(base, &old, &state)?;
+        for ((kind, key), event_id) in &state {
+            if kind != "m.room.member" || (!all_members && old.get(&(kind.clone(), key.clone())) == Some(event_id)) {
+                continue;
+            }
+            if let Some(pdu) = self.fetch(event_id) {
+                self.index_membership(&pdu, key, count)?;
+            }
+        }
+        self.snapshot_depth = self.depth_of(id)?;
+        self.state = state;
+        self.record.current_state = id;
+        Ok(())
+    }
+
+    /// Append a remote event with the state before it; the current state
+    /// becomes the state after it, or the resolution of both when the
+    /// event does not build on every forward extremity.
+    fn stage_remote(&mut self, pdu: Arc<Pdu>, state_before: StateMap) -> Result<()> {
+        let count = self.batch.next_count();
+        let version = self.record.version.clone();
+        let before_id = if state_before == self.state && self.record.current_state != 0 {
+            self.record.current_state
+        } else {
+            let base = self.record.current_state;
+            let current = self.state.clone();
+            self.write_snapshot(base, &current, &state_before)?
+        };
+        let mut meta = PduMeta {
+            room_id: self.room_id.clone(),
+            count,
+            state_before: before_id,
+            state_after: before_id,
+            txn: None,
+            replaces_state: None,
+            prev_content: None,
+            redacted_because: None,
+        };
+        let mut state_after = state_before.clone();
+        if let Some(key) = &pdu.state_key {
+            let slot = (pdu.kind.to_string(), key.clone());
+            if let Some(old) = state_before.get(&slot).cloned() {
+                if let Some(old_pdu) = self.fetch(&old) {
+                    meta.prev_content = Some(old_pdu.content.clone());
+                }
+                meta.replaces_state = Some(old);
+            }
+            state_after.insert(slot, pdu.event_id.clone());
+            meta.state_after = self.write_snapshot(before_id, &state_before, &state_after)?;
+        }
+        // Readable by what follows: membership indexing and resolution.
+        self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta.clone()));
+        let extends_all = self.record.extremities.iter().all(|e| pdu.prev_events.contains(e));
+        let new_current = if extends_all {
+            state_after
+        } else {
+            // State resolution reads events through the cache.
+            self.rooms
+                .pdu_cache
+                .lock()
+                .expect("pdu cache poisoned")
+                .insert(pdu.event_id.clone(), (pdu.clone(), meta.clone()));
+            let current = Arc::new(self.state.clone());
+            self.rooms.resolve(&version, vec![current, Arc::new(state_after)])?
+        };
+        if pdu.kind == TimelineEventType::RoomRedaction
+            && let Some(target) = pdu.redacts.clone()
+            && self.remote_redaction_allowed(&pdu, &target, &state_before)
+        {
+            self.apply_redaction(&pdu, &target)?;
+        }
+        self.set_current(new_current, count, false)?;
+        self.batch.put(
+            Cf::Timeline,
+            &[&prefix(&[self.room_id.as_bytes()])[..], &count.to_be_bytes()].concat(),
+            pdu.event_id.as_bytes(),
+        );
+        self.batch.put_json(
+            Cf::Pdus,
+            pdu.event_id.as_bytes(),
+            &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() },
+        );
+        let mut extremities: Vec<OwnedEventId> =
+            self.record.extremities.iter().filter(|e| !pdu.prev_events.contains(e)).cloned().collect();
+        extremities.push(pdu.event_id.clone());
+        self.record.extremities = extremities;
+        self.record.depth = self.record.depth.max(u64::from(pdu.depth));
+        self.record.last_count = count;
+        if pdu.kind == TimelineEventType::RoomMember {
+            self.members_changed = true;
+        }
+        self.pending.insert(pdu.event_id.clone(), (pdu, meta));
+        Ok(())
+    }
+
+    /// Keep a soft-failed event (other servers may ask for it) without
+    /// showing it or building on it.
+    fn stage_soft_failed(&mut self, pdu: &Arc<Pdu>, state_before: &StateMap) -> Result<()> {
+        let base = self.record.current_state;
+        let current = self.state.clone();
+        let before_id = self.write_snapshot(base, &current, state_before)?;
+        let mut meta = PduMeta::outlier(self.room_id.clone());
+        meta.state_before = before_id;
+        meta.state_after = before_id;
+        self.batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta, pdu: pdu.json.clone() });
+        Ok(())
+    }
+
+    /// From v3 a redaction is checked when applied: the same server as the
+    /// target's sender, or the power to redact others.
+    fn remote_redaction_allowed(&self, redaction: &Pdu, target: &EventId, state: &StateMap) -> bool {
+        let Some(target) = self.fetch(target) else { return false };
+        if target.sender.server_name() == redaction.sender.server_name() {
+            return true;
+        }
+        self.rooms
+            .power_levels(&self.record.version, state)
+            .is_ok_and(|power| power.user_can_redact_event_of_other(&redaction.sender))
+    }
+}
+
+const MAX_CHAIN: u32 = super::MAX_SNAPSHOT_CHAIN;

@@ -1,0 +1,238 @@
+//! Rooms across two porch servers on loopback over TLS: joins in both
+//! directions in v10, v11 and v12 rooms, messages, typing and receipts,
+//! restricted joins vouched for by the room's server, kicks and bans of
+//! remote users, leaving, and a restarted server catching up.
+
+mod common;
+
+use common::{TestServer, User, enc, federating_options, federating_server, sync_until, timeline};
+use serde_json::{Value, json};
+
+fn has_event(sync: &Value, room_id: &str, check: impl Fn(&Value) -> bool) -> bool {
+    timeline(sync, room_id).into_iter().any(check)
+}
+
+fn text_of(event: &Value) -> Option<&str> {
+    (event["type"] == "m.room.message").then(|| event["content"]["body"].as_str()).flatten()
+}
+
+async fn joined_members(server: &TestServer, user: &User, room_id: &str) -> Vec<String> {
+    let (status, body) =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id)), Some(&user.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut members: Vec<String> = body["joined"].as_object().unwrap().keys().cloned().collect();
+    members.sort();
+    members
+}
+
+#[tokio::test]
+async fn joins_messages_typing_and_receipts_between_two_porch_servers() {
+    let (a, a_name) = federating_server().await;
+    let (b, _b_name) = federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let mut alice_since = None;
+    let mut bob_since = None;
+
+    for version in ["10", "11", "12"] {
+        // Bob (on B) joins Alice's room on A by its alias.
+        let alias_name = format!("hall{version}");
+        let room_id = a
+            .create_room(
+                &alice,
+                json!({ "preset": "public_chat", "room_alias_name": alias_name, "room_version": version }),
+            )
+            .await;
+        let (status, body) = b.join(&bob, &format!("#{alias_name}:{a_name}")).await;
+        assert_eq!(status, 200, "v{version} join over federation: {body}");
+        assert_eq!(body["room_id"], room_id.as_str());
+        let expected = {
+            let mut m = vec![alice.user_id.clone(), bob.user_id.clone()];
+            m.sort();
+            m
+        };
+        assert_eq!(joined_members(&b, &bob, &room_id).await, expected, "B holds the room's members");
+        assert_eq!(joined_members(&a, &alice, &room_id).await, expected, "A took Bob's join");
+
+        // Messages both ways.
+        b.send_text(&bob, &room_id, &format!("hello from B in v{version}")).await;
+        let wanted = format!("hello from B in v{version}");
+        sync_until(&a, &alice, &mut alice_since, "B's message on A", |sync| {
+            has_event(sync, &room_id, |e| text_of(e) == Some(wanted.as_str()) && e["sender"] == bob.user_id.as_str())
+                .then_some(())
+        })
+        .await;
+        a.send_text(&alice, &room_id, &format!("welcome in v{version}")).await;
+        let wanted = format!("welcome in v{version}");
+        sync_until(&b, &bob, &mut bob_since, "A's reply on B", |sync| {
+            has_event(sync, &room_id, |e| text_of(e) == Some(wanted.as_str())).then_some(())
+        })
+        .await;
+    }
+
+    // Typing and read receipts travel as EDUs.
+    let room_id = a.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/join/{}?via={a_name}", enc(&room_id)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "join by id with via: {body}");
+    let (status, _) = b
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room_id), enc(&bob.user_id)),
+            Some(&bob.token),
+            json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    sync_until(&a, &alice, &mut alice_since, "Bob typing on A", |sync| {
+        let ephemeral = sync["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"].as_array()?;
+        ephemeral
+            .iter()
+            .any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| u == bob.user_id.as_str()))
+            })
+            .then_some(())
+    })
+    .await;
+    let event_id = a.send_text(&alice, &room_id, "read me").await;
+    sync_until(&b, &bob, &mut bob_since, "the message to read on B", |sync| {
+        has_event(sync, &room_id, |e| e["event_id"] == event_id.as_str()).then_some(())
+    })
+    .await;
+    let (status, body) = b
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room_id), enc(&event_id)),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&a, &alice, &mut alice_since, "Bob's receipt on A", |sync| {
+        let ephemeral = sync["rooms"]["join"][room_id.as_str()]["ephemeral"]["events"].as_array()?;
+        ephemeral
+            .iter()
+            .any(|e| {
+                e["type"] == "m.receipt" && !e["content"][event_id.as_str()]["m.read"][bob.user_id.as_str()].is_null()
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Leaving: A sees Bob go.
+    let (status, _) =
+        b.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200);
+    sync_until(&a, &alice, &mut alice_since, "Bob's leave on A", |sync| {
+        has_event(sync, &room_id, |e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == bob.user_id.as_str()
+                && e["content"]["membership"] == "leave"
+        })
+        .then_some(())
+    })
+    .await;
+    assert_eq!(joined_members(&a, &alice, &room_id).await, vec![alice.user_id.clone()]);
+}
+
+#[tokio::test]
+async fn restricted_joins_kicks_bans_and_a_restarted_server_catching_up() {
+    let (a, a_name) = federating_server().await;
+    let b_port = common::free_port();
+    let mut b = TestServer::start_with(federating_options(b_port)).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let mut bob_since = None;
+
+    // A restricted room allowing members of a public "lobby": A vouches.
+    let lobby = a.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let (status, body) = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({
+                "preset": "private_chat",
+                "initial_state": [{
+                    "type": "m.room.join_rules", "state_key": "",
+                    "content": { "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": lobby }] },
+                }],
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let inner = body["room_id"].as_str().unwrap().to_owned();
+    let via = format!("?via={a_name}");
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&inner)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 403, "not yet in the lobby: {body}");
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&lobby)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&inner)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "restricted join through the lobby: {body}");
+    let (status, member) = a
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&inner), enc(&bob.user_id)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{member}");
+    assert_eq!(member["join_authorised_via_users_server"], alice.user_id.as_str(), "A's member vouched");
+
+    // A kick on A reaches B.
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&inner)),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id, "reason": "testing" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&b, &bob, &mut bob_since, "the kick on B", |sync| {
+        sync["rooms"]["leave"].get(inner.as_str()).map(|_| ())
+    })
+    .await;
+
+    // A ban on A reaches B, and B's next join is refused.
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&lobby)),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&b, &bob, &mut bob_since, "the ban on B", |sync| {
+        let events = sync["rooms"]["leave"][lobby.as_str()]["timeline"]["events"].as_array()?;
+        events.iter().any(|e| e["content"]["membership"] == "ban").then_some(())
+    })
+    .await;
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&lobby)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 403, "banned: {body}");
+
+    // B goes down mid-conversation; what A sends meanwhile arrives after B restarts.
+    let talk = a.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&talk)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    b.kill();
+    for i in 0..3 {
+        a.send_text(&alice, &talk, &format!("while you were away {i}")).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let dir = b.dir.clone();
+    let mut b2 = TestServer::launch(&dir, &federating_options(b_port));
+    b2.server_name = format!("localhost:{b_port}");
+    let mut since = None;
+    let seen = std::cell::RefCell::new(Vec::new());
+    sync_until(&b2, &bob, &mut since, "the messages sent while B was down", |sync| {
+        let mut seen = seen.borrow_mut();
+        seen.extend(timeline(sync, &talk).into_iter().filter_map(text_of).map(str::to_owned));
+        (seen.len() >= 3).then_some(())
+    })
+    .await;
+    let expected: Vec<String> = (0..3).map(|i| format!("while you were away {i}")).collect();
+    assert_eq!(seen.into_inner(), expected, "all of them, in order");
+    drop(b);
+}

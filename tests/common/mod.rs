@@ -12,15 +12,28 @@ use std::{
 
 use serde_json::{Value, json};
 
+/// A homeserver's client API, as tests call it (porch or a peer).
+pub struct Homeserver {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
 pub struct TestServer {
     pub child: Child,
-    pub base: String,
+    pub hs: Homeserver,
     /// `https://…` of the federation listener, when one was asked for.
     pub federation_base: Option<String>,
     pub server_name: String,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    pub http: reqwest::Client,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Homeserver;
+
+    fn deref(&self) -> &Homeserver {
+        &self.hs
+    }
 }
 
 #[derive(Default)]
@@ -91,12 +104,11 @@ impl TestServer {
         std::thread::spawn(move || while rx.recv().is_ok() {});
         Self {
             child,
-            base,
+            hs: Homeserver { base, http: client() },
             federation_base,
             server_name: "porch.test".into(),
             dir: dir.to_path_buf(),
             _tmp: None,
-            http: client(),
         }
     }
 
@@ -104,7 +116,9 @@ impl TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
 
+impl Homeserver {
     pub async fn request(
         &self,
         method: reqwest::Method,
@@ -272,6 +286,8 @@ pub fn timeline<'a>(sync: &'a Value, room_id: &str) -> Vec<&'a Value> {
     sync["rooms"]["join"][room_id]["timeline"]["events"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
 }
 
+pub mod synapse;
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -302,7 +318,7 @@ pub async fn federating_server() -> (TestServer, String) {
 /// Sync (long-polling from `since`) until `found` picks something out of a
 /// response; panics naming `what` after 30 s.
 pub async fn sync_until<T>(
-    server: &TestServer,
+    server: &Homeserver,
     user: &User,
     since: &mut Option<String>,
     what: &str,

@@ -1,0 +1,270 @@
+//! Interoperation with a real Synapse (PyPI `matrix-synapse`), on loopback
+//! over TLS: joins both ways in v10, v11 and v12 rooms, messages, typing,
+//! receipts, restricted joins porch authorises, kicks, bans and leaves.
+
+mod common;
+
+use common::{Homeserver, User, enc, federating_server, synapse::Synapse, sync_until, timeline};
+use serde_json::{Value, json};
+
+fn text_of(event: &Value) -> Option<&str> {
+    (event["type"] == "m.room.message").then(|| event["content"]["body"].as_str()).flatten()
+}
+
+/// Wait until `user` sees a message with `text` from `sender` in the room.
+async fn sees_text(hs: &Homeserver, user: &User, since: &mut Option<String>, room_id: &str, sender: &str, text: &str) {
+    sync_until(hs, user, since, &format!("`{text}` for {}", user.user_id), |sync| {
+        timeline(sync, room_id).into_iter().any(|e| text_of(e) == Some(text) && e["sender"] == sender).then_some(())
+    })
+    .await;
+}
+
+async fn sees_ephemeral(
+    hs: &Homeserver,
+    user: &User,
+    since: &mut Option<String>,
+    room_id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    sync_until(hs, user, since, what, |sync| {
+        let events = sync["rooms"]["join"][room_id]["ephemeral"]["events"].as_array()?;
+        events.iter().any(&check).then_some(())
+    })
+    .await;
+}
+
+/// Wait until `user` sees `target`'s membership become `membership`.
+async fn sees_membership(
+    hs: &Homeserver,
+    user: &User,
+    since: &mut Option<String>,
+    room_id: &str,
+    target: &str,
+    membership: &str,
+) {
+    sync_until(hs, user, since, &format!("{target} {membership} seen by {}", user.user_id), |sync| {
+        ["join", "leave"].iter().find_map(|section| {
+            let events = sync["rooms"][section][room_id]["timeline"]["events"].as_array()?;
+            events
+                .iter()
+                .any(|e| {
+                    e["type"] == "m.room.member" && e["state_key"] == target && e["content"]["membership"] == membership
+                })
+                .then_some(())
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn joins_both_ways_with_messages_typing_and_receipts() {
+    let (porch, porch_name) = federating_server().await;
+    let synapse = Synapse::start().await;
+    let alice = porch.register("alice").await;
+    let sam = synapse.register("sam").await;
+    let (mut alice_since, mut sam_since) = (None, None);
+
+    // Synapse's user joins porch rooms of each version by alias.
+    for version in ["10", "11", "12"] {
+        let alias = format!("porch{version}");
+        let room_id = porch
+            .create_room(&alice, json!({ "preset": "public_chat", "room_alias_name": alias, "room_version": version }))
+            .await;
+        let (status, body) = synapse.join(&sam, &format!("#{alias}:{porch_name}")).await;
+        assert_eq!(status, 200, "Synapse joins a v{version} porch room: {body}");
+        assert_eq!(body["room_id"], room_id.as_str());
+        let text = format!("sam says hi in v{version}");
+        synapse.send_text(&sam, &room_id, &text).await;
+        sees_text(&porch, &alice, &mut alice_since, &room_id, &sam.user_id, &text).await;
+        let text = format!("alice answers in v{version}");
+        porch.send_text(&alice, &room_id, &text).await;
+        sees_text(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, &text).await;
+    }
+
+    // porch's user joins a room Synapse made (version 12, Synapse's default).
+    let room_id = synapse.create_room(&sam, json!({ "preset": "public_chat", "room_alias_name": "lounge" })).await;
+    let (status, create) = synapse
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(&room_id)), Some(&sam.token))
+        .await;
+    assert_eq!(status, 200, "{create}");
+    assert_eq!(create["room_version"], "12", "Synapse makes v12 rooms");
+    let (status, body) = porch.join(&alice, &format!("#lounge:{}", synapse.server_name)).await;
+    assert_eq!(status, 200, "porch joins Synapse's v12 room: {body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, "join").await;
+    porch.send_text(&alice, &room_id, "hello Synapse").await;
+    sees_text(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, "hello Synapse").await;
+    let sam_event = synapse.send_text(&sam, &room_id, "hello porch").await;
+    sees_text(&porch, &alice, &mut alice_since, &room_id, &sam.user_id, "hello porch").await;
+
+    // Typing, both ways.
+    let typing = |hs: &Homeserver, user: &User, room_id: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(room_id), enc(&user.user_id));
+        let token = user.token.clone();
+        let hs_base = hs.base.clone();
+        let http = hs.http.clone();
+        async move {
+            let resp = http
+                .put(format!("{hs_base}{path}"))
+                .bearer_auth(token)
+                .json(&json!({ "typing": true, "timeout": 20000 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), 200);
+        }
+    };
+    let is_typing = |who: &str| {
+        let who = who.to_owned();
+        move |e: &Value| {
+            e["type"] == "m.typing" && e["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| *u == who))
+        }
+    };
+    typing(&porch, &alice, &room_id).await;
+    sees_ephemeral(&synapse, &sam, &mut sam_since, &room_id, "alice typing on Synapse", is_typing(&alice.user_id))
+        .await;
+    typing(&synapse, &sam, &room_id).await;
+    sees_ephemeral(&porch, &alice, &mut alice_since, &room_id, "sam typing on porch", is_typing(&sam.user_id)).await;
+
+    // Read receipts, both ways.
+    let receipt_of = |event_id: &str, who: &str| {
+        let (event_id, who) = (event_id.to_owned(), who.to_owned());
+        move |e: &Value| e["type"] == "m.receipt" && !e["content"][&event_id]["m.read"][&who].is_null()
+    };
+    let (status, body) = porch
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room_id), enc(&sam_event)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_ephemeral(
+        &synapse,
+        &sam,
+        &mut sam_since,
+        &room_id,
+        "alice's receipt on Synapse",
+        receipt_of(&sam_event, &alice.user_id),
+    )
+    .await;
+    let alice_event = porch.send_text(&alice, &room_id, "read this, sam").await;
+    sees_text(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, "read this, sam").await;
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room_id), enc(&alice_event)),
+            Some(&sam.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_ephemeral(
+        &porch,
+        &alice,
+        &mut alice_since,
+        &room_id,
+        "sam's receipt on porch",
+        receipt_of(&alice_event, &sam.user_id),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn restricted_joins_kicks_bans_and_leaves_across_porch_and_synapse() {
+    let (porch, porch_name) = federating_server().await;
+    let synapse = Synapse::start().await;
+    let alice = porch.register("alice").await;
+    let sam = synapse.register("sam").await;
+    let (mut alice_since, mut sam_since) = (None, None);
+
+    // Synapse's user joins a restricted porch room through a lobby: porch vouches.
+    let lobby = porch.create_room(&alice, json!({ "preset": "public_chat", "room_alias_name": "lobby" })).await;
+    let (status, body) = porch
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({
+                "preset": "private_chat",
+                "initial_state": [{
+                    "type": "m.room.join_rules", "state_key": "",
+                    "content": { "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": lobby }] },
+                }],
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let inner = body["room_id"].as_str().unwrap().to_owned();
+    let via = format!("?via={porch_name}");
+    let (status, body) =
+        synapse.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&inner)), Some(&sam.token), json!({})).await;
+    assert_eq!(status, 403, "not in the lobby yet: {body}");
+    let (status, body) = synapse.join(&sam, &format!("#lobby:{porch_name}")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        synapse.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&inner)), Some(&sam.token), json!({})).await;
+    assert_eq!(status, 200, "restricted join authorised by porch: {body}");
+    let (status, member) = porch
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&inner), enc(&sam.user_id)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{member}");
+    assert_eq!(member["join_authorised_via_users_server"], alice.user_id.as_str());
+
+    // porch kicks and bans Synapse's user; Synapse sees both.
+    let (status, body) = porch
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&inner)),
+            Some(&alice.token),
+            json!({ "user_id": sam.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &inner, &sam.user_id, "leave").await;
+    let (status, body) = porch
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&lobby)),
+            Some(&alice.token),
+            json!({ "user_id": sam.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &lobby, &sam.user_id, "ban").await;
+    let (status, body) = synapse.join(&sam, &format!("#lobby:{porch_name}")).await;
+    assert_eq!(status, 403, "banned: {body}");
+
+    // Synapse kicks and bans porch's user; porch sees both.
+    let hall = synapse.create_room(&sam, json!({ "preset": "public_chat", "room_alias_name": "hall" })).await;
+    let hall_alias = format!("#hall:{}", synapse.server_name);
+    let (status, body) = porch.join(&alice, &hall_alias).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&hall)),
+            Some(&sam.token),
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&porch, &alice, &mut alice_since, &hall, &alice.user_id, "leave").await;
+    let (status, body) = porch.join(&alice, &hall_alias).await;
+    assert_eq!(status, 200, "rejoin after a kick: {body}");
+    let (status, body) =
+        porch.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&hall)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &hall, &alice.user_id, "leave").await;
+    let (status, body) = porch.join(&alice, &hall_alias).await;
+    assert_eq!(status, 200, "rejoin after leaving: {body}");
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&hall)),
+            Some(&sam.token),
+            json!({ "user_id": alice.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&porch, &alice, &mut alice_since, &hall, &alice.user_id, "ban").await;
+    let (status, body) = porch.join(&alice, &hall_alias).await;
+    assert_eq!(status, 403, "banned on Synapse: {body}");
+}

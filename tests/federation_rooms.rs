@@ -236,3 +236,82 @@ async fn restricted_joins_kicks_bans_and_a_restarted_server_catching_up() {
     assert_eq!(seen.into_inner(), expected, "all of them, in order");
     drop(b);
 }
+
+/// Wait until `user` holds an invite to the room; returns its stripped state.
+async fn sees_invite(server: &TestServer, user: &User, since: &mut Option<String>, room_id: &str) -> Vec<Value> {
+    sync_until(server, user, since, "the invite", |sync| {
+        sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array().cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn invites_across_servers_accepted_and_rejected() {
+    let (a, _a_name) = federating_server().await;
+    let (b, _b_name) = federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let (mut alice_since, mut bob_since) = (None, None);
+
+    let room_id = a.create_room(&alice, json!({ "preset": "private_chat", "name": "Planning" })).await;
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "invite a user of another server: {body}");
+    let state = sees_invite(&b, &bob, &mut bob_since, &room_id).await;
+    assert!(
+        state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Planning"),
+        "the invite carries the room's name: {state:?}"
+    );
+    // No server is named: the invite says where to join.
+    let (status, body) = b.join(&bob, &room_id).await;
+    assert_eq!(status, 200, "accept the invite: {body}");
+    b.send_text(&bob, &room_id, "thanks for the invite").await;
+    sync_until(&a, &alice, &mut alice_since, "Bob's message", |sync| {
+        has_event(sync, &room_id, |e| text_of(e) == Some("thanks for the invite")).then_some(())
+    })
+    .await;
+
+    // A second invite, rejected: A sees the rejection.
+    let other = a.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&other)),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_invite(&b, &bob, &mut bob_since, &other).await;
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&other)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "reject the invite: {body}");
+    sync_until(&a, &alice, &mut alice_since, "the rejection", |sync| {
+        has_event(sync, &other, |e| e["state_key"] == bob.user_id.as_str() && e["content"]["membership"] == "leave")
+            .then_some(())
+    })
+    .await;
+    sync_until(&b, &bob, &mut bob_since, "the invite gone on B", |sync| {
+        sync["rooms"]["leave"].get(other.as_str()).map(|_| ())
+    })
+    .await;
+
+    // Inviting a user that does not exist there is refused by their server.
+    let ghost = format!("@ghost:{}", b.server_name);
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&other)),
+            Some(&alice.token),
+            json!({ "user_id": ghost }),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, members) =
+        a.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&other)), Some(&alice.token)).await;
+    assert_eq!(status, 200);
+    assert!(!members.to_string().contains("ghost"), "a refused invite leaves no member event: {members}");
+}

@@ -268,3 +268,66 @@ async fn restricted_joins_kicks_bans_and_leaves_across_porch_and_synapse() {
     let (status, body) = porch.join(&alice, &hall_alias).await;
     assert_eq!(status, 403, "banned on Synapse: {body}");
 }
+
+async fn invite(hs: &Homeserver, inviter: &User, room_id: &str, target: &str) {
+    let (status, body) = hs
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room_id)),
+            Some(&inviter.token),
+            json!({ "user_id": target }),
+        )
+        .await;
+    assert_eq!(status, 200, "invite {target}: {body}");
+}
+
+async fn sees_invite(hs: &Homeserver, user: &User, since: &mut Option<String>, room_id: &str) -> Vec<Value> {
+    sync_until(hs, user, since, &format!("an invite for {}", user.user_id), |sync| {
+        sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array().cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn invites_both_ways_accepted_and_rejected() {
+    let (porch, _) = federating_server().await;
+    let synapse = Synapse::start().await;
+    let alice = porch.register("alice").await;
+    let sam = synapse.register("sam").await;
+    let (mut alice_since, mut sam_since) = (None, None);
+
+    // porch invites Synapse's user, who joins without naming a server.
+    let room_id = porch.create_room(&alice, json!({ "preset": "private_chat", "name": "From porch" })).await;
+    invite(&porch, &alice, &room_id, &sam.user_id).await;
+    let state = sees_invite(&synapse, &sam, &mut sam_since, &room_id).await;
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "From porch"), "{state:?}");
+    let (status, body) = synapse.join(&sam, &room_id).await;
+    assert_eq!(status, 200, "Synapse accepts porch's invite: {body}");
+    synapse.send_text(&sam, &room_id, "joined by invite").await;
+    sees_text(&porch, &alice, &mut alice_since, &room_id, &sam.user_id, "joined by invite").await;
+
+    // Synapse invites porch's user into a v12 room; accepted.
+    let hall = synapse.create_room(&sam, json!({ "preset": "private_chat", "name": "From Synapse" })).await;
+    invite(&synapse, &sam, &hall, &alice.user_id).await;
+    let state = sees_invite(&porch, &alice, &mut alice_since, &hall).await;
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "From Synapse"), "{state:?}");
+    let (status, body) = porch.join(&alice, &hall).await;
+    assert_eq!(status, 200, "porch accepts Synapse's invite: {body}");
+    porch.send_text(&alice, &hall, "thanks, Synapse").await;
+    sees_text(&synapse, &sam, &mut sam_since, &hall, &alice.user_id, "thanks, Synapse").await;
+
+    // Rejections, both ways.
+    let other = synapse.create_room(&sam, json!({ "preset": "private_chat" })).await;
+    invite(&synapse, &sam, &other, &alice.user_id).await;
+    sees_invite(&porch, &alice, &mut alice_since, &other).await;
+    let (status, body) =
+        porch.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&other)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "porch rejects: {body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &other, &alice.user_id, "leave").await;
+    let mine = porch.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    invite(&porch, &alice, &mine, &sam.user_id).await;
+    sees_invite(&synapse, &sam, &mut sam_since, &mine).await;
+    let (status, body) =
+        synapse.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&mine)), Some(&sam.token), json!({})).await;
+    assert_eq!(status, 200, "Synapse rejects: {body}");
+    sees_membership(&porch, &alice, &mut alice_since, &mine, &sam.user_id, "leave").await;
+}

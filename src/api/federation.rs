@@ -13,7 +13,7 @@ use ruma::{
         discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::get_keys,
-        membership::{create_join_event, prepare_join_event},
+        membership::{create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
     },
@@ -23,7 +23,7 @@ use ruma::{
 use crate::{
     api::{AppState, Routes, Ruma, blocking},
     error::{Error, Result},
-    service::{acl, directory, inbound, remote_join},
+    service::{acl, directory, inbound, remote_invite, remote_join},
 };
 
 /// How long other servers may cache our keys.
@@ -45,7 +45,35 @@ pub fn register(r: &mut Routes) {
         .ruma::<get_room_state_ids::v1::Request, _, _>(state_ids)
         .ruma::<get_room_state::v1::Request, _, _>(room_state)
         .ruma::<get_missing_events::v1::Request, _, _>(missing_events)
-        .ruma::<get_backfill::v1::Request, _, _>(backfill);
+        .ruma::<get_backfill::v1::Request, _, _>(backfill)
+        .ruma::<create_invite::v2::Request, _, _>(invite)
+        .ruma::<prepare_leave_event::v1::Request, _, _>(make_leave)
+        .ruma::<create_leave_event::v2::Request, _, _>(send_leave);
+}
+
+async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<create_invite::v2::Response> {
+    let event = remote_invite::receive_invite(&state, req.origin(), &req.body).await?;
+    Ok(create_invite::v2::Response::new(event))
+}
+
+async fn make_leave(
+    state: AppState,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<prepare_leave_event::v1::Response> {
+    blocking(&state, move |s| {
+        let (version, template) = remote_invite::make_leave(s, req.origin(), &req.body.room_id, &req.body.user_id)?;
+        Ok(prepare_leave_event::v1::Response::new(Some(version), serde_json::value::to_raw_value(&template)?))
+    })
+    .await
+}
+
+async fn send_leave(
+    state: AppState,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> Result<create_leave_event::v2::Response> {
+    let body = &req.body;
+    remote_invite::send_leave(&state, req.origin(), &body.room_id, &body.event_id, &body.pdu).await?;
+    Ok(create_leave_event::v2::Response::new())
 }
 
 /// `/send`: PDUs and EDUs from another server.

@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod push;
 pub mod ratelimit;
 pub mod registration;
+pub mod remote_invite;
 pub mod remote_join;
 pub mod rooms;
 pub mod sync;

@@ -224,10 +224,18 @@ pub async fn join(
 ) -> Result<OwnedEventId> {
     let mut candidates: Vec<OwnedServerName> = Vec::new();
     let known = {
-        let room_id = room_id.to_owned();
-        blocking(s, move |s| Ok(s.rooms.remote_servers(&room_id)?.iter().cloned().collect::<Vec<_>>())).await?
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        blocking(s, move |s| {
+            // The inviting server first, when the user holds an invite.
+            let mut known: Vec<OwnedServerName> = crate::service::remote_invite::pending_invite(s, &user_id, &room_id)?
+                .map(|(_, invite)| invite.servers)
+                .unwrap_or_default();
+            known.extend(s.rooms.remote_servers(&room_id)?.iter().cloned());
+            Ok(known)
+        })
+        .await?
     };
-    for server in servers.into_iter().chain(room_id.server_name().map(ToOwned::to_owned)).chain(known) {
+    for server in known.into_iter().chain(servers).chain(room_id.server_name().map(ToOwned::to_owned)) {
         if server != s.server_name() && !candidates.contains(&server) {
             candidates.push(server);
         }

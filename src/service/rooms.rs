@@ -420,6 +420,20 @@ impl Rooms {
         Ok(out)
     }
 
+    /// Build and sign an event on the current state without appending it:
+    /// an invite that the invitee's server must co-sign first.
+    pub fn prepare(&self, room_id: &RoomId, sender: &UserId, event: NewEvent) -> Result<(RoomVersionId, Arc<Pdu>)> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room does not exist on this server."))?;
+        let rules = Self::rules(&record.version)?;
+        let state = (*self.state_at(record.current_state)?).clone();
+        let version = record.version.clone();
+        let txn = Txn::new(self, room_id.to_owned(), record, rules, state, 0);
+        let (pdu, _) = txn.build(sender, event)?;
+        Ok((version, pdu))
+    }
+
     /// The event a client already sent with this transaction id, if any.
     fn event_for_txn(&self, room_id: &RoomId, sender: &UserId, txn: Option<&TxnRef>) -> Result<Option<Arc<Pdu>>> {
         let Some(txn) = txn else { return Ok(None) };

@@ -362,6 +362,11 @@ pub fn stripped_state(
     room_id: &RoomId,
     membership_event: &OwnedEventId,
 ) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+    if !services.rooms.exists(room_id)?
+        && let Some(invite) = crate::service::remote_invite::remote_invite(services, membership_event)?
+    {
+        return Ok(invite.stripped.iter().map(raw).collect());
+    }
     let state = services.rooms.current_state(room_id)?;
     let mut out = Vec::new();
     for kind in [

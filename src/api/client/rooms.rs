@@ -25,7 +25,7 @@ use crate::{
         create_room::{self as room_factory, CreateRoom},
         directory, history,
         membership::{self, Moderation},
-        remote_join,
+        remote_invite, remote_join,
         sync::raw,
     },
 };
@@ -199,35 +199,42 @@ pub async fn join_by_id_or_alias(
 }
 
 pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Result<invite_user::v3::Response> {
-    blocking(&state, move |s| {
-        let session = req.session();
-        policy::check(s, session, Action::Invite)?;
-        let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
-            return Err(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                "M_UNRECOGNIZED",
-                "Third-party invites are not supported.",
-            ));
-        };
-        membership::invite(
-            s,
-            &req.body.room_id,
-            &session.user_id,
-            &recipient.user_id,
-            recipient.reason.as_deref(),
-            false,
-        )?;
-        Ok(invite_user::v3::Response::new())
-    })
-    .await
+    let session = req.session().clone();
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNRECOGNIZED",
+            "Third-party invites are not supported.",
+        ));
+    };
+    let (target, reason, room_id) = (recipient.user_id.clone(), recipient.reason.clone(), req.body.room_id.clone());
+    let checked = session.clone();
+    blocking(&state, move |s| policy::check(s, &checked, Action::Invite)).await?;
+    if target.server_name() != state.settings.server_name {
+        remote_invite::invite(&state, &room_id, &session.user_id, &target, reason, false).await?;
+    } else {
+        blocking(&state, move |s| {
+            membership::invite(s, &room_id, &session.user_id, &target, reason.as_deref(), false).map(|_| ())
+        })
+        .await?;
+    }
+    Ok(invite_user::v3::Response::new())
 }
 
+/// Leave a room; an invite to a room porch does not hold is rejected
+/// through the inviting server.
 pub async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> Result<leave_room::v3::Response> {
-    blocking(&state, move |s| {
-        membership::leave(s, &req.body.room_id, &req.session().user_id, req.body.reason.as_deref())?;
-        Ok(leave_room::v3::Response::new())
-    })
-    .await
+    let (user, room_id) = (req.session().user_id.clone(), req.body.room_id.clone());
+    let (u, r) = (user.clone(), room_id.clone());
+    let remote_invite =
+        blocking(&state, move |s| Ok(!s.rooms.exists(&r)? && remote_invite::pending_invite(s, &u, &r)?.is_some()))
+            .await?;
+    if remote_invite {
+        remote_invite::reject(&state, &user, &room_id, req.body.reason.clone()).await?;
+    } else {
+        blocking(&state, move |s| membership::leave(s, &room_id, &user, req.body.reason.as_deref())).await?;
+    }
+    Ok(leave_room::v3::Response::new())
 }
 
 pub async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Result<forget_room::v3::Response> {

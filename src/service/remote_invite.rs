@@ -1,0 +1,390 @@
+//! Invites and leaves across servers: inviting another server's user
+//! (`/invite` v2, their server co-signs), taking invites for our users,
+//! rejecting an invite to a room we do not hold (`make_leave` /
+//! `send_leave` through the inviting server), and other servers' users
+//! leaving our rooms the same way.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName,
+    RoomId, RoomVersionId, ServerName, UserId,
+    api::federation::membership::{RawStrippedState, create_invite, create_leave_event, prepare_leave_event},
+    events::{TimelineEventType, room::member::MembershipState},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json, value::RawValue as RawJsonValue};
+
+use crate::{
+    error::{Error, Result},
+    pdu::{Pdu, StoredPdu},
+    service::{
+        Services, blocking, inbound,
+        membership::member_content,
+        remote_join::SUPPORTED_VERSIONS,
+        rooms::{MembershipRecord, NewEvent, Placed, Rooms},
+    },
+    storage::{Cf, key},
+};
+
+/// An invite from another server to a room this server does not hold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteInvite {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    /// Stripped state for the client, the invite event included.
+    pub stripped: Vec<Value>,
+    /// Servers to join or reject through: the inviter's first.
+    pub servers: Vec<OwnedServerName>,
+}
+
+pub fn remote_invite(s: &Services, event_id: &ruma::EventId) -> Result<Option<RemoteInvite>> {
+    Ok(s.db.get_json(Cf::RemoteInvites, event_id.as_bytes())?)
+}
+
+/// The remote invite a local user holds for a room, if any.
+pub fn pending_invite(
+    s: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+) -> Result<Option<(OwnedEventId, RemoteInvite)>> {
+    let Some(record) = s.rooms.user_membership(user_id, room_id)? else { return Ok(None) };
+    if record.membership != MembershipState::Invite {
+        return Ok(None);
+    }
+    Ok(remote_invite(s, &record.event_id)?.map(|invite| (record.event_id, invite)))
+}
+
+const STRIPPED_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// Invite another server's user: sign the invite, have their server
+/// co-sign it, then append it and send it to the room's servers.
+pub async fn invite(
+    s: &Arc<Services>,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    reason: Option<String>,
+    is_direct: bool,
+) -> Result<OwnedEventId> {
+    let (room, sender_owned, target_owned) = (room_id.to_owned(), sender.to_owned(), target.to_owned());
+    let (version, pdu, invite_state) = blocking(s, move |s| {
+        if !s.rooms.is_joined(&room, &sender_owned)? {
+            return Err(Error::forbidden("You are not in this room."));
+        }
+        match s.rooms.membership(&room, &target_owned)? {
+            Some(MembershipState::Join) => {
+                return Err(Error::forbidden(format!("{target_owned} is already in the room.")));
+            }
+            Some(MembershipState::Ban) => {
+                return Err(Error::forbidden(format!("{target_owned} is banned from the room.")));
+            }
+            _ => {}
+        }
+        crate::service::acl::check_server(s, &room, target_owned.server_name())?;
+        let mut content = member_content(s, &target_owned, MembershipState::Invite, reason.as_deref())?;
+        if is_direct {
+            content.insert("is_direct".into(), Value::Bool(true));
+        }
+        let event = NewEvent::state(TimelineEventType::RoomMember, target_owned.as_str(), Value::Object(content));
+        let (version, pdu) = s.rooms.prepare(&room, &sender_owned, event)?;
+        let state = s.rooms.current_state(&room)?;
+        let mut invite_state = Vec::new();
+        for kind in STRIPPED_TYPES {
+            if let Some(event) = s.rooms.state_pdu(&state, kind, "")? {
+                invite_state.push(RawStrippedState::Pdu(event.json.clone()));
+            }
+        }
+        if let Some(event) = s.rooms.state_pdu(&state, "m.room.member", sender_owned.as_str())? {
+            invite_state.push(RawStrippedState::Pdu(event.json.clone()));
+        }
+        Ok((version, pdu, invite_state))
+    })
+    .await?;
+    let request = create_invite::v2::Request::new(
+        room_id.to_owned(),
+        pdu.event_id.clone(),
+        version.clone(),
+        pdu.json.clone(),
+        invite_state,
+    );
+    let response = s.federation.send(target.server_name(), request).await?;
+    let object: CanonicalJsonObject = serde_json::from_str(response.event.get())
+        .map_err(|_| Error::bad_json(format!("{} sent back an invite that is not JSON", target.server_name())))?;
+    let signed_by_target = matches!(object.get("signatures"), Some(CanonicalJsonValue::Object(sigs)) if sigs.contains_key(target.server_name().as_str()));
+    if !signed_by_target {
+        return Err(Error::forbidden(format!("{} did not sign the invite", target.server_name())));
+    }
+    let signed = inbound::verified_pdu(s, room_id, &version, object).await?;
+    if signed.event_id != pdu.event_id {
+        return Err(Error::forbidden(format!("{} changed the invite", target.server_name())));
+    }
+    let room = room_id.to_owned();
+    blocking(s, move |s| append_own(s, &room, &version, signed)).await
+}
+
+/// Append an event we authored that came back co-signed, on the state
+/// before it (the room may have moved on meanwhile), and send it out.
+fn append_own(s: &Services, room_id: &RoomId, version: &RoomVersionId, pdu: Arc<Pdu>) -> Result<OwnedEventId> {
+    let state = s
+        .rooms
+        .state_before_event(version, &pdu.prev_events)?
+        .ok_or_else(|| Error::internal("the state before our own event is unknown"))?;
+    s.rooms
+        .check_auth(version, &pdu, &state, &HashMap::new())
+        .map_err(|why| Error::forbidden(format!("This event is not allowed: {why}")))?;
+    match s.rooms.append_remote(room_id, pdu.clone(), state, true)? {
+        Placed::SoftFailed => Err(Error::forbidden("The room's state changed and no longer allows this.")),
+        Placed::Timeline(_) | Placed::Known => Ok(pdu.event_id.clone()),
+    }
+}
+
+/// Another server invites one of our users (`/invite` v2): check, co-sign,
+/// and keep the invite so the user sees it and can join or reject it.
+pub async fn receive_invite(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    request: &create_invite::v2::Request,
+) -> Result<Box<RawJsonValue>> {
+    let version = request.room_version.clone();
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("porch does not support room version {version}."),
+        ));
+    }
+    let rules = Rooms::rules(&version)?;
+    let mut object: CanonicalJsonObject =
+        serde_json::from_str(request.event.get()).map_err(|_| Error::bad_json("The invite is not canonical JSON."))?;
+    let pdu = inbound::verified_pdu(s, &request.room_id, &version, object.clone()).await?;
+    if pdu.event_id != request.event_id {
+        return Err(Error::bad_json("The event id in the path does not match the event."));
+    }
+    let target = pdu.state_key.as_deref().and_then(|k| ruma::OwnedUserId::try_from(k).ok());
+    let is_invite = pdu.kind == TimelineEventType::RoomMember
+        && pdu.content_value().get("membership").and_then(Value::as_str) == Some("invite");
+    let Some(target) = target.filter(|_| is_invite) else {
+        return Err(Error::bad_json("This is not an invite."));
+    };
+    if pdu.sender.server_name() != origin {
+        return Err(Error::forbidden("A server may only send invites from its own users."));
+    }
+    let stripped: Vec<Value> = request
+        .invite_room_state
+        .iter()
+        .filter_map(|state| match state {
+            RawStrippedState::Pdu(json) => {
+                let event: Value = serde_json::from_str(json.get()).ok()?;
+                Some(json!({
+                    "type": event.get("type")?, "state_key": event.get("state_key")?,
+                    "sender": event.get("sender")?, "content": event.get("content")?,
+                }))
+            }
+            #[allow(deprecated)]
+            RawStrippedState::Stripped(raw) => serde_json::from_str(raw.json().get()).ok(),
+            _ => None,
+        })
+        .chain(std::iter::once(pdu.to_stripped_state()))
+        .collect();
+    ruma::signatures::hash_and_sign_event(s.server_name().as_str(), &s.signing.key_pair, &mut object, &rules.redaction)
+        .map_err(|e| Error::bad_json(format!("The invite cannot be signed: {e}")))?;
+    let signed = RawJsonValue::from_string(serde_json::to_string(&object)?)?;
+    let mut servers = vec![origin.to_owned()];
+    if let Some(server) = request.room_id.server_name().filter(|server| *server != origin) {
+        servers.push(server.to_owned());
+    }
+    let invite = RemoteInvite { room_id: request.room_id.clone(), version, stripped, servers };
+    let (room_id, event_id, stored) = (request.room_id.clone(), pdu.event_id.clone(), signed.clone());
+    blocking(s, move |s| {
+        let user = s.users.get(&target)?;
+        if !s.users.is_local(&target) || user.as_ref().is_none_or(|u| u.deactivated) {
+            return Err(Error::not_found("No such user on this server."));
+        }
+        // Guests are only ever in the rooms their link opened.
+        if user.is_some_and(|u| u.kind.is_guest()) {
+            return Err(Error::forbidden("This user is a guest and cannot be invited."));
+        }
+        if s.rooms.exists(&room_id)? {
+            crate::service::acl::check_server(s, &room_id, pdu.sender.server_name())?;
+        }
+        if s.rooms.is_joined(&room_id, &target)? {
+            return Err(Error::forbidden("The user is already in the room."));
+        }
+        let mut batch = s.db.batch();
+        let count = batch.next_count();
+        let meta = crate::pdu::PduMeta::outlier(room_id.clone());
+        batch.put_json(Cf::Pdus, event_id.as_bytes(), &StoredPdu { meta, pdu: stored });
+        batch.put_json(Cf::RemoteInvites, event_id.as_bytes(), &invite);
+        let record = MembershipRecord {
+            membership: MembershipState::Invite,
+            event_id: event_id.clone(),
+            count,
+            forgotten: false,
+        };
+        batch.put_json(Cf::UserRooms, &key(&[target.as_bytes(), room_id.as_bytes()]), &record);
+        batch.commit()?;
+        tracing::info!(%room_id, user_id = %target, inviter = %pdu.sender, "invited from another server");
+        Ok(())
+    })
+    .await?;
+    Ok(signed)
+}
+
+/// Reject an invite to a room this server does not hold, through the
+/// inviting server. If no server answers, the invite is still dropped here.
+pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reason: Option<String>) -> Result<()> {
+    let pending = {
+        let (user, room) = (user_id.to_owned(), room_id.to_owned());
+        blocking(s, move |s| pending_invite(s, &user, &room)).await?
+    };
+    let Some((_, invite)) = pending else { return Err(Error::forbidden("You are not in this room.")) };
+    let mut left = None;
+    for server in &invite.servers {
+        match leave_via(s, server, user_id, room_id, &invite.version, reason.as_deref()).await {
+            Ok(event_id) => {
+                left = Some(event_id);
+                break;
+            }
+            Err(err) => tracing::info!(%room_id, %server, "could not reject the invite there: {}", err.message),
+        }
+    }
+    let (user, room) = (user_id.to_owned(), room_id.to_owned());
+    blocking(s, move |s| {
+        let mut batch = s.db.batch();
+        let count = batch.next_count();
+        let event_id = match left {
+            Some(event_id) => event_id,
+            None => {
+                tracing::warn!(%room, user_id = %user, "no server took the rejection; dropping the invite here only");
+                s.rooms
+                    .user_membership(&user, &room)?
+                    .map(|r| r.event_id)
+                    .ok_or_else(|| Error::internal("no invite"))?
+            }
+        };
+        let record = MembershipRecord { membership: MembershipState::Leave, event_id, count, forgotten: false };
+        batch.put_json(Cf::UserRooms, &key(&[user.as_bytes(), room.as_bytes()]), &record);
+        batch.commit()?;
+        Ok(())
+    })
+    .await
+}
+
+async fn leave_via(
+    s: &Arc<Services>,
+    server: &ServerName,
+    user_id: &UserId,
+    room_id: &RoomId,
+    version: &RoomVersionId,
+    reason: Option<&str>,
+) -> Result<OwnedEventId> {
+    let template = s
+        .federation
+        .send(server, prepare_leave_event::v1::Request::new(room_id.to_owned(), user_id.to_owned()))
+        .await?;
+    let version = template.room_version.unwrap_or_else(|| version.clone());
+    let rules = Rooms::rules(&version)?;
+    let mut object: CanonicalJsonObject = serde_json::from_str(template.event.get())
+        .map_err(|_| Error::bad_json(format!("{server} sent a leave template that is not JSON")))?;
+    if object.get("state_key").and_then(|v| v.as_str()) != Some(user_id.as_str())
+        || object.get("sender").and_then(|v| v.as_str()) != Some(user_id.as_str())
+    {
+        return Err(Error::forbidden(format!("{server} sent a leave template for another user")));
+    }
+    let mut content = serde_json::Map::new();
+    content.insert("membership".into(), json!("leave"));
+    if let Some(reason) = reason.filter(|r| !r.is_empty()) {
+        content.insert("reason".into(), json!(reason));
+    }
+    let content = crate::pdu::to_canonical(Value::Object(content)).map_err(Error::bad_json)?;
+    object.insert("content".into(), CanonicalJsonValue::Object(content));
+    object
+        .insert("origin_server_ts".into(), CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()));
+    object.insert("origin".into(), CanonicalJsonValue::String(s.server_name().to_string()));
+    object.remove("signatures");
+    object.remove("hashes");
+    ruma::signatures::hash_and_sign_event(s.server_name().as_str(), &s.signing.key_pair, &mut object, &rules.redaction)
+        .map_err(|e| Error::internal(format!("signing our leave: {e}")))?;
+    let hash = ruma::signatures::reference_hash(&object, &rules).map_err(Error::internal)?;
+    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+    let raw = RawJsonValue::from_string(serde_json::to_string(&object)?)?;
+    s.federation
+        .send(server, create_leave_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone()))
+        .await?;
+    let (room, id) = (room_id.to_owned(), event_id.clone());
+    blocking(s, move |s| {
+        let meta = crate::pdu::PduMeta::outlier(room);
+        s.db.put_json(Cf::Pdus, id.as_bytes(), &StoredPdu { meta, pdu: raw })?;
+        Ok(())
+    })
+    .await?;
+    Ok(event_id)
+}
+
+/// The leave template for a user of `origin` (`make_leave`).
+pub fn make_leave(
+    s: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user_id: &UserId,
+) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+    if user_id.server_name() != origin {
+        return Err(Error::forbidden("A server may only make leaves for its own users."));
+    }
+    match s.rooms.membership(room_id, user_id)? {
+        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
+        _ => return Err(Error::forbidden("The user is not in the room.")),
+    }
+    s.rooms.membership_template(room_id, user_id, json!({ "membership": "leave" }))
+}
+
+/// A remote user's signed leave (`send_leave` v2): check, append, send on.
+pub async fn send_leave(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &OwnedEventId,
+    raw: &RawJsonValue,
+) -> Result<()> {
+    let version = {
+        let room = room_id.to_owned();
+        blocking(s, move |s| s.rooms.room(&room)).await?
+    }
+    .ok_or_else(|| Error::not_found("This room is not known to this server."))?
+    .version;
+    let object: CanonicalJsonObject =
+        serde_json::from_str(raw.get()).map_err(|_| Error::bad_json("The leave event is not canonical JSON."))?;
+    let pdu = inbound::verified_pdu(s, room_id, &version, object).await?;
+    let is_leave = pdu.kind == TimelineEventType::RoomMember
+        && pdu.state_key.as_deref() == Some(pdu.sender.as_str())
+        && pdu.content_value().get("membership").and_then(Value::as_str) == Some("leave");
+    if pdu.event_id != *event_id || !is_leave {
+        return Err(Error::bad_json("This is not the leave event of its sender named in the path."));
+    }
+    if pdu.sender.server_name() != origin {
+        return Err(Error::forbidden("A server may only send leaves of its own users."));
+    }
+    inbound::fetch_auth_events(s, origin, room_id, &version, std::slice::from_ref(&pdu)).await?;
+    let room = room_id.to_owned();
+    blocking(s, move |s| {
+        let state = s
+            .rooms
+            .state_before_event(&version, &pdu.prev_events)?
+            .ok_or_else(|| Error::bad_json("The leave builds on events this server does not know."))?;
+        s.rooms
+            .check_auth(&version, &pdu, &state, &HashMap::new())
+            .map_err(|why| Error::forbidden(format!("The leave is not allowed: {why}")))?;
+        s.rooms.append_remote(&room, pdu, state, true)?;
+        Ok(())
+    })
+    .await
+}

@@ -92,6 +92,13 @@ async fn incoming_pdu(
     let event_id = ruma::signatures::reference_hash(&object, &rules)
         .ok()
         .and_then(|hash| OwnedEventId::try_from(format!("${hash}")).ok())?;
+    let denied = {
+        let (room_id, origin) = (room_id.clone(), origin.to_owned());
+        blocking(s, move |s| crate::service::acl::check_server(s, &room_id, &origin)).await.err()
+    };
+    if let Some(err) = denied {
+        return Some((event_id, Err(err.message)));
+    }
     let lock = s.inbound.room_lock(&room_id);
     let _guard = lock.lock().await;
     let result = match receive(s, origin, &room_id, &record.version, object, true).await {

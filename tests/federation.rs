@@ -239,3 +239,58 @@ async fn device_lists_of_users_on_another_server() {
     let err = a.federation.send(&server, get_devices::v1::Request::new(nobody)).await.unwrap_err();
     assert_eq!((err.status.as_u16(), err.errcode.as_ref()), (404, "M_NOT_FOUND"));
 }
+
+/// Events sent to `/send` are verified: a broken signature is refused, a
+/// changed content (hash mismatch) is kept redacted, a valid one is kept.
+#[tokio::test]
+async fn forged_and_tampered_events_in_a_transaction() {
+    use porch::service::{remote_join, rooms::NewEvent};
+    use ruma::{CanonicalJsonValue, api::federation::transactions::send_transaction_message};
+    let (a, a_name, _dir) = in_process_server().await;
+    let (b, b_name) = federating_server().await;
+    let bob = b.register("bob").await;
+    let room_id = b.create_room(&bob, serde_json::json!({ "preset": "public_chat" })).await;
+    let alice = ruma::OwnedUserId::try_from(format!("@alice:{a_name}")).unwrap();
+    a.users.create(&alice, Some("password1"), porch::service::users::AccountKind::Member, false, None).unwrap();
+    let room = ruma::OwnedRoomId::try_from(room_id.as_str()).unwrap();
+    let server = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
+    remote_join::join(&a, &alice, &room, vec![server.clone()], None).await.expect("join B's room");
+
+    let message = |body: &str| {
+        let (_, pdu) = a
+            .rooms
+            .prepare(&room, &alice, NewEvent::message("m.room.message", serde_json::json!({ "body": body })))
+            .unwrap();
+        pdu
+    };
+    let (valid, tampered, forged) = (message("valid"), message("original"), message("forged"));
+    let mut tampered_object = tampered.canonical_object();
+    tampered_object
+        .insert("content".into(), CanonicalJsonValue::Object([("body".to_owned(), "changed".into())].into()));
+    let mut forged_object = forged.canonical_object();
+    forged_object.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(1u32.into()));
+    let raw = |object: &ruma::CanonicalJsonObject| serde_json::value::to_raw_value(object).unwrap();
+    let mut request = send_transaction_message::v1::Request::new(
+        "forgery-test".into(),
+        ruma::OwnedServerName::try_from(a_name.as_str()).unwrap(),
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+    );
+    request.pdus = vec![valid.json.clone(), raw(&tampered_object), raw(&forged_object)];
+    let results = a.federation.send(&server, request).await.unwrap().pdus;
+    assert!(results[&valid.event_id].is_ok(), "{results:?}");
+    assert!(results[&tampered.event_id].is_ok(), "a hash mismatch is kept, redacted: {results:?}");
+    let refused: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert_eq!(refused.len(), 1, "the forged signature is refused: {results:?}");
+    assert!(refused[0].1.as_ref().unwrap_err().contains("signature"), "{refused:?}");
+
+    let event = |id: &ruma::OwnedEventId| {
+        format!("/_matrix/client/v3/rooms/{}/event/{}", common::enc(&room_id), common::enc(id.as_str()))
+    };
+    let (status, body) = b.get(&event(&valid.event_id), Some(&bob.token)).await;
+    assert_eq!((status, body["content"]["body"].as_str()), (200, Some("valid")), "{body}");
+    let (status, body) = b.get(&event(&tampered.event_id), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["content"], serde_json::json!({}), "the tampered content is not shown");
+    let (status, _) = b.get(&event(&forged.event_id), Some(&bob.token)).await;
+    assert_eq!(status, 404, "the forged event was not stored");
+}

@@ -244,9 +244,20 @@ pub async fn join(
         return Err(Error::not_found("This room is not known here, and no server to join it through was given."));
     }
     let mut last = None;
+    let invite = {
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        blocking(s, move |s| crate::service::remote_invite::pending_invite(s, &user_id, &room_id)).await?
+    };
     for server in candidates {
         match join_via(s, &server, user_id, room_id, reason.as_deref()).await {
-            Ok(event_id) => return Ok(event_id),
+            Ok(event_id) => {
+                // The invite is answered: its stripped state is no longer needed.
+                if let Some((invite_id, _)) = invite {
+                    blocking(s, move |s| Ok(s.db.delete(crate::storage::Cf::RemoteInvites, invite_id.as_bytes())?))
+                        .await?;
+                }
+                return Ok(event_id);
+            }
             Err(err) => {
                 tracing::info!(%room_id, %server, "remote join failed: {}", err.message);
                 last = Some(err);

@@ -7,8 +7,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName,
-    RoomId, RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
     api::federation::membership::{RawStrippedState, create_invite, create_leave_event, prepare_leave_event},
     events::{TimelineEventType, room::member::MembershipState},
 };
@@ -305,18 +305,7 @@ async fn leave_via(
     if let Some(reason) = reason.filter(|r| !r.is_empty()) {
         content.insert("reason".into(), json!(reason));
     }
-    let content = crate::pdu::to_canonical(Value::Object(content)).map_err(Error::bad_json)?;
-    object.insert("content".into(), CanonicalJsonValue::Object(content));
-    object
-        .insert("origin_server_ts".into(), CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()));
-    object.insert("origin".into(), CanonicalJsonValue::String(s.server_name().to_string()));
-    object.remove("signatures");
-    object.remove("hashes");
-    ruma::signatures::hash_and_sign_event(s.server_name().as_str(), &s.signing.key_pair, &mut object, &rules.redaction)
-        .map_err(|e| Error::internal(format!("signing our leave: {e}")))?;
-    let hash = ruma::signatures::reference_hash(&object, &rules).map_err(Error::internal)?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
-    let raw = RawJsonValue::from_string(serde_json::to_string(&object)?)?;
+    let (event_id, raw) = crate::service::remote_join::sign_template(s, &mut object, content, &rules)?;
     s.federation
         .send(server, create_leave_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone()))
         .await?;

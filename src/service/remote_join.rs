@@ -267,6 +267,29 @@ pub async fn join(
     Err(last.expect("at least one server was tried"))
 }
 
+/// Fill a resident server's membership template with our content and
+/// time, then hash and sign it; returns its event id and JSON.
+pub fn sign_template(
+    s: &Services,
+    object: &mut CanonicalJsonObject,
+    content: serde_json::Map<String, Value>,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<(OwnedEventId, Box<RawJsonValue>)> {
+    let content = crate::pdu::to_canonical(Value::Object(content)).map_err(Error::bad_json)?;
+    object.insert("content".into(), CanonicalJsonValue::Object(content));
+    object
+        .insert("origin_server_ts".into(), CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()));
+    object.insert("origin".into(), CanonicalJsonValue::String(s.server_name().to_string()));
+    for field in ["signatures", "hashes", "event_id"] {
+        object.remove(field);
+    }
+    ruma::signatures::hash_and_sign_event(s.server_name().as_str(), &s.signing.key_pair, object, &rules.redaction)
+        .map_err(|e| Error::internal(format!("signing our membership event: {e}")))?;
+    let hash = ruma::signatures::reference_hash(object, rules).map_err(Error::internal)?;
+    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+    Ok((event_id, RawJsonValue::from_string(serde_json::to_string(object)?)?))
+}
+
 async fn join_via(
     s: &Arc<Services>,
     server: &ServerName,
@@ -300,19 +323,7 @@ async fn join_via(
     {
         content.insert("join_authorised_via_users_server".into(), json!(authoriser));
     }
-    let content = crate::pdu::to_canonical(Value::Object(content)).map_err(Error::bad_json)?;
-    object.insert("content".into(), CanonicalJsonValue::Object(content));
-    object
-        .insert("origin_server_ts".into(), CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()));
-    object.insert("origin".into(), CanonicalJsonValue::String(s.server_name().to_string()));
-    object.remove("signatures");
-    object.remove("hashes");
-    object.remove("event_id");
-    ruma::signatures::hash_and_sign_event(s.server_name().as_str(), &s.signing.key_pair, &mut object, &rules.redaction)
-        .map_err(|e| Error::internal(format!("signing our join: {e}")))?;
-    let hash = ruma::signatures::reference_hash(&object, &rules).map_err(Error::internal)?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
-    let raw = RawJsonValue::from_string(serde_json::to_string(&object)?)?;
+    let (event_id, raw) = sign_template(s, &mut object, content, &rules)?;
     let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone());
     let response = s.federation.send(server, request).await?.room_state;
 

@@ -55,16 +55,6 @@ pub fn pending_invite(
     Ok(remote_invite(s, &record.event_id)?.map(|invite| (record.event_id, invite)))
 }
 
-const STRIPPED_TYPES: [&str; 7] = [
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
-
 /// Invite another server's user: sign the invite, have their server
 /// co-sign it, then append it and send it to the room's servers.
 pub async fn invite(
@@ -98,7 +88,7 @@ pub async fn invite(
         let (version, pdu) = s.rooms.prepare(&room, &sender_owned, event)?;
         let state = s.rooms.current_state(&room)?;
         let mut invite_state = Vec::new();
-        for kind in STRIPPED_TYPES {
+        for kind in crate::service::sync::STRIPPED_STATE_TYPES {
             if let Some(event) = s.rooms.state_pdu(&state, kind, "")? {
                 invite_state.push(RawStrippedState::Pdu(event.json.clone()));
             }

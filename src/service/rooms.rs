@@ -686,9 +686,20 @@ impl<'a> Txn<'a> {
         if let Some(txn) = &meta.txn {
             self.batch.put(Cf::TxnIds, &txn_key(&self.room_id, &pdu.sender, txn), pdu.event_id.as_bytes());
         }
+        self.put_event(&pdu, &meta);
+        self.record.extremities = vec![pdu.event_id.clone()];
+        self.record.depth += 1;
+        self.record.last_count = count;
+        self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta));
+        self.outgoing.push(pdu.clone());
+        Ok(pdu)
+    }
+
+    /// The event and its timeline entry at its stream position.
+    fn put_event(&mut self, pdu: &Pdu, meta: &PduMeta) {
         self.batch.put(
             Cf::Timeline,
-            &[&prefix(&[self.room_id.as_bytes()])[..], &count.to_be_bytes()].concat(),
+            &[&prefix(&[self.room_id.as_bytes()])[..], &meta.count.to_be_bytes()].concat(),
             pdu.event_id.as_bytes(),
         );
         self.batch.put_json(
@@ -696,12 +707,6 @@ impl<'a> Txn<'a> {
             pdu.event_id.as_bytes(),
             &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() },
         );
-        self.record.extremities = vec![pdu.event_id.clone()];
-        self.record.depth += 1;
-        self.record.last_count = count;
-        self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta));
-        self.outgoing.push(pdu.clone());
-        Ok(pdu)
     }
 
     fn index_membership(&mut self, pdu: &Pdu, state_key: &str, count: u64) -> Result<()> {

@@ -356,6 +356,17 @@ fn summary(services: &Services, room_id: &RoomId, user_id: &UserId, state: &Stat
     Ok(summary)
 }
 
+/// The state events (empty state key) that invites and knocks carry.
+pub const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 /// The stripped state sent with invites and knocks.
 pub fn stripped_state(
     services: &Services,
@@ -369,15 +380,7 @@ pub fn stripped_state(
     }
     let state = services.rooms.current_state(room_id)?;
     let mut out = Vec::new();
-    for kind in [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ] {
+    for kind in STRIPPED_STATE_TYPES {
         if let Some(pdu) = services.rooms.state_pdu(&state, kind, "")? {
             out.push(raw(&pdu.to_stripped_state()));
         }

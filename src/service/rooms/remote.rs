@@ -19,7 +19,7 @@ use super::{NewEvent, RoomRecord, Rooms, Snapshot, Txn};
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, PduMeta, StateMap, StoredPdu},
-    storage::{Cf, prefix},
+    storage::Cf,
 };
 
 /// Bounds the walks over auth chains, so a hostile DAG cannot exhaust us.
@@ -338,24 +338,7 @@ impl Rooms {
 
     /// Events of the room's timeline before `from` (for backfill).
     pub fn events_before(&self, room_id: &RoomId, from: &[OwnedEventId], limit: usize) -> Result<Vec<Arc<Pdu>>> {
-        let mut out = Vec::new();
-        let mut seen: HashSet<OwnedEventId> = HashSet::new();
-        let mut todo: VecDeque<OwnedEventId> = from.iter().cloned().collect();
-        while let Some(id) = todo.pop_front() {
-            if out.len() >= limit {
-                break;
-            }
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            let Some((pdu, meta)) = self.get_pdu(&id)? else { continue };
-            if meta.room_id != room_id {
-                continue;
-            }
-            todo.extend(pdu.prev_events.iter().cloned());
-            out.push(pdu);
-        }
-        Ok(out)
+        self.walk_back(room_id, from.iter().cloned().collect(), &HashSet::new(), limit)
     }
 
     /// Timeline events following `earliest` up to `latest`, walking back
@@ -367,15 +350,29 @@ impl Rooms {
         latest: &[OwnedEventId],
         limit: usize,
     ) -> Result<Vec<Arc<Pdu>>> {
-        let stop: HashSet<&OwnedEventId> = earliest.iter().collect();
-        let mut seen: HashSet<OwnedEventId> = HashSet::new();
-        let mut out = Vec::new();
-        let mut todo: VecDeque<OwnedEventId> = VecDeque::new();
+        let mut start = VecDeque::new();
         for id in latest {
             if let Some((pdu, _)) = self.get_pdu(id)? {
-                todo.extend(pdu.prev_events.iter().cloned());
+                start.extend(pdu.prev_events.iter().cloned());
             }
         }
+        let stop: HashSet<&OwnedEventId> = earliest.iter().collect();
+        let mut out = self.walk_back(room_id, start, &stop, limit)?;
+        out.sort_by_key(|p| p.depth);
+        Ok(out)
+    }
+
+    /// Breadth-first through prev events from `todo`, not past `stop`, up
+    /// to `limit` events of this room.
+    fn walk_back(
+        &self,
+        room_id: &RoomId,
+        mut todo: VecDeque<OwnedEventId>,
+        stop: &HashSet<&OwnedEventId>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        let mut out = Vec::new();
         while let Some(id) = todo.pop_front() {
             if out.len() >= limit {
                 break;
@@ -390,7 +387,6 @@ impl Rooms {
             todo.extend(pdu.prev_events.iter().cloned());
             out.push(pdu);
         }
-        out.sort_by_key(|p| p.depth);
         Ok(out)
     }
 }
@@ -516,16 +512,7 @@ impl Txn<'_> {
             self.apply_redaction(&pdu, &target)?;
         }
         self.set_current(new_current, count, false)?;
-        self.batch.put(
-            Cf::Timeline,
-            &[&prefix(&[self.room_id.as_bytes()])[..], &count.to_be_bytes()].concat(),
-            pdu.event_id.as_bytes(),
-        );
-        self.batch.put_json(
-            Cf::Pdus,
-            pdu.event_id.as_bytes(),
-            &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() },
-        );
+        self.put_event(&pdu, &meta);
         let mut extremities: Vec<OwnedEventId> =
             self.record.extremities.iter().filter(|e| !pdu.prev_events.contains(e)).cloned().collect();
         extremities.push(pdu.event_id.clone());

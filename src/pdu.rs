@@ -53,8 +53,13 @@ pub struct Pdu {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PduMeta {
     pub room_id: OwnedRoomId,
-    /// Stream position of the event in this server's timeline.
+    /// Stream position of the event in this server's timeline (0 for
+    /// outliers and for history fetched by backfill).
     pub count: u64,
+    /// For history fetched by backfill: how far below the first live event
+    /// it sits (1 is just before it), its timeline ordering negated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfilled: Option<u64>,
     /// State snapshot before and after the event.
     pub state_before: u64,
     pub state_after: u64,
@@ -74,6 +79,7 @@ impl PduMeta {
         Self {
             room_id,
             count: 0,
+            backfilled: None,
             state_before: 0,
             state_after: 0,
             txn: None,
@@ -83,9 +89,19 @@ impl PduMeta {
         }
     }
 
-    /// Stream positions start at 1: position 0 marks an outlier.
+    /// Stream positions start at 1: position 0 marks an outlier, unless
+    /// the event came by backfill.
     pub fn is_outlier(&self) -> bool {
-        self.count == 0
+        self.count == 0 && self.backfilled.is_none()
+    }
+
+    /// The event's place in its room's timeline: the stream position for
+    /// live events, below zero for backfilled history.
+    pub fn ordering(&self) -> i64 {
+        match self.backfilled {
+            Some(depth) => -(depth as i64),
+            None => self.count as i64,
+        }
     }
 }
 

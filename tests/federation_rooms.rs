@@ -1,11 +1,12 @@
 //! Rooms across two porch servers on loopback over TLS: joins in both
 //! directions in v10, v11 and v12 rooms, messages, typing and receipts,
 //! restricted joins vouched for by the room's server, kicks and bans of
-//! remote users, leaving, and a restarted server catching up.
+//! remote users, leaving, a restarted server catching up, and history
+//! from before a join fetched by backfill.
 
 mod common;
 
-use common::{TestServer, User, enc, federating_options, federating_server, sync_until, timeline};
+use common::{TestServer, User, enc, federating_options, federating_server, messages_back, sync_until, timeline};
 use serde_json::{Value, json};
 
 fn has_event(sync: &Value, room_id: &str, check: impl Fn(&Value) -> bool) -> bool {
@@ -314,4 +315,73 @@ async fn invites_across_servers_accepted_and_rejected() {
         a.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&other)), Some(&alice.token)).await;
     assert_eq!(status, 200);
     assert!(!members.to_string().contains("ghost"), "a refused invite leaves no member event: {members}");
+}
+
+#[tokio::test]
+async fn history_from_before_the_join_is_backfilled() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room_id = a
+        .create_room(&alice, json!({ "preset": "public_chat", "room_alias_name": "archive", "name": "Archive" }))
+        .await;
+    // More than one backfill batch of history, with a state change inside.
+    for i in 0..40 {
+        a.send_text(&alice, &room_id, &format!("old {i}")).await;
+    }
+    let (status, _) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room_id)),
+            Some(&alice.token),
+            json!({ "topic": "older times" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for i in 40..70 {
+        a.send_text(&alice, &room_id, &format!("old {i}")).await;
+    }
+
+    let (status, body) = b.join(&bob, &format!("#archive:{a_name}")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut since = None;
+    let prev_batch = sync_until(&b, &bob, &mut since, "the room on B", |sync| {
+        sync["rooms"]["join"][room_id.as_str()]["timeline"]["prev_batch"].as_str().map(str::to_owned)
+    })
+    .await;
+
+    let history = messages_back(&b, &bob, &room_id, &prev_batch).await;
+    let texts: Vec<&str> = history.iter().filter_map(text_of).collect();
+    let expected: Vec<String> = (0..70).rev().map(|i| format!("old {i}")).collect();
+    assert_eq!(texts, expected, "every message from before the join, newest first, once each");
+    let kinds: Vec<&str> = history.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.last(), Some(&"m.room.create"), "backfill reaches the room's start");
+    assert!(kinds.contains(&"m.room.topic"), "the state change in between is there too");
+
+    // The backfilled history is ordinary history: forward paging, /context.
+    let old_10 = history.iter().find(|e| text_of(e) == Some("old 10")).unwrap();
+    let (status, context) = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=4",
+                enc(&room_id),
+                enc(old_10["event_id"].as_str().unwrap())
+            ),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(status, 200, "{context}");
+    let before: Vec<&str> = context["events_before"].as_array().unwrap().iter().filter_map(text_of).collect();
+    let after: Vec<&str> = context["events_after"].as_array().unwrap().iter().filter_map(text_of).collect();
+    assert_eq!(before, ["old 9", "old 8"]);
+    assert_eq!(after, ["old 11", "old 12"]);
+
+    // Nothing backfilled shows up as new in an incremental sync.
+    a.send_text(&alice, &room_id, "new").await;
+    let texts = sync_until(&b, &bob, &mut since, "the new message on B", |sync| {
+        let texts: Vec<String> = timeline(sync, &room_id).into_iter().filter_map(text_of).map(str::to_owned).collect();
+        (!texts.is_empty()).then_some(texts)
+    })
+    .await;
+    assert_eq!(texts, ["new"]);
 }

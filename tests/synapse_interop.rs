@@ -1,10 +1,11 @@
 //! Interoperation with a real Synapse (PyPI `matrix-synapse`), on loopback
 //! over TLS: joins both ways in v10, v11 and v12 rooms, messages, typing,
-//! receipts, restricted joins porch authorises, kicks, bans and leaves.
+//! receipts, restricted joins porch authorises, kicks, bans and leaves,
+//! history backfilled from Synapse.
 
 mod common;
 
-use common::{Homeserver, User, enc, federating_server, synapse::Synapse, sync_until, timeline};
+use common::{Homeserver, User, enc, federating_server, messages_back, synapse::Synapse, sync_until, timeline};
 use serde_json::{Value, json};
 
 fn text_of(event: &Value) -> Option<&str> {
@@ -89,8 +90,21 @@ async fn joins_both_ways_with_messages_typing_and_receipts() {
         .await;
     assert_eq!(status, 200, "{create}");
     assert_eq!(create["room_version"], "12", "Synapse makes v12 rooms");
+    for i in 0..30 {
+        synapse.send_text(&sam, &room_id, &format!("before porch {i}")).await;
+    }
     let (status, body) = porch.join(&alice, &format!("#lounge:{}", synapse.server_name)).await;
     assert_eq!(status, 200, "porch joins Synapse's v12 room: {body}");
+    // History from before the join comes by backfill from Synapse.
+    let (status, page) = porch
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room_id)), Some(&alice.token))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let history = messages_back(&porch, &alice, &room_id, page["start"].as_str().unwrap()).await;
+    let texts: Vec<&str> = history.iter().filter_map(text_of).collect();
+    let expected: Vec<String> = (0..30).rev().map(|i| format!("before porch {i}")).collect();
+    assert_eq!(texts, expected, "Synapse's history before the join, newest first");
+    assert_eq!(history.last().map(|e| &e["type"]), Some(&json!("m.room.create")));
     sees_membership(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, "join").await;
     porch.send_text(&alice, &room_id, "hello Synapse").await;
     sees_text(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, "hello Synapse").await;

@@ -63,23 +63,23 @@ pub fn visible_state(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result
     }
 }
 
-/// Tokens for `/messages`: `t<position>`; the page holds events strictly
-/// before (backward) or after (forward) it.
-pub fn parse_token(token: &str) -> Option<u64> {
+/// Tokens for `/messages`: `t<ordering>` (negative in backfilled history);
+/// the page holds events strictly before (backward) or after (forward) it.
+pub fn parse_token(token: &str) -> Option<i64> {
     token.strip_prefix('t').or_else(|| token.strip_prefix('s')).unwrap_or(token).parse().ok()
 }
 
 pub struct Page {
     pub events: Vec<(Arc<Pdu>, PduMeta)>,
-    pub end: Option<u64>,
+    pub end: Option<i64>,
 }
 
 /// Where a page starts, which way it goes, how long it is and where it must stop.
 pub struct PageRequest {
-    pub from: u64,
+    pub from: i64,
     pub forward: bool,
     pub limit: usize,
-    pub to: Option<u64>,
+    pub to: Option<i64>,
 }
 
 /// One page of visible, filter-matching events.
@@ -92,11 +92,11 @@ pub fn page(
 ) -> Result<Page> {
     let PageRequest { from, forward, limit, to } = request;
     let left_at = match s.rooms.user_membership(user_id, room_id)? {
-        Some(record) if record.membership != MembershipState::Join => Some(record.count),
+        Some(record) if record.membership != MembershipState::Join => Some(record.count as i64),
         _ => None,
     };
     // Never read past what is fully written: a later page picks it up.
-    let safe = s.db.safe_count();
+    let safe = s.db.safe_count() as i64;
     let to = if forward { Some(to.map_or(safe, |t| t.min(safe))) } else { to };
     let mut events = Vec::new();
     let mut cursor = from;

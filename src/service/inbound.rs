@@ -38,7 +38,7 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
         self.room_locks.lock().expect("inbound locks poisoned").entry(room_id.to_owned()).or_default().clone()
     }
 }
@@ -182,7 +182,11 @@ pub async fn verified_pdu(
     Ok(Arc::new(pdu))
 }
 
-async fn check_against_auth_events(s: &Arc<Services>, version: &RoomVersionId, pdu: &Arc<Pdu>) -> Result<()> {
+pub(crate) async fn check_against_auth_events(
+    s: &Arc<Services>,
+    version: &RoomVersionId,
+    pdu: &Arc<Pdu>,
+) -> Result<()> {
     let (version, pdu) = (version.clone(), pdu.clone());
     blocking(s, move |s| {
         let none = HashMap::new();
@@ -337,7 +341,7 @@ async fn fetch_missing_prev_events(
 
 /// The state before `pdu` as `origin` tells it: for each prev event whose
 /// state we lack, its `state_ids`, with the events fetched and checked.
-async fn state_from_remote(
+pub(crate) async fn state_from_remote(
     s: &Arc<Services>,
     origin: &ServerName,
     room_id: &RoomId,

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod acl;
+pub mod backfill;
 pub mod create_room;
 pub mod directory;
 pub mod ephemeral;

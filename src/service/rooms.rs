@@ -33,7 +33,7 @@ use crate::{
     pdu::{Pdu, PduMeta, StateMap, StoredPdu, TxnRef, to_canonical},
     service::outbound::{self, OutboxItem, OutboxSignal},
     signing::SigningKey,
-    storage::{Batch, Cf, Db, decode, key, prefix, u64_from_be},
+    storage::{Batch, Cf, Db, SEP, decode, key, prefix, u64_from_be},
 };
 
 /// A snapshot is stored in full after this many deltas.
@@ -251,36 +251,46 @@ impl Rooms {
         Ok(())
     }
 
-    /// Timeline entries of a room with stream positions in `(after, until]`
-    /// (forward) or `[.., before)` (backward), at most `limit`.
+    /// Timeline entries from `from` (exclusive) onwards (`forward`) or
+    /// backwards, at most `limit`, as (ordering, event id). Orderings are
+    /// stream positions for live events and negative for backfilled history.
     pub fn timeline(
         &self,
         room_id: &RoomId,
-        from: u64,
+        from: i64,
         forward: bool,
         limit: usize,
-    ) -> Result<Vec<(u64, OwnedEventId)>> {
-        let prefix = prefix(&[room_id.as_bytes()]);
-        let mut start = prefix.clone();
-        if forward {
-            start.extend_from_slice(&(from.saturating_add(1)).to_be_bytes());
+    ) -> Result<Vec<(i64, OwnedEventId)>> {
+        // Live events, then backfilled history, each scanned in its own range.
+        let segments: [(i64, bool); 2] = if forward {
+            [(from.saturating_add(1), false), (from.saturating_add(1).max(1), true)]
         } else {
-            start.extend_from_slice(&(from.saturating_sub(1)).to_be_bytes());
-        }
-        if !forward && from == 0 {
-            return Ok(Vec::new());
-        }
+            [(from.saturating_sub(1), true), (from.saturating_sub(1).min(-1), false)]
+        };
         let mut out = Vec::new();
-        for item in self.db.scan_from(Cf::Timeline, &prefix, &start, forward) {
-            let (k, v) = item?;
-            if out.len() >= limit {
-                break;
+        for (start, live) in segments {
+            if live != (start > 0) || out.len() >= limit {
+                continue;
             }
-            let count = u64_from_be(&k[prefix.len()..]);
-            let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&v).into_owned()) else { continue };
-            out.push((count, event_id));
+            let range = timeline_range(room_id, live);
+            let start_key = timeline_key(room_id, start);
+            for item in self.db.scan_from(Cf::Timeline, &range, &start_key, forward) {
+                let (k, v) = item?;
+                if out.len() >= limit {
+                    break;
+                }
+                let raw = u64_from_be(&k[range.len()..]);
+                let ordering = if live { raw as i64 } else { -((u64::MAX - raw) as i64) };
+                let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&v).into_owned()) else { continue };
+                out.push((ordering, event_id));
+            }
         }
         Ok(out)
+    }
+
+    /// The oldest event of the room's timeline.
+    pub fn oldest_event(&self, room_id: &RoomId) -> Result<Option<(i64, OwnedEventId)>> {
+        Ok(self.timeline(room_id, i64::MIN + 1, true, 1)?.pop())
     }
 
     pub fn rules(version: &RoomVersionId) -> Result<RoomVersionRules> {
@@ -317,14 +327,15 @@ impl Rooms {
     pub fn purge_history(&self, room_id: &RoomId) -> Result<()> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().expect("room lock poisoned");
-        let prefix = prefix(&[room_id.as_bytes()]);
         let mut batch = self.db.batch();
         let mut purged = Vec::new();
-        for item in self.db.scan_prefix(Cf::Timeline, &prefix) {
-            let (k, v) = item?;
-            batch.delete(Cf::Timeline, &k);
-            batch.delete(Cf::Pdus, &v);
-            purged.push(v);
+        for live in [false, true] {
+            for item in self.db.scan_prefix(Cf::Timeline, &timeline_range(room_id, live)) {
+                let (k, v) = item?;
+                batch.delete(Cf::Timeline, &k);
+                batch.delete(Cf::Pdus, &v);
+                purged.push(v);
+            }
         }
         batch.commit()?;
         let mut cache = self.pdu_cache.lock().expect("pdu cache poisoned");
@@ -632,6 +643,7 @@ impl<'a> Txn<'a> {
         let mut meta = PduMeta {
             room_id: self.room_id.clone(),
             count,
+            backfilled: None,
             state_before,
             state_after: state_before,
             txn,
@@ -697,11 +709,7 @@ impl<'a> Txn<'a> {
 
     /// The event and its timeline entry at its stream position.
     fn put_event(&mut self, pdu: &Pdu, meta: &PduMeta) {
-        self.batch.put(
-            Cf::Timeline,
-            &[&prefix(&[self.room_id.as_bytes()])[..], &meta.count.to_be_bytes()].concat(),
-            pdu.event_id.as_bytes(),
-        );
+        self.batch.put(Cf::Timeline, &timeline_key(&self.room_id, meta.ordering()), pdu.event_id.as_bytes());
         self.batch.put_json(
             Cf::Pdus,
             pdu.event_id.as_bytes(),
@@ -795,6 +803,24 @@ impl<'a> Txn<'a> {
         cache.extend(pending.into_iter().filter(|(id, _)| !redacted.contains(id)));
         Ok(())
     }
+}
+
+/// Where a room's live timeline (`room ‖ 0xFF`) or its backfilled history
+/// (`room ‖ 0xFE`, sorting just before) is kept. 0xFE never occurs in UTF-8,
+/// so no other room's keys fall in either range.
+fn timeline_range(room_id: &RoomId, live: bool) -> Vec<u8> {
+    let mut range = room_id.as_bytes().to_vec();
+    range.push(if live { SEP } else { SEP - 1 });
+    range
+}
+
+/// Live event `p` at `u64be(p)`; backfilled `-n` at `u64be(u64::MAX - n)`,
+/// so older history sorts lower in both ranges.
+fn timeline_key(room_id: &RoomId, ordering: i64) -> Vec<u8> {
+    let mut key = timeline_range(room_id, ordering > 0);
+    let raw = if ordering > 0 { ordering as u64 } else { u64::MAX - ordering.unsigned_abs() };
+    key.extend_from_slice(&raw.to_be_bytes());
+    key
 }
 
 /// Transaction ids are scoped to the device and the room they were sent to.

@@ -224,7 +224,7 @@ fn joined_room(
     let room_since = if membership_changed { None } else { since };
     let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
     let mut limited = false;
-    let mut cursor = upto + 1;
+    let mut cursor = upto as i64 + 1;
     'scan: loop {
         let batch = services.rooms.timeline(room_id, cursor, false, 50)?;
         if batch.is_empty() {
@@ -232,7 +232,7 @@ fn joined_room(
         }
         for (count, event_id) in batch {
             cursor = count;
-            if room_since.is_some_and(|s| count <= s) {
+            if room_since.is_some_and(|s| count <= s as i64) {
                 break 'scan;
             }
             let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
@@ -306,7 +306,7 @@ fn joined_room(
     timeline.limited = limited
         || (room_since.is_none()
             && entries.first().is_some_and(|(p, _)| p.kind != ruma::events::TimelineEventType::RoomCreate));
-    timeline.prev_batch = entries.first().map(|(_, meta)| format!("t{}", meta.count));
+    timeline.prev_batch = entries.first().map(|(_, meta)| format!("t{}", meta.ordering()));
     timeline.events = entries.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, false, device))).collect();
 
     let mut room = JoinedRoom::new();
@@ -325,7 +325,7 @@ fn joined_room(
 
 /// The room's state as of a stream position (after the last event at or before it).
 fn state_at_position(services: &Services, room_id: &RoomId, position: u64) -> Result<std::sync::Arc<StateMap>> {
-    let last = services.rooms.timeline(room_id, position + 1, false, 1)?;
+    let last = services.rooms.timeline(room_id, position as i64 + 1, false, 1)?;
     match last.first() {
         Some((_, event_id)) => match services.rooms.get_pdu(event_id)? {
             Some((_, meta)) => services.rooms.state_at(meta.state_after),
@@ -421,8 +421,8 @@ fn left_room(
     // The last events up to the leave that the user could see, and the
     // state before them (clients such as matrix-nio expect state here).
     let mut entries = Vec::new();
-    for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count + 1, false, 10)? {
-        if since.is_some_and(|s| count <= s) {
+    for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count as i64 + 1, false, 10)? {
+        if since.is_some_and(|s| count <= s as i64) {
             break;
         }
         let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };

@@ -334,3 +334,25 @@ pub async fn sync_until<T>(
         assert!(std::time::Instant::now() < deadline, "{what} did not arrive within 30 s");
     }
 }
+
+/// Every event `/messages` gives going back from `from` (newest first),
+/// page by page until it reports no `end`.
+pub async fn messages_back(server: &Homeserver, user: &User, room_id: &str, from: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from = from.to_owned();
+    for _ in 0..100 {
+        let (status, page) = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20&from={}", enc(room_id), enc(&from)),
+                Some(&user.token),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        events.extend(page["chunk"].as_array().unwrap().iter().cloned());
+        match page["end"].as_str() {
+            Some(end) => from = end.to_owned(),
+            None => return events,
+        }
+    }
+    panic!("/messages never reached the start of {room_id}");
+}

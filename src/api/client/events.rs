@@ -13,6 +13,8 @@ use ruma::{
     },
     events::{TimelineEventType, room::member::MembershipState},
 };
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -21,6 +23,7 @@ use crate::{
     pdu::TxnRef,
     policy::{self, Action},
     service::{
+        Services, backfill,
         history::{self, PageRequest, require_member},
         push,
         rooms::NewEvent,
@@ -311,38 +314,66 @@ pub async fn messages(
     state: AppState,
     req: Ruma<get_message_events::v3::Request>,
 ) -> Result<get_message_events::v3::Response> {
-    blocking(&state, move |s| {
-        let session = req.session();
-        let body = &req.body;
-        require_member(s, &body.room_id, &session.user_id)?;
-        let forward = body.dir == Direction::Forward;
-        let from = match &body.from {
-            Some(token) => {
-                history::parse_token(token).ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?
-            }
-            None if forward => 0,
-            None => s.db.safe_count() + 1,
+    let req = Arc::new(req);
+    let mut backfills = 0;
+    loop {
+        let (response, reached_start) = {
+            let req = req.clone();
+            blocking(&state, move |s| messages_page(s, &req)).await?
         };
-        let to = body
-            .to
-            .as_deref()
-            .map(|t| history::parse_token(t).ok_or_else(|| Error::invalid_param("The `to` token is not valid.")))
-            .transpose()?;
-        let limit = (u64::from(body.limit) as usize).clamp(1, 1000);
-        let filter = EventFilter(&body.filter);
-        let page =
-            history::page(s, &session.user_id, &body.room_id, PageRequest { from, forward, limit, to }, &filter)?;
-        let mut response = get_message_events::v3::Response::new();
-        response.start = format!("t{from}");
-        response.end = page.end.map(|e| format!("t{e}"));
-        if filter.lazy_load_members() {
-            response.state = history::member_state_for(s, &body.room_id, &page.events)?.iter().map(raw).collect();
+        // History from before this server joined lives on other servers.
+        if !reached_start || backfills == MAX_BACKFILLS_PER_PAGE {
+            return Ok(response);
         }
-        let device = Some(session.device_id.as_str());
-        response.chunk = page.events.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, true, device))).collect();
-        Ok(response)
-    })
-    .await
+        backfills += 1;
+        match backfill::backfill(&state, &req.body.room_id).await {
+            Ok(0) => return Ok(response),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(room_id = %req.body.room_id, "backfill failed: {}", err.message);
+                return Ok(response);
+            }
+        }
+    }
+}
+
+/// Backfill requests one `/messages` page may wait for.
+const MAX_BACKFILLS_PER_PAGE: usize = 3;
+
+/// One `/messages` page, and whether it ran out of history going backwards.
+fn messages_page(
+    s: &Services,
+    req: &Ruma<get_message_events::v3::Request>,
+) -> Result<(get_message_events::v3::Response, bool)> {
+    let session = req.session();
+    let body = &req.body;
+    require_member(s, &body.room_id, &session.user_id)?;
+    let forward = body.dir == Direction::Forward;
+    let from = match &body.from {
+        Some(token) => {
+            history::parse_token(token).ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?
+        }
+        None if forward => 0,
+        None => s.db.safe_count() as i64 + 1,
+    };
+    let to = body
+        .to
+        .as_deref()
+        .map(|t| history::parse_token(t).ok_or_else(|| Error::invalid_param("The `to` token is not valid.")))
+        .transpose()?;
+    let limit = (u64::from(body.limit) as usize).clamp(1, 1000);
+    let filter = EventFilter(&body.filter);
+    let page = history::page(s, &session.user_id, &body.room_id, PageRequest { from, forward, limit, to }, &filter)?;
+    let reached_start = !forward && to.is_none() && page.end.is_none();
+    let mut response = get_message_events::v3::Response::new();
+    response.start = format!("t{from}");
+    response.end = page.end.map(|e| format!("t{e}"));
+    if filter.lazy_load_members() {
+        response.state = history::member_state_for(s, &body.room_id, &page.events)?.iter().map(raw).collect();
+    }
+    let device = Some(session.device_id.as_str());
+    response.chunk = page.events.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, true, device))).collect();
+    Ok((response, reached_start))
 }
 
 pub async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Result<get_context::v3::Response> {
@@ -360,13 +391,13 @@ pub async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Re
         }
         let limit = (u64::from(body.limit) as usize).min(100);
         let filter = EventFilter(&body.filter);
-        let around = |forward: bool, limit: usize| PageRequest { from: meta.count, forward, limit, to: None };
+        let around = |forward: bool, limit: usize| PageRequest { from: meta.ordering(), forward, limit, to: None };
         let before = history::page(s, &session.user_id, &body.room_id, around(false, limit / 2), &filter)?;
         let after = history::page(s, &session.user_id, &body.room_id, around(true, limit - limit / 2), &filter)?;
         let device = Some(session.device_id.as_str());
         let mut response = get_context::v3::Response::new();
         response.start = Some(format!("t{}", before.end.unwrap_or(0)));
-        response.end = Some(format!("t{}", after.end.unwrap_or(meta.count)));
+        response.end = Some(format!("t{}", after.end.unwrap_or(meta.ordering())));
         response.event = Some(raw(&pdu.to_client_event(&meta, true, device)));
         response.events_before = before.events.iter().map(|(p, m)| raw(&p.to_client_event(m, true, device))).collect();
         response.events_after = after.events.iter().map(|(p, m)| raw(&p.to_client_event(m, true, device))).collect();

@@ -281,6 +281,33 @@ impl Rooms {
         Ok(Placed::Timeline(pdu))
     }
 
+    /// Put history fetched by backfill (oldest first, each checked against
+    /// the state before it) under the oldest event of the timeline.
+    pub fn append_backfilled(&self, room_id: &RoomId, events: Vec<(Arc<Pdu>, StateMap)>) -> Result<usize> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+        let rules = Self::rules(&record.version)?;
+        let current = (*self.state_at(record.current_state)?).clone();
+        let depth = self.snapshot_depth(record.current_state)?;
+        let lowest = match self.oldest_event(room_id)? {
+            Some((ordering, _)) if ordering < 0 => ordering.unsigned_abs(),
+            _ => 0,
+        };
+        let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, depth);
+        let events: Vec<_> =
+            events.into_iter().filter(|(pdu, _)| !self.has_state_for(&pdu.event_id).unwrap_or(true)).collect();
+        let total = events.len();
+        let mut staged = HashMap::new();
+        for (index, (pdu, state_before)) in events.into_iter().enumerate() {
+            let event_id = pdu.event_id.clone();
+            let after = txn.stage_backfilled(pdu, &state_before, lowest + (total - index) as u64, &staged)?;
+            staged.insert(event_id, after);
+        }
+        txn.commit()?;
+        Ok(total)
+    }
+
     /// Create the room from the state a `send_join` answered with, then
     /// append our user's join on top. `outliers` are the state and auth
     /// chain, all verified and authorised by the caller.
@@ -468,28 +495,8 @@ impl Txn<'_> {
             let current = self.state.clone();
             self.write_snapshot(base, &current, &state_before)?
         };
-        let mut meta = PduMeta {
-            room_id: self.room_id.clone(),
-            count,
-            state_before: before_id,
-            state_after: before_id,
-            txn: None,
-            replaces_state: None,
-            prev_content: None,
-            redacted_because: None,
-        };
-        let mut state_after = state_before.clone();
-        if let Some(key) = &pdu.state_key {
-            let slot = (pdu.kind.to_string(), key.clone());
-            if let Some(old) = state_before.get(&slot).cloned() {
-                if let Some(old_pdu) = self.fetch(&old) {
-                    meta.prev_content = Some(old_pdu.content.clone());
-                }
-                meta.replaces_state = Some(old);
-            }
-            state_after.insert(slot, pdu.event_id.clone());
-            meta.state_after = self.write_snapshot(before_id, &state_before, &state_after)?;
-        }
+        let mut meta = PduMeta { count, ..PduMeta::outlier(self.room_id.clone()) };
+        let state_after = self.stage_state(&pdu, &mut meta, before_id, &state_before)?;
         // Readable by what follows: membership indexing and resolution.
         self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta.clone()));
         let extends_all = self.record.extremities.iter().all(|e| pdu.prev_events.contains(e));
@@ -524,6 +531,75 @@ impl Txn<'_> {
         }
         self.pending.insert(pdu.event_id.clone(), (pdu, meta));
         Ok(())
+    }
+
+    /// Set the event's state before and after (written as snapshots on
+    /// `before_id`) and what it replaced; returns the state after it.
+    fn stage_state(
+        &mut self,
+        pdu: &Pdu,
+        meta: &mut PduMeta,
+        before_id: u64,
+        state_before: &StateMap,
+    ) -> Result<StateMap> {
+        meta.state_before = before_id;
+        meta.state_after = before_id;
+        let mut state_after = state_before.clone();
+        if let Some(key) = &pdu.state_key {
+            let slot = (pdu.kind.to_string(), key.clone());
+            if let Some(old) = state_before.get(&slot).cloned() {
+                if let Some(old_pdu) = self.fetch(&old) {
+                    meta.prev_content = Some(old_pdu.content.clone());
+                }
+                meta.replaces_state = Some(old);
+            }
+            state_after.insert(slot, pdu.event_id.clone());
+            meta.state_after = self.write_snapshot(before_id, state_before, &state_after)?;
+        }
+        Ok(state_after)
+    }
+
+    /// Put a backfilled event at `below` places under the live timeline,
+    /// its state snapshots written as deltas on a prev event's where one
+    /// is known (`staged`: the ones this txn wrote). Neither the current
+    /// state nor the memberships change. Returns its snapshot after.
+    fn stage_backfilled(
+        &mut self,
+        pdu: Arc<Pdu>,
+        state_before: &StateMap,
+        below: u64,
+        staged: &HashMap<OwnedEventId, (u64, Arc<StateMap>)>,
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let mut base = (0, Arc::new(StateMap::new()));
+        for prev in &pdu.prev_events {
+            if let Some(hit) = staged.get(prev) {
+                base = hit.clone();
+                break;
+            }
+            if let Some((_, meta)) = self.rooms.get_pdu(prev)?
+                && !meta.is_outlier()
+            {
+                base = (meta.state_after, self.rooms.state_at(meta.state_after)?);
+                break;
+            }
+        }
+        let before_id = if base.0 != 0 && *base.1 == *state_before {
+            base.0
+        } else {
+            self.write_snapshot(base.0, &base.1, state_before)?
+        };
+        let mut meta = PduMeta { backfilled: Some(below), ..PduMeta::outlier(self.room_id.clone()) };
+        let state_after = self.stage_state(&pdu, &mut meta, before_id, state_before)?;
+        if pdu.kind == TimelineEventType::RoomRedaction
+            && let Some(target) = pdu.redacts.clone()
+            && self.remote_redaction_allowed(&pdu, &target, state_before)
+        {
+            self.apply_redaction(&pdu, &target)?;
+        }
+        self.put_event(&pdu, &meta);
+        let after_id = meta.state_after;
+        self.pending.insert(pdu.event_id.clone(), (pdu, meta));
+        Ok((after_id, Arc::new(state_after)))
     }
 
     /// Keep a soft-failed event (other servers may ask for it) without

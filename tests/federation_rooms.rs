@@ -385,3 +385,109 @@ async fn history_from_before_the_join_is_backfilled() {
     .await;
     assert_eq!(texts, ["new"]);
 }
+
+/// The room's one link, as its creator's list shows it.
+async fn link_of(server: &TestServer, user: &User, room_id: &str) -> Value {
+    let (status, body) =
+        server.get(&format!("/_porch/client/v1/guest_rooms/{}/links", enc(room_id)), Some(&user.token)).await;
+    assert_eq!(status, 200, "{body}");
+    body["links"][0].clone()
+}
+
+async fn state_on(server: &TestServer, user: &User, room_id: &str, kind: &str) -> (u16, Value) {
+    server.get(&format!("/_matrix/client/v3/rooms/{}/state/{kind}/", enc(room_id)), Some(&user.token)).await
+}
+
+#[tokio::test]
+async fn guest_link_invites_a_user_of_another_server() {
+    let (a, _) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let admin = a.register_admin("boss").await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let (room_id, token, _) = a.guest_room(&alice, json!({ "name": "Visit" })).await;
+    let redeem = |user_id: String| {
+        let a = &a;
+        let token = token.clone();
+        async move {
+            a.post(&format!("/_porch/client/v1/guest_links/{token}/join"), None, json!({ "user_id": user_id })).await
+        }
+    };
+
+    // A server that cannot be reached: 502 naming it, no use counted.
+    let closed = format!("localhost:{}", common::free_port());
+    let (status, body) = redeem(format!("@ana:{closed}")).await;
+    assert_eq!((status, body["errcode"].as_str()), (502, Some("DEV.PORCH.SERVER_UNREACHABLE")), "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&closed), "{body}");
+    assert_eq!(link_of(&a, &alice, &room_id).await["uses"], 0);
+
+    // Bob of B is invited from the link's creator and accepts on B.
+    let (status, body) = redeem(bob.user_id.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["room_id"].as_str(), body["invited"].as_bool()), (Some(room_id.as_str()), Some(true)));
+    let link = link_of(&a, &alice, &room_id).await;
+    assert_eq!(link["uses"], 1);
+    assert_eq!(link["joined"][0]["user_id"], bob.user_id.as_str());
+    let mut bob_since = None;
+    let inviter = sync_until(&b, &bob, &mut bob_since, "the link's invite on B", |sync| {
+        let events = sync["rooms"]["invite"][room_id.as_str()]["invite_state"]["events"].as_array()?;
+        events
+            .iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+            .map(|e| e["sender"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert_eq!(inviter, alice.user_id, "the invite comes from the link's creator");
+    let (status, body) = b.join(&bob, &room_id).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Both servers show the same security level; the guest room's power
+    // levels bind the remote member too.
+    let (_, on_a) = state_on(&a, &alice, &room_id, "dev.porch.security_level").await;
+    let (status, on_b) = state_on(&b, &bob, &room_id, "dev.porch.security_level").await;
+    assert_eq!(status, 200, "{on_b}");
+    assert_eq!(on_b, on_a);
+    assert_eq!(on_b["level"], "internal");
+    let (status, body) = b
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room_id)),
+            Some(&bob.token),
+            json!({ "name": "Mine now" }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    b.send_text(&bob, &room_id, "hello from B").await;
+    let mut alice_since = None;
+    sync_until(&a, &alice, &mut alice_since, "Bob's message on A", |sync| {
+        has_event(sync, &room_id, |e| text_of(e) == Some("hello from B")).then_some(())
+    })
+    .await;
+
+    // Ending the room removes the remote member as well.
+    let (status, body) =
+        a.post(&format!("/_porch/client/v1/guest_rooms/{}/end", enc(&room_id)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&b, &bob, &mut bob_since, "Bob removed on B", |sync| {
+        sync["rooms"]["leave"].get(room_id.as_str()).map(|_| ())
+    })
+    .await;
+    let (status, _) =
+        b.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room_id)), Some(&bob.token)).await;
+    assert_eq!(status, 403, "Bob is no longer in the room on B");
+
+    // A classified room's ACL keeps servers that are not cleared out.
+    let (status, _) = a
+        .put(
+            &format!("/_porch/admin/v1/users/{}/security_level", enc(&alice.user_id)),
+            Some(&admin.token),
+            json!({ "level": "confidential" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (secret_room, secret_token, _) = a.guest_room(&alice, json!({ "name": "Secret" })).await;
+    let (status, body) = a
+        .post(&format!("/_porch/client/v1/guest_links/{secret_token}/join"), None, json!({ "user_id": bob.user_id }))
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(link_of(&a, &alice, &secret_room).await["uses"], 0);
+}

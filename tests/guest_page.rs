@@ -2,14 +2,15 @@
 //! by playwright-core from npm): open a link, see the banner, join as a
 //! guest, send a message that a member receives through `/sync`, receive
 //! the member's answer; the messages for expired, unknown,
-//! password-protected links and ended rooms; and signing in with an account
-//! of this server to join.
+//! password-protected links and ended rooms; signing in with an account
+//! of this server to join; and a user of another porch asking for an
+//! invitation (and an unreachable server named).
 
 mod common;
 
 use std::{path::PathBuf, process::Command};
 
-use common::{TestServer, enc, timeline};
+use common::{enc, federating_server, sync_until, timeline};
 use serde_json::{Value, json};
 
 /// A folder with playwright-core installed, made once per target directory.
@@ -40,7 +41,9 @@ async fn guest_page_in_headless_chromium() {
         "install Debian's chromium (or set CHROMIUM)"
     );
     let harness = tokio::task::spawn_blocking(browser_harness).await.unwrap();
-    let s = TestServer::start().await;
+    let (s, _) = federating_server().await;
+    let (other, _) = federating_server().await;
+    let remy = other.register("remy").await;
     let alice = s.register("alice").await;
     let (room, token, _) = s.guest_room(&alice, json!({ "name": "Visit", "topic": "Planning" })).await;
     let (status, expired) = s
@@ -70,6 +73,7 @@ async fn guest_page_in_headless_chromium() {
         "base": s.base, "token": token, "expiredToken": expired["token"], "passwordToken": locked["token"],
         "endedToken": ended_token, "memberToken": alice.token, "roomId": room,
         "login": { "user": "bob", "password": "correct horse battery" }, "shots": env!("CARGO_TARGET_TMPDIR"),
+        "remoteUser": remy.user_id, "unreachableUser": format!("@nobody:localhost:{}", common::free_port()),
     });
     let output = tokio::process::Command::new("node")
         .arg(harness.join("guest_page.mjs"))
@@ -100,4 +104,11 @@ async fn guest_page_in_headless_chromium() {
         (member["dev.porch.guest"].as_bool(), member["displayname"].as_str()),
         (Some(true), Some("Gina (guest)"))
     );
+
+    // The user of the other server got the invitation there.
+    let mut since = None;
+    sync_until(&other, &remy, &mut since, "the page's invitation on the other server", |sync| {
+        sync["rooms"]["invite"].get(room.as_str()).map(|_| ())
+    })
+    .await;
 }

@@ -345,3 +345,50 @@ async fn invites_both_ways_accepted_and_rejected() {
     assert_eq!(status, 200, "Synapse rejects: {body}");
     sees_membership(&porch, &alice, &mut alice_since, &mine, &sam.user_id, "leave").await;
 }
+
+#[tokio::test]
+async fn a_synapse_user_joins_a_guest_room_through_its_link() {
+    let (porch, _) = federating_server().await;
+    let synapse = Synapse::start().await;
+    let alice = porch.register("alice").await;
+    let sam = synapse.register("sam").await;
+    let (mut alice_since, mut sam_since) = (None, None);
+    let (room_id, token, _) = porch.guest_room(&alice, json!({ "name": "Visit" })).await;
+
+    // The link sends Synapse's user an invite from its creator.
+    let (status, body) = porch
+        .post(&format!("/_porch/client/v1/guest_links/{token}/join"), None, json!({ "user_id": sam.user_id }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let state = sees_invite(&synapse, &sam, &mut sam_since, &room_id).await;
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Visit"), "{state:?}");
+    let (status, body) = synapse.join(&sam, &room_id).await;
+    assert_eq!(status, 200, "Synapse joins the guest room: {body}");
+    sees_membership(&porch, &alice, &mut alice_since, &room_id, &sam.user_id, "join").await;
+
+    // Synapse's members read the same security level as porch's.
+    let level_path = format!("/_matrix/client/v3/rooms/{}/state/dev.porch.security_level/", enc(&room_id));
+    let (_, on_porch) = porch.get(&level_path, Some(&alice.token)).await;
+    let (status, on_synapse) = synapse.get(&level_path, Some(&sam.token)).await;
+    assert_eq!(status, 200, "{on_synapse}");
+    assert_eq!(on_synapse, on_porch);
+    assert_eq!(on_synapse["label"], "Internal");
+    // The room's power levels bind Synapse's user: Synapse itself refuses.
+    let (status, body) = synapse
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room_id)),
+            Some(&sam.token),
+            json!({ "name": "Mine now" }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    synapse.send_text(&sam, &room_id, "hello from Synapse").await;
+    sees_text(&porch, &alice, &mut alice_since, &room_id, &sam.user_id, "hello from Synapse").await;
+
+    // Ending the room removes Synapse's user too.
+    let (status, body) = porch
+        .post(&format!("/_porch/client/v1/guest_rooms/{}/end", enc(&room_id)), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &room_id, &sam.user_id, "leave").await;
+}

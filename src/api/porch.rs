@@ -306,31 +306,39 @@ async fn redeem_link(
     Body(body): Body<RedeemBody>,
 ) -> Result<Json<Value>> {
     charge(&state, ip)?;
-    blocking(&state, move |s| {
-        let redeemer = match (&session, body.user_id, body.display_name) {
-            (Some(session), _, _) => Redeemer::Account(session),
-            (None, Some(user_id), _) => {
-                let user_id = parse_user(&user_id)?;
-                if s.users.is_local(&user_id) {
-                    return Err(Error::invalid_param("Sign in to join with an account of this server."));
-                }
-                Redeemer::Remote(user_id)
+    let password = body.password;
+    let redeemed = match (session, body.user_id, body.display_name) {
+        (None, Some(user_id), _) => {
+            let user_id = parse_user(&user_id)?;
+            if state.users.is_local(&user_id) {
+                return Err(Error::invalid_param("Sign in to join with an account of this server."));
             }
-            (None, None, Some(display_name)) => Redeemer::NewGuest { display_name },
-            (None, None, None) => {
-                return Err(Error::missing_param("Give a `display_name` to join as a guest, or sign in."));
-            }
-        };
-        let redeemed = guests::redeem(s, &token, body.password.as_deref(), redeemer)?;
-        let mut out = json!({ "room_id": redeemed.room_id, "user_id": redeemed.user_id });
-        if let Some((access_token, device_id, expires_at)) = redeemed.login {
-            out["access_token"] = json!(access_token);
-            out["device_id"] = json!(device_id);
-            out["expires_at"] = json!(expires_at);
+            let redeemed = guests::redeem_remote(&state, &token, password.as_deref(), user_id).await?;
+            return Ok(Json(json!({ "room_id": redeemed.room_id, "user_id": redeemed.user_id, "invited": true })));
         }
-        Ok(Json(out))
-    })
-    .await
+        (session, _, display_name) => {
+            blocking(&state, move |s| {
+                let redeemer = match (&session, display_name) {
+                    (Some(session), _) => Redeemer::Account(session),
+                    (None, Some(display_name)) => Redeemer::NewGuest { display_name },
+                    (None, None) => {
+                        return Err(Error::missing_param(
+                            "Give a `display_name` to join as a guest, a `user_id` of another server, or sign in.",
+                        ));
+                    }
+                };
+                guests::redeem(s, &token, password.as_deref(), redeemer)
+            })
+            .await?
+        }
+    };
+    let mut out = json!({ "room_id": redeemed.room_id, "user_id": redeemed.user_id });
+    if let Some((access_token, device_id, expires_at)) = redeemed.login {
+        out["access_token"] = json!(access_token);
+        out["device_id"] = json!(device_id);
+        out["expires_at"] = json!(expires_at);
+    }
+    Ok(Json(out))
 }
 
 async fn admin_stats(State(state): State<AppState>, Admin(_): Admin) -> Result<Json<Value>> {

@@ -11,9 +11,9 @@ use crate::{
     error::{Error, Result},
     policy::{self, Action},
     service::{
-        Services,
+        Services, blocking,
         create_room::{self, CreateRoom},
-        membership,
+        membership, remote_invite,
         rooms::NewEvent,
         users::{AccountKind, Session},
     },
@@ -102,7 +102,6 @@ pub struct NewGuestRoom {
 pub enum Redeemer<'a> {
     Account(&'a Session),
     NewGuest { display_name: String },
-    Remote(OwnedUserId),
 }
 
 pub struct Redeemed {
@@ -396,11 +395,9 @@ pub fn preview(s: &Services, token: &str) -> Result<Value> {
     }))
 }
 
-/// Redeem a link. Every refusal happens before anything is written: no
-/// account, membership or use is left behind by a refused try.
-pub fn redeem(s: &Services, token: &str, password: Option<&str>, redeemer: Redeemer<'_>) -> Result<Redeemed> {
-    let _guard = s.guests.lock.lock().expect("guest lock poisoned");
-    let (mut link, _) = usable_link(s, token)?;
+/// A link that may be used now with `password`; refusals per the contract.
+fn checked_link(s: &Services, token: &str, password: Option<&str>) -> Result<Link> {
+    let (link, _) = usable_link(s, token)?;
     require_enabled(s)?;
     if util::now_ms() >= link.expires_at {
         return Err(guest_error(
@@ -431,6 +428,15 @@ pub fn redeem(s: &Services, token: &str, password: Option<&str>, redeemer: Redee
             _ => {}
         }
     }
+    Ok(link)
+}
+
+/// Redeem a link for an account of this server or a new temporary one.
+/// Every refusal happens before anything is written: no account,
+/// membership or use is left behind by a refused try.
+pub fn redeem(s: &Services, token: &str, password: Option<&str>, redeemer: Redeemer<'_>) -> Result<Redeemed> {
+    let _guard = s.guests.lock.lock().expect("guest lock poisoned");
+    let mut link = checked_link(s, token, password)?;
     let authoriser = authoriser(s, &link)?;
     let (user_id, login, kind) = match redeemer {
         Redeemer::Account(session) => {
@@ -467,19 +473,62 @@ pub fn redeem(s: &Services, token: &str, password: Option<&str>, redeemer: Redee
             let expires_at = util::now_ms() + s.settings.raw.guests.temporary_ttl.as_millis() as u64;
             (user_id, Some((access_token, device_id.to_string(), expires_at)), "temporary")
         }
-        Redeemer::Remote(user_id) => {
-            return Err(guest_error(
-                http::StatusCode::BAD_GATEWAY,
-                "DEV.PORCH.SERVER_UNREACHABLE",
-                &format!("{} cannot be reached: this server does not federate yet.", user_id.server_name()),
-            ));
-        }
     };
     link.uses += 1;
     link.joins.push(LinkJoin { user_id: user_id.clone(), at: util::now_ms(), kind: kind.to_owned() });
     save_link(s, &link)?;
     tracing::info!(room_id = %link.room_id, %user_id, link = %link.id, "joined a guest room through a link");
     Ok(Redeemed { room_id: link.room_id, user_id, login })
+}
+
+/// Redeem a link for a user of another server: the link's creator (or
+/// another local member who may invite) invites them over federation, and
+/// they accept on their own server. The use is reserved while the invite
+/// is out and given back if it fails, so a refused or unreachable server
+/// counts no use.
+pub async fn redeem_remote(
+    s: &Arc<Services>,
+    token: &str,
+    password: Option<&str>,
+    user_id: OwnedUserId,
+) -> Result<Redeemed> {
+    let (token, password, target) = (token.to_owned(), password.map(str::to_owned), user_id.clone());
+    let reserved = blocking(s, move |s| {
+        let _guard = s.guests.lock.lock().expect("guest lock poisoned");
+        let mut link = checked_link(s, &token, password.as_deref())?;
+        match s.rooms.membership(&link.room_id, &target)? {
+            Some(MembershipState::Join | MembershipState::Invite) => return Ok((link, None)),
+            Some(MembershipState::Ban) => return Err(Error::forbidden(format!("{target} is banned from this room."))),
+            _ => {}
+        }
+        let authoriser = authoriser(s, &link)?;
+        link.uses += 1;
+        save_link(s, &link)?;
+        Ok((link, Some(authoriser)))
+    })
+    .await?;
+    let (link, Some(authoriser)) = reserved else {
+        // Already invited or in: nothing to send, nothing counted.
+        return Ok(Redeemed { room_id: reserved.0.room_id, user_id, login: None });
+    };
+    let reason = Some("Invited through a guest link".to_owned());
+    let sent = remote_invite::invite(s, &link.room_id, &authoriser, &user_id, reason, false).await;
+    let (link_id, target) = (link.id.clone(), user_id.clone());
+    let ok = sent.is_ok();
+    blocking(s, move |s| {
+        let _guard = s.guests.lock.lock().expect("guest lock poisoned");
+        let Some(mut link) = self::link(s, &link_id)? else { return Ok(()) };
+        if ok {
+            link.joins.push(LinkJoin { user_id: target, at: util::now_ms(), kind: "remote".to_owned() });
+        } else {
+            link.uses = link.uses.saturating_sub(1);
+        }
+        save_link(s, &link)
+    })
+    .await?;
+    sent?;
+    tracing::info!(room_id = %link.room_id, %user_id, link = %link.id, "invited a user of another server through a link");
+    Ok(Redeemed { room_id: link.room_id, user_id, login: None })
 }
 
 /// The local member who authorises joins through `link`: its creator if they

@@ -4,10 +4,12 @@
 // any failed expectation.
 //
 // Usage: node guest_page.mjs '{"base": …, "token": …, "expiredToken": …, "passwordToken": …,
-//   "endedToken": …, "memberToken": …, "roomId": …, "login": {"user": …, "password": …}, "shots": DIR}'
+//   "endedToken": …, "memberToken": …, "roomId": …, "login": {"user": …, "password": …},
+//   "remoteUser": …, "unreachableUser": …, "shots": DIR}'
 import { chromium } from "playwright-core";
 
-const { base, token, expiredToken, passwordToken, endedToken, memberToken, roomId, login, shots } = JSON.parse(process.argv[2]);
+const { base, token, expiredToken, passwordToken, endedToken, memberToken, roomId, login, remoteUser, unreachableUser, shots } =
+  JSON.parse(process.argv[2]);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
@@ -23,6 +25,7 @@ try {
   result.banner = (await page.locator("#banner").textContent()).trim();
   result.bannerVisible = await page.locator("#banner").isVisible();
   expect(result.banner === "Internal" && result.bannerVisible, `banner shows the level (${result.banner})`);
+  expect(await page.locator("#password-box").isHidden(), "no password field for a link without a password");
   await page.screenshot({ path: `${shots}/guest-page-preview.png`, fullPage: true });
 
   await page.getByLabel("Your name").fill("Gina");
@@ -88,6 +91,23 @@ try {
   await member.locator("#chat").waitFor({ state: "visible", timeout: 15000 });
   await member.locator("#members li", { hasText: login.user }).waitFor({ timeout: 15000 });
   result.signedIn = true;
+
+  // A user of another server asks for an invitation; an unreachable one is named.
+  const remote = await browser.newPage();
+  await remote.goto(`${base}/guest/${token}`);
+  await remote.getByLabel("Your Matrix ID").fill(unreachableUser);
+  await remote.getByRole("button", { name: "Send me an invitation" }).click();
+  await remote.locator("#message", { hasText: "cannot be reached" }).waitFor({ timeout: 15000 });
+  result.unreachableMessage = (await remote.locator("#message").textContent()).trim();
+  const unreachableServer = unreachableUser.slice(unreachableUser.indexOf(":") + 1);
+  expect(result.unreachableMessage.includes(unreachableServer), `names the server: ${result.unreachableMessage}`);
+  await remote.getByLabel("Your Matrix ID").fill(remoteUser);
+  await remote.getByRole("button", { name: "Send me an invitation" }).click();
+  await remote.locator("#message", { hasText: "invitation was sent" }).waitFor({ timeout: 15000 });
+  result.invitedMessage = (await remote.locator("#message").textContent()).trim();
+  expect(result.invitedMessage.includes(remoteUser), `names the invited user: ${result.invitedMessage}`);
+  expect(await remote.locator("#join").isHidden(), "the join options are gone once invited");
+  await remote.screenshot({ path: `${shots}/guest-page-invited.png`, fullPage: true });
 
   result.ok = true;
   console.log(JSON.stringify(result));

@@ -124,6 +124,30 @@ $("login-form").addEventListener("submit", async (event) => {
   }
 });
 
+// A user of another server is invited there and accepts in their own app.
+$("remote-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const userId = $("remote-user").value.trim();
+  const server = userId.slice(userId.indexOf(":") + 1);
+  if (!/^@[^:\s]+:[^\s]+$/.test(userId)) {
+    say("Enter your Matrix ID, such as @you:example.org.");
+    return;
+  }
+  busy(event.target, true);
+  say("");
+  try {
+    await join({ user_id: userId });
+    show("join", false);
+    say(`An invitation was sent to ${userId}. Accept it in your Matrix app on ${server} to join.`);
+  } catch (error) {
+    say(error.errcode === "DEV.PORCH.SERVER_UNREACHABLE"
+      ? `${server} cannot be reached right now. Check your Matrix ID, or try again later.`
+      : error.message);
+  } finally {
+    busy(event.target, false);
+  }
+});
+
 function renderMembers() {
   const list = $("members");
   list.replaceChildren();

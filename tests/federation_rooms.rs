@@ -315,6 +315,36 @@ async fn invites_across_servers_accepted_and_rejected() {
         a.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&other)), Some(&alice.token)).await;
     assert_eq!(status, 200);
     assert!(!members.to_string().contains("ghost"), "a refused invite leaves no member event: {members}");
+
+    // createRoom's `invite` list (a direct chat) reaches the other server.
+    let (status, body) = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "preset": "trusted_private_chat", "is_direct": true, "invite": [bob.user_id] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let direct = body["room_id"].as_str().unwrap().to_owned();
+    let state = sees_invite(&b, &bob, &mut bob_since, &direct).await;
+    let own = state.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str());
+    assert_eq!(own.map(|e| &e["content"]["is_direct"]), Some(&json!(true)), "{state:?}");
+    let (status, body) = b.join(&bob, &direct).await;
+    assert_eq!(status, 200, "accept the direct chat: {body}");
+
+    // So does an invite sent as an `m.room.member` state event.
+    let by_state = a.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let (status, body) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&by_state), enc(&bob.user_id)),
+            Some(&alice.token),
+            json!({ "membership": "invite" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_invite(&b, &bob, &mut bob_since, &by_state).await;
+    let (status, body) = b.join(&bob, &by_state).await;
+    assert_eq!(status, 200, "accept the invite sent as state: {body}");
 }
 
 #[tokio::test]

@@ -161,7 +161,11 @@ pub fn invite(
         Some(MembershipState::Ban) => return Err(Error::forbidden(format!("{target} is banned from the room."))),
         _ => {}
     }
-    if services.users.is_local(target) && services.users.get(target)?.is_none_or(|u| u.deactivated) {
+    if !services.users.is_local(target) {
+        // Their server must co-sign: `remote_invite::invite_user` routes there.
+        return Err(Error::internal("a remote invite reached the local invite path"));
+    }
+    if services.users.get(target)?.is_none_or(|u| u.deactivated) {
         return Err(Error::not_found(format!("{target} does not exist.")));
     }
     if !services.rooms.is_joined(room_id, sender)? {

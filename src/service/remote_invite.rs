@@ -20,7 +20,7 @@ use crate::{
     pdu::{Pdu, StoredPdu},
     service::{
         Services, blocking, inbound,
-        membership::member_content,
+        membership::{self, member_content},
         remote_join::SUPPORTED_VERSIONS,
         rooms::{MembershipRecord, NewEvent, Placed, Rooms},
     },
@@ -53,6 +53,23 @@ pub fn pending_invite(
         return Ok(None);
     }
     Ok(remote_invite(s, &record.event_id)?.map(|invite| (record.event_id, invite)))
+}
+
+/// Invite anyone: a local user by appending the invite, another server's
+/// user through that server (see [`invite`]). Every invite path goes here.
+pub async fn invite_user(
+    s: &Arc<Services>,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    reason: Option<String>,
+    is_direct: bool,
+) -> Result<OwnedEventId> {
+    if target.server_name() != s.settings.server_name {
+        return invite(s, room_id, sender, target, reason, is_direct).await;
+    }
+    let (room, sender, target) = (room_id.to_owned(), sender.to_owned(), target.to_owned());
+    blocking(s, move |s| membership::invite(s, &room, &sender, &target, reason.as_deref(), is_direct)).await
 }
 
 /// Invite another server's user: sign the invite, have their server

@@ -25,7 +25,7 @@ use crate::{
     service::{
         Services, backfill,
         history::{self, PageRequest, require_member},
-        push,
+        push, remote_invite,
         rooms::NewEvent,
         sync::{EventFilter, raw},
     },
@@ -65,6 +65,14 @@ pub async fn send_state(
     state: AppState,
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<send_state_event::v3::Response> {
+    if let Some((target, reason, is_direct)) = remote_invite_in(&state, &req)? {
+        let session = req.session().clone();
+        blocking(&state, move |s| policy::check(s, &session, Action::Invite)).await?;
+        let session = req.session();
+        let event_id =
+            remote_invite::invite_user(&state, &req.body.room_id, &session.user_id, &target, reason, is_direct).await?;
+        return Ok(send_state_event::v3::Response::new(event_id));
+    }
     let event_id = blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
@@ -89,6 +97,28 @@ pub async fn send_state(
     })
     .await?;
     Ok(send_state_event::v3::Response::new(event_id))
+}
+
+/// An invite of another server's user sent through the state API: it must
+/// go through that server, as from the invite endpoint.
+fn remote_invite_in(
+    s: &Services,
+    req: &Ruma<send_state_event::v3::Request>,
+) -> Result<Option<(ruma::OwnedUserId, Option<String>, bool)>> {
+    if req.body.event_type.to_string() != "m.room.member" {
+        return Ok(None);
+    }
+    let content = content_object(req.body.body.json())?;
+    if content.get("membership").and_then(|m| m.as_str()) != Some("invite") {
+        return Ok(None);
+    }
+    let target = crate::service::membership::parse_user(&req.body.state_key)?;
+    if s.users.is_local(&target) {
+        return Ok(None);
+    }
+    let reason = content.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
+    let is_direct = content.get("is_direct").and_then(|d| d.as_bool()).unwrap_or(false);
+    Ok(Some((target, reason, is_direct)))
 }
 
 /// Guest-room commands (`!guest …`) typed in any client are answered with a notice.
@@ -160,6 +190,7 @@ fn member_state(
         }
         Some(MembershipState::Invite) => {
             policy::check(s, session, Action::Invite)?;
+            // Other servers' users were sent through their server before this.
             let is_direct = content.get("is_direct").and_then(|d| d.as_bool()).unwrap_or(false);
             membership::invite(s, room_id, &session.user_id, &target, reason.as_deref(), is_direct)
         }

@@ -35,7 +35,12 @@ fn object(raw: &ruma::serde::Raw<impl Sized>) -> Result<Map<String, Value>> {
 }
 
 pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Result<create_room::v3::Response> {
-    blocking(&state, move |s| {
+    let session = req.session().clone();
+    let (remote_invites, is_direct) = (
+        req.body.invite.iter().filter(|u| u.server_name() != state.settings.server_name).cloned().collect::<Vec<_>>(),
+        req.body.is_direct,
+    );
+    let room_id = blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
         let open = body.preset == Some(ruma::api::client::room::create_room::v3::RoomPreset::PublicChat)
@@ -73,16 +78,25 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
                 public: body.visibility == ruma::api::client::room::Visibility::Public,
                 initial_state,
                 power_level_override: body.power_level_content_override.as_ref().map(object).transpose()?,
-                invite: body.invite.clone(),
+                invite: body.invite.iter().filter(|u| s.users.is_local(u)).cloned().collect(),
                 is_direct: body.is_direct,
                 name: body.name.clone(),
                 topic: body.topic.clone(),
                 alias_localpart: body.room_alias_name.clone(),
             },
         )?;
-        Ok(create_room::v3::Response::new(room_id))
+        Ok(room_id)
     })
-    .await
+    .await?;
+    // Other servers' users are invited once the room exists, each through
+    // their server; one that cannot be reached does not undo the room.
+    for target in remote_invites {
+        if let Err(err) = remote_invite::invite_user(&state, &room_id, &session.user_id, &target, None, is_direct).await
+        {
+            tracing::warn!(%room_id, %target, "could not invite a user of another server: {}", err.message);
+        }
+    }
+    Ok(create_room::v3::Response::new(room_id))
 }
 
 pub async fn put_alias(state: AppState, req: Ruma<create_alias::v3::Request>) -> Result<create_alias::v3::Response> {
@@ -210,14 +224,7 @@ pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Res
     let (target, reason, room_id) = (recipient.user_id.clone(), recipient.reason.clone(), req.body.room_id.clone());
     let checked = session.clone();
     blocking(&state, move |s| policy::check(s, &checked, Action::Invite)).await?;
-    if target.server_name() != state.settings.server_name {
-        remote_invite::invite(&state, &room_id, &session.user_id, &target, reason, false).await?;
-    } else {
-        blocking(&state, move |s| {
-            membership::invite(s, &room_id, &session.user_id, &target, reason.as_deref(), false).map(|_| ())
-        })
-        .await?;
-    }
+    remote_invite::invite_user(&state, &room_id, &session.user_id, &target, reason, false).await?;
     Ok(invite_user::v3::Response::new())
 }
 

@@ -1,25 +1,26 @@
-//! A real Matrix client library drives porch: matrix-nio (Python), in a
-//! virtual environment the test makes on first use.
+//! A real Matrix client library drives porch: matrix-nio (Python, with
+//! vodozemac for end-to-end encryption), in a virtual environment the test
+//! makes on first use.
 
 mod common;
 
 use std::{path::PathBuf, process::Command};
 
-use common::TestServer;
+use common::{TestServer, federating_server};
 
-/// A venv with matrix-nio, made once per target directory.
+/// A venv with matrix-nio and its encryption extra, made once per target directory.
 fn nio_python() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nio-venv");
     let python = venv.join("bin/python");
     let lock = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nio-venv.lock")).unwrap();
     lock.lock().unwrap();
     if !python.exists()
-        || Command::new(&python).args(["-c", "import nio"]).status().map(|s| !s.success()).unwrap_or(true)
+        || Command::new(&python).args(["-c", "import nio, vodozemac"]).status().map(|s| !s.success()).unwrap_or(true)
     {
         let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
         assert!(status.success(), "could not make a Python virtual environment (python3 -m venv)");
         let status = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "matrix-nio==0.26.0"])
+            .args(["install", "--quiet", "matrix-nio[e2e]==0.26.0"])
             .status()
             .expect("pip");
         assert!(status.success(), "could not install matrix-nio into {}", venv.display());
@@ -38,4 +39,25 @@ async fn matrix_nio_two_users_register_talk_paginate_leave() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "nio scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("nio scenario: OK"), "{stdout}");
+}
+
+#[tokio::test]
+async fn matrix_nio_encrypted_chat_across_two_servers() {
+    let python = tokio::task::spawn_blocking(nio_python).await.unwrap();
+    let (a, _) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let store = tempfile::tempdir().unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/nio_e2ee_federation.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(&a.base)
+        .arg(&b.base)
+        .arg(store.path())
+        .output()
+        .await
+        .expect("run nio e2ee scenario");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "nio e2ee scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("nio e2ee federation: OK"), "{stdout}");
 }

@@ -12,7 +12,7 @@ use ruma::{
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
-        keys::get_keys,
+        keys::{claim_keys, get_keys},
         membership::{create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
@@ -37,6 +37,7 @@ pub fn register(r: &mut Routes) {
         .ruma::<get_public_rooms::v1::Request, _, _>(public_rooms)
         .ruma::<get_public_rooms_filtered::v1::Request, _, _>(public_rooms_filtered)
         .ruma::<get_keys::v1::Request, _, _>(user_keys)
+        .ruma::<claim_keys::v1::Request, _, _>(claim_keys)
         .ruma::<get_devices::v1::Request, _, _>(user_devices)
         .ruma::<send_transaction_message::v1::Request, _, _>(send_transaction)
         .ruma::<prepare_join_event::v1::Request, _, _>(make_join)
@@ -90,7 +91,7 @@ async fn send_transaction(
     }
     let edus: Vec<serde_json::Value> =
         req.body.edus.iter().filter_map(|edu| serde_json::from_str(edu.json().get()).ok()).collect();
-    let results = inbound::transaction(&state, origin, &req.body.pdus, &edus).await;
+    let results = inbound::transaction(&state, origin, req.body.transaction_id.as_str(), &req.body.pdus, &edus).await;
     Ok(send_transaction_message::v1::Response::new(results))
 }
 
@@ -251,6 +252,16 @@ async fn user_keys(state: AppState, req: Ruma<get_keys::v1::Request>) -> Result<
             }
         }
         Ok(response)
+    })
+    .await
+}
+
+/// One-time keys of this server's users' devices, for another server's
+/// users starting encrypted sessions with them.
+async fn claim_keys(state: AppState, req: Ruma<claim_keys::v1::Request>) -> Result<claim_keys::v1::Response> {
+    blocking(&state, move |s| {
+        let keys = s.keys.claim_many(&req.body.one_time_keys, |user| Ok(s.users.is_local(user)))?;
+        Ok(claim_keys::v1::Response::new(keys))
     })
     .await
 }

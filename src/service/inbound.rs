@@ -7,7 +7,7 @@
 //! current state forbids. One room's events are handled one at a time.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -15,8 +15,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, ServerName,
-    UInt,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    RoomVersionId, ServerName, UInt,
     api::federation::event::{get_event, get_missing_events, get_room_state_ids},
     events::room::member::MembershipState,
 };
@@ -35,11 +35,40 @@ const MISSING_EVENTS_LIMIT: u32 = 20;
 #[derive(Default)]
 pub struct Inbound {
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last transactions each server sent and what we answered: a
+    /// retried one (its answer lost) is answered again, not replayed, so
+    /// to-device messages in it are not delivered twice.
+    recent: Mutex<HashMap<OwnedServerName, VecDeque<(String, Results)>>>,
 }
+
+type Results = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
+
+/// Transactions remembered per server.
+const RECENT_TRANSACTIONS: usize = 16;
+/// Above this many room locks, the unused ones are dropped.
+const ROOM_LOCKS_KEPT: usize = 1024;
 
 impl Inbound {
     pub(crate) fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        self.room_locks.lock().expect("inbound locks poisoned").entry(room_id.to_owned()).or_default().clone()
+        let mut locks = self.room_locks.lock().expect("inbound locks poisoned");
+        if locks.len() > ROOM_LOCKS_KEPT {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    fn answered(&self, origin: &ServerName, txn_id: &str) -> Option<Results> {
+        let recent = self.recent.lock().expect("recent transactions poisoned");
+        recent.get(origin)?.iter().find(|(id, _)| id == txn_id).map(|(_, results)| results.clone())
+    }
+
+    fn remember(&self, origin: &ServerName, txn_id: &str, results: &Results) {
+        let mut recent = self.recent.lock().expect("recent transactions poisoned");
+        let list = recent.entry(origin.to_owned()).or_default();
+        if list.len() >= RECENT_TRANSACTIONS {
+            list.pop_front();
+        }
+        list.push_back((txn_id.to_owned(), results.clone()));
     }
 }
 
@@ -49,9 +78,25 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub async fn transaction(
     s: &Arc<Services>,
     origin: &ServerName,
+    txn_id: &str,
     pdus: &[Box<RawJsonValue>],
     edus: &[Value],
-) -> BTreeMap<OwnedEventId, std::result::Result<(), String>> {
+) -> Results {
+    if let Some(results) = s.inbound.answered(origin, txn_id) {
+        tracing::debug!(%origin, txn_id, "answering a retried transaction again");
+        return results;
+    }
+    let results = handle_transaction(s, origin, pdus, edus).await;
+    s.inbound.remember(origin, txn_id, &results);
+    results
+}
+
+async fn handle_transaction(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    pdus: &[Box<RawJsonValue>],
+    edus: &[Value],
+) -> Results {
     let mut results = BTreeMap::new();
     for raw in pdus {
         if let Some((event_id, result)) = incoming_pdu(s, origin, raw).await {

@@ -7,7 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UserId,
+    api::federation::keys::claim_keys::v1::OneTimeKeys, serde::Raw,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -217,6 +220,32 @@ impl Keys {
         Self::mark_changed(&mut batch, owner);
         batch.commit()?;
         Ok(())
+    }
+
+    /// Claim one key per asked device of the users `may` allows (local
+    /// users; the caller decides who may ask about whom).
+    pub fn claim_many(
+        &self,
+        claims: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+        may: impl Fn(&UserId) -> Result<bool>,
+    ) -> Result<OneTimeKeys> {
+        let mut claimed = BTreeMap::new();
+        for (user_id, devices) in claims {
+            if !may(user_id)? {
+                continue;
+            }
+            let mut per_device = BTreeMap::new();
+            for (device_id, algorithm) in devices {
+                if let Some((key_id, key)) = self.claim(user_id, device_id.as_str(), algorithm.as_str())?
+                    && let Ok(key_id) = OwnedOneTimeKeyId::try_from(key_id)
+                {
+                    let key = Raw::from_json(serde_json::value::to_raw_value(&key)?);
+                    per_device.insert(device_id.clone(), BTreeMap::from([(key_id, key)]));
+                }
+            }
+            claimed.insert(user_id.clone(), per_device);
+        }
+        Ok(claimed)
     }
 
     /// Take one one-time key of `algorithm`, or else the fallback key.

@@ -6,7 +6,7 @@
 //! acknowledged to a client is always either sent or still queued.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -133,6 +133,27 @@ pub fn device_list_update(services: &Services, user_id: &ruma::UserId, device_id
         },
     });
     queue_edu(services, &destinations, edu)
+}
+
+/// To-device messages for other servers' users (`messages`: per server,
+/// user → device or `*` → content), one `m.direct_to_device` EDU per
+/// server, queued in `batch`. Returns the servers to wake once it commits.
+pub fn queue_to_device(
+    batch: &mut Batch<'_>,
+    sender: &ruma::UserId,
+    kind: &str,
+    messages: BTreeMap<OwnedServerName, serde_json::Map<String, Value>>,
+) -> Vec<OwnedServerName> {
+    let mut destinations = Vec::new();
+    for (server, messages) in messages {
+        let edu = serde_json::json!({
+            "edu_type": "m.direct_to_device",
+            "content": { "sender": sender, "type": kind, "message_id": crate::util::random_string(16), "messages": messages },
+        });
+        queue(batch, &BTreeSet::from([server.clone()]), &OutboxItem::Edu(edu));
+        destinations.push(server);
+    }
+    destinations
 }
 
 fn row_key(destination: &ServerName, seq: u64) -> Vec<u8> {

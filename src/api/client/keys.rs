@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    OneTimeKeyAlgorithm, OwnedOneTimeKeyId, OwnedUserId, UInt,
+    OneTimeKeyAlgorithm, OwnedServerName, OwnedUserId, UInt,
     api::client::{
         keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
         to_device::send_event_to_device,
     },
+    api::federation::keys::claim_keys as federation_claim,
     serde::Raw,
     to_device::DeviceIdOrAllDevices,
 };
@@ -20,7 +21,7 @@ use crate::{
     service::{
         Services,
         keys::{MASTER, SELF_SIGNING, USER_SIGNING},
-        uiaa,
+        outbound, uiaa,
     },
 };
 
@@ -89,13 +90,22 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
         Ok((response, remote))
     })
     .await?;
-    for (server, users) in remote {
-        let request = ruma::api::federation::keys::get_keys::v1::Request::new(users);
-        match state.federation.send(&server, request).await {
+    let asks = remote.into_iter().map(|(server, users)| {
+        let state = state.clone();
+        async move {
+            let answer =
+                state.federation.send(&server, ruma::api::federation::keys::get_keys::v1::Request::new(users)).await;
+            (server, answer)
+        }
+    });
+    for (server, answer) in futures_util::future::join_all(asks).await {
+        // A server answers for its own users only.
+        let own = |user: &OwnedUserId| user.server_name() == server;
+        match answer {
             Ok(answer) => {
-                response.device_keys.extend(answer.device_keys);
-                response.master_keys.extend(answer.master_keys);
-                response.self_signing_keys.extend(answer.self_signing_keys);
+                response.device_keys.extend(answer.device_keys.into_iter().filter(|(u, _)| own(u)));
+                response.master_keys.extend(answer.master_keys.into_iter().filter(|(u, _)| own(u)));
+                response.self_signing_keys.extend(answer.self_signing_keys.into_iter().filter(|(u, _)| own(u)));
             }
             Err(err) => {
                 response
@@ -108,28 +118,43 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
 }
 
 pub async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> Result<claim_keys::v3::Response> {
-    blocking(&state, move |s| {
-        let session = req.session();
-        let mut claimed = BTreeMap::new();
-        for (user_id, devices) in &req.body.one_time_keys {
-            if !s.users.is_local(user_id) || !may_query(s, session, user_id)? {
-                continue;
-            }
-            let mut per_device = BTreeMap::new();
-            for (device_id, algorithm) in devices {
-                if let Some((key_id, key)) = s.keys.claim(user_id, device_id.as_str(), algorithm.as_str())? {
-                    let Ok(key_id) = OwnedOneTimeKeyId::try_from(key_id) else { continue };
-                    per_device.insert(
-                        device_id.clone(),
-                        BTreeMap::from([(key_id, Raw::from_json(serde_json::value::to_raw_value(&key)?))]),
-                    );
-                }
-            }
-            claimed.insert(user_id.clone(), per_device);
+    let session = req.session().clone();
+    let claims = req.body.one_time_keys.clone();
+    let local = {
+        let claims = claims.clone();
+        blocking(&state, move |s| {
+            s.keys.claim_many(&claims, |user| Ok(s.users.is_local(user) && may_query(s, &session, user)?))
+        })
+        .await?
+    };
+    let mut response = claim_keys::v3::Response::new(local);
+    // Users of other servers: one claim per server, asked together.
+    let mut remote: BTreeMap<OwnedServerName, BTreeMap<_, _>> = BTreeMap::new();
+    for (user_id, devices) in claims {
+        if user_id.server_name() != state.settings.server_name {
+            remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
         }
-        Ok(claim_keys::v3::Response::new(claimed))
-    })
-    .await
+    }
+    let asks = remote.into_iter().map(|(server, claims)| {
+        let state = state.clone();
+        async move {
+            let answer = state.federation.send(&server, federation_claim::v1::Request::new(claims)).await;
+            (server, answer)
+        }
+    });
+    for (server, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(answer) => response
+                .one_time_keys
+                .extend(answer.one_time_keys.into_iter().filter(|(user, _)| user.server_name() == server)),
+            Err(err) => {
+                response
+                    .failures
+                    .insert(server.to_string(), serde_json::json!({ "errcode": err.errcode, "error": err.message }));
+            }
+        }
+    }
+    Ok(response)
 }
 
 pub async fn changes(
@@ -224,8 +249,18 @@ pub async fn send_to_device(
         }
         let kind = body.event_type.to_string();
         let mut batch = s.keys.batch();
+        // Other servers' users get theirs through their server, one EDU each.
+        let mut remote: BTreeMap<OwnedServerName, serde_json::Map<String, Value>> = BTreeMap::new();
         for (target, devices) in &body.messages {
             if !s.users.is_local(target) {
+                let mut per_device = serde_json::Map::new();
+                for (device, content) in devices {
+                    per_device.insert(device.to_string(), value(content)?);
+                }
+                remote
+                    .entry(target.server_name().to_owned())
+                    .or_default()
+                    .insert(target.to_string(), Value::Object(per_device));
                 continue;
             }
             for (device, content) in devices {
@@ -241,7 +276,11 @@ pub async fn send_to_device(
                 }
             }
         }
+        let destinations = outbound::queue_to_device(&mut batch, &session.user_id, &kind, remote);
         batch.commit()?;
+        for destination in &destinations {
+            s.outbox.wake(destination);
+        }
         Ok(send_event_to_device::v3::Response::new())
     })
     .await

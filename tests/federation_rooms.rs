@@ -521,3 +521,114 @@ async fn guest_link_invites_a_user_of_another_server() {
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
     assert_eq!(link_of(&a, &alice, &secret_room).await["uses"], 0);
 }
+
+#[tokio::test]
+async fn knocks_across_servers_accepted_refused_and_withdrawn() {
+    let (a, a_name) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let (mut alice_since, mut bob_since) = (None, None);
+    let knock_room = |name: &'static str| {
+        let (a, alice) = (&a, &alice);
+        async move {
+            a.create_room(
+                alice,
+                json!({
+                    "preset": "private_chat", "name": name,
+                    "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+                }),
+            )
+            .await
+        }
+    };
+    let knock = |room_id: String| {
+        let (b, bob, a_name) = (&b, &bob, &a_name);
+        async move {
+            b.post(
+                &format!("/_matrix/client/v3/knock/{}?via={a_name}", enc(&room_id)),
+                Some(&bob.token),
+                json!({ "reason": "let me in" }),
+            )
+            .await
+        }
+    };
+    let sees_membership = |sync: &Value, room_id: &str, membership: &str| {
+        has_event(sync, room_id, |e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == bob.user_id.as_str()
+                && e["content"]["membership"] == membership
+        })
+    };
+
+    // A knock, accepted with an invite, then a join.
+    let room_id = knock_room("Door").await;
+    let (status, body) = knock(room_id.clone()).await;
+    assert_eq!(status, 200, "knock over federation: {body}");
+    let knock_state = sync_until(&b, &bob, &mut bob_since, "the knock on B", |sync| {
+        sync["rooms"]["knock"][room_id.as_str()]["knock_state"]["events"].as_array().cloned()
+    })
+    .await;
+    assert!(
+        knock_state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Door"),
+        "{knock_state:?}"
+    );
+    sync_until(&a, &alice, &mut alice_since, "the knock on A", |sync| {
+        sees_membership(sync, &room_id, "knock").then_some(())
+    })
+    .await;
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "accept the knock: {body}");
+    sync_until(&b, &bob, &mut bob_since, "the invite after the knock", |sync| {
+        sync["rooms"]["invite"].get(room_id.as_str()).map(|_| ())
+    })
+    .await;
+    let (status, body) = b.join(&bob, &room_id).await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&a, &alice, &mut alice_since, "Bob in the room", |sync| {
+        sees_membership(sync, &room_id, "join").then_some(())
+    })
+    .await;
+
+    // A knock refused: B learns of it although nobody there is in the room.
+    let refused = knock_room("Closed door").await;
+    assert_eq!(knock(refused.clone()).await.0, 200);
+    sync_until(&a, &alice, &mut alice_since, "the second knock on A", |sync| {
+        sees_membership(sync, &refused, "knock").then_some(())
+    })
+    .await;
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&refused)),
+            Some(&alice.token),
+            json!({ "user_id": bob.user_id, "reason": "not today" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(&b, &bob, &mut bob_since, "the refusal on B", |sync| {
+        sync["rooms"]["leave"].get(refused.as_str()).map(|_| ())
+    })
+    .await;
+
+    // A knock withdrawn by leaving: A sees it go.
+    let withdrawn = knock_room("Maybe").await;
+    assert_eq!(knock(withdrawn.clone()).await.0, 200);
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&withdrawn)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "withdraw the knock: {body}");
+    sync_until(&a, &alice, &mut alice_since, "the withdrawal on A", |sync| {
+        sees_membership(sync, &withdrawn, "leave").then_some(())
+    })
+    .await;
+
+    // Knocking where the join rule does not allow it is refused by A.
+    let closed = a.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let (status, body) = knock(closed).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+}

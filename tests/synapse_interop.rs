@@ -1,7 +1,7 @@
 //! Interoperation with a real Synapse (PyPI `matrix-synapse`), on loopback
 //! over TLS: joins both ways in v10, v11 and v12 rooms, messages, typing,
 //! receipts, restricted joins porch authorises, kicks, bans and leaves,
-//! history backfilled from Synapse.
+//! history backfilled from Synapse, guest links, knocks both ways.
 
 mod common;
 
@@ -391,4 +391,44 @@ async fn a_synapse_user_joins_a_guest_room_through_its_link() {
         .await;
     assert_eq!(status, 200, "{body}");
     sees_membership(&synapse, &sam, &mut sam_since, &room_id, &sam.user_id, "leave").await;
+}
+
+#[tokio::test]
+async fn knocks_both_ways_between_porch_and_synapse() {
+    let (porch, porch_name) = federating_server().await;
+    let synapse = Synapse::start().await;
+    let alice = porch.register("alice").await;
+    let sam = synapse.register("sam").await;
+    let (mut alice_since, mut sam_since) = (None, None);
+    let knock_rules = json!([{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }]);
+
+    // Synapse's user knocks on a porch room; porch lets him in.
+    let door = porch.create_room(&alice, json!({ "preset": "private_chat", "initial_state": knock_rules })).await;
+    let (status, body) = synapse
+        .post(&format!("/_matrix/client/v3/knock/{}?via={porch_name}", enc(&door)), Some(&sam.token), json!({}))
+        .await;
+    assert_eq!(status, 200, "Synapse knocks on porch's room: {body}");
+    sees_membership(&porch, &alice, &mut alice_since, &door, &sam.user_id, "knock").await;
+    invite(&porch, &alice, &door, &sam.user_id).await;
+    sees_invite(&synapse, &sam, &mut sam_since, &door).await;
+    let (status, body) = synapse.join(&sam, &door).await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&porch, &alice, &mut alice_since, &door, &sam.user_id, "join").await;
+
+    // porch's user knocks on a Synapse room; Synapse lets her in.
+    let hall = synapse.create_room(&sam, json!({ "preset": "private_chat", "initial_state": knock_rules })).await;
+    let (status, body) = porch
+        .post(
+            &format!("/_matrix/client/v3/knock/{}?via={}", enc(&hall), synapse.server_name),
+            Some(&alice.token),
+            json!({ "reason": "hello" }),
+        )
+        .await;
+    assert_eq!(status, 200, "porch knocks on Synapse's room: {body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &hall, &alice.user_id, "knock").await;
+    invite(&synapse, &sam, &hall, &alice.user_id).await;
+    sees_invite(&porch, &alice, &mut alice_since, &hall).await;
+    let (status, body) = porch.join(&alice, &hall).await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&synapse, &sam, &mut sam_since, &hall, &alice.user_id, "join").await;
 }

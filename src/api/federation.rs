@@ -13,7 +13,10 @@ use ruma::{
         discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
-        membership::{create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+        membership::{
+            create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+            prepare_knock_event, prepare_leave_event,
+        },
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
     },
@@ -23,7 +26,7 @@ use ruma::{
 use crate::{
     api::{AppState, Routes, Ruma, blocking},
     error::{Error, Result},
-    service::{acl, directory, inbound, remote_invite, remote_join},
+    service::{acl, directory, inbound, remote_invite, remote_join, remote_knock},
 };
 
 /// How long other servers may cache our keys.
@@ -49,7 +52,9 @@ pub fn register(r: &mut Routes) {
         .ruma::<get_backfill::v1::Request, _, _>(backfill)
         .ruma::<create_invite::v2::Request, _, _>(invite)
         .ruma::<prepare_leave_event::v1::Request, _, _>(make_leave)
-        .ruma::<create_leave_event::v2::Request, _, _>(send_leave);
+        .ruma::<create_leave_event::v2::Request, _, _>(send_leave)
+        .ruma::<prepare_knock_event::v1::Request, _, _>(make_knock)
+        .ruma::<create_knock_event::v1::Request, _, _>(send_knock);
 }
 
 async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<create_invite::v2::Response> {
@@ -75,6 +80,27 @@ async fn send_leave(
     let body = &req.body;
     remote_invite::send_leave(&state, req.origin(), &body.room_id, &body.event_id, &body.pdu).await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+async fn make_knock(
+    state: AppState,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<prepare_knock_event::v1::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        let (version, template) = remote_knock::make_knock(s, req.origin(), &body.room_id, &body.user_id, &body.ver)?;
+        Ok(prepare_knock_event::v1::Response::new(version, serde_json::value::to_raw_value(&template)?))
+    })
+    .await
+}
+
+async fn send_knock(
+    state: AppState,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<create_knock_event::v1::Response> {
+    let body = &req.body;
+    let room_state = remote_knock::send_knock(&state, req.origin(), &body.room_id, &body.event_id, &body.pdu).await?;
+    Ok(create_knock_event::v1::Response::new(room_state))
 }
 
 /// `/send`: PDUs and EDUs from another server.

@@ -130,8 +130,7 @@ async fn incoming_pdu(
         blocking(s, move |s| s.rooms.room(&room_id)).await.ok().flatten()
     };
     let Some(record) = record else {
-        tracing::info!(%origin, %room_id, "ignoring a PDU for a room this server is not in");
-        return None;
+        return outside_membership(s, origin, &room_id, object).await;
     };
     let rules = ruma::RoomVersionId::rules(&record.version)?;
     let event_id = ruma::signatures::reference_hash(&object, &rules)
@@ -154,6 +153,50 @@ async fn incoming_pdu(
         }
     };
     Some((event_id, result))
+}
+
+/// A PDU for a room this server does not hold: only a change to one of
+/// our users' pending invite or knock is taken (the invite withdrawn, the
+/// knock refused), from the server that holds the room.
+async fn outside_membership(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    object: CanonicalJsonObject,
+) -> Option<(OwnedEventId, std::result::Result<(), String>)> {
+    let target = object.get("state_key").and_then(|v| v.as_str()).and_then(|k| OwnedUserId::try_from(k).ok());
+    let pending = match target {
+        Some(target) if object.get("type").and_then(|v| v.as_str()) == Some("m.room.member") => {
+            let room = room_id.to_owned();
+            let user = target.clone();
+            blocking(s, move |s| crate::service::remote_invite::pending_invite(s, &user, &room)).await.ok().flatten()
+        }
+        _ => None,
+    };
+    let Some((_, pending)) = pending else {
+        tracing::info!(%origin, %room_id, "ignoring a PDU for a room this server is not in");
+        return None;
+    };
+    if !pending.servers.iter().any(|server| server == origin) {
+        tracing::info!(%origin, %room_id, "ignoring a membership change from a server the invite did not name");
+        return None;
+    }
+    let rules = ruma::RoomVersionId::rules(&pending.version)?;
+    let event_id = ruma::signatures::reference_hash(&object, &rules)
+        .ok()
+        .and_then(|hash| OwnedEventId::try_from(format!("${hash}")).ok())?;
+    let pdu = match verified_pdu(s, room_id, &pending.version, object).await {
+        Ok(pdu) => pdu,
+        Err(err) => return Some((event_id, Err(err.message))),
+    };
+    let membership = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
+    if pdu.sender.server_name() != origin || !matches!(membership, Some(MembershipState::Leave | MembershipState::Ban))
+    {
+        return Some((event_id, Ok(())));
+    }
+    let room = room_id.to_owned();
+    let result = blocking(s, move |s| crate::service::remote_invite::withdrawn(s, &room, &pdu)).await;
+    Some((event_id, result.map_err(|e| e.message)))
 }
 
 /// Verify, authorise and place one PDU. `fill_gaps` allows fetching

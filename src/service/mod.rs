@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod registration;
 pub mod remote_invite;
 pub mod remote_join;
+pub mod remote_knock;
 pub mod rooms;
 pub mod sync;
 pub mod uiaa;

@@ -42,14 +42,14 @@ pub fn remote_invite(s: &Services, event_id: &ruma::EventId) -> Result<Option<Re
     Ok(s.db.get_json(Cf::RemoteInvites, event_id.as_bytes())?)
 }
 
-/// The remote invite a local user holds for a room, if any.
+/// The remote invite (or knock) a local user holds for a room, if any.
 pub fn pending_invite(
     s: &Services,
     user_id: &UserId,
     room_id: &RoomId,
 ) -> Result<Option<(OwnedEventId, RemoteInvite)>> {
     let Some(record) = s.rooms.user_membership(user_id, room_id)? else { return Ok(None) };
-    if record.membership != MembershipState::Invite {
+    if !matches!(record.membership, MembershipState::Invite | MembershipState::Knock) {
         return Ok(None);
     }
     Ok(remote_invite(s, &record.event_id)?.map(|invite| (record.event_id, invite)))
@@ -103,17 +103,7 @@ pub async fn invite(
         }
         let event = NewEvent::state(TimelineEventType::RoomMember, target_owned.as_str(), Value::Object(content));
         let (version, pdu) = s.rooms.prepare(&room, &sender_owned, event)?;
-        let state = s.rooms.current_state(&room)?;
-        let mut invite_state = Vec::new();
-        for kind in crate::service::sync::STRIPPED_STATE_TYPES {
-            if let Some(event) = s.rooms.state_pdu(&state, kind, "")? {
-                invite_state.push(RawStrippedState::Pdu(event.json.clone()));
-            }
-        }
-        if let Some(event) = s.rooms.state_pdu(&state, "m.room.member", sender_owned.as_str())? {
-            invite_state.push(RawStrippedState::Pdu(event.json.clone()));
-        }
-        Ok((version, pdu, invite_state))
+        Ok((version, pdu, room_state_for(s, &room, &sender_owned)?))
     })
     .await?;
     let request = create_invite::v2::Request::new(
@@ -138,6 +128,22 @@ pub async fn invite(
     blocking(s, move |s| append_own(s, &room, &version, signed)).await
 }
 
+/// What an invitee or knocker may see of the room before joining: the
+/// state events clients show for it, and `user`'s member event.
+pub fn room_state_for(s: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<RawStrippedState>> {
+    let state = s.rooms.current_state(room_id)?;
+    let mut out = Vec::new();
+    for kind in crate::service::sync::STRIPPED_STATE_TYPES {
+        if let Some(event) = s.rooms.state_pdu(&state, kind, "")? {
+            out.push(RawStrippedState::Pdu(event.json.clone()));
+        }
+    }
+    if let Some(event) = s.rooms.state_pdu(&state, "m.room.member", user.as_str())? {
+        out.push(RawStrippedState::Pdu(event.json.clone()));
+    }
+    Ok(out)
+}
+
 /// Append an event we authored that came back co-signed, on the state
 /// before it (the room may have moved on meanwhile), and send it out.
 fn append_own(s: &Services, room_id: &RoomId, version: &RoomVersionId, pdu: Arc<Pdu>) -> Result<OwnedEventId> {
@@ -152,6 +158,25 @@ fn append_own(s: &Services, room_id: &RoomId, version: &RoomVersionId, pdu: Arc<
         Placed::SoftFailed => Err(Error::forbidden("The room's state changed and no longer allows this.")),
         Placed::Timeline(_) | Placed::Known => Ok(pdu.event_id.clone()),
     }
+}
+
+/// Room state another server sent with an invite or a knock, stripped for clients.
+pub fn stripped(state: &[RawStrippedState]) -> Vec<Value> {
+    state
+        .iter()
+        .filter_map(|state| match state {
+            RawStrippedState::Pdu(json) => {
+                let event: Value = serde_json::from_str(json.get()).ok()?;
+                Some(json!({
+                    "type": event.get("type")?, "state_key": event.get("state_key")?,
+                    "sender": event.get("sender")?, "content": event.get("content")?,
+                }))
+            }
+            #[allow(deprecated)]
+            RawStrippedState::Stripped(raw) => serde_json::from_str(raw.json().get()).ok(),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Another server invites one of our users (`/invite` v2): check, co-sign,
@@ -185,23 +210,8 @@ pub async fn receive_invite(
     if pdu.sender.server_name() != origin {
         return Err(Error::forbidden("A server may only send invites from its own users."));
     }
-    let stripped: Vec<Value> = request
-        .invite_room_state
-        .iter()
-        .filter_map(|state| match state {
-            RawStrippedState::Pdu(json) => {
-                let event: Value = serde_json::from_str(json.get()).ok()?;
-                Some(json!({
-                    "type": event.get("type")?, "state_key": event.get("state_key")?,
-                    "sender": event.get("sender")?, "content": event.get("content")?,
-                }))
-            }
-            #[allow(deprecated)]
-            RawStrippedState::Stripped(raw) => serde_json::from_str(raw.json().get()).ok(),
-            _ => None,
-        })
-        .chain(std::iter::once(pdu.to_stripped_state()))
-        .collect();
+    let stripped: Vec<Value> =
+        stripped(&request.invite_room_state).into_iter().chain(std::iter::once(pdu.to_stripped_state())).collect();
     ruma::signatures::hash_and_sign_event(s.server_name().as_str(), &s.signing.key_pair, &mut object, &rules.redaction)
         .map_err(|e| Error::bad_json(format!("The invite cannot be signed: {e}")))?;
     let signed = RawJsonValue::from_string(serde_json::to_string(&object)?)?;
@@ -286,6 +296,29 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
     .await
 }
 
+/// The room's server withdrew a user's pending invite or refused their
+/// knock (`pdu`, a leave or ban verified by the caller): the user leaves.
+pub fn withdrawn(s: &Services, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
+    let Some(user) = pdu.state_key.as_deref().and_then(|k| ruma::OwnedUserId::try_from(k).ok()) else { return Ok(()) };
+    let Some((pending_id, _)) = pending_invite(s, &user, room_id)? else { return Ok(()) };
+    let membership = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
+    let mut batch = s.db.batch();
+    let count = batch.next_count();
+    let meta = crate::pdu::PduMeta::outlier(room_id.to_owned());
+    batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta, pdu: pdu.json.clone() });
+    batch.delete(Cf::RemoteInvites, pending_id.as_bytes());
+    let record = MembershipRecord {
+        membership: membership.unwrap_or(MembershipState::Leave),
+        event_id: pdu.event_id.clone(),
+        count,
+        forgotten: false,
+    };
+    batch.put_json(Cf::UserRooms, &key(&[user.as_bytes(), room_id.as_bytes()]), &record);
+    batch.commit()?;
+    tracing::info!(%room_id, user_id = %user, by = %pdu.sender, "a pending invite or knock was withdrawn or refused");
+    Ok(())
+}
+
 async fn leave_via(
     s: &Arc<Services>,
     server: &ServerName,
@@ -300,13 +333,7 @@ async fn leave_via(
         .await?;
     let version = template.room_version.unwrap_or_else(|| version.clone());
     let rules = Rooms::rules(&version)?;
-    let mut object: CanonicalJsonObject = serde_json::from_str(template.event.get())
-        .map_err(|_| Error::bad_json(format!("{server} sent a leave template that is not JSON")))?;
-    if object.get("state_key").and_then(|v| v.as_str()) != Some(user_id.as_str())
-        || object.get("sender").and_then(|v| v.as_str()) != Some(user_id.as_str())
-    {
-        return Err(Error::forbidden(format!("{server} sent a leave template for another user")));
-    }
+    let mut object = own_template(server, &template.event, user_id)?;
     let mut content = serde_json::Map::new();
     content.insert("membership".into(), json!("leave"));
     if let Some(reason) = reason.filter(|r| !r.is_empty()) {
@@ -324,6 +351,19 @@ async fn leave_via(
     })
     .await?;
     Ok(event_id)
+}
+
+/// A membership template another server made for `user_id`, checked to be
+/// about that user and nobody else.
+pub fn own_template(server: &ServerName, raw: &RawJsonValue, user_id: &UserId) -> Result<CanonicalJsonObject> {
+    let object: CanonicalJsonObject = serde_json::from_str(raw.get())
+        .map_err(|_| Error::bad_json(format!("{server} sent a membership template that is not JSON")))?;
+    if object.get("state_key").and_then(|v| v.as_str()) != Some(user_id.as_str())
+        || object.get("sender").and_then(|v| v.as_str()) != Some(user_id.as_str())
+    {
+        return Err(Error::forbidden(format!("{server} sent a membership template for another user")));
+    }
+    Ok(object)
 }
 
 /// The leave template for a user of `origin` (`make_leave`).
@@ -351,6 +391,20 @@ pub async fn send_leave(
     event_id: &OwnedEventId,
     raw: &RawJsonValue,
 ) -> Result<()> {
+    receive_membership(s, origin, room_id, event_id, raw, MembershipState::Leave).await.map(|_| ())
+}
+
+/// A remote user's own signed membership event (`send_leave`,
+/// `send_knock`): verify, check against the state before it, append, and
+/// send it on to the room's other servers.
+pub async fn receive_membership(
+    s: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &OwnedEventId,
+    raw: &RawJsonValue,
+    membership: MembershipState,
+) -> Result<Arc<Pdu>> {
     let version = {
         let room = room_id.to_owned();
         blocking(s, move |s| s.rooms.room(&room)).await?
@@ -358,29 +412,32 @@ pub async fn send_leave(
     .ok_or_else(|| Error::not_found("This room is not known to this server."))?
     .version;
     let object: CanonicalJsonObject =
-        serde_json::from_str(raw.get()).map_err(|_| Error::bad_json("The leave event is not canonical JSON."))?;
+        serde_json::from_str(raw.get()).map_err(|_| Error::bad_json("The event is not canonical JSON."))?;
     let pdu = inbound::verified_pdu(s, room_id, &version, object).await?;
-    let is_leave = pdu.kind == TimelineEventType::RoomMember
+    let matches = pdu.kind == TimelineEventType::RoomMember
         && pdu.state_key.as_deref() == Some(pdu.sender.as_str())
-        && pdu.content_value().get("membership").and_then(Value::as_str) == Some("leave");
-    if pdu.event_id != *event_id || !is_leave {
-        return Err(Error::bad_json("This is not the leave event of its sender named in the path."));
+        && pdu.content_value().get("membership").and_then(Value::as_str) == Some(membership.as_str());
+    if pdu.event_id != *event_id || !matches {
+        return Err(Error::bad_json(format!("This is not the {membership} event of its sender named in the path.")));
     }
     if pdu.sender.server_name() != origin {
-        return Err(Error::forbidden("A server may only send leaves of its own users."));
+        return Err(Error::forbidden("A server may only send membership events of its own users."));
     }
     inbound::fetch_auth_events(s, origin, room_id, &version, std::slice::from_ref(&pdu)).await?;
     let room = room_id.to_owned();
     blocking(s, move |s| {
+        crate::service::acl::check_server(s, &room, pdu.sender.server_name())?;
         let state = s
             .rooms
             .state_before_event(&version, &pdu.prev_events)?
-            .ok_or_else(|| Error::bad_json("The leave builds on events this server does not know."))?;
+            .ok_or_else(|| Error::bad_json("The event builds on events this server does not know."))?;
         s.rooms
             .check_auth(&version, &pdu, &state, &HashMap::new())
-            .map_err(|why| Error::forbidden(format!("The leave is not allowed: {why}")))?;
-        s.rooms.append_remote(&room, pdu, state, true)?;
-        Ok(())
+            .map_err(|why| Error::forbidden(format!("The {membership} is not allowed: {why}")))?;
+        match s.rooms.append_remote(&room, pdu.clone(), state, true)? {
+            Placed::SoftFailed => Err(Error::forbidden("The room's state no longer allows this.")),
+            Placed::Timeline(_) | Placed::Known => Ok(pdu),
+        }
     })
     .await
 }

@@ -778,8 +778,16 @@ impl<'a> Txn<'a> {
         if !outgoing.is_empty() {
             let servers = rooms.remote_servers(&room_id)?;
             for pdu in &outgoing {
-                let destinations: BTreeSet<OwnedServerName> =
-                    servers.iter().filter(|s| **s != pdu.sender.server_name()).cloned().collect();
+                let mut destinations: BTreeSet<OwnedServerName> = servers.iter().cloned().collect();
+                // A membership change reaches its subject's server even if it
+                // has nobody joined (a withdrawn invite, a refused knock).
+                if pdu.kind == TimelineEventType::RoomMember
+                    && let Some(target) = pdu.state_key.as_deref().and_then(|k| <&UserId>::try_from(k).ok())
+                    && target.server_name() != rooms.server_name
+                {
+                    destinations.insert(target.server_name().to_owned());
+                }
+                destinations.remove(pdu.sender.server_name());
                 outbound::queue(&mut batch, &destinations, &OutboxItem::Pdu(pdu.event_id.clone()));
                 woken.extend(destinations);
             }

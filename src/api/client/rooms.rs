@@ -25,7 +25,7 @@ use crate::{
         create_room::{self as room_factory, CreateRoom},
         directory, history,
         membership::{self, Moderation},
-        remote_invite, remote_join,
+        remote_invite, remote_join, remote_knock,
         sync::raw,
     },
 };
@@ -154,13 +154,13 @@ fn resolve(s: &Services, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
 
 /// Join a room by id or alias: locally when porch holds the room, else
 /// through the servers named (`via`, the alias's, the room id's).
-async fn join_any(
+/// A room id from an id or alias (of this server or, asked over
+/// federation, another), with the servers that may know the room.
+async fn resolve_any(
     state: &AppState,
-    session: crate::service::users::Session,
     room: &RoomOrAliasId,
     mut via: Vec<ruma::OwnedServerName>,
-    reason: Option<String>,
-) -> Result<OwnedRoomId> {
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
     let room_id = match <&ruma::RoomId>::try_from(room) {
         Ok(room_id) => room_id.to_owned(),
         Err(alias) if alias.server_name() == state.settings.server_name => {
@@ -178,6 +178,17 @@ async fn join_any(
             answer.room_id
         }
     };
+    Ok((room_id, via))
+}
+
+async fn join_any(
+    state: &AppState,
+    session: crate::service::users::Session,
+    room: &RoomOrAliasId,
+    via: Vec<ruma::OwnedServerName>,
+    reason: Option<String>,
+) -> Result<OwnedRoomId> {
+    let (room_id, via) = resolve_any(state, room, via).await?;
     let (checked_room, user) = (room_id.clone(), session.user_id.clone());
     let remote = blocking(state, move |s| {
         policy::check(s, &session, Action::Join { room_id: &checked_room })?;
@@ -312,13 +323,23 @@ pub async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> Resul
 }
 
 pub async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
-    blocking(&state, move |s| {
-        policy::check(s, req.session(), Action::Knock)?;
-        let room_id = resolve(s, &req.body.room_id_or_alias)?;
-        membership::knock(s, &room_id, &req.session().user_id, req.body.reason.as_deref())?;
-        Ok(knock_room::v3::Response::new(room_id))
-    })
-    .await
+    let session = req.session().clone();
+    blocking(&state, move |s| policy::check(s, &session, Action::Knock)).await?;
+    let (room_id, mut via) = resolve_any(&state, &req.body.room_id_or_alias, req.body.via.clone()).await?;
+    let user = req.session().user_id.clone();
+    let reason = req.body.reason.clone();
+    let held = {
+        let room_id = room_id.clone();
+        blocking(&state, move |s| s.rooms.exists(&room_id)).await?
+    };
+    if held {
+        let room = room_id.clone();
+        blocking(&state, move |s| membership::knock(s, &room, &user, reason.as_deref())).await?;
+    } else {
+        via.extend(room_id.server_name().map(ToOwned::to_owned));
+        remote_knock::knock(&state, &user, &room_id, via, reason).await?;
+    }
+    Ok(knock_room::v3::Response::new(room_id))
 }
 
 pub async fn members(

@@ -294,3 +294,121 @@ async fn forged_and_tampered_events_in_a_transaction() {
     let (status, _) = b.get(&event(&forged.event_id), Some(&bob.token)).await;
     assert_eq!(status, 404, "the forged event was not stored");
 }
+
+/// Verify `object`'s signature by `server` with `server`'s published key.
+fn verify_signed_by(object: &Value, server: &str, keys_of_server: &Value) {
+    let mut key_set = BTreeMap::new();
+    for (key_id, key) in keys_of_server["verify_keys"].as_object().unwrap() {
+        key_set.insert(key_id.clone(), Base64::parse(key["key"].as_str().unwrap()).unwrap());
+    }
+    let key_map: PublicKeyMap = BTreeMap::from([(server.to_owned(), key_set)]);
+    let CanonicalJsonValue::Object(mut object) = CanonicalJsonValue::try_from(object.clone()).unwrap() else {
+        panic!("not an object")
+    };
+    // verify_json checks every signature present: keep only `server`'s.
+    if let Some(CanonicalJsonValue::Object(signatures)) = object.get_mut("signatures") {
+        signatures.retain(|name, _| name == server);
+    }
+    ruma::signatures::verify_json(&key_map, &object).unwrap_or_else(|e| panic!("{server}'s signature: {e}"));
+}
+
+#[tokio::test]
+async fn key_notary_vouches_for_servers_it_reached() {
+    let (a, a_name) = federating_server().await;
+    let (b, b_name) = federating_server().await;
+    let client = insecure_client();
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (a_base, b_base) = (a.federation_base.clone().unwrap(), b.federation_base.clone().unwrap());
+    let (_, a_keys) = get(format!("{a_base}/_matrix/key/v2/server")).await;
+    let (_, b_keys) = get(format!("{b_base}/_matrix/key/v2/server")).await;
+
+    // B fetches A's keys for the asker and signs them too.
+    let (status, body) = get(format!("{b_base}/_matrix/key/v2/query/{}", common::enc(&a_name))).await;
+    assert_eq!(status, 200, "{body}");
+    let keys = &body["server_keys"][0];
+    assert_eq!(keys["server_name"], a_name.as_str());
+    assert_eq!(keys["verify_keys"], a_keys["verify_keys"]);
+    verify_signed_by(keys, &a_name, &a_keys);
+    verify_signed_by(keys, &b_name, &b_keys);
+
+    // The batch form: B answers for A and for itself, and leaves out a
+    // server nobody can reach.
+    let unreachable = format!("localhost:{}", free_port());
+    let resp = client
+        .post(format!("{b_base}/_matrix/key/v2/query"))
+        .json(
+            &serde_json::json!({ "server_keys": { a_name.clone(): {}, b_name.clone(): {}, unreachable.clone(): {} } }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let mut names: Vec<&str> =
+        body["server_keys"].as_array().unwrap().iter().map(|k| k["server_name"].as_str().unwrap()).collect();
+    names.sort();
+    let mut expected = vec![a_name.as_str(), b_name.as_str()];
+    expected.sort();
+    assert_eq!(names, expected, "{body}");
+    for keys in body["server_keys"].as_array().unwrap() {
+        let name = keys["server_name"].as_str().unwrap();
+        verify_signed_by(keys, name, if name == a_name { &a_keys } else { &b_keys });
+        verify_signed_by(keys, &b_name, &b_keys);
+    }
+}
+
+#[tokio::test]
+async fn openid_tokens_prove_a_users_identity_to_third_parties() {
+    let (a, _) = federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = a.register("bob").await;
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/user/{}/openid/request_token", common::enc(&alice.user_id)),
+            Some(&alice.token),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["token_type"].as_str(), body["matrix_server_name"].as_str()),
+        (Some("Bearer"), Some(a.server_name.as_str()))
+    );
+    assert!(body["expires_in"].as_u64().unwrap() > 0);
+    let token = body["access_token"].as_str().unwrap();
+    assert_ne!(token, alice.token, "not the account's access token");
+
+    // The third party asks the server (as a federation client would).
+    let client = insecure_client();
+    let base = a.federation_base.clone().unwrap();
+    let resp =
+        client.get(format!("{base}/_matrix/federation/v1/openid/userinfo?access_token={token}")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["sub"], alice.user_id.as_str());
+    let resp =
+        client.get(format!("{base}/_matrix/federation/v1/openid/userinfo?access_token=nope")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["errcode"], "M_UNKNOWN_TOKEN");
+    let resp = client
+        .get(format!("{base}/_matrix/federation/v1/openid/userinfo?access_token={}", alice.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "an access token is no OpenID token");
+
+    // Nobody gets a token in someone else's name.
+    let (status, body) = a
+        .post(
+            &format!("/_matrix/client/v3/user/{}/openid/request_token", common::enc(&alice.user_id)),
+            Some(&bob.token),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+}

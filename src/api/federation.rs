@@ -1,39 +1,41 @@
 //! The server-server API served on the TLS listener: keys, transactions,
-//! joins, events and state of rooms, directory, profiles and device keys.
+//! joins, knocks, events and state of rooms, directory, profiles, device
+//! keys and the key notary.
 //! Handlers are thin; the logic is in `service::{inbound, remote_join, rooms}`.
 
-use std::{collections::BTreeMap, time::Duration};
-
 use ruma::{
-    CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerSigningKeyId,
+    MilliSecondsSinceUnixEpoch,
     api::federation::{
         backfill::get_backfill,
         device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
-        discovery::{ServerSigningKeys, VerifyKey, get_server_keys, get_server_version},
+        discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version},
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
         membership::{
             create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
             prepare_knock_event, prepare_leave_event,
         },
+        openid::get_openid_userinfo,
         query::{get_profile_information, get_room_information},
         transactions::send_transaction_message,
     },
-    serde::{Base64, Raw},
+    serde::Raw,
 };
 
 use crate::{
     api::{AppState, Routes, Ruma, blocking},
     error::{Error, Result},
-    service::{acl, directory, inbound, remote_invite, remote_join, remote_knock},
+    service::{acl, directory, inbound, openid, remote_invite, remote_join, remote_knock},
 };
 
-/// How long other servers may cache our keys.
-const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Servers one notary request may ask about.
+const MAX_NOTARY_SERVERS: usize = 50;
 
 pub fn register(r: &mut Routes) {
     r.ruma::<get_server_keys::v2::Request, _, _>(server_keys)
+        .ruma::<get_remote_server_keys::v2::Request, _, _>(notary_query)
+        .ruma::<get_remote_server_keys_batch::v2::Request, _, _>(notary_batch)
         .ruma::<get_server_version::v1::Request, _, _>(version)
         .ruma::<get_profile_information::v1::Request, _, _>(profile)
         .ruma::<get_room_information::v1::Request, _, _>(room_by_alias)
@@ -54,7 +56,8 @@ pub fn register(r: &mut Routes) {
         .ruma::<prepare_leave_event::v1::Request, _, _>(make_leave)
         .ruma::<create_leave_event::v2::Request, _, _>(send_leave)
         .ruma::<prepare_knock_event::v1::Request, _, _>(make_knock)
-        .ruma::<create_knock_event::v1::Request, _, _>(send_knock);
+        .ruma::<create_knock_event::v1::Request, _, _>(send_knock)
+        .ruma::<get_openid_userinfo::v1::Request, _, _>(openid_userinfo);
 }
 
 async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<create_invite::v2::Response> {
@@ -101,6 +104,15 @@ async fn send_knock(
     let body = &req.body;
     let room_state = remote_knock::send_knock(&state, req.origin(), &body.room_id, &body.event_id, &body.pdu).await?;
     Ok(create_knock_event::v1::Response::new(room_state))
+}
+
+/// Whose OpenID token this is, for a third party checking a user's identity.
+async fn openid_userinfo(
+    state: AppState,
+    req: Ruma<get_openid_userinfo::v1::Request>,
+) -> Result<get_openid_userinfo::v1::Response> {
+    blocking(&state, move |s| Ok(get_openid_userinfo::v1::Response::new(openid::user_of(s, &req.body.access_token)?)))
+        .await
 }
 
 /// `/send`: PDUs and EDUs from another server.
@@ -386,18 +398,41 @@ async fn version(_: AppState, _: Ruma<get_server_version::v1::Request>) -> Resul
 
 /// `/_matrix/key/v2/server`: our verify key, signed by itself.
 async fn server_keys(state: AppState, _: Ruma<get_server_keys::v2::Request>) -> Result<get_server_keys::v2::Response> {
-    let key_id = OwnedServerSigningKeyId::try_from(state.signing.key_id()).map_err(Error::internal)?;
-    let verify_key = VerifyKey::new(Base64::new(state.signing.key_pair.public_key().to_vec()));
-    let valid_until = MilliSecondsSinceUnixEpoch::from_system_time(std::time::SystemTime::now() + KEY_VALIDITY)
-        .ok_or_else(|| Error::internal("key validity out of range"))?;
-    let mut keys = ServerSigningKeys::new(state.settings.server_name.clone(), valid_until);
-    keys.verify_keys = BTreeMap::from([(key_id, verify_key)]);
-    let mut object = match ruma::canonical_json::to_canonical_value(&keys).map_err(Error::internal)? {
-        CanonicalJsonValue::Object(object) => object,
-        _ => return Err(Error::internal("server keys are not an object")),
-    };
-    ruma::signatures::sign_json(state.settings.server_name.as_str(), &state.signing.key_pair, &mut object)
-        .map_err(Error::internal)?;
-    let raw = Raw::from_json(serde_json::value::to_raw_value(&object)?);
-    Ok(get_server_keys::v2::Response::new(raw))
+    let object = state.federation.own_keys()?;
+    Ok(get_server_keys::v2::Response::new(Raw::from_json(serde_json::value::to_raw_value(&object)?)))
+}
+
+/// The key notary: another server's keys as that server signed them, with
+/// our signature added (ours for our own name).
+async fn notary_query(
+    state: AppState,
+    req: Ruma<get_remote_server_keys::v2::Request>,
+) -> Result<get_remote_server_keys::v2::Response> {
+    let valid_until = u64::from(req.body.minimum_valid_until_ts.get());
+    let keys = state.federation.notarised_keys(&req.body.server_name, valid_until).await?;
+    let keys = keys.map(|k| serde_json::value::to_raw_value(&k).map(Raw::from_json)).transpose()?;
+    Ok(get_remote_server_keys::v2::Response::new(keys.into_iter().collect()))
+}
+
+async fn notary_batch(
+    state: AppState,
+    req: Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> Result<get_remote_server_keys_batch::v2::Response> {
+    if req.body.server_keys.len() > MAX_NOTARY_SERVERS {
+        return Err(Error::bad_json(format!("Ask for at most {MAX_NOTARY_SERVERS} servers at once.")));
+    }
+    let asks = req.body.server_keys.iter().map(|(server, criteria)| {
+        let valid_until =
+            criteria.values().filter_map(|c| c.minimum_valid_until_ts).map(|ts| u64::from(ts.get())).max().unwrap_or(0);
+        let state = state.clone();
+        async move { state.federation.notarised_keys(server, valid_until).await }
+    });
+    let mut server_keys = Vec::new();
+    for keys in futures_util::future::join_all(asks).await {
+        // A server we cannot vouch for is left out, as the spec asks.
+        if let Ok(Some(keys)) = keys {
+            server_keys.push(Raw::from_json(serde_json::value::to_raw_value(&keys)?));
+        }
+    }
+    Ok(get_remote_server_keys_batch::v2::Response::new(server_keys))
 }

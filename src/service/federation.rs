@@ -33,7 +33,13 @@ use crate::{
 struct CachedKeys {
     keys: BTreeMap<String, String>,
     valid_until: u64,
+    /// The server's own signed key object, handed on by the key notary.
+    #[serde(default)]
+    signed: Option<serde_json::Value>,
 }
+
+/// How long other servers may cache our keys.
+const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 pub struct Federation {
     db: Arc<Db>,
@@ -155,6 +161,25 @@ impl Federation {
         })
     }
 
+    /// Our keys as `/_matrix/key/v2/server` publishes them, signed.
+    pub fn own_keys(&self) -> Result<CanonicalJsonObject> {
+        use ruma::api::federation::discovery::{ServerSigningKeys, VerifyKey};
+        let key_id = ruma::OwnedServerSigningKeyId::try_from(self.signing.key_id()).map_err(Error::internal)?;
+        let verify_key = VerifyKey::new(Base64::new(self.signing.key_pair.public_key().to_vec()));
+        let valid_until =
+            ruma::MilliSecondsSinceUnixEpoch::from_system_time(std::time::SystemTime::now() + KEY_VALIDITY)
+                .ok_or_else(|| Error::internal("key validity out of range"))?;
+        let mut keys = ServerSigningKeys::new(self.server_name.clone(), valid_until);
+        keys.verify_keys = BTreeMap::from([(key_id, verify_key)]);
+        let mut object = match ruma::canonical_json::to_canonical_value(&keys).map_err(Error::internal)? {
+            CanonicalJsonValue::Object(object) => object,
+            _ => return Err(Error::internal("server keys are not an object")),
+        };
+        ruma::signatures::sign_json(self.server_name.as_str(), &self.signing.key_pair, &mut object)
+            .map_err(Error::internal)?;
+        Ok(object)
+    }
+
     /// A server's verify keys: cached while valid, else fetched from the
     /// server itself and checked against its own signature.
     pub async fn verify_keys(&self, server: &ServerName) -> Result<PublicKeySet> {
@@ -162,14 +187,42 @@ impl Federation {
             let own = Base64::new(self.signing.key_pair.public_key().to_vec());
             return Ok(BTreeMap::from([(self.signing.key_id(), own)]));
         }
-        let now = util::now_ms();
-        let cached = self.keys.lock().expect("key cache poisoned").get(server).cloned();
-        let cached = match cached {
-            Some(c) => Some(c),
-            None => self.db.get_json::<CachedKeys>(Cf::ServerKeys, server.as_bytes())?,
+        to_key_set(&self.cached_keys(server, util::now_ms()).await?)
+    }
+
+    /// As a key notary: `server`'s signed keys, valid at least until
+    /// `valid_until` where the server can still be asked, with our
+    /// signature added. `None` when we have nothing for it.
+    pub async fn notarised_keys(&self, server: &ServerName, valid_until: u64) -> Result<Option<CanonicalJsonObject>> {
+        if server == self.server_name {
+            return self.own_keys().map(Some);
+        }
+        let cached = match self.cached_keys(server, valid_until).await {
+            Ok(cached) => Some(cached),
+            // Unreachable now: what we had, if anything, is still worth giving.
+            Err(_) => self.stored_keys(server)?,
         };
-        if let Some(cached) = cached.filter(|c| c.valid_until > now) {
-            return to_key_set(&cached);
+        let Some(signed) = cached.and_then(|c| c.signed) else { return Ok(None) };
+        let Ok(CanonicalJsonValue::Object(mut object)) = CanonicalJsonValue::try_from(signed) else { return Ok(None) };
+        ruma::signatures::sign_json(self.server_name.as_str(), &self.signing.key_pair, &mut object)
+            .map_err(Error::internal)?;
+        Ok(Some(object))
+    }
+
+    fn stored_keys(&self, server: &ServerName) -> Result<Option<CachedKeys>> {
+        let cached = self.keys.lock().expect("key cache poisoned").get(server).cloned();
+        match cached {
+            Some(c) => Ok(Some(c)),
+            None => Ok(self.db.get_json::<CachedKeys>(Cf::ServerKeys, server.as_bytes())?),
+        }
+    }
+
+    /// The cached keys if valid past `valid_until`, else fresh ones from
+    /// the server itself, checked against its own signature.
+    async fn cached_keys(&self, server: &ServerName, valid_until: u64) -> Result<CachedKeys> {
+        let now = util::now_ms();
+        if let Some(cached) = self.stored_keys(server)?.filter(|c| c.valid_until > valid_until.max(now)) {
+            return Ok(cached);
         }
         let base = self.base_url(server).await?;
         let response =
@@ -192,13 +245,14 @@ impl Federation {
         let cached = CachedKeys {
             keys,
             valid_until: body["valid_until_ts"].as_u64().unwrap_or(0).min(now + 7 * 24 * 3600 * 1000),
+            signed: Some(body),
         };
         let key_map: PublicKeyMap = BTreeMap::from([(server.to_string(), to_key_set(&cached)?)]);
         ruma::signatures::verify_json(&key_map, &object)
             .map_err(|e| Error::forbidden(format!("{server}'s keys are not signed by themselves: {e}")))?;
         self.db.put_json(Cf::ServerKeys, server.as_bytes(), &cached)?;
         self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), cached.clone());
-        to_key_set(&cached)
+        Ok(cached)
     }
 
     /// The checks on receipt of a PDU that need no room state: its format,

@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod keys;
 pub mod media;
 pub mod membership;
+pub mod openid;
 pub mod outbound;
 pub mod push;
 pub mod ratelimit;

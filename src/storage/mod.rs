@@ -54,10 +54,11 @@ pub enum Cf {
     ServerKeys,
     Outbox,
     RemoteInvites,
+    OpenIdTokens,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 32] = [
+    pub const ALL: [Cf; 33] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -90,6 +91,7 @@ impl Cf {
         Cf::ServerKeys,
         Cf::Outbox,
         Cf::RemoteInvites,
+        Cf::OpenIdTokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +128,7 @@ impl Cf {
             Cf::ServerKeys => "server_keys",
             Cf::Outbox => "outbox",
             Cf::RemoteInvites => "remote_invites",
+            Cf::OpenIdTokens => "openid_tokens",
         }
     }
 }

@@ -1,11 +1,12 @@
-//! Registration, login, logout, whoami, password, deactivation, devices.
+//! Registration, login, logout, whoami, password, deactivation, devices,
+//! OpenID tokens.
 
 use ruma::{
     OwnedDeviceId,
     api::client::{
         account::{
             change_password, check_registration_token_validity, deactivate, get_username_availability, register,
-            register::RegistrationKind, whoami,
+            register::RegistrationKind, request_openid_token, whoami,
         },
         device::{delete_device, delete_devices, get_device, get_devices, update_device},
         session::{get_login_types, login, logout, logout_all},
@@ -17,7 +18,7 @@ use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
     service::{
-        Services,
+        Services, openid,
         uiaa::{self, StageChecks},
         users::AccountKind,
     },
@@ -187,6 +188,27 @@ pub async fn whoami(_: AppState, req: Ruma<whoami::v3::Request>) -> Result<whoam
     let mut response = whoami::v3::Response::new(session.user_id.clone(), session.is_guest());
     response.device_id = Some(session.device_id.clone());
     Ok(response)
+}
+
+/// A token the user hands to a third party to prove who they are.
+pub async fn request_openid_token(
+    state: AppState,
+    req: Ruma<request_openid_token::v3::Request>,
+) -> Result<request_openid_token::v3::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        if req.body.user_id != session.user_id {
+            return Err(Error::forbidden("You may only ask for tokens for yourself."));
+        }
+        let token = openid::request_token(s, &session.user_id)?;
+        Ok(request_openid_token::v3::Response::new(
+            token,
+            ruma::authentication::TokenType::Bearer,
+            s.settings.server_name.clone(),
+            openid::TOKEN_LIFETIME,
+        ))
+    })
+    .await
 }
 
 /// Ask for the account's password through UIA.

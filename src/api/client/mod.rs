@@ -35,6 +35,7 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::session::logout::v3::Request, _, _>(account::logout)
         .ruma::<c::session::logout_all::v3::Request, _, _>(account::logout_all)
         .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami)
+        .ruma::<c::account::request_openid_token::v3::Request, _, _>(account::request_openid_token)
         .ruma::<c::account::change_password::v3::Request, _, _>(account::change_password)
         .ruma::<c::account::deactivate::v3::Request, _, _>(account::deactivate)
         .ruma::<c::device::get_devices::v3::Request, _, _>(account::devices)

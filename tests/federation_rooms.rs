@@ -1,5 +1,5 @@
 //! Rooms across two porch servers on loopback over TLS: joins in both
-//! directions in v10, v11 and v12 rooms, messages, typing and receipts,
+//! directions in v10, v11 and v12 rooms, messages, typing, presence and receipts,
 //! restricted joins vouched for by the room's server, kicks and bans of
 //! remote users, leaving, a restarted server catching up, and history
 //! from before a join fetched by backfill.
@@ -95,6 +95,27 @@ async fn joins_messages_typing_and_receipts_between_two_porch_servers() {
             .then_some(())
     })
     .await;
+    // Presence, as an EDU to the servers Alice shares a room with.
+    let (status, _) = a
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+            Some(&alice.token),
+            json!({ "presence": "unavailable", "status_msg": "in a meeting" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) =
+            b.get(&format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)), Some(&bob.token)).await;
+        if status == 200 && body["presence"] == "unavailable" {
+            assert_eq!(body["status_msg"], "in a meeting");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Alice's presence never reached B: {status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
     let event_id = a.send_text(&alice, &room_id, "read me").await;
     sync_until(&b, &bob, &mut bob_since, "the message to read on B", |sync| {
         has_event(sync, &room_id, |e| e["event_id"] == event_id.as_str()).then_some(())

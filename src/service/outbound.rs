@@ -119,12 +119,7 @@ pub fn receipt(
 
 /// A local user's device list changed: tell the servers sharing a room with them.
 pub fn device_list_update(services: &Services, user_id: &ruma::UserId, device_id: &str, deleted: bool) -> Result<()> {
-    let mut destinations = BTreeSet::new();
-    for (room_id, record) in services.rooms.user_rooms(user_id)? {
-        if record.membership == ruma::events::room::member::MembershipState::Join {
-            destinations.extend(services.rooms.remote_servers(&room_id)?.iter().cloned());
-        }
-    }
+    let destinations = servers_sharing_rooms(services, user_id)?;
     let stream_id = services.keys.changed_at(user_id)?;
     let edu = serde_json::json!({
         "edu_type": "m.device_list_update",
@@ -154,6 +149,35 @@ pub fn queue_to_device(
         destinations.push(server);
     }
     destinations
+}
+
+/// A local user's presence, for the servers they share a room with.
+pub fn presence(
+    services: &Services,
+    user_id: &ruma::UserId,
+    state: &ruma::presence::PresenceState,
+    status_msg: Option<&str>,
+) -> Result<()> {
+    let destinations = servers_sharing_rooms(services, user_id)?;
+    let mut update = serde_json::json!({
+        "user_id": user_id, "presence": state, "last_active_ago": 0,
+        "currently_active": *state == ruma::presence::PresenceState::Online,
+    });
+    if let Some(status_msg) = status_msg {
+        update["status_msg"] = Value::from(status_msg);
+    }
+    queue_edu(services, &destinations, serde_json::json!({ "edu_type": "m.presence", "content": { "push": [update] } }))
+}
+
+/// The other servers with members in any room the user is joined to.
+fn servers_sharing_rooms(services: &Services, user_id: &ruma::UserId) -> Result<BTreeSet<OwnedServerName>> {
+    let mut destinations = BTreeSet::new();
+    for (room_id, record) in services.rooms.user_rooms(user_id)? {
+        if record.membership == ruma::events::room::member::MembershipState::Join {
+            destinations.extend(services.rooms.remote_servers(&room_id)?.iter().cloned());
+        }
+    }
+    Ok(destinations)
 }
 
 fn row_key(destination: &ServerName, seq: u64) -> Vec<u8> {

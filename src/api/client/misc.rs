@@ -19,6 +19,7 @@ use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
     policy::{self, Action},
+    service::outbound,
 };
 
 pub async fn set_presence(state: AppState, req: Ruma<set_presence::v3::Request>) -> Result<set_presence::v3::Response> {
@@ -29,18 +30,32 @@ pub async fn set_presence(state: AppState, req: Ruma<set_presence::v3::Request>)
     if !matches!(req.body.presence, PresenceState::Online | PresenceState::Offline | PresenceState::Unavailable) {
         return Err(Error::invalid_param("Presence must be online, offline or unavailable."));
     }
+    let previous = state.ephemeral.presence(&session.user_id);
     state.ephemeral.set_presence(&session.user_id, req.body.presence.clone(), req.body.status_msg.clone());
+    let changed =
+        previous.is_none_or(|(presence, status, _)| presence != req.body.presence || status != req.body.status_msg);
+    if changed {
+        let (user, presence, status) =
+            (session.user_id.clone(), req.body.presence.clone(), req.body.status_msg.clone());
+        blocking(&state, move |s| outbound::presence(s, &user, &presence, status.as_deref())).await?;
+    }
     Ok(set_presence::v3::Response::new())
 }
 
 pub async fn get_presence(state: AppState, req: Ruma<get_presence::v3::Request>) -> Result<get_presence::v3::Response> {
     blocking(&state, move |s| {
         policy::check(s, req.session(), Action::ViewProfile { target: &req.body.user_id })?;
-        if !s.users.is_local(&req.body.user_id) || s.users.get(&req.body.user_id)?.is_none() {
-            return Err(Error::not_found("This user is not known here."));
+        let known = s.ephemeral.presence(&req.body.user_id);
+        // Other servers' users: what their server last told us.
+        let unknown = if s.users.is_local(&req.body.user_id) {
+            s.users.get(&req.body.user_id)?.is_none()
+        } else {
+            known.is_none()
+        };
+        if unknown {
+            return Err(Error::not_found("This user's presence is not known here."));
         }
-        let (presence, status_msg, last_active) =
-            s.ephemeral.presence(&req.body.user_id).unwrap_or((PresenceState::Offline, None, None));
+        let (presence, status_msg, last_active) = known.unwrap_or((PresenceState::Offline, None, None));
         let mut response = get_presence::v3::Response::new(presence);
         response.status_msg = status_msg;
         response.last_active_ago = last_active.map(|at: std::time::Instant| at.elapsed());

@@ -90,11 +90,18 @@ pub struct Federation {
     /// The longest wait between retries to a server that does not answer.
     #[serde(with = "humantime_serde")]
     pub max_retry_interval: Duration,
+    /// Name servers (`ip:port`) for discovering other servers; empty: the system's.
+    pub dns_servers: Vec<String>,
 }
 
 impl Default for Federation {
     fn default() -> Self {
-        Self { verify_certificates: true, trusted_ca: String::new(), max_retry_interval: Duration::from_secs(600) }
+        Self {
+            verify_certificates: true,
+            trusted_ca: String::new(),
+            max_retry_interval: Duration::from_secs(600),
+            dns_servers: Vec::new(),
+        }
     }
 }
 

@@ -412,3 +412,87 @@ async fn openid_tokens_prove_a_users_identity_to_third_parties() {
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
 }
+
+/// A name server on loopback for the test: `_matrix-fed._tcp.<name>` has an
+/// SRV record pointing at `localhost:<port>`; every other name but
+/// `localhost` does not exist.
+async fn srv_name_server(name: &'static str, port: u16) -> std::net::SocketAddr {
+    use hickory_proto::{
+        op::{Message, ResponseCode},
+        rr::{Name, RData, Record, RecordType, rdata},
+    };
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+            let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+            answer.metadata.recursion_desired = query.metadata.recursion_desired;
+            answer.metadata.recursion_available = true;
+            answer.metadata.authoritative = true;
+            for q in &query.queries {
+                answer.add_query(q.clone());
+                let asked = q.name().to_utf8().to_lowercase();
+                match q.query_type() {
+                    RecordType::SRV if asked == format!("_matrix-fed._tcp.{name}.") => {
+                        let target = Name::from_ascii("localhost.").unwrap();
+                        answer.add_answer(Record::from_rdata(
+                            q.name().clone(),
+                            60,
+                            RData::SRV(rdata::SRV::new(10, 5, port, target)),
+                        ));
+                    }
+                    RecordType::A if asked == "localhost." => {
+                        answer.add_answer(Record::from_rdata(
+                            q.name().clone(),
+                            60,
+                            RData::A(rdata::A(std::net::Ipv4Addr::LOCALHOST)),
+                        ));
+                    }
+                    _ if asked == "localhost." => {}
+                    _ => answer.metadata.response_code = ResponseCode::NXDomain,
+                }
+            }
+            let _ = socket.send_to(&answer.to_vec().unwrap(), peer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn servers_found_through_srv_records() {
+    // B is named `srv-target.test`, a name only our test DNS knows, whose
+    // SRV record points at B's federation port.
+    let b_port = free_port();
+    let mut b_options = common::federating_options(b_port);
+    b_options.env.retain(|(k, _)| k != "PORCH_SERVER_NAME");
+    b_options.env.push(("PORCH_SERVER_NAME".into(), "srv-target.test".into()));
+    let mut b = TestServer::start_with(b_options).await;
+    b.server_name = "srv-target.test".into();
+    let dns = srv_name_server("srv-target.test", b_port).await;
+    let a_port = free_port();
+    let mut a_options = common::federating_options(a_port);
+    a_options.env.push(("PORCH_FEDERATION__DNS_SERVERS".into(), format!("[\"{dns}\"]")));
+    let mut a = TestServer::start_with(a_options).await;
+    a.server_name = format!("localhost:{a_port}");
+
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    assert_eq!(bob.user_id, "@bob:srv-target.test");
+    b.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", common::enc(&bob.user_id)),
+        Some(&bob.token),
+        serde_json::json!({ "displayname": "Bob behind SRV" }),
+    )
+    .await;
+    let (status, profile) =
+        a.get(&format!("/_matrix/client/v3/profile/{}", common::enc(&bob.user_id)), Some(&alice.token)).await;
+    assert_eq!(status, 200, "A reaches srv-target.test through its SRV record: {profile}");
+    assert_eq!(profile["displayname"], "Bob behind SRV");
+
+    // A name with no SRV record and no address is reported unreachable.
+    let (status, body) =
+        a.get(&format!("/_matrix/client/v3/profile/{}", common::enc("@x:nowhere.test")), Some(&alice.token)).await;
+    assert_eq!((status, body["errcode"].as_str()), (502, Some("DEV.PORCH.SERVER_UNREACHABLE")), "{body}");
+}

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Settings,
     error::{Error, Result},
+    service::discovery::{self, Discovery, Dns},
     signing::SigningKey,
     storage::{Cf, Db},
     util,
@@ -46,6 +47,7 @@ pub struct Federation {
     signing: Arc<SigningKey>,
     server_name: OwnedServerName,
     http: reqwest::Client,
+    discovery: Discovery,
     keys: Mutex<HashMap<OwnedServerName, CachedKeys>>,
 }
 
@@ -60,11 +62,17 @@ fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
 impl Federation {
     pub fn new(db: Arc<Db>, signing: Arc<SigningKey>, settings: &Settings) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("porch/", env!("CARGO_PKG_VERSION")));
         let fed = &settings.raw.federation;
+        let mut name_servers = Vec::new();
+        for server in &fed.dns_servers {
+            name_servers.push(server.parse::<std::net::SocketAddr>().map_err(|_| {
+                anyhow::anyhow!(
+                    "`federation.dns_servers` holds {server:?}; write each as \"ip:port\", e.g. \"9.9.9.9:53\""
+                )
+            })?);
+        }
+        let dns = Dns::new(&name_servers)?;
+        let mut trusted_ca = None;
         if !fed.trusted_ca.is_empty() {
             let pem = std::fs::read(&fed.trusted_ca).map_err(|e| {
                 anyhow::anyhow!(
@@ -72,45 +80,42 @@ impl Federation {
                     fed.trusted_ca
                 )
             })?;
-            let ca = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| anyhow::anyhow!("`federation.trusted_ca` is not a PEM certificate ({e}); fix the file"))?;
-            builder = builder.add_root_certificate(ca);
+            trusted_ca = Some(reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                anyhow::anyhow!("`federation.trusted_ca` is not a PEM certificate ({e}); fix the file")
+            })?);
         }
         if !fed.verify_certificates {
             tracing::warn!(
                 "federation.verify_certificates is off: other servers' TLS certificates are not checked (for labs only)"
             );
-            builder = builder.danger_accept_invalid_certs(true);
         }
+        let client = |follow_srv: bool| -> reqwest::Result<reqwest::Client> {
+            let mut builder = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent(concat!("porch/", env!("CARGO_PKG_VERSION")))
+                .dns_resolver(discovery::Resolver { dns: dns.clone(), follow_srv });
+            if let Some(ca) = &trusted_ca {
+                builder = builder.add_root_certificate(ca.clone());
+            }
+            if !fed.verify_certificates {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+            builder.build()
+        };
         Ok(Self {
             db,
             signing,
             server_name: settings.server_name.clone(),
-            http: builder.build()?,
+            http: client(true)?,
+            discovery: Discovery::new(dns.clone(), client(false)?),
             keys: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Where to reach a server: IP literals and explicit ports directly,
-    /// otherwise its `.well-known/matrix/server` delegation, else port 8448.
+    /// Where to reach a server (see [`discovery`]).
     pub async fn base_url(&self, server: &ServerName) -> Result<String> {
-        if server.port().is_some() || server.is_ip_literal() {
-            return Ok(format!("https://{server}"));
-        }
-        let well_known = format!("https://{server}/.well-known/matrix/server");
-        if let Ok(response) = self.http.get(&well_known).timeout(Duration::from_secs(10)).send().await
-            && response.status().is_success()
-            && let Ok(body) = response.json::<serde_json::Value>().await
-            && let Some(delegated) = body["m.server"].as_str()
-            && let Ok(delegated) = OwnedServerName::try_from(delegated)
-        {
-            return Ok(if delegated.port().is_some() {
-                format!("https://{delegated}")
-            } else {
-                format!("https://{delegated}:8448")
-            });
-        }
-        Ok(format!("https://{server}:8448"))
+        Ok(self.discovery.destination(server).await.base_url)
     }
 
     /// Send a signed request to `destination` and parse its answer.

@@ -7,6 +7,7 @@ pub mod acl;
 pub mod backfill;
 pub mod create_room;
 pub mod directory;
+pub mod discovery;
 pub mod ephemeral;
 pub mod federation;
 pub mod guests;

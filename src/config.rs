@@ -191,6 +191,9 @@ pub struct RateLimits {
     pub login_burst: u32,
     pub registration_per_second: f64,
     pub registration_burst: u32,
+    /// `/send` transactions per other server.
+    pub federation_transactions_per_second: f64,
+    pub federation_transactions_burst: u32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -254,7 +257,14 @@ impl Default for Limits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        Self { login_per_second: 0.5, login_burst: 10, registration_per_second: 0.5, registration_burst: 10 }
+        Self {
+            login_per_second: 0.5,
+            login_burst: 10,
+            registration_per_second: 0.5,
+            registration_burst: 10,
+            federation_transactions_per_second: 20.0,
+            federation_transactions_burst: 200,
+        }
     }
 }
 
@@ -344,6 +354,11 @@ impl Config {
         for (key, rate, burst) in [
             ("rate_limits.login", self.rate_limits.login_per_second, self.rate_limits.login_burst),
             ("rate_limits.registration", self.rate_limits.registration_per_second, self.rate_limits.registration_burst),
+            (
+                "rate_limits.federation_transactions",
+                self.rate_limits.federation_transactions_per_second,
+                self.rate_limits.federation_transactions_burst,
+            ),
         ] {
             if rate.is_nan() || rate <= 0.0 || burst == 0 {
                 return Err(ConfigError(format!(

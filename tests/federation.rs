@@ -496,3 +496,48 @@ async fn servers_found_through_srv_records() {
         a.get(&format!("/_matrix/client/v3/profile/{}", common::enc("@x:nowhere.test")), Some(&alice.token)).await;
     assert_eq!((status, body["errcode"].as_str()), (502, Some("DEV.PORCH.SERVER_UNREACHABLE")), "{body}");
 }
+
+#[tokio::test]
+async fn transactions_are_rate_limited_per_server_and_retries_not_replayed() {
+    use ruma::api::federation::transactions::send_transaction_message;
+    let (a, a_name, _dir) = in_process_server().await;
+    let b_port = free_port();
+    let mut options = common::federating_options(b_port);
+    options.env.push(("PORCH_RATE_LIMITS__FEDERATION_TRANSACTIONS_BURST".into(), "3".into()));
+    options.env.push(("PORCH_RATE_LIMITS__FEDERATION_TRANSACTIONS_PER_SECOND".into(), "0.01".into()));
+    let mut b = TestServer::start_with(options).await;
+    b.server_name = format!("localhost:{b_port}");
+    let bob = b.register("bob").await;
+    let server = ruma::OwnedServerName::try_from(b.server_name.as_str()).unwrap();
+    let origin = ruma::OwnedServerName::try_from(a_name.as_str()).unwrap();
+    let transaction = |txn_id: &str| {
+        let mut request = send_transaction_message::v1::Request::new(
+            txn_id.into(),
+            origin.clone(),
+            ruma::MilliSecondsSinceUnixEpoch::now(),
+        );
+        let edu = serde_json::json!({
+            "edu_type": "m.direct_to_device",
+            "content": {
+                "sender": format!("@alice:{a_name}"), "type": "m.test", "message_id": txn_id,
+                "messages": { bob.user_id.clone(): { bob.device_id.clone(): { "n": txn_id } } },
+            },
+        });
+        request.edus = vec![ruma::serde::Raw::from_json(serde_json::value::to_raw_value(&edu).unwrap())];
+        request
+    };
+
+    // The same transaction sent twice (its answer lost): delivered once.
+    a.federation.send(&server, transaction("t1")).await.unwrap();
+    a.federation.send(&server, transaction("t1")).await.unwrap();
+    a.federation.send(&server, transaction("t2")).await.unwrap();
+    let sync = b.sync(&bob, None, 0).await;
+    let received: Vec<&str> =
+        sync["to_device"]["events"].as_array().unwrap().iter().filter_map(|e| e["content"]["n"].as_str()).collect();
+    assert_eq!(received, ["t1", "t2"], "{sync}");
+
+    // A fourth transaction within the burst's time is refused until later.
+    // (porch passes another server's 429 on to its own callers as a 502.)
+    let err = a.federation.send(&server, transaction("t3")).await.unwrap_err();
+    assert!(err.message.contains("429 / M_LIMIT_EXCEEDED"), "{}", err.message);
+}

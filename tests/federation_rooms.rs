@@ -6,15 +6,14 @@
 
 mod common;
 
-use common::{TestServer, User, enc, federating_options, federating_server, messages_back, sync_until, timeline};
+use common::{
+    TestServer, User, enc, federating_options, federating_server, messages_back, sees_invite, sync_until, text_of,
+    timeline,
+};
 use serde_json::{Value, json};
 
 fn has_event(sync: &Value, room_id: &str, check: impl Fn(&Value) -> bool) -> bool {
     timeline(sync, room_id).into_iter().any(check)
-}
-
-fn text_of(event: &Value) -> Option<&str> {
-    (event["type"] == "m.room.message").then(|| event["content"]["body"].as_str()).flatten()
 }
 
 async fn joined_members(server: &TestServer, user: &User, room_id: &str) -> Vec<String> {
@@ -260,13 +259,6 @@ async fn restricted_joins_kicks_bans_and_a_restarted_server_catching_up() {
 }
 
 /// Wait until `user` holds an invite to the room; returns its stripped state.
-async fn sees_invite(server: &TestServer, user: &User, since: &mut Option<String>, room_id: &str) -> Vec<Value> {
-    sync_until(server, user, since, "the invite", |sync| {
-        sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array().cloned()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn invites_across_servers_accepted_and_rejected() {
     let (a, _a_name) = federating_server().await;

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{Homeserver, User, enc, federating_server, messages_back, synapse::Synapse, sync_until, timeline};
+use common::{
+    Homeserver, User, enc, federating_server, messages_back, sees_invite, synapse::Synapse, sync_until, text_of,
+    timeline,
+};
 use serde_json::{Value, json};
-
-fn text_of(event: &Value) -> Option<&str> {
-    (event["type"] == "m.room.message").then(|| event["content"]["body"].as_str()).flatten()
-}
 
 /// Wait until `user` sees a message with `text` from `sender` in the room.
 async fn sees_text(hs: &Homeserver, user: &User, since: &mut Option<String>, room_id: &str, sender: &str, text: &str) {
@@ -292,13 +291,6 @@ async fn invite(hs: &Homeserver, inviter: &User, room_id: &str, target: &str) {
         )
         .await;
     assert_eq!(status, 200, "invite {target}: {body}");
-}
-
-async fn sees_invite(hs: &Homeserver, user: &User, since: &mut Option<String>, room_id: &str) -> Vec<Value> {
-    sync_until(hs, user, since, &format!("an invite for {}", user.user_id), |sync| {
-        sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array().cloned()
-    })
-    .await
 }
 
 #[tokio::test]

@@ -124,6 +124,7 @@ async fn send_transaction(
     if req.body.origin != *origin {
         return Err(Error::forbidden("The transaction's origin is not the server that signed it."));
     }
+    state.federation_limiter.check(origin.to_owned()).map_err(Error::limit_exceeded)?;
     if req.body.pdus.len() > 50 || req.body.edus.len() > 100 {
         return Err(Error::bad_json("A transaction carries at most 50 PDUs and 100 EDUs."));
     }

@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::StreamExt;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
     RoomVersionId, ServerName, UInt,
@@ -31,6 +32,8 @@ use crate::{
 /// Events fetched to fill one gap at most (auth events or missing state).
 const MAX_FETCH: usize = 500;
 const MISSING_EVENTS_LIMIT: u32 = 20;
+/// Events fetched from another server at once.
+const CONCURRENT_FETCHES: usize = 8;
 
 #[derive(Default)]
 pub struct Inbound {
@@ -451,24 +454,33 @@ pub(crate) async fn state_from_remote(
         if ids.pdu_ids.len() + ids.auth_chain_ids.len() > 10 * MAX_FETCH {
             return Err(Error::forbidden(format!("{origin} sent too much state to check")));
         }
-        let mut fetched = HashMap::new();
         let mut wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
         wanted.push(prev.clone());
-        for id in wanted {
-            let known = {
-                let id = id.clone();
-                blocking(s, move |s| Ok(s.rooms.get_pdu(&id)?.is_some())).await?
-            };
-            if known || fetched.contains_key(&id) {
-                continue;
-            }
-            match fetch_event(s, origin, room_id, version, &id).await {
-                Ok(event) => {
-                    fetched.insert(id, event);
+        let missing = blocking(s, move |s| {
+            let mut missing = Vec::new();
+            for id in wanted.into_iter().collect::<HashSet<_>>() {
+                if s.rooms.get_pdu(&id)?.is_none() {
+                    missing.push(id);
                 }
-                Err(err) => tracing::info!(%origin, event_id = %id, "could not fetch a state event: {}", err.message),
             }
-        }
+            Ok(missing)
+        })
+        .await?;
+        // Several at a time: a room's state can be thousands of events.
+        let fetched: HashMap<OwnedEventId, Arc<Pdu>> = futures_util::stream::iter(missing)
+            .map(|id| async move {
+                match fetch_event(s, origin, room_id, version, &id).await {
+                    Ok(event) => Some((id, event)),
+                    Err(err) => {
+                        tracing::info!(%origin, event_id = %id, "could not fetch a state event: {}", err.message);
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENT_FETCHES)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
         store_authorised_outliers(s, room_id, version, fetched).await?;
         let (pdu_ids, prev_id) = (ids.pdu_ids.clone(), prev.clone());
         let state = blocking(s, move |s| {

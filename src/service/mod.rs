@@ -54,6 +54,7 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub login_limiter: ratelimit::RateLimiter,
     pub register_limiter: ratelimit::RateLimiter,
+    pub federation_limiter: ratelimit::RateLimiter<ruma::OwnedServerName>,
 }
 
 impl Services {
@@ -100,6 +101,10 @@ impl Services {
             uiaa: uiaa::Uiaa::new(db.clone()),
             login_limiter: ratelimit::RateLimiter::new(limits.login_per_second, limits.login_burst),
             register_limiter: ratelimit::RateLimiter::new(limits.registration_per_second, limits.registration_burst),
+            federation_limiter: ratelimit::RateLimiter::new(
+                limits.federation_transactions_per_second,
+                limits.federation_transactions_burst,
+            ),
             settings,
             db,
             signing,

@@ -263,7 +263,7 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
         let (user, room) = (user_id.to_owned(), room_id.to_owned());
         blocking(s, move |s| pending_invite(s, &user, &room)).await?
     };
-    let Some((_, invite)) = pending else { return Err(Error::forbidden("You are not in this room.")) };
+    let Some((pending_id, invite)) = pending else { return Err(Error::forbidden("You are not in this room.")) };
     let mut left = None;
     for server in &invite.servers {
         match leave_via(s, server, user_id, room_id, &invite.version, reason.as_deref()).await {
@@ -290,6 +290,8 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
         };
         let record = MembershipRecord { membership: MembershipState::Leave, event_id, count, forgotten: false };
         batch.put_json(Cf::UserRooms, &key(&[user.as_bytes(), room.as_bytes()]), &record);
+        // The stripped state is no longer shown once the invite is gone.
+        batch.delete(Cf::RemoteInvites, pending_id.as_bytes());
         batch.commit()?;
         Ok(())
     })

@@ -356,3 +356,16 @@ pub async fn messages_back(server: &Homeserver, user: &User, room_id: &str, from
     }
     panic!("/messages never reached the start of {room_id}");
 }
+
+/// The body of an `m.room.message` event.
+pub fn text_of(event: &Value) -> Option<&str> {
+    (event["type"] == "m.room.message").then(|| event["content"]["body"].as_str()).flatten()
+}
+
+/// Wait for an invite to the room; its stripped state.
+pub async fn sees_invite(hs: &Homeserver, user: &User, since: &mut Option<String>, room_id: &str) -> Vec<Value> {
+    sync_until(hs, user, since, &format!("an invite for {}", user.user_id), |sync| {
+        sync["rooms"]["invite"][room_id]["invite_state"]["events"].as_array().cloned()
+    })
+    .await
+}

@@ -541,3 +541,43 @@ async fn transactions_are_rate_limited_per_server_and_retries_not_replayed() {
     let err = a.federation.send(&server, transaction("t3")).await.unwrap_err();
     assert!(err.message.contains("429 / M_LIMIT_EXCEEDED"), "{}", err.message);
 }
+
+#[tokio::test]
+async fn backfill_hides_what_a_joined_visibility_room_said_before_the_server_joined() {
+    use ruma::api::federation::backfill::get_backfill;
+    let (x, x_name, _dir) = in_process_server().await;
+    let (b, b_name) = federating_server().await;
+    let bob = b.register("bob").await;
+    let room_id = b
+        .create_room(
+            &bob,
+            serde_json::json!({
+                "preset": "public_chat",
+                "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }],
+            }),
+        )
+        .await;
+    b.send_text(&bob, &room_id, "before X joined").await;
+    let xavier = ruma::OwnedUserId::try_from(format!("@xavier:{x_name}")).unwrap();
+    x.users.create(&xavier, Some("password1"), porch::service::users::AccountKind::Member, false, None).unwrap();
+    let room = ruma::OwnedRoomId::try_from(room_id.as_str()).unwrap();
+    let server = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
+    porch::service::remote_join::join(&x, &xavier, &room, vec![server.clone()], None).await.expect("join B's room");
+    let after = b.send_text(&bob, &room_id, "after X joined").await;
+
+    let latest = ruma::OwnedEventId::try_from(after.as_str()).unwrap();
+    let answer = x
+        .federation
+        .send(&server, get_backfill::v1::Request::new(room.clone(), vec![latest], 50u32.into()))
+        .await
+        .unwrap();
+    let events: Vec<Value> = answer.pdus.iter().map(|raw| serde_json::from_str(raw.get()).unwrap()).collect();
+    let bodies: Vec<&str> = events.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(bodies, ["after X joined"], "only what X's users could see comes whole: {bodies:?}");
+    let messages = events.iter().filter(|e| e["type"] == "m.room.message").count();
+    assert_eq!(messages, 2, "the earlier message is there, redacted");
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.create" && !e["content"].as_object().unwrap().is_empty()),
+        "what auth needs stays"
+    );
+}

@@ -26,7 +26,7 @@ use ruma::{
 use crate::{
     api::{AppState, Routes, Ruma, blocking},
     error::{Error, Result},
-    service::{acl, directory, inbound, openid, remote_invite, remote_join, remote_knock},
+    service::{acl, directory, history, inbound, openid, remote_invite, remote_join, remote_knock},
 };
 
 /// Servers one notary request may ask about.
@@ -167,7 +167,8 @@ async fn event(state: AppState, req: Ruma<get_event::v1::Request>) -> Result<get
     blocking(&state, move |s| {
         let (pdu, meta) = s.rooms.get_pdu(&req.body.event_id)?.ok_or_else(|| Error::not_found("No such event."))?;
         acl::check_participant(s, &meta.room_id, req.origin())?;
-        Ok(get_event::v1::Response::new(s.settings.server_name.clone(), now(), pdu.json.clone()))
+        let json = history::for_server(s, req.origin(), &pdu, &meta)?;
+        Ok(get_event::v1::Response::new(s.settings.server_name.clone(), now(), json))
     })
     .await
 }
@@ -228,10 +229,8 @@ async fn missing_events(
         acl::check_participant(s, &body.room_id, req.origin())?;
         let limit = u64::from(body.limit).min(100) as usize;
         let events = s.rooms.missing_events(&body.room_id, &body.earliest_events, &body.latest_events, limit)?;
-        let min_depth = body.min_depth;
-        Ok(get_missing_events::v1::Response::new(
-            events.into_iter().filter(|p| p.depth >= min_depth).map(|p| p.json.clone()).collect(),
-        ))
+        let events = events.into_iter().filter(|p| p.depth >= body.min_depth).collect();
+        Ok(get_missing_events::v1::Response::new(as_server_sees(s, req.origin(), events)?))
     })
     .await
 }
@@ -245,10 +244,25 @@ async fn backfill(state: AppState, req: Ruma<get_backfill::v1::Request>) -> Resu
         Ok(get_backfill::v1::Response::new(
             s.settings.server_name.clone(),
             now(),
-            events.into_iter().map(|p| p.json.clone()).collect(),
+            as_server_sees(s, req.origin(), events)?,
         ))
     })
     .await
+}
+
+/// Events as `server` may have them (see [`history::for_server`]).
+fn as_server_sees(
+    s: &crate::service::Services,
+    server: &ruma::ServerName,
+    events: Vec<std::sync::Arc<crate::pdu::Pdu>>,
+) -> Result<Vec<Box<serde_json::value::RawValue>>> {
+    let mut out = Vec::with_capacity(events.len());
+    for pdu in events {
+        if let Some((pdu, meta)) = s.rooms.get_pdu(&pdu.event_id)? {
+            out.push(history::for_server(s, server, &pdu, &meta)?);
+        }
+    }
+    Ok(out)
 }
 
 /// A local user's devices with their keys, for other servers' device lists.

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use ruma::{RoomId, UserId, events::room::member::MembershipState};
-use serde_json::Value;
+use ruma::{RoomId, ServerName, UserId, events::room::member::MembershipState};
+use serde_json::{Value, value::RawValue as RawJsonValue};
 
 use crate::{
     error::{Error, Result},
@@ -30,6 +30,50 @@ pub fn may_see(s: &Services, user_id: &UserId, pdu: &Pdu, meta: &PduMeta) -> Res
         "invited" => joined_then || membership_then.as_deref() == Some("invite"),
         _ => joined_then,
     })
+}
+
+/// An event as another server may have it: whole when, by the room's
+/// history visibility at the event, one of that server's users could see
+/// it; redacted otherwise (what auth needs stays), so a server that joins
+/// a `joined`-visibility room learns no earlier content through backfill.
+pub fn for_server(s: &Services, server: &ServerName, pdu: &Pdu, meta: &PduMeta) -> Result<Box<RawJsonValue>> {
+    if meta.is_outlier() || server_may_see(s, server, meta)? {
+        return Ok(pdu.json.clone());
+    }
+    let version = s.rooms.room(&pdu.room_id)?.map(|r| r.version).ok_or_else(|| Error::not_found("No such room."))?;
+    let rules = crate::service::rooms::Rooms::rules(&version)?;
+    let redacted = ruma::canonical_json::redact(pdu.canonical_object(), &rules.redaction, None)
+        .map_err(|e| Error::internal(format!("cannot redact {}: {e}", pdu.event_id)))?;
+    Ok(RawJsonValue::from_string(serde_json::to_string(&redacted)?)?)
+}
+
+fn server_may_see(s: &Services, server: &ServerName, meta: &PduMeta) -> Result<bool> {
+    let state = s.rooms.state_at(meta.state_after)?;
+    let visibility = s
+        .rooms
+        .state_content(&state, "m.room.history_visibility", "")?
+        .and_then(|c| c.get("history_visibility").and_then(|v| v.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "shared".to_owned());
+    let allowed: &[&str] = match visibility.as_str() {
+        "world_readable" | "shared" => return Ok(true),
+        "invited" => &["join", "invite"],
+        _ => &["join"],
+    };
+    for ((kind, key), _) in state.iter() {
+        if kind != "m.room.member"
+            || <&UserId>::try_from(key.as_str()).map_or(true, |user| user.server_name() != server)
+        {
+            continue;
+        }
+        let membership = s.rooms.state_content(&state, "m.room.member", key)?;
+        if membership
+            .and_then(|c| c.get("membership").and_then(|m| m.as_str()).map(str::to_owned))
+            .is_some_and(|m| allowed.contains(&m.as_str()))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Refuse unless the user is in the room or was (leavers keep their past).

@@ -12,7 +12,7 @@ use ruma::{
 };
 
 use crate::{
-    error::{Error, Result},
+    error::Result,
     pdu::{Pdu, StateMap},
     service::{Services, blocking, inbound},
 };
@@ -164,12 +164,6 @@ async fn check(
         Some(state) => state,
         None => inbound::state_from_remote(s, origin, room_id, version, pdu).await?,
     };
-    let (version, pdu, state) = (version.clone(), pdu.clone(), state_before.clone());
-    blocking(s, move |s| {
-        s.rooms
-            .check_auth(&version, &pdu, &state, &HashMap::new())
-            .map_err(|why| Error::forbidden(format!("The event is not allowed by the state before it: {why}")))
-    })
-    .await?;
+    inbound::check_against_state(s, version, pdu, &state_before).await?;
     Ok(state_before)
 }

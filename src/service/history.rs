@@ -14,15 +14,8 @@ use crate::{
 /// Whether `user_id` may see an event, by the room's history visibility at it.
 pub fn may_see(s: &Services, user_id: &UserId, pdu: &Pdu, meta: &PduMeta) -> Result<bool> {
     let state = s.rooms.state_at(meta.state_after)?;
-    let visibility = s
-        .rooms
-        .state_content(&state, "m.room.history_visibility", "")?
-        .and_then(|c| c.get("history_visibility").and_then(|v| v.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| "shared".to_owned());
-    let membership_then = s
-        .rooms
-        .state_content(&state, "m.room.member", user_id.as_str())?
-        .and_then(|c| c.get("membership").and_then(|v| v.as_str()).map(str::to_owned));
+    let visibility = visibility_in(s, &state)?;
+    let membership_then = membership_in(s, &state, user_id.as_str())?;
     let joined_then = membership_then.as_deref() == Some("join");
     Ok(match visibility.as_str() {
         "world_readable" => true,
@@ -47,13 +40,24 @@ pub fn for_server(s: &Services, server: &ServerName, pdu: &Pdu, meta: &PduMeta) 
     Ok(RawJsonValue::from_string(serde_json::to_string(&redacted)?)?)
 }
 
+/// The room's history visibility in `state` (`shared` when unset).
+fn visibility_in(s: &Services, state: &crate::pdu::StateMap) -> Result<String> {
+    Ok(s.rooms
+        .state_content(state, "m.room.history_visibility", "")?
+        .and_then(|c| c.get("history_visibility").and_then(|v| v.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "shared".to_owned()))
+}
+
+/// A user's membership in `state`, if any.
+fn membership_in(s: &Services, state: &crate::pdu::StateMap, user_id: &str) -> Result<Option<String>> {
+    Ok(s.rooms
+        .state_content(state, "m.room.member", user_id)?
+        .and_then(|c| c.get("membership").and_then(|v| v.as_str()).map(str::to_owned)))
+}
+
 fn server_may_see(s: &Services, server: &ServerName, meta: &PduMeta) -> Result<bool> {
     let state = s.rooms.state_at(meta.state_after)?;
-    let visibility = s
-        .rooms
-        .state_content(&state, "m.room.history_visibility", "")?
-        .and_then(|c| c.get("history_visibility").and_then(|v| v.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| "shared".to_owned());
+    let visibility = visibility_in(s, &state)?;
     let allowed: &[&str] = match visibility.as_str() {
         "world_readable" | "shared" => return Ok(true),
         "invited" => &["join", "invite"],
@@ -65,11 +69,7 @@ fn server_may_see(s: &Services, server: &ServerName, meta: &PduMeta) -> Result<b
         {
             continue;
         }
-        let membership = s.rooms.state_content(&state, "m.room.member", key)?;
-        if membership
-            .and_then(|c| c.get("membership").and_then(|m| m.as_str()).map(str::to_owned))
-            .is_some_and(|m| allowed.contains(&m.as_str()))
-        {
+        if membership_in(s, &state, key)?.is_some_and(|m| allowed.contains(&m.as_str())) {
             return Ok(true);
         }
     }

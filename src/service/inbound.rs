@@ -235,15 +235,7 @@ pub fn receive<'a>(
                 }
             }
         };
-        {
-            let (version, pdu, state) = (version.clone(), pdu.clone(), state_before.clone());
-            blocking(s, move |s| {
-                s.rooms
-                    .check_auth(&version, &pdu, &state, &HashMap::new())
-                    .map_err(|why| Error::forbidden(format!("The event is not allowed by the state before it: {why}")))
-            })
-            .await?;
-        }
+        check_against_state(s, version, &pdu, &state_before).await?;
         let room_id = room_id.to_owned();
         blocking(s, move |s| {
             let placed = s.rooms.append_remote(&room_id, pdu, state_before, false)?;
@@ -254,6 +246,22 @@ pub fn receive<'a>(
         })
         .await
     })
+}
+
+/// The auth rules with `state` as the state before the event.
+pub(crate) async fn check_against_state(
+    s: &Arc<Services>,
+    version: &RoomVersionId,
+    pdu: &Arc<Pdu>,
+    state: &StateMap,
+) -> Result<()> {
+    let (version, pdu, state) = (version.clone(), pdu.clone(), state.clone());
+    blocking(s, move |s| {
+        s.rooms
+            .check_auth(&version, &pdu, &state, &HashMap::new())
+            .map_err(|why| Error::forbidden(format!("The event is not allowed by the state before it: {why}")))
+    })
+    .await
 }
 
 /// Signature and hash checks, then parsing.

@@ -1,7 +1,8 @@
 //! Interoperation with a real Synapse (PyPI `matrix-synapse`), on loopback
 //! over TLS: joins both ways in v10, v11 and v12 rooms, messages, typing,
 //! receipts, restricted joins porch authorises, kicks, bans and leaves,
-//! history backfilled from Synapse, guest links, knocks both ways.
+//! history backfilled from Synapse, guest links, knocks both ways, older
+//! room versions (6–9), and two porch servers with Synapse in one room.
 
 mod common;
 
@@ -423,4 +424,68 @@ async fn knocks_both_ways_between_porch_and_synapse() {
     let (status, body) = porch.join(&alice, &hall).await;
     assert_eq!(status, 200, "{body}");
     sees_membership(&synapse, &sam, &mut sam_since, &hall, &alice.user_id, "join").await;
+}
+
+#[tokio::test]
+async fn porch_joins_synapse_rooms_of_older_versions() {
+    let (porch, _) = federating_server().await;
+    let synapse = Synapse::start().await;
+    let alice = porch.register("alice").await;
+    let sam = synapse.register("sam").await;
+    let (mut alice_since, mut sam_since) = (None, None);
+    for version in ["6", "7", "8", "9"] {
+        let alias = format!("old{version}");
+        let room_id = synapse
+            .create_room(&sam, json!({ "preset": "public_chat", "room_alias_name": alias, "room_version": version }))
+            .await;
+        let (status, body) = porch.join(&alice, &format!("#{alias}:{}", synapse.server_name)).await;
+        assert_eq!(status, 200, "porch joins Synapse's v{version} room: {body}");
+        let text = format!("hello from porch in v{version}");
+        porch.send_text(&alice, &room_id, &text).await;
+        sees_text(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, &text).await;
+        let text = format!("hello from Synapse in v{version}");
+        synapse.send_text(&sam, &room_id, &text).await;
+        sees_text(&porch, &alice, &mut alice_since, &room_id, &sam.user_id, &text).await;
+    }
+}
+
+#[tokio::test]
+async fn two_porch_servers_and_synapse_in_one_room() {
+    let (a, _) = federating_server().await;
+    let (b, _) = federating_server().await;
+    let synapse = Synapse::start().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let sam = synapse.register("sam").await;
+    let (mut alice_since, mut bob_since, mut sam_since) = (None, None, None);
+
+    // Synapse's room; each porch joins through Synapse and then hears the
+    // other porch directly.
+    let room_id = synapse.create_room(&sam, json!({ "preset": "public_chat", "room_alias_name": "trio" })).await;
+    let alias = format!("#trio:{}", synapse.server_name);
+    assert_eq!(a.join(&alice, &alias).await.0, 200);
+    assert_eq!(b.join(&bob, &alias).await.0, 200);
+    sees_membership(&a, &alice, &mut alice_since, &room_id, &bob.user_id, "join").await;
+
+    a.send_text(&alice, &room_id, "alice to all").await;
+    sees_text(&b, &bob, &mut bob_since, &room_id, &alice.user_id, "alice to all").await;
+    sees_text(&synapse, &sam, &mut sam_since, &room_id, &alice.user_id, "alice to all").await;
+    b.send_text(&bob, &room_id, "bob to all").await;
+    sees_text(&a, &alice, &mut alice_since, &room_id, &bob.user_id, "bob to all").await;
+    sees_text(&synapse, &sam, &mut sam_since, &room_id, &bob.user_id, "bob to all").await;
+    synapse.send_text(&sam, &room_id, "sam to all").await;
+    sees_text(&a, &alice, &mut alice_since, &room_id, &sam.user_id, "sam to all").await;
+    sees_text(&b, &bob, &mut bob_since, &room_id, &sam.user_id, "sam to all").await;
+
+    // Sam kicks Bob: both porch servers see it.
+    let (status, body) = synapse
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+            Some(&sam.token),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sees_membership(&a, &alice, &mut alice_since, &room_id, &bob.user_id, "leave").await;
+    sees_membership(&b, &bob, &mut bob_since, &room_id, &bob.user_id, "leave").await;
 }

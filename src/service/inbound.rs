@@ -32,6 +32,8 @@ use crate::{
 /// Events fetched to fill one gap at most (auth events or missing state).
 const MAX_FETCH: usize = 500;
 const MISSING_EVENTS_LIMIT: u32 = 20;
+/// The longest one incoming PDU may take, its gap-filling included.
+const PDU_DEADLINE: Duration = Duration::from_secs(120);
 /// Events fetched from another server at once.
 const CONCURRENT_FETCHES: usize = 8;
 
@@ -148,7 +150,13 @@ async fn incoming_pdu(
     }
     let lock = s.inbound.room_lock(&room_id);
     let _guard = lock.lock().await;
-    let result = match receive(s, origin, &room_id, &record.version, object, true).await {
+    // A slow or hostile peer holds this room's lock no longer than this.
+    let received = tokio::time::timeout(PDU_DEADLINE, receive(s, origin, &room_id, &record.version, object, true))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::forbidden("Taking this event in took too long (its gaps could not be filled)."))
+        });
+    let result = match received {
         Ok(_) => Ok(()),
         Err(err) => {
             tracing::info!(%origin, %room_id, %event_id, "refused an event: {}", err.message);

@@ -357,7 +357,9 @@ pub async fn messages(
             return Ok(response);
         }
         backfills += 1;
-        match backfill::backfill(&state, &req.body.room_id).await {
+        // A slow server delays the page by this much at most; the client may page again.
+        let fetched = tokio::time::timeout(BACKFILL_WAIT, backfill::backfill(&state, &req.body.room_id)).await;
+        match fetched.unwrap_or(Ok(0)) {
             Ok(0) => return Ok(response),
             Ok(_) => {}
             Err(err) => {
@@ -370,6 +372,8 @@ pub async fn messages(
 
 /// Backfill requests one `/messages` page may wait for.
 const MAX_BACKFILLS_PER_PAGE: usize = 3;
+/// How long one of them may take.
+const BACKFILL_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// One `/messages` page, and whether it ran out of history going backwards.
 fn messages_page(

@@ -258,7 +258,6 @@ async fn restricted_joins_kicks_bans_and_a_restarted_server_catching_up() {
     drop(b);
 }
 
-/// Wait until `user` holds an invite to the room; returns its stripped state.
 #[tokio::test]
 async fn invites_across_servers_accepted_and_rejected() {
     let (a, _a_name) = federating_server().await;
@@ -644,4 +643,90 @@ async fn knocks_across_servers_accepted_refused_and_withdrawn() {
     let closed = a.create_room(&alice, json!({ "preset": "private_chat" })).await;
     let (status, body) = knock(closed).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+}
+
+fn device_keys(user: &User, curve: &str) -> Value {
+    json!({
+        "user_id": user.user_id, "device_id": user.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{}", user.device_id): curve, format!("ed25519:{}", user.device_id): "ed" },
+        "signatures": {},
+    })
+}
+
+/// Bob's devices as Alice's server answers `/keys/query`, and its failures.
+async fn bobs_devices(a: &TestServer, alice: &User, bob: &User) -> (Vec<String>, Value) {
+    let (status, body) = a
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&alice.token),
+            json!({ "device_keys": { bob.user_id.clone(): [] } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut devices: Vec<String> =
+        body["device_keys"][bob.user_id.as_str()].as_object().map(|d| d.keys().cloned().collect()).unwrap_or_default();
+    devices.sort();
+    (devices, body["failures"].clone())
+}
+
+#[tokio::test]
+async fn remote_device_lists_are_cached_until_their_server_says_they_changed() {
+    let (a, _) = federating_server().await;
+    let b_port = common::free_port();
+    let mut b = TestServer::start_with(federating_options(b_port)).await;
+    b.server_name = format!("localhost:{b_port}");
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room_id = a.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let via = format!("?via={}", a.server_name);
+    let (status, body) =
+        b.post(&format!("/_matrix/client/v3/join/{}{via}", enc(&room_id)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut alice_since = Some(a.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned());
+    let (status, _) = b
+        .post("/_matrix/client/v3/keys/upload", Some(&bob.token), json!({ "device_keys": device_keys(&bob, "c1") }))
+        .await;
+    assert_eq!(status, 200);
+    let bob_changed = |sync: &Value| {
+        sync["device_lists"]["changed"].as_array()?.iter().any(|u| u == bob.user_id.as_str()).then_some(())
+    };
+    sync_until(&a, &alice, &mut alice_since, "Bob's first keys on A", bob_changed).await;
+
+    let (devices, _) = bobs_devices(&a, &alice, &bob).await;
+    assert_eq!(devices, vec![bob.device_id.clone()]);
+
+    // B is down: A still answers from what B said.
+    b.kill();
+    let (devices, failures) = bobs_devices(&a, &alice, &bob).await;
+    assert_eq!(devices, vec![bob.device_id.clone()], "answered from the cache: {failures}");
+
+    // B is back and Bob adds a device: B tells A, whose clients hear of the
+    // change and then see the new device.
+    let dir = b.dir.clone();
+    let mut b2 = TestServer::launch(&dir, &federating_options(b_port));
+    b2.server_name = format!("localhost:{b_port}");
+    let (status, login) = b2
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": "correct horse battery" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let phone = User {
+        user_id: bob.user_id.clone(),
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        device_id: login["device_id"].as_str().unwrap().to_owned(),
+    };
+    let (status, _) = b2
+        .post("/_matrix/client/v3/keys/upload", Some(&phone.token), json!({ "device_keys": device_keys(&phone, "c2") }))
+        .await;
+    assert_eq!(status, 200);
+    sync_until(&a, &alice, &mut alice_since, "Bob's device change on A", bob_changed).await;
+    let (devices, failures) = bobs_devices(&a, &alice, &bob).await;
+    let mut expected = vec![bob.device_id.clone(), phone.device_id.clone()];
+    expected.sort();
+    assert_eq!(devices, expected, "{failures}");
+    drop(b);
 }

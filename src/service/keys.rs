@@ -3,13 +3,16 @@
 //! messages. porch stores and forwards; it never sees plaintext.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use ruma::{
     OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UserId,
-    api::federation::keys::claim_keys::v1::OneTimeKeys, serde::Raw,
+    api::federation::keys::claim_keys::v1::OneTimeKeys,
+    encryption::{CrossSigningKey, DeviceKeys},
+    serde::Raw,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -41,11 +44,44 @@ pub struct Keys {
     db: Arc<Db>,
     /// Makes claiming a one-time key a single step: no key goes out twice.
     claim_lock: std::sync::Mutex<()>,
+    /// Other servers' users' keys as their server last gave them.
+    remote: std::sync::Mutex<HashMap<OwnedUserId, (Instant, RemoteUserKeys)>>,
 }
+
+/// A user of another server's device and cross-signing keys.
+#[derive(Clone, Default)]
+pub struct RemoteUserKeys {
+    pub devices: BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>,
+    pub master: Option<Raw<CrossSigningKey>>,
+    pub self_signing: Option<Raw<CrossSigningKey>>,
+}
+
+/// Cached remote keys are dropped when their server says they changed, and
+/// after this long in case such a word was missed (no room shared any more).
+const REMOTE_KEYS_FOR: Duration = Duration::from_secs(600);
+const REMOTE_KEYS_KEPT: usize = 10_000;
 
 impl Keys {
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db, claim_lock: std::sync::Mutex::new(()) }
+        Self { db, claim_lock: std::sync::Mutex::new(()), remote: Default::default() }
+    }
+
+    /// A remote user's keys, if cached and fresh.
+    pub fn cached_remote(&self, user_id: &UserId) -> Option<RemoteUserKeys> {
+        let cache = self.remote.lock().expect("remote keys poisoned");
+        cache.get(user_id).filter(|(at, _)| at.elapsed() < REMOTE_KEYS_FOR).map(|(_, keys)| keys.clone())
+    }
+
+    /// Keep what a remote user's server answered about all their devices.
+    pub fn cache_remote(&self, user_id: &UserId, keys: RemoteUserKeys) {
+        let mut cache = self.remote.lock().expect("remote keys poisoned");
+        if cache.len() >= REMOTE_KEYS_KEPT {
+            cache.retain(|_, (at, _)| at.elapsed() < REMOTE_KEYS_FOR);
+            if cache.len() >= REMOTE_KEYS_KEPT {
+                cache.clear();
+            }
+        }
+        cache.insert(user_id.to_owned(), (Instant::now(), keys));
     }
 
     /// Note that a user's keys changed, so sync reports them to others.
@@ -56,6 +92,7 @@ impl Keys {
 
     /// Another server told us a user's keys changed: our clients re-query them.
     pub fn mark_remote_changed(&self, user_id: &UserId) -> Result<()> {
+        self.remote.lock().expect("remote keys poisoned").remove(user_id);
         let mut batch = self.db.batch();
         Self::mark_changed(&mut batch, user_id);
         batch.commit()?;

@@ -20,7 +20,7 @@ use crate::{
     policy,
     service::{
         Services,
-        keys::{MASTER, SELF_SIGNING, USER_SIGNING},
+        keys::{MASTER, RemoteUserKeys, SELF_SIGNING, USER_SIGNING},
         outbound, uiaa,
     },
 };
@@ -59,6 +59,26 @@ fn may_query(s: &Services, session: &crate::service::users::Session, user_id: &r
     Ok(user_id == session.user_id || !session.is_guest() || policy::shares_room(s, &session.user_id, user_id)?)
 }
 
+/// A remote user's keys into a `/keys/query` answer (only `devices`, if named).
+fn add_remote_keys(
+    response: &mut get_keys::v3::Response,
+    user_id: OwnedUserId,
+    keys: RemoteUserKeys,
+    devices: &[ruma::OwnedDeviceId],
+) {
+    let mut device_keys = keys.devices;
+    if !devices.is_empty() {
+        device_keys.retain(|id, _| devices.contains(id));
+    }
+    response.device_keys.insert(user_id.clone(), device_keys);
+    if let Some(master) = keys.master {
+        response.master_keys.insert(user_id.clone(), master);
+    }
+    if let Some(self_signing) = keys.self_signing {
+        response.self_signing_keys.insert(user_id, self_signing);
+    }
+}
+
 pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response> {
     let session = req.session().clone();
     let wanted = req.body.device_keys;
@@ -72,7 +92,12 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
                 continue;
             }
             if !s.users.is_local(&user_id) {
-                remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
+                match s.keys.cached_remote(&user_id) {
+                    Some(cached) => add_remote_keys(&mut response, user_id, cached, &devices),
+                    None => {
+                        remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
+                    }
+                }
                 continue;
             }
             let keys = crate::service::keys::published_keys(s, &user_id, &devices, user_id == session.user_id)?;
@@ -93,19 +118,29 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
     let asks = remote.into_iter().map(|(server, users)| {
         let state = state.clone();
         async move {
+            let asked = users.clone();
             let answer =
                 state.federation.send(&server, ruma::api::federation::keys::get_keys::v1::Request::new(users)).await;
-            (server, answer)
+            (server, asked, answer)
         }
     });
-    for (server, answer) in futures_util::future::join_all(asks).await {
-        // A server answers for its own users only.
-        let own = |user: &OwnedUserId| user.server_name() == server;
+    for (server, asked, answer) in futures_util::future::join_all(asks).await {
         match answer {
-            Ok(answer) => {
-                response.device_keys.extend(answer.device_keys.into_iter().filter(|(u, _)| own(u)));
-                response.master_keys.extend(answer.master_keys.into_iter().filter(|(u, _)| own(u)));
-                response.self_signing_keys.extend(answer.self_signing_keys.into_iter().filter(|(u, _)| own(u)));
+            Ok(mut answer) => {
+                // A server answers for its own users only, and only about
+                // the users asked; answers about all devices are kept.
+                for (user_id, devices) in asked {
+                    let Some(device_keys) = answer.device_keys.remove(&user_id) else { continue };
+                    let keys = RemoteUserKeys {
+                        devices: device_keys,
+                        master: answer.master_keys.remove(&user_id),
+                        self_signing: answer.self_signing_keys.remove(&user_id),
+                    };
+                    if devices.is_empty() && user_id.server_name() == server {
+                        state.keys.cache_remote(&user_id, keys.clone());
+                    }
+                    add_remote_keys(&mut response, user_id, keys, &devices);
+                }
             }
             Err(err) => {
                 response

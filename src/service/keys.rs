@@ -46,6 +46,9 @@ pub struct Keys {
     claim_lock: std::sync::Mutex<()>,
     /// Other servers' users' keys as their server last gave them.
     remote: std::sync::Mutex<HashMap<OwnedUserId, (Instant, RemoteUserKeys)>>,
+    /// When each remote user's keys were last said to have changed, so an
+    /// answer asked for before that is not kept.
+    remote_changed: std::sync::Mutex<HashMap<OwnedUserId, Instant>>,
 }
 
 /// A user of another server's device and cross-signing keys.
@@ -63,7 +66,12 @@ const REMOTE_KEYS_KEPT: usize = 10_000;
 
 impl Keys {
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db, claim_lock: std::sync::Mutex::new(()), remote: Default::default() }
+        Self {
+            db,
+            claim_lock: std::sync::Mutex::new(()),
+            remote: Default::default(),
+            remote_changed: Default::default(),
+        }
     }
 
     /// A remote user's keys, if cached and fresh.
@@ -72,8 +80,13 @@ impl Keys {
         cache.get(user_id).filter(|(at, _)| at.elapsed() < REMOTE_KEYS_FOR).map(|(_, keys)| keys.clone())
     }
 
-    /// Keep what a remote user's server answered about all their devices.
-    pub fn cache_remote(&self, user_id: &UserId, keys: RemoteUserKeys) {
+    /// Keep what a remote user's server answered about all their devices,
+    /// asked at `asked_at`, unless a change was announced since.
+    pub fn cache_remote(&self, user_id: &UserId, keys: RemoteUserKeys, asked_at: Instant) {
+        let changed = self.remote_changed.lock().expect("remote changes poisoned").get(user_id).copied();
+        if changed.is_some_and(|changed| changed >= asked_at) {
+            return;
+        }
         let mut cache = self.remote.lock().expect("remote keys poisoned");
         if cache.len() >= REMOTE_KEYS_KEPT {
             cache.retain(|_, (at, _)| at.elapsed() < REMOTE_KEYS_FOR);
@@ -93,6 +106,12 @@ impl Keys {
     /// Another server told us a user's keys changed: our clients re-query them.
     pub fn mark_remote_changed(&self, user_id: &UserId) -> Result<()> {
         self.remote.lock().expect("remote keys poisoned").remove(user_id);
+        {
+            let mut changed = self.remote_changed.lock().expect("remote changes poisoned");
+            // Only changes newer than any fetch still in flight matter.
+            changed.retain(|_, at| at.elapsed() < Duration::from_secs(120));
+            changed.insert(user_id.to_owned(), Instant::now());
+        }
         let mut batch = self.db.batch();
         Self::mark_changed(&mut batch, user_id);
         batch.commit()?;
@@ -450,5 +469,33 @@ fn check_key_id(key_id: &str) -> Result<()> {
     match key_id.split_once(':') {
         Some((algorithm, id)) if !algorithm.is_empty() && !id.is_empty() && key_id.len() <= 255 => Ok(()),
         _ => Err(Error::invalid_param(format!("`{key_id}` is not an algorithm:key_id pair."))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_asked_for_before_a_change_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::new(Arc::new(Db::open(dir.path(), false).unwrap()));
+        let bob = OwnedUserId::try_from("@bob:other.example").unwrap();
+
+        let asked_at = Instant::now();
+        keys.cache_remote(&bob, RemoteUserKeys::default(), asked_at);
+        assert!(keys.cached_remote(&bob).is_some(), "kept");
+
+        // A change announced while a second query is in flight: its answer
+        // may predate the change, so it is not kept.
+        let asked_at = Instant::now();
+        keys.mark_remote_changed(&bob).unwrap();
+        assert!(keys.cached_remote(&bob).is_none(), "dropped on the change");
+        keys.cache_remote(&bob, RemoteUserKeys::default(), asked_at);
+        assert!(keys.cached_remote(&bob).is_none(), "a stale answer is not kept");
+
+        std::thread::sleep(Duration::from_millis(5));
+        keys.cache_remote(&bob, RemoteUserKeys::default(), Instant::now());
+        assert!(keys.cached_remote(&bob).is_some(), "a later answer is kept");
     }
 }

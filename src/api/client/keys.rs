@@ -119,12 +119,13 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
         let state = state.clone();
         async move {
             let asked = users.clone();
+            let asked_at = std::time::Instant::now();
             let answer =
                 state.federation.send(&server, ruma::api::federation::keys::get_keys::v1::Request::new(users)).await;
-            (server, asked, answer)
+            (server, asked, asked_at, answer)
         }
     });
-    for (server, asked, answer) in futures_util::future::join_all(asks).await {
+    for (server, asked, asked_at, answer) in futures_util::future::join_all(asks).await {
         match answer {
             Ok(mut answer) => {
                 // A server answers for its own users only, and only about
@@ -137,7 +138,7 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
                         self_signing: answer.self_signing_keys.remove(&user_id),
                     };
                     if devices.is_empty() && user_id.server_name() == server {
-                        state.keys.cache_remote(&user_id, keys.clone());
+                        state.keys.cache_remote(&user_id, keys.clone(), asked_at);
                     }
                     add_remote_keys(&mut response, user_id, keys, &devices);
                 }

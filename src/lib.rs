@@ -41,6 +41,7 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     api::client::sync::spawn_typing_expiry(services.clone());
     service::guests::spawn_scheduler(services.clone());
+    service::housekeeping::spawn(services.clone());
     tokio::spawn(service::outbound::run(services.clone()));
     let (stop_federation, federation_stopped) = tokio::sync::watch::channel(false);
     if let Some(federation_addr) = services.settings.federation_addr {

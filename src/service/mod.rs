@@ -12,6 +12,7 @@ pub mod ephemeral;
 pub mod federation;
 pub mod guests;
 pub mod history;
+pub mod housekeeping;
 pub mod inbound;
 pub mod keys;
 pub mod media;

@@ -46,3 +46,19 @@ pub fn user_of(s: &Services, token: &str) -> Result<OwnedUserId> {
     }
     Ok(record.user_id)
 }
+
+/// Forget tokens expired as of `now` (ms); returns how many.
+pub fn prune_expired(s: &Services, now: u64) -> Result<usize> {
+    let mut batch = s.db.batch();
+    let mut pruned = 0;
+    for item in s.db.scan_prefix(Cf::OpenIdTokens, &[]) {
+        let (key, value) = item?;
+        let expired = serde_json::from_slice::<OpenIdToken>(&value).map_or(true, |t| t.expires_at <= now);
+        if expired {
+            batch.delete(Cf::OpenIdTokens, &key);
+            pruned += 1;
+        }
+    }
+    batch.commit()?;
+    Ok(pruned)
+}

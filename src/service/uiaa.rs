@@ -47,6 +47,23 @@ impl Uiaa {
         Self { db }
     }
 
+    /// Forget sessions past their lifetime as of `now` (ms); returns how many.
+    pub fn prune_expired(&self, now: u64) -> Result<usize> {
+        let mut batch = self.db.batch();
+        let mut pruned = 0;
+        for item in self.db.scan_prefix(Cf::UiaaSessions, &[]) {
+            let (key, value) = item?;
+            let expired = serde_json::from_slice::<UiaaSession>(&value)
+                .map_or(true, |s| now.saturating_sub(s.created_at) >= SESSION_LIFETIME_MS);
+            if expired {
+                batch.delete(Cf::UiaaSessions, &key);
+                pruned += 1;
+            }
+        }
+        batch.commit()?;
+        Ok(pruned)
+    }
+
     /// Run one UIA step. `Ok(session)` once a flow is complete; otherwise the
     /// 401 answer describing what is still needed.
     pub fn authorize(

@@ -470,6 +470,7 @@ async fn guest_link_invites_a_user_of_another_server() {
     let link = link_of(&a, &alice, &room_id).await;
     assert_eq!(link["uses"], 1);
     assert_eq!(link["joined"][0]["user_id"], bob.user_id.as_str());
+    assert_eq!(link["joined"][0]["membership"], "invite", "invited, not yet in: {link}");
     let mut bob_since = None;
     let inviter = sync_until(&b, &bob, &mut bob_since, "the link's invite on B", |sync| {
         let events = sync["rooms"]["invite"][room_id.as_str()]["invite_state"]["events"].as_array()?;
@@ -482,6 +483,7 @@ async fn guest_link_invites_a_user_of_another_server() {
     assert_eq!(inviter, alice.user_id, "the invite comes from the link's creator");
     let (status, body) = b.join(&bob, &room_id).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(link_of(&a, &alice, &room_id).await["joined"][0]["membership"], "join");
 
     // Both servers show the same security level; the guest room's power
     // levels bind the remote member too.

@@ -151,7 +151,7 @@ async fn create_guest_room(
             link: body.link,
         };
         let (room_id, link) = guests::create(s, &session, request)?;
-        Ok(Json(json!({ "room_id": room_id, "link": link.to_json(&s.settings.guest_base_url()) })))
+        Ok(Json(json!({ "room_id": room_id, "link": link.to_json(s) })))
     })
     .await
 }
@@ -171,8 +171,7 @@ fn room_json(s: &Services, record: &guests::GuestRoom, with_links: bool) -> Resu
         "security_level": level,
     });
     if with_links {
-        let base = s.settings.guest_base_url();
-        out["links"] = guests::links_of(s, &record.room_id)?.iter().map(|l| l.to_json(&base)).collect();
+        out["links"] = guests::links_of(s, &record.room_id)?.iter().map(|l| l.to_json(s)).collect();
         let mut guest_members = Vec::new();
         for user_id in s.rooms.joined_members(&record.room_id)? {
             if let Some(user) = s.users.get(&user_id)?
@@ -219,8 +218,9 @@ async fn list_links(
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
         let record = guests::managed_room(s, &session, &parse_room(&room_id)?)?;
-        let base = s.settings.guest_base_url();
-        Ok(Json(json!({ "links": guests::links_of(s, &record.room_id)?.iter().map(|l| l.to_json(&base)).collect::<Vec<_>>() })))
+        Ok(Json(
+            json!({ "links": guests::links_of(s, &record.room_id)?.iter().map(|l| l.to_json(s)).collect::<Vec<_>>() }),
+        ))
     })
     .await
 }
@@ -233,7 +233,7 @@ async fn create_link(
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
         let link = guests::create_link(s, &session, &parse_room(&room_id)?, options)?;
-        Ok(Json(link.to_json(&s.settings.guest_base_url())))
+        Ok(Json(link.to_json(s)))
     })
     .await
 }
@@ -249,7 +249,7 @@ async fn revoke_link(
             .filter(|l| l.room_id == record.room_id)
             .ok_or_else(|| Error::not_found("No link with this id in this room."))?;
         let link = guests::revoke_link(s, &link.id)?;
-        Ok(Json(link.to_json(&s.settings.guest_base_url())))
+        Ok(Json(link.to_json(s)))
     })
     .await
 }
@@ -583,7 +583,7 @@ async fn admin_revoke_link(
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
         let link = guests::revoke_link(s, &link_id)?;
-        Ok(Json(link.to_json(&s.settings.guest_base_url())))
+        Ok(Json(link.to_json(s)))
     })
     .await
 }

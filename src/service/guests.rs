@@ -64,7 +64,18 @@ pub struct Link {
 
 impl Link {
     /// The link as its managers see it (the password hash never leaves).
-    pub fn to_json(&self, base_url: &str) -> Value {
+    /// Each person who used it is listed with their membership now, so a
+    /// user of another server shows `invite` until they accept.
+    pub fn to_json(&self, s: &Services) -> Value {
+        let base_url = s.settings.guest_base_url();
+        let joined: Vec<Value> = self
+            .joins
+            .iter()
+            .map(|j| {
+                let membership = s.rooms.membership(&self.room_id, &j.user_id).ok().flatten();
+                json!({ "user_id": j.user_id, "at": j.at, "kind": j.kind, "membership": membership })
+            })
+            .collect();
         json!({
             "id": self.id,
             "room_id": self.room_id,
@@ -77,7 +88,7 @@ impl Link {
             "uses": self.uses,
             "requires_password": self.password_hash.is_some(),
             "revoked": self.revoked,
-            "joined": self.joins.iter().map(|j| json!({ "user_id": j.user_id, "at": j.at, "kind": j.kind })).collect::<Vec<_>>(),
+            "joined": joined,
         })
     }
 }

@@ -92,6 +92,8 @@ pub struct Federation {
     pub max_retry_interval: Duration,
     /// Name servers (`ip:port`) for discovering other servers; empty: the system's.
     pub dns_servers: Vec<String>,
+    /// Key notaries asked for a server's keys when it cannot be reached.
+    pub trusted_key_servers: Vec<String>,
 }
 
 impl Default for Federation {
@@ -101,6 +103,7 @@ impl Default for Federation {
             trusted_ca: String::new(),
             max_retry_interval: Duration::from_secs(600),
             dns_servers: Vec::new(),
+            trusted_key_servers: Vec::new(),
         }
     }
 }

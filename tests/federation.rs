@@ -191,6 +191,12 @@ async fn signed_requests_between_two_servers_and_forgeries_refused() {
 /// A porch running inside the test, so the test can send signed requests
 /// with its key, as a server would.
 async fn in_process_server() -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
+    in_process_server_with(|_| {}).await
+}
+
+async fn in_process_server_with(
+    adjust: impl FnOnce(&mut porch::config::Config),
+) -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut config = porch::config::Config { server_name: format!("localhost:{port}"), ..Default::default() };
@@ -198,6 +204,7 @@ async fn in_process_server() -> (std::sync::Arc<porch::service::Services>, Strin
     config.listen.federation = format!("127.0.0.1:{port}");
     config.database.path = dir.path().join("db");
     config.federation.verify_certificates = false;
+    adjust(&mut config);
     let services = porch::service::Services::open(config.validate().unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     tokio::spawn(porch::serve_on(services.clone(), listener, std::future::pending()));
@@ -603,4 +610,43 @@ async fn housekeeping_forgets_expired_openid_tokens_and_auth_sessions() {
     assert_eq!(s.uiaa.prune_expired(now + 2 * 3600 * 1000).unwrap(), 0, "already pruned");
     let err = porch::service::openid::user_of(&s, &token).unwrap_err();
     assert_eq!(err.errcode.as_ref(), "M_UNKNOWN_TOKEN");
+}
+
+#[tokio::test]
+async fn keys_of_an_unreachable_server_come_from_a_trusted_notary() {
+    let (notary, notary_name) = federating_server().await;
+    let (mut b, b_name) = federating_server().await;
+    let client = insecure_client();
+    let b_keys: Value = client
+        .get(format!("{}/_matrix/key/v2/server", b.federation_base.clone().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The notary learns B's keys while B is up.
+    let resp = client
+        .get(format!("{}/_matrix/key/v2/query/{}", notary.federation_base.clone().unwrap(), common::enc(&b_name)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    b.kill();
+
+    let trusting = notary_name.clone();
+    let (x, _, _dir) = in_process_server_with(move |c| c.federation.trusted_key_servers = vec![trusting]).await;
+    let (y, _, _dir_y) = in_process_server().await;
+    let b_server = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
+    let keys = x.federation.verify_keys(&b_server).await.expect("B's keys through the notary");
+    let published: Vec<(String, String)> = b_keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, k)| (id.clone(), k["key"].as_str().unwrap().to_owned()))
+        .collect();
+    let got: Vec<(String, String)> = keys.iter().map(|(id, k)| (id.clone(), k.encode())).collect();
+    assert_eq!(got, published, "the keys B published, vouched for by the notary");
+    let err = y.federation.verify_keys(&b_server).await.unwrap_err();
+    assert_eq!(err.errcode.as_ref(), "DEV.PORCH.SERVER_UNREACHABLE", "without a notary: {}", err.message);
 }

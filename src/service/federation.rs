@@ -49,6 +49,8 @@ pub struct Federation {
     http: reqwest::Client,
     discovery: Discovery,
     keys: Mutex<HashMap<OwnedServerName, CachedKeys>>,
+    /// Notaries asked for a server's keys when the server cannot be.
+    trusted_key_servers: Vec<OwnedServerName>,
 }
 
 fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
@@ -72,6 +74,12 @@ impl Federation {
             })?);
         }
         let dns = Dns::new(&name_servers)?;
+        let mut trusted_key_servers = Vec::new();
+        for server in &fed.trusted_key_servers {
+            trusted_key_servers.push(OwnedServerName::try_from(server.as_str()).map_err(|_| {
+                anyhow::anyhow!("`federation.trusted_key_servers` holds {server:?}, which is not a server name")
+            })?);
+        }
         let mut trusted_ca = None;
         if !fed.trusted_ca.is_empty() {
             let pem = std::fs::read(&fed.trusted_ca).map_err(|e| {
@@ -110,6 +118,7 @@ impl Federation {
             http: client(true)?,
             discovery: Discovery::new(dns.clone(), client(false)?),
             keys: Mutex::new(HashMap::new()),
+            trusted_key_servers,
         })
     }
 
@@ -229,35 +238,69 @@ impl Federation {
         if let Some(cached) = self.stored_keys(server)?.filter(|c| c.valid_until > valid_until.max(now)) {
             return Ok(cached);
         }
+        let fetched = match self.keys_from_server(server).await {
+            Ok(cached) => Ok(cached),
+            Err(err) => {
+                let mut found = Err(err);
+                // The server is down or misbehaving: ask the notaries we trust.
+                for notary in self.trusted_key_servers.iter().filter(|n| *n != server) {
+                    match self.keys_from_notary(notary, server).await {
+                        Ok(cached) => {
+                            found = Ok(cached);
+                            break;
+                        }
+                        Err(why) => tracing::info!(%server, %notary, "the notary could not vouch: {}", why.message),
+                    }
+                }
+                found
+            }
+        }?;
+        self.db.put_json(Cf::ServerKeys, server.as_bytes(), &fetched)?;
+        self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), fetched.clone());
+        Ok(fetched)
+    }
+
+    /// `/_matrix/key/v2/server` of the server itself.
+    async fn keys_from_server(&self, server: &ServerName) -> Result<CachedKeys> {
         let base = self.base_url(server).await?;
         let response =
             self.http.get(format!("{base}/_matrix/key/v2/server")).send().await.map_err(|e| unreachable(server, e))?;
         let body: serde_json::Value =
             response.json().await.map_err(|e| unreachable(server, format!("its keys are not JSON ({e})")))?;
-        let object = match CanonicalJsonValue::try_from(body.clone()) {
-            Ok(CanonicalJsonValue::Object(object)) => object,
-            _ => return Err(Error::forbidden(format!("{server} published keys that are not canonical JSON"))),
+        self_signed_keys(server, body)
+    }
+
+    /// `server`'s keys as a notary hands them on: signed by the server
+    /// itself and by the notary, whose own keys we fetch from it directly.
+    async fn keys_from_notary(&self, notary: &ServerName, server: &ServerName) -> Result<CachedKeys> {
+        let base = self.base_url(notary).await?;
+        let response = self
+            .http
+            .post(format!("{base}/_matrix/key/v2/query"))
+            .json(&serde_json::json!({ "server_keys": { server.as_str(): {} } }))
+            .send()
+            .await
+            .map_err(|e| unreachable(notary, e))?;
+        let body: serde_json::Value =
+            response.json().await.map_err(|e| unreachable(notary, format!("its answer is not JSON ({e})")))?;
+        let Some(keys) = body["server_keys"]
+            .as_array()
+            .and_then(|all| all.iter().find(|k| k["server_name"].as_str() == Some(server.as_str())))
+        else {
+            return Err(Error::not_found(format!("{notary} has no keys of {server}")));
         };
-        if body["server_name"].as_str() != Some(server.as_str()) {
-            return Err(Error::forbidden(format!("{server} published keys for another server")));
-        }
-        let mut keys = BTreeMap::new();
-        for (key_id, key) in body["verify_keys"].as_object().into_iter().flatten() {
-            if let Some(key) = key["key"].as_str() {
-                keys.insert(key_id.clone(), key.to_owned());
-            }
-        }
-        let cached = CachedKeys {
-            keys,
-            valid_until: body["valid_until_ts"].as_u64().unwrap_or(0).min(now + 7 * 24 * 3600 * 1000),
-            signed: Some(body),
+        let notary_keys = match self.stored_keys(notary)? {
+            Some(cached) if cached.valid_until > util::now_ms() => cached,
+            _ => self.keys_from_server(notary).await?,
         };
-        let key_map: PublicKeyMap = BTreeMap::from([(server.to_string(), to_key_set(&cached)?)]);
-        ruma::signatures::verify_json(&key_map, &object)
-            .map_err(|e| Error::forbidden(format!("{server}'s keys are not signed by themselves: {e}")))?;
-        self.db.put_json(Cf::ServerKeys, server.as_bytes(), &cached)?;
-        self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), cached.clone());
-        Ok(cached)
+        let key_map: PublicKeyMap = BTreeMap::from([(notary.to_string(), to_key_set(&notary_keys)?)]);
+        ruma::signatures::verify_json(&key_map, &only_signed_by(keys, notary)?)
+            .map_err(|e| Error::forbidden(format!("{notary} did not sign {server}'s keys: {e}")))?;
+        let mut own = keys.clone();
+        if let Some(signatures) = own["signatures"].as_object_mut() {
+            signatures.retain(|name, _| name == server.as_str());
+        }
+        self_signed_keys(server, own)
     }
 
     /// The checks on receipt of a PDU that need no room state: its format,
@@ -309,6 +352,43 @@ impl Federation {
             .map_err(|e| unauthorized(format!("The request's signature does not verify: {e}")))?;
         Ok(x_matrix.origin)
     }
+}
+
+/// A server's key object checked against its own signature.
+fn self_signed_keys(server: &ServerName, body: serde_json::Value) -> Result<CachedKeys> {
+    if body["server_name"].as_str() != Some(server.as_str()) {
+        return Err(Error::forbidden(format!("{server} published keys for another server")));
+    }
+    let mut keys = BTreeMap::new();
+    for (key_id, key) in body["verify_keys"].as_object().into_iter().flatten() {
+        if let Some(key) = key["key"].as_str() {
+            keys.insert(key_id.clone(), key.to_owned());
+        }
+    }
+    let object = only_signed_by(&body, server)?;
+    let now = util::now_ms();
+    let cached = CachedKeys {
+        keys,
+        valid_until: body["valid_until_ts"].as_u64().unwrap_or(0).min(now + 7 * 24 * 3600 * 1000),
+        signed: Some(body),
+    };
+    let key_map: PublicKeyMap = BTreeMap::from([(server.to_string(), to_key_set(&cached)?)]);
+    ruma::signatures::verify_json(&key_map, &object)
+        .map_err(|e| Error::forbidden(format!("{server}'s keys are not signed by themselves: {e}")))?;
+    Ok(cached)
+}
+
+/// The key object as canonical JSON with only `signer`'s signatures, to
+/// check that one signature.
+fn only_signed_by(body: &serde_json::Value, signer: &ServerName) -> Result<CanonicalJsonObject> {
+    let mut object = match CanonicalJsonValue::try_from(body.clone()) {
+        Ok(CanonicalJsonValue::Object(object)) => object,
+        _ => return Err(Error::forbidden(format!("the keys of {signer} are not canonical JSON"))),
+    };
+    if let Some(CanonicalJsonValue::Object(signatures)) = object.get_mut("signatures") {
+        signatures.retain(|name, _| name == signer.as_str());
+    }
+    Ok(object)
 }
 
 fn to_key_set(cached: &CachedKeys) -> Result<PublicKeySet> {

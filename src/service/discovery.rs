@@ -28,7 +28,9 @@ const NOT_FOUND_FOR: Duration = Duration::from_secs(600);
 /// DNS for federation: the system's resolver, or `federation.dns_servers`,
 /// with the SRV targets discovery chose for server names.
 pub struct Dns {
-    resolver: TokioResolver,
+    /// `None` when the system's DNS configuration cannot be read: names are
+    /// then resolved by the operating system and SRV records are not used.
+    resolver: Option<TokioResolver>,
     /// Server name (as a host) → the SRV target host to connect to instead.
     srv_targets: Mutex<HashMap<String, String>>,
 }
@@ -37,9 +39,16 @@ impl Dns {
     /// `servers`: `ip:port` of name servers to ask; empty for the system's.
     pub fn new(servers: &[SocketAddr]) -> anyhow::Result<Arc<Self>> {
         let builder = if servers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| {
-                anyhow::anyhow!("cannot read the system's DNS configuration ({e}); set `federation.dns_servers`")
-            })?
+            match TokioResolver::builder_tokio() {
+                Ok(builder) => builder,
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read the system's DNS configuration ({e}): other servers' SRV records will not be \
+                         used; set `federation.dns_servers` to use them"
+                    );
+                    return Ok(Arc::new(Self { resolver: None, srv_targets: Mutex::new(HashMap::new()) }));
+                }
+            }
         } else {
             let name_servers = servers
                 .iter()
@@ -62,17 +71,19 @@ impl Dns {
             )
         };
         let resolver = builder.build().map_err(|e| anyhow::anyhow!("cannot set up DNS resolution: {e}"))?;
-        Ok(Arc::new(Self { resolver, srv_targets: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self { resolver: Some(resolver), srv_targets: Mutex::new(HashMap::new()) }))
     }
 
     async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, String> {
-        let lookup = self.resolver.lookup_ip(host).await.map_err(|e| e.to_string())?;
-        Ok(lookup.iter().collect())
+        match &self.resolver {
+            Some(resolver) => Ok(resolver.lookup_ip(host).await.map_err(|e| e.to_string())?.iter().collect()),
+            None => Ok(tokio::net::lookup_host((host, 0)).await.map_err(|e| e.to_string())?.map(|a| a.ip()).collect()),
+        }
     }
 
     /// The best SRV target (lowest priority, then highest weight) of `name`.
     async fn srv(&self, name: &str) -> Option<(String, u16)> {
-        let lookup = self.resolver.srv_lookup(name).await.ok()?;
+        let lookup = self.resolver.as_ref()?.srv_lookup(name).await.ok()?;
         lookup
             .answers()
             .iter()

@@ -4,10 +4,14 @@
 //! event as an incoming one (signatures, hash, auth events, the state
 //! before it) and put it under the live timeline.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use ruma::{
-    CanonicalJsonObject, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UInt,
+    CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UInt,
     api::federation::backfill::get_backfill,
 };
 
@@ -27,13 +31,51 @@ struct Gap {
     servers: Vec<OwnedServerName>,
 }
 
+/// After a backfill that brought nothing, the room's servers are not asked
+/// again for this long (clients paging at the top would ask every time).
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+const ROOMS_REMEMBERED: usize = 10_000;
+
+/// Rooms whose last backfill brought nothing, and when.
+#[derive(Default)]
+pub struct Backfills {
+    fruitless: Mutex<HashMap<OwnedRoomId, Instant>>,
+}
+
+impl Backfills {
+    fn recently_fruitless(&self, room_id: &RoomId) -> bool {
+        let fruitless = self.fruitless.lock().expect("backfills poisoned");
+        fruitless.get(room_id).is_some_and(|at| at.elapsed() < RETRY_AFTER)
+    }
+
+    fn note(&self, room_id: &RoomId, added: usize) {
+        let mut fruitless = self.fruitless.lock().expect("backfills poisoned");
+        if added > 0 {
+            fruitless.remove(room_id);
+            return;
+        }
+        if fruitless.len() >= ROOMS_REMEMBERED {
+            fruitless.retain(|_, at| at.elapsed() < RETRY_AFTER);
+        }
+        fruitless.insert(room_id.to_owned(), Instant::now());
+    }
+}
+
 /// Fetch one batch of history older than the room's oldest known event.
 /// Returns how many events were added (0 when the room's start is reached
-/// or no server could help).
+/// or no server could help). No lock is held while other servers are
+/// asked: placing the events checks, under the room's lock, that nothing
+/// placed them meanwhile.
 pub async fn backfill(s: &Arc<Services>, room_id: &RoomId) -> Result<usize> {
-    // One room's federation input at a time, backfill included.
-    let lock = s.inbound.room_lock(room_id);
-    let _guard = lock.lock().await;
+    if s.backfills.recently_fruitless(room_id) {
+        return Ok(0);
+    }
+    let added = fetch(s, room_id).await;
+    s.backfills.note(room_id, *added.as_ref().unwrap_or(&0));
+    added
+}
+
+async fn fetch(s: &Arc<Services>, room_id: &RoomId) -> Result<usize> {
     let gap = {
         let room_id = room_id.to_owned();
         blocking(s, move |s| find_gap(s, &room_id)).await?

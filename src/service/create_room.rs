@@ -21,6 +21,9 @@ pub struct CreateRoom {
     pub public: bool,
     pub initial_state: Vec<(String, String, Value)>,
     pub power_level_override: Option<Map<String, Value>>,
+    /// Everyone to invite (trusted private chats make them all admins);
+    /// only this server's users get their invite here, the caller sends
+    /// the others through their servers.
     pub invite: Vec<OwnedUserId>,
     pub is_direct: bool,
     pub name: Option<String>,
@@ -136,7 +139,9 @@ pub fn create(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRo
     if let Some(topic) = req.topic.filter(|t| !t.is_empty()) {
         events.push(NewEvent::state(TimelineEventType::RoomTopic, "", json!({ "topic": topic })));
     }
-    for user in &req.invite {
+    // Other servers' users are invited through their server once the room
+    // exists (the caller does it); their power above is set all the same.
+    for user in req.invite.iter().filter(|u| s.users.is_local(u)) {
         let mut content = membership::member_content(s, user, MembershipState::Invite, None)?;
         if req.is_direct {
             content.insert("is_direct".into(), Value::Bool(true));

@@ -29,6 +29,9 @@ struct StoredReceipt {
     count: u64,
 }
 
+/// Users whose presence is kept in memory at most.
+const PRESENCE_KEPT: usize = 100_000;
+
 type PresenceEntry = (ruma::presence::PresenceState, Option<String>, Option<Instant>);
 
 pub struct Ephemeral {
@@ -45,7 +48,16 @@ impl Ephemeral {
     /// Presence is kept in memory: it describes the moment, not history.
     pub fn set_presence(&self, user_id: &UserId, state: ruma::presence::PresenceState, status_msg: Option<String>) {
         let active = (state == ruma::presence::PresenceState::Online).then(Instant::now);
-        self.presence.lock().expect("presence poisoned").insert(user_id.to_owned(), (state, status_msg, active));
+        let mut presence = self.presence.lock().expect("presence poisoned");
+        // Other servers push presence at will: the map stays bounded, and
+        // offline entries (the default anyway) go first.
+        if presence.len() >= PRESENCE_KEPT {
+            presence.retain(|_, (state, _, _)| *state != ruma::presence::PresenceState::Offline);
+            if presence.len() >= PRESENCE_KEPT {
+                presence.clear();
+            }
+        }
+        presence.insert(user_id.to_owned(), (state, status_msg, active));
     }
 
     pub fn presence(&self, user_id: &UserId) -> Option<PresenceEntry> {

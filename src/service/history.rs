@@ -30,7 +30,9 @@ pub fn may_see(s: &Services, user_id: &UserId, pdu: &Pdu, meta: &PduMeta) -> Res
 /// it; redacted otherwise (what auth needs stays), so a server that joins
 /// a `joined`-visibility room learns no earlier content through backfill.
 pub fn for_server(s: &Services, server: &ServerName, pdu: &Pdu, meta: &PduMeta) -> Result<Box<RawJsonValue>> {
-    if meta.is_outlier() || server_may_see(s, server, meta)? {
+    // Events without known state (auth chains, a join's state) are needed
+    // for auth; soft-failed ones have state and are checked like any other.
+    if meta.state_after == 0 || server_may_see(s, server, meta)? {
         return Ok(pdu.json.clone());
     }
     let version = s.rooms.room(&pdu.room_id)?.map(|r| r.version).ok_or_else(|| Error::not_found("No such room."))?;

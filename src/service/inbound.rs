@@ -44,13 +44,16 @@ pub struct Inbound {
     /// retried one (its answer lost) is answered again, not replayed, so
     /// to-device messages in it are not delivered twice.
     recent: Mutex<HashMap<OwnedServerName, VecDeque<(String, Results)>>>,
+    /// One transaction per server at a time (servers send them in order),
+    /// so a retry sent while the first is still running waits for its answer.
+    origin_locks: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 type Results = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
 /// Transactions remembered per server.
 const RECENT_TRANSACTIONS: usize = 16;
-/// Above this many room locks, the unused ones are dropped.
+/// Above this many room (or server) locks, the unused ones are dropped.
 const ROOM_LOCKS_KEPT: usize = 1024;
 
 impl Inbound {
@@ -87,6 +90,14 @@ pub async fn transaction(
     pdus: &[Box<RawJsonValue>],
     edus: &[Value],
 ) -> Results {
+    let lock = {
+        let mut locks = s.inbound.origin_locks.lock().expect("origin locks poisoned");
+        if locks.len() > ROOM_LOCKS_KEPT {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(origin.to_owned()).or_default().clone()
+    };
+    let _one_at_a_time = lock.lock().await;
     if let Some(results) = s.inbound.answered(origin, txn_id) {
         tracing::debug!(%origin, txn_id, "answering a retried transaction again");
         return results;

@@ -388,7 +388,8 @@ fn messages_page(
         Some(token) => {
             history::parse_token(token).ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?
         }
-        None if forward => 0,
+        // The very start, backfilled history included.
+        None if forward => i64::MIN + 1,
         None => s.db.safe_count() as i64 + 1,
     };
     let to = body

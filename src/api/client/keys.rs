@@ -165,12 +165,20 @@ pub async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> Resul
     };
     let mut response = claim_keys::v3::Response::new(local);
     // Users of other servers: one claim per server, asked together.
-    let mut remote: BTreeMap<OwnedServerName, BTreeMap<_, _>> = BTreeMap::new();
-    for (user_id, devices) in claims {
-        if user_id.server_name() != state.settings.server_name {
-            remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
-        }
-    }
+    let remote = {
+        let session = req.session().clone();
+        blocking(&state, move |s| {
+            let mut remote: BTreeMap<OwnedServerName, BTreeMap<_, _>> = BTreeMap::new();
+            for (user_id, devices) in claims {
+                // The guest policy holds for other servers' users too.
+                if !s.users.is_local(&user_id) && may_query(s, &session, &user_id)? {
+                    remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
+                }
+            }
+            Ok(remote)
+        })
+        .await?
+    };
     let asks = remote.into_iter().map(|(server, claims)| {
         let state = state.clone();
         async move {

@@ -78,7 +78,7 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
                 public: body.visibility == ruma::api::client::room::Visibility::Public,
                 initial_state,
                 power_level_override: body.power_level_content_override.as_ref().map(object).transpose()?,
-                invite: body.invite.iter().filter(|u| s.users.is_local(u)).cloned().collect(),
+                invite: body.invite.clone(),
                 is_direct: body.is_direct,
                 name: body.name.clone(),
                 topic: body.topic.clone(),

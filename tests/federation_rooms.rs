@@ -338,6 +338,13 @@ async fn invites_across_servers_accepted_and_rejected() {
         .await;
     assert_eq!(status, 200, "{body}");
     let direct = body["room_id"].as_str().unwrap().to_owned();
+    let (_, create) =
+        a.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(&direct)), Some(&alice.token)).await;
+    assert_eq!(
+        create["additional_creators"],
+        json!([bob.user_id]),
+        "a trusted chat's invitee is a creator too: {create}"
+    );
     let state = sees_invite(&b, &bob, &mut bob_since, &direct).await;
     let own = state.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str());
     assert_eq!(own.map(|e| &e["content"]["is_direct"]), Some(&json!(true)), "{state:?}");

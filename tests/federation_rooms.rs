@@ -376,8 +376,12 @@ async fn history_from_before_the_join_is_backfilled() {
         .create_room(&alice, json!({ "preset": "public_chat", "room_alias_name": "archive", "name": "Archive" }))
         .await;
     // More than one backfill batch of history, with a state change inside.
+    let mut redacted = String::new();
     for i in 0..40 {
-        a.send_text(&alice, &room_id, &format!("old {i}")).await;
+        let event_id = a.send_text(&alice, &room_id, &format!("old {i}")).await;
+        if i == 5 {
+            redacted = event_id;
+        }
     }
     let (status, _) = a
         .put(
@@ -390,6 +394,16 @@ async fn history_from_before_the_join_is_backfilled() {
     for i in 40..70 {
         a.send_text(&alice, &room_id, &format!("old {i}")).await;
     }
+    // A redaction newer than the first batch back, of an event in the second
+    // (A serves the event redacted; B keeps it so).
+    let (status, body) = a
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room_id), enc(&redacted)),
+            Some(&alice.token),
+            json!({ "reason": "oops" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 
     let (status, body) = b.join(&bob, &format!("#archive:{a_name}")).await;
     assert_eq!(status, 200, "{body}");
@@ -401,8 +415,10 @@ async fn history_from_before_the_join_is_backfilled() {
 
     let history = messages_back(&b, &bob, &room_id, &prev_batch).await;
     let texts: Vec<&str> = history.iter().filter_map(text_of).collect();
-    let expected: Vec<String> = (0..70).rev().map(|i| format!("old {i}")).collect();
+    let expected: Vec<String> = (0..70).rev().filter(|i| *i != 5).map(|i| format!("old {i}")).collect();
     assert_eq!(texts, expected, "every message from before the join, newest first, once each");
+    let old_5 = history.iter().find(|e| e["event_id"] == redacted.as_str()).expect("the redacted event is there");
+    assert_eq!(old_5["content"], json!({}), "backfilled history stays redacted: {old_5}");
     let kinds: Vec<&str> = history.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(kinds.last(), Some(&"m.room.create"), "backfill reaches the room's start");
     assert!(kinds.contains(&"m.room.topic"), "the state change in between is there too");

@@ -55,10 +55,11 @@ pub enum Cf {
     Outbox,
     RemoteInvites,
     OpenIdTokens,
+    PendingRedactions,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 33] = [
+    pub const ALL: [Cf; 34] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -92,6 +93,7 @@ impl Cf {
         Cf::Outbox,
         Cf::RemoteInvites,
         Cf::OpenIdTokens,
+        Cf::PendingRedactions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +131,7 @@ impl Cf {
             Cf::Outbox => "outbox",
             Cf::RemoteInvites => "remote_invites",
             Cf::OpenIdTokens => "openid_tokens",
+            Cf::PendingRedactions => "pending_redactions",
         }
     }
 }

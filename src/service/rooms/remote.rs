@@ -590,16 +590,41 @@ impl Txn<'_> {
         };
         let mut meta = PduMeta { backfilled: Some(below), ..PduMeta::outlier(self.room_id.clone()) };
         let state_after = self.stage_state(&pdu, &mut meta, before_id, state_before)?;
-        if pdu.kind == TimelineEventType::RoomRedaction
-            && let Some(target) = pdu.redacts.clone()
-            && self.remote_redaction_allowed(&pdu, &target, state_before)
-        {
-            self.apply_redaction(&pdu, &target)?;
-        }
         self.put_event(&pdu, &meta);
         let after_id = meta.state_after;
-        self.pending.insert(pdu.event_id.clone(), (pdu, meta));
+        let event_id = pdu.event_id.clone();
+        self.pending.insert(event_id.clone(), (pdu.clone(), meta));
+        if pdu.kind == TimelineEventType::RoomRedaction
+            && let Some(target) = pdu.redacts.clone()
+        {
+            if self.fetch(&target).is_some() {
+                if self.remote_redaction_allowed(&pdu, &target, state_before) {
+                    self.apply_redaction(&pdu, &target)?;
+                }
+            } else {
+                // History comes newest first: the target may come in a later
+                // batch, and must not be shown whole then.
+                self.batch.put(Cf::PendingRedactions, target.as_bytes(), event_id.as_bytes());
+            }
+        }
+        self.apply_pending_redaction(&event_id)?;
         Ok((after_id, Arc::new(state_after)))
+    }
+
+    /// A redaction stored before its target (see `stage_backfilled`): apply
+    /// it now that the target is staged, if it was allowed.
+    fn apply_pending_redaction(&mut self, target: &EventId) -> Result<()> {
+        let Some(redaction_id) = self.rooms.db.get(Cf::PendingRedactions, target.as_bytes())? else { return Ok(()) };
+        self.batch.delete(Cf::PendingRedactions, target.as_bytes());
+        let Ok(redaction_id) = OwnedEventId::try_from(String::from_utf8_lossy(&redaction_id).into_owned()) else {
+            return Ok(());
+        };
+        let Some((redaction, meta)) = self.rooms.get_pdu(&redaction_id)? else { return Ok(()) };
+        let state = self.rooms.state_at(meta.state_before)?;
+        if self.remote_redaction_allowed(&redaction, target, &state) {
+            self.apply_redaction(&redaction, target)?;
+        }
+        Ok(())
     }
 
     /// Keep a soft-failed event (other servers may ask for it) without

@@ -24,6 +24,7 @@ use ruma::{OwnedServerName, ServerName};
 
 const FOUND_FOR: Duration = Duration::from_secs(3600);
 const NOT_FOUND_FOR: Duration = Duration::from_secs(600);
+const CACHE_KEPT: usize = 50_000;
 
 /// DNS for federation: the system's resolver, or `federation.dns_servers`,
 /// with the SRV targets discovery chose for server names.
@@ -150,10 +151,17 @@ impl Discovery {
         let (destination, found) = self.discover(server).await;
         let keep = if found { FOUND_FOR } else { NOT_FOUND_FOR };
         tracing::debug!(%server, base_url = %destination.base_url, "discovered a server");
-        self.cache
-            .lock()
-            .expect("discovery cache poisoned")
-            .insert(server.to_owned(), (destination.clone(), Instant::now() + keep));
+        let mut cache = self.cache.lock().expect("discovery cache poisoned");
+        // Names come from other servers and from the key notary's callers:
+        // the cache stays bounded.
+        if cache.len() >= CACHE_KEPT {
+            let now = Instant::now();
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= CACHE_KEPT {
+                cache.clear();
+            }
+        }
+        cache.insert(server.to_owned(), (destination.clone(), Instant::now() + keep));
         destination
     }
 
@@ -183,7 +191,11 @@ impl Discovery {
     async fn by_srv(&self, host: &str) -> (Destination, bool) {
         for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
             if let Some((target, port)) = self.dns.srv(&format!("{service}.{host}.")).await {
-                self.dns.srv_targets.lock().expect("srv targets poisoned").insert(host.to_owned(), target);
+                let mut targets = self.dns.srv_targets.lock().expect("srv targets poisoned");
+                if targets.len() >= CACHE_KEPT {
+                    targets.clear();
+                }
+                targets.insert(host.to_owned(), target);
                 return (Destination { base_url: format!("https://{host}:{port}") }, true);
             }
         }

@@ -39,6 +39,9 @@ struct CachedKeys {
     signed: Option<serde_json::Value>,
 }
 
+/// Keys still valid are fetched again at most this often.
+const REFETCH_AFTER: Duration = Duration::from_secs(300);
+
 /// How long other servers may cache our keys.
 const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -51,6 +54,8 @@ pub struct Federation {
     keys: Mutex<HashMap<OwnedServerName, CachedKeys>>,
     /// Notaries asked for a server's keys when the server cannot be.
     trusted_key_servers: Vec<OwnedServerName>,
+    /// When still-valid keys were last fetched again, per server.
+    fetched_at: Mutex<HashMap<OwnedServerName, std::time::Instant>>,
 }
 
 fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
@@ -119,6 +124,7 @@ impl Federation {
             discovery: Discovery::new(dns.clone(), client(false)?),
             keys: Mutex::new(HashMap::new()),
             trusted_key_servers,
+            fetched_at: Mutex::new(HashMap::new()),
         })
     }
 
@@ -235,7 +241,15 @@ impl Federation {
     /// the server itself, checked against its own signature.
     async fn cached_keys(&self, server: &ServerName, valid_until: u64) -> Result<CachedKeys> {
         let now = util::now_ms();
-        if let Some(cached) = self.stored_keys(server)?.filter(|c| c.valid_until > valid_until.max(now)) {
+        let stored = self.stored_keys(server)?;
+        if let Some(cached) = stored.as_ref().filter(|c| c.valid_until > valid_until.max(now)) {
+            return Ok(cached.clone());
+        }
+        // A notary caller asking for keys valid far ahead does not make us
+        // fetch the same server's keys more than once every few minutes.
+        if let Some(cached) = stored.filter(|c| c.valid_until > now)
+            && self.recently_fetched(server)
+        {
             return Ok(cached);
         }
         let fetched = match self.keys_from_server(server).await {
@@ -258,6 +272,19 @@ impl Federation {
         self.db.put_json(Cf::ServerKeys, server.as_bytes(), &fetched)?;
         self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), fetched.clone());
         Ok(fetched)
+    }
+
+    fn recently_fetched(&self, server: &ServerName) -> bool {
+        let mut fetched = self.fetched_at.lock().expect("fetch times poisoned");
+        let now = std::time::Instant::now();
+        if fetched.get(server).is_some_and(|at| now.duration_since(*at) < REFETCH_AFTER) {
+            return true;
+        }
+        if fetched.len() >= 10_000 {
+            fetched.retain(|_, at| now.duration_since(*at) < REFETCH_AFTER);
+        }
+        fetched.insert(server.to_owned(), now);
+        false
     }
 
     /// `/_matrix/key/v2/server` of the server itself.

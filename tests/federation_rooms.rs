@@ -16,6 +16,26 @@ fn has_event(sync: &Value, room_id: &str, check: impl Fn(&Value) -> bool) -> boo
     timeline(sync, room_id).into_iter().any(check)
 }
 
+/// `kicker` kicks the other server's `target` from the room; the target's
+/// server then shows the room among the target's left rooms.
+async fn kick_seen_on_other_server(
+    server: &TestServer,
+    kicker: &User,
+    room_id: &str,
+    (target_server, target, since): (&TestServer, &User, &mut Option<String>),
+    what: &str,
+) {
+    let (status, body) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(room_id)),
+            Some(&kicker.token),
+            json!({ "user_id": target.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_until(target_server, target, since, what, |sync| sync["rooms"]["leave"].get(room_id).map(|_| ())).await;
+}
+
 async fn joined_members(server: &TestServer, user: &User, room_id: &str) -> Vec<String> {
     let (status, body) =
         server.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id)), Some(&user.token)).await;
@@ -201,18 +221,7 @@ async fn restricted_joins_kicks_bans_and_a_restarted_server_catching_up() {
     assert_eq!(member["join_authorised_via_users_server"], alice.user_id.as_str(), "A's member vouched");
 
     // A kick on A reaches B.
-    let (status, body) = a
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&inner)),
-            Some(&alice.token),
-            json!({ "user_id": bob.user_id, "reason": "testing" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    sync_until(&b, &bob, &mut bob_since, "the kick on B", |sync| {
-        sync["rooms"]["leave"].get(inner.as_str()).map(|_| ())
-    })
-    .await;
+    kick_seen_on_other_server(&a, &alice, &inner, (&b, &bob, &mut bob_since), "the kick on B").await;
 
     // A ban on A reaches B, and B's next join is refused.
     let (status, body) = a
@@ -543,14 +552,7 @@ async fn guest_link_invites_a_user_of_another_server() {
     assert_eq!(status, 403, "Bob is no longer in the room on B");
 
     // A classified room's ACL keeps servers that are not cleared out.
-    let (status, _) = a
-        .put(
-            &format!("/_porch/admin/v1/users/{}/security_level", enc(&alice.user_id)),
-            Some(&admin.token),
-            json!({ "level": "confidential" }),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(common::set_security_level(&a, &admin, &alice.user_id, "confidential").await, 200);
     let (secret_room, secret_token, _) = a.guest_room(&alice, json!({ "name": "Secret" })).await;
     let (status, body) = a
         .post(&format!("/_porch/client/v1/guest_links/{secret_token}/join"), None, json!({ "user_id": bob.user_id }))
@@ -640,18 +642,7 @@ async fn knocks_across_servers_accepted_refused_and_withdrawn() {
         sees_membership(sync, &refused, "knock").then_some(())
     })
     .await;
-    let (status, body) = a
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&refused)),
-            Some(&alice.token),
-            json!({ "user_id": bob.user_id, "reason": "not today" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    sync_until(&b, &bob, &mut bob_since, "the refusal on B", |sync| {
-        sync["rooms"]["leave"].get(refused.as_str()).map(|_| ())
-    })
-    .await;
+    kick_seen_on_other_server(&a, &alice, &refused, (&b, &bob, &mut bob_since), "the refusal on B").await;
 
     // A knock withdrawn by leaving: A sees it go.
     let withdrawn = knock_room("Maybe").await;

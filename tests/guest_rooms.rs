@@ -57,14 +57,7 @@ async fn guest_room_carries_the_contracts_state() {
     assert_eq!(status, 404, "unclassified rooms carry no ACL");
 
     // A classified creator's room carries the level and an ACL.
-    let (status, _) = s
-        .put(
-            &format!("/_porch/admin/v1/users/{}/security_level", enc(&alice.user_id)),
-            Some(&admin.token),
-            json!({ "level": "confidential" }),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(common::set_security_level(&s, &admin, &alice.user_id, "confidential").await, 200);
     let (secret_room, _, _) = s.guest_room(&alice, json!({ "name": "Secret" })).await;
     assert_eq!(state(&s, &alice, &secret_room, "dev.porch.security_level").await["level"], "confidential");
     assert_eq!(state(&s, &alice, &secret_room, "m.room.server_acl").await["allow"], json!(["porch.test"]));
@@ -388,14 +381,7 @@ async fn admin_api_users_rooms_links_and_figures() {
         )
         .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
-    let (status, _) = s
-        .put(
-            &format!("/_porch/admin/v1/users/{}/security_level", enc("@carol:porch.test")),
-            Some(&admin.token),
-            json!({ "level": "nope" }),
-        )
-        .await;
-    assert_eq!(status, 400);
+    assert_eq!(common::set_security_level(&s, &admin, "@carol:porch.test", "nope").await, 400);
     let (_, token_body) = s
         .post(
             "/_matrix/client/v3/login",

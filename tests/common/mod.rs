@@ -369,3 +369,9 @@ pub async fn sees_invite(hs: &Homeserver, user: &User, since: &mut Option<String
     })
     .await
 }
+
+/// An admin sets a user's security level; the status.
+pub async fn set_security_level(hs: &Homeserver, admin: &User, user_id: &str, level: &str) -> u16 {
+    let path = format!("/_porch/admin/v1/users/{}/security_level", enc(user_id));
+    hs.put(&path, Some(&admin.token), json!({ "level": level })).await.0
+}

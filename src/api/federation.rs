@@ -229,7 +229,7 @@ async fn missing_events(
         acl::check_participant(s, &body.room_id, req.origin())?;
         let limit = u64::from(body.limit).min(100) as usize;
         let events = s.rooms.missing_events(&body.room_id, &body.earliest_events, &body.latest_events, limit)?;
-        let events = events.into_iter().filter(|p| p.depth >= body.min_depth).collect();
+        let events = events.into_iter().filter(|(p, _)| p.depth >= body.min_depth).collect();
         Ok(get_missing_events::v1::Response::new(as_server_sees(s, req.origin(), events)?))
     })
     .await
@@ -254,15 +254,9 @@ async fn backfill(state: AppState, req: Ruma<get_backfill::v1::Request>) -> Resu
 fn as_server_sees(
     s: &crate::service::Services,
     server: &ruma::ServerName,
-    events: Vec<std::sync::Arc<crate::pdu::Pdu>>,
+    events: Vec<(std::sync::Arc<crate::pdu::Pdu>, crate::pdu::PduMeta)>,
 ) -> Result<Vec<Box<serde_json::value::RawValue>>> {
-    let mut out = Vec::with_capacity(events.len());
-    for pdu in events {
-        if let Some((pdu, meta)) = s.rooms.get_pdu(&pdu.event_id)? {
-            out.push(history::for_server(s, server, &pdu, &meta)?);
-        }
-    }
-    Ok(out)
+    events.iter().map(|(pdu, meta)| history::for_server(s, server, pdu, meta)).collect()
 }
 
 /// A local user's devices with their keys, for other servers' device lists.

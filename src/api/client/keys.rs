@@ -156,29 +156,20 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
 pub async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> Result<claim_keys::v3::Response> {
     let session = req.session().clone();
     let claims = req.body.one_time_keys.clone();
-    let local = {
-        let claims = claims.clone();
-        blocking(&state, move |s| {
-            s.keys.claim_many(&claims, |user| Ok(s.users.is_local(user) && may_query(s, &session, user)?))
-        })
-        .await?
-    };
-    let mut response = claim_keys::v3::Response::new(local);
-    // Users of other servers: one claim per server, asked together.
-    let remote = {
-        let session = req.session().clone();
-        blocking(&state, move |s| {
-            let mut remote: BTreeMap<OwnedServerName, BTreeMap<_, _>> = BTreeMap::new();
-            for (user_id, devices) in claims {
-                // The guest policy holds for other servers' users too.
-                if !s.users.is_local(&user_id) && may_query(s, &session, &user_id)? {
-                    remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
-                }
+    // Local keys are claimed here; other servers' users (the guest policy
+    // holds for them too) are grouped per server, asked together below.
+    let (local, remote) = blocking(&state, move |s| {
+        let local = s.keys.claim_many(&claims, |user| Ok(s.users.is_local(user) && may_query(s, &session, user)?))?;
+        let mut remote: BTreeMap<OwnedServerName, BTreeMap<_, _>> = BTreeMap::new();
+        for (user_id, devices) in claims {
+            if !s.users.is_local(&user_id) && may_query(s, &session, &user_id)? {
+                remote.entry(user_id.server_name().to_owned()).or_default().insert(user_id, devices);
             }
-            Ok(remote)
-        })
-        .await?
-    };
+        }
+        Ok((local, remote))
+    })
+    .await?;
+    let mut response = claim_keys::v3::Response::new(local);
     let asks = remote.into_iter().map(|(server, claims)| {
         let state = state.clone();
         async move {

@@ -364,7 +364,12 @@ impl Rooms {
     }
 
     /// Events of the room's timeline before `from` (for backfill).
-    pub fn events_before(&self, room_id: &RoomId, from: &[OwnedEventId], limit: usize) -> Result<Vec<Arc<Pdu>>> {
+    pub fn events_before(
+        &self,
+        room_id: &RoomId,
+        from: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<(Arc<Pdu>, PduMeta)>> {
         self.walk_back(room_id, from.iter().cloned().collect(), &HashSet::new(), limit)
     }
 
@@ -376,7 +381,7 @@ impl Rooms {
         earliest: &[OwnedEventId],
         latest: &[OwnedEventId],
         limit: usize,
-    ) -> Result<Vec<Arc<Pdu>>> {
+    ) -> Result<Vec<(Arc<Pdu>, PduMeta)>> {
         let mut start = VecDeque::new();
         for id in latest {
             if let Some((pdu, _)) = self.get_pdu(id)? {
@@ -385,7 +390,7 @@ impl Rooms {
         }
         let stop: HashSet<&OwnedEventId> = earliest.iter().collect();
         let mut out = self.walk_back(room_id, start, &stop, limit)?;
-        out.sort_by_key(|p| p.depth);
+        out.sort_by_key(|(p, _)| p.depth);
         Ok(out)
     }
 
@@ -397,7 +402,7 @@ impl Rooms {
         mut todo: VecDeque<OwnedEventId>,
         stop: &HashSet<&OwnedEventId>,
         limit: usize,
-    ) -> Result<Vec<Arc<Pdu>>> {
+    ) -> Result<Vec<(Arc<Pdu>, PduMeta)>> {
         let mut seen: HashSet<OwnedEventId> = HashSet::new();
         let mut out = Vec::new();
         while let Some(id) = todo.pop_front() {
@@ -412,7 +417,7 @@ impl Rooms {
                 continue;
             }
             todo.extend(pdu.prev_events.iter().cloned());
-            out.push(pdu);
+            out.push((pdu, meta));
         }
         Ok(out)
     }

@@ -26,6 +26,7 @@ pub struct Config {
     pub well_known: WellKnown,
     pub guests: Guests,
     pub federation: Federation,
+    pub outbound: Outbound,
     pub security_levels: Vec<SecurityLevel>,
     pub default_security_level: String,
 }
@@ -108,6 +109,26 @@ impl Default for Federation {
     }
 }
 
+/// What porch may connect to (every outbound connection is checked after
+/// name resolution and on every redirect).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Outbound {
+    /// Address ranges porch never connects to (CIDR).
+    pub ip_range_denylist: Vec<String>,
+    /// Ranges allowed even if the denylist holds them (labs, tests: loopback).
+    pub ip_range_allowlist: Vec<String>,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Self {
+            ip_range_denylist: crate::service::address_guard::DEFAULT_DENYLIST.iter().map(|r| r.to_string()).collect(),
+            ip_range_allowlist: Vec::new(),
+        }
+    }
+}
+
 /// A security level rooms can carry; shown as a banner by every client.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +165,15 @@ pub struct Listen {
     pub client: String,
     /// TLS server-server API; empty disables federation.
     pub federation: String,
+    /// Reverse proxies (address ranges) whose `X-Forwarded-For` names the
+    /// client; from any other address the socket's address counts.
+    pub trusted_proxies: Vec<String>,
+    /// A request's headers must arrive within this long (slow clients are cut off).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this long.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -197,6 +227,21 @@ pub struct RateLimits {
     /// `/send` transactions per other server.
     pub federation_transactions_per_second: f64,
     pub federation_transactions_burst: u32,
+    /// Per client address: servers asked about through the key notary.
+    pub key_queries_per_second: f64,
+    pub key_queries_burst: u32,
+    /// Per user: events sent (messages, state, redactions).
+    pub events_per_second: f64,
+    pub events_burst: u32,
+    /// Per user: rooms created.
+    pub room_creations_per_second: f64,
+    pub room_creations_burst: u32,
+    /// Per user: invites sent.
+    pub invites_per_second: f64,
+    pub invites_burst: u32,
+    /// Per user: media uploads.
+    pub uploads_per_second: f64,
+    pub uploads_burst: u32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -222,6 +267,7 @@ impl Default for Config {
             well_known: WellKnown::default(),
             guests: Guests::default(),
             federation: Federation::default(),
+            outbound: Outbound::default(),
             security_levels: default_security_levels(),
             default_security_level: "internal".to_owned(),
         }
@@ -230,7 +276,13 @@ impl Default for Config {
 
 impl Default for Listen {
     fn default() -> Self {
-        Self { client: "127.0.0.1:8008".to_owned(), federation: String::new() }
+        Self {
+            client: "127.0.0.1:8008".to_owned(),
+            federation: String::new(),
+            trusted_proxies: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -242,7 +294,7 @@ impl Default for Database {
 
 impl Default for Registration {
     fn default() -> Self {
-        Self { enabled: true, shared_secret: String::new(), tokens: Vec::new(), allow_guests: true }
+        Self { enabled: true, shared_secret: String::new(), tokens: Vec::new(), allow_guests: false }
     }
 }
 
@@ -267,6 +319,16 @@ impl Default for RateLimits {
             registration_burst: 10,
             federation_transactions_per_second: 20.0,
             federation_transactions_burst: 200,
+            key_queries_per_second: 10.0,
+            key_queries_burst: 100,
+            events_per_second: 100.0,
+            events_burst: 1000,
+            room_creations_per_second: 1.0,
+            room_creations_burst: 50,
+            invites_per_second: 5.0,
+            invites_burst: 100,
+            uploads_per_second: 5.0,
+            uploads_burst: 100,
         }
     }
 }
@@ -288,6 +350,8 @@ pub struct Settings {
     pub federation_addr: Option<SocketAddr>,
     pub default_room_version: RoomVersionId,
     pub sync_timeout_max: Duration,
+    /// `listen.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<crate::service::address_guard::IpRange>,
 }
 
 impl Config {
@@ -362,6 +426,15 @@ impl Config {
                 self.rate_limits.federation_transactions_per_second,
                 self.rate_limits.federation_transactions_burst,
             ),
+            ("rate_limits.key_queries", self.rate_limits.key_queries_per_second, self.rate_limits.key_queries_burst),
+            ("rate_limits.events", self.rate_limits.events_per_second, self.rate_limits.events_burst),
+            (
+                "rate_limits.room_creations",
+                self.rate_limits.room_creations_per_second,
+                self.rate_limits.room_creations_burst,
+            ),
+            ("rate_limits.invites", self.rate_limits.invites_per_second, self.rate_limits.invites_burst),
+            ("rate_limits.uploads", self.rate_limits.uploads_per_second, self.rate_limits.uploads_burst),
         ] {
             if rate.is_nan() || rate <= 0.0 || burst == 0 {
                 return Err(ConfigError(format!(
@@ -407,12 +480,23 @@ impl Config {
                     .to_owned(),
             ));
         }
+        for (key, list) in
+            [("outbound.ip_range_denylist", &self.outbound.ip_range_denylist), ("outbound.ip_range_allowlist", &self.outbound.ip_range_allowlist), ("listen.trusted_proxies", &self.listen.trusted_proxies)]
+        {
+            for range in list {
+                range.parse::<crate::service::address_guard::IpRange>().map_err(|why| {
+                    ConfigError(format!("config key `{key}` holds {why}; write ranges like \"10.0.0.0/8\" or \"::1/128\""))
+                })?;
+            }
+        }
         if self.registration.tokens.iter().any(|t| !valid_registration_token(t)) {
             return Err(ConfigError(
                 "config key `registration.tokens` holds a token that is empty, longer than 64 characters or uses characters other than A-Z a-z 0-9 . _ ~ -; fix or remove it".to_owned(),
             ));
         }
+        let trusted_proxies = self.listen.trusted_proxies.iter().filter_map(|r| r.parse().ok()).collect();
         Ok(Settings {
+            trusted_proxies,
             sync_timeout_max: Duration::from_millis(self.limits.sync_timeout_max_ms),
             server_name,
             client_addr,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod listener;
 pub mod pdu;
 pub mod policy;
 pub mod service;
@@ -15,7 +16,7 @@ pub mod storage;
 pub mod tls;
 pub mod util;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use crate::{config::Settings, service::Services};
 
@@ -43,14 +44,20 @@ pub async fn serve_on(
     service::guests::spawn_scheduler(services.clone());
     service::housekeeping::spawn(services.clone());
     tokio::spawn(service::outbound::run(services.clone()));
-    let (stop_federation, federation_stopped) = tokio::sync::watch::channel(false);
+    let (stop_federation, mut federation_stopped) = tokio::sync::watch::channel(false);
+    let listen = &services.settings.raw.listen;
+    let timeouts = crate::listener::Timeouts { headers: listen.header_timeout, body: listen.body_timeout };
     if let Some(federation_addr) = services.settings.federation_addr {
         let acceptor = tls::acceptor(&services.settings)?;
         let listener = tokio::net::TcpListener::bind(federation_addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on {federation_addr} ({e}); set `listen.federation` to a free address")
         })?;
         tracing::info!("federation API on https://{}", listener.local_addr()?);
-        tokio::spawn(tls::serve(api::federation_router(services.clone()), listener, acceptor, federation_stopped));
+        let stopped = async move {
+            let _ = federation_stopped.changed().await;
+        };
+        let app = api::federation_router(services.clone());
+        tokio::spawn(crate::listener::serve(app, listener, Some(acceptor), timeouts, stopped));
     }
     tracing::info!(
         server_name = %services.settings.server_name,
@@ -58,9 +65,7 @@ pub async fn serve_on(
         services.settings.raw.database.path.display()
     );
     let app = api::router(services);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    crate::listener::serve(app, listener, None, timeouts, shutdown).await;
     let _ = stop_federation.send(true);
     tracing::info!("porch stopped");
     Ok(())

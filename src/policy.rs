@@ -35,13 +35,29 @@ pub enum Action<'a> {
     CreateGuestRoom,
     ManageLinks,
     EndRoom,
-    /// `open`: a public preset or custom join rules.
-    CreateRoom {
-        is_direct: bool,
-        invites: &'a [ruma::OwnedUserId],
-        open: bool,
+    /// A room as createRoom would make it.
+    CreateRoom(&'a crate::service::create_room::CreateRoom),
+    /// A state event other than `m.room.member` (memberships have their own actions).
+    SendState {
+        room_id: &'a RoomId,
+        event_type: &'a str,
+        state_key: &'a str,
     },
 }
+
+/// State a guest may set in a room they created (their direct chats):
+/// what makes the chat theirs, nothing that lets people in or hands out power.
+const GUEST_CREATOR_STATE: &[&str] =
+    &["m.room.name", "m.room.topic", "m.room.avatar", "m.room.encryption", "m.room.pinned_events"];
+
+/// State a guest may set in any of their rooms, as the power levels allow.
+const GUEST_STATE: &[&str] = &["m.room.pinned_events"];
+
+/// Call membership (Element Call): each participant sets their own, keyed by their id.
+const OWN_CALL_STATE: &[&str] = &["m.call.member", "org.matrix.msc3401.call.member"];
+
+/// createRoom keys a guest's direct chat may carry in `creation_content`.
+const GUEST_CREATION_CONTENT: &[&str] = &["m.federate"];
 
 /// Refuse `action` for this session if the policy says no.
 pub fn check(services: &Services, session: &Session, action: Action<'_>) -> Result<()> {
@@ -73,11 +89,78 @@ pub fn check(services: &Services, session: &Session, action: Action<'_>) -> Resu
             Some(MembershipState::Invite | MembershipState::Join) => Ok(()),
             _ => Err(Error::forbidden("Guests can only join rooms through a link or an invite.")),
         },
-        Action::CreateRoom { is_direct, invites, open } => match invites {
-            [other] if is_direct && !open && shares_room(services, user_id, other)? => Ok(()),
-            _ => Err(Error::forbidden("Guests can only open a direct chat with someone they share a room with.")),
-        },
+        Action::CreateRoom(room) => guest_direct_chat(services, user_id, room),
+        Action::SendState { room_id, event_type, state_key } => {
+            if GUEST_STATE.contains(&event_type) {
+                return Ok(());
+            }
+            if OWN_CALL_STATE.contains(&event_type)
+                && (state_key == user_id.as_str() || state_key.starts_with(&format!("_{user_id}")))
+            {
+                return Ok(());
+            }
+            if GUEST_CREATOR_STATE.contains(&event_type) && created_by(services, room_id, user_id)? {
+                return Ok(());
+            }
+            Err(Error::forbidden(format!(
+                "Guests cannot set {event_type} here: they may not open rooms to others, hand out power, or change \
+                 rooms they did not create."
+            )))
+        }
     }
+}
+
+/// A guest may create one kind of room: a private direct chat with one
+/// person they share a room with, that nobody else can enter.
+fn guest_direct_chat(
+    services: &Services,
+    user_id: &UserId,
+    room: &crate::service::create_room::CreateRoom,
+) -> Result<()> {
+    use ruma::api::client::room::create_room::v3::RoomPreset;
+    let refuse = |why: &str| Err(Error::forbidden(format!("Guests can only open a private direct chat: {why}")));
+    let [other] = room.invite.as_slice() else {
+        return refuse("invite exactly one person you share a room with.");
+    };
+    if !room.is_direct || !shares_room(services, user_id, other)? {
+        return refuse("invite exactly one person you share a room with, as a direct chat.");
+    }
+    if room.public || room.preset.as_ref().is_some_and(|p| *p == RoomPreset::PublicChat) {
+        return refuse("it cannot be public.");
+    }
+    if room.alias_localpart.is_some() {
+        return refuse("it cannot have an alias.");
+    }
+    if room.power_level_override.is_some() {
+        return refuse("its power levels cannot be changed.");
+    }
+    if let Some(key) =
+        room.creation_content.iter().flat_map(|c| c.keys()).find(|k| !GUEST_CREATION_CONTENT.contains(&k.as_str()))
+    {
+        return refuse(&format!("`{key}` cannot be set in its creation content."));
+    }
+    if let Some((kind, _, _)) = room.initial_state.iter().find(|(kind, _, _)| !GUEST_CREATOR_STATE.contains(&kind.as_str()))
+    {
+        return refuse(&format!("{kind} cannot be part of its initial state."));
+    }
+    Ok(())
+}
+
+/// Whether `user_id` created the room (sent its `m.room.create`).
+fn created_by(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+    Ok(services.rooms.current_state_pdu(room_id, "m.room.create", "")?.is_some_and(|create| create.sender == user_id))
+}
+
+/// [`check`] for a local account known by its id (paths that carry no session).
+pub fn check_user(services: &Services, user_id: &UserId, action: Action<'_>) -> Result<()> {
+    let Some(user) = services.users.get(user_id)? else {
+        return Err(Error::forbidden("This account does not exist here."));
+    };
+    if !user.kind.is_guest() {
+        return Ok(());
+    }
+    let device_id = ruma::OwnedDeviceId::from("POLICY");
+    check(services, &Session { user_id: user_id.to_owned(), device_id, user }, action)
 }
 
 /// Whether `a` and `b` are both joined to at least one room.

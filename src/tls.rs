@@ -1,14 +1,8 @@
 //! TLS for the federation listener: the configured certificate and key, or
 //! a self-signed pair made at first start (for development).
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
-use axum::{Router, extract::ConnectInfo};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto::Builder,
-    service::TowerToHyperService,
-};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
 
@@ -61,42 +55,4 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(bytes)
-}
-
-/// Accept TLS connections and serve `app` on them until `shutdown` fires.
-pub async fn serve(
-    app: Router,
-    listener: tokio::net::TcpListener,
-    acceptor: TlsAcceptor,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!("federation listener: accept failed: {err}");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            // A peer that fails the handshake is simply dropped.
-            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
-            let Ok(Ok(tls)) = handshake else { return };
-            let app = tower::ServiceExt::map_request(
-                app,
-                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                    request.map(axum::body::Body::new)
-                },
-            );
-            let service = TowerToHyperService::new(app);
-            if let Err(err) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await {
-                tracing::debug!(%peer, "federation connection ended: {err}");
-            }
-        });
-    }
 }

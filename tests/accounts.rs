@@ -115,8 +115,20 @@ async fn registration_tokens() {
 }
 
 #[tokio::test]
-async fn guest_registration_makes_temporary_account() {
+async fn guest_registration_is_off_by_default() {
     let s = TestServer::start().await;
+    let (status, body) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")), "{body}");
+    let (status, stats) = s.get("/_porch/admin/v1/stats", Some(&s.register_admin("boss").await.token)).await;
+    assert_eq!((status, stats["users"]["temporary"].as_u64()), (200, Some(0)), "no account was made: {stats}");
+}
+
+#[tokio::test]
+async fn guest_registration_makes_temporary_account() {
+    let s = TestServer::start_with(common::Options {
+        env: vec![("PORCH_REGISTRATION__ALLOW_GUESTS".into(), "true".into())],
+    })
+    .await;
     let (status, body) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
     assert_eq!(status, 200, "{body}");
     let token = body["access_token"].as_str().unwrap();

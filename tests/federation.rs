@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Options, TestServer, federating_server, free_port};
+use common::{Options, TestServer, federating_server, free_port, in_process_server, in_process_server_with};
 use ruma::{CanonicalJsonValue, serde::Base64, signatures::PublicKeyMap};
 use serde_json::Value;
 
@@ -190,34 +190,6 @@ async fn signed_requests_between_two_servers_and_forgeries_refused() {
 
 /// A porch running inside the test, so the test can send signed requests
 /// with its key, as a server would.
-async fn in_process_server() -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
-    in_process_server_with(|_| {}).await
-}
-
-async fn in_process_server_with(
-    adjust: impl FnOnce(&mut porch::config::Config),
-) -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut config = porch::config::Config { server_name: format!("localhost:{port}"), ..Default::default() };
-    config.listen.client = "127.0.0.1:0".into();
-    config.listen.federation = format!("127.0.0.1:{port}");
-    config.database.path = dir.path().join("db");
-    config.federation.verify_certificates = false;
-    adjust(&mut config);
-    let services = porch::service::Services::open(config.validate().unwrap()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(porch::serve_on(services.clone(), listener, std::future::pending()));
-    // The federation listener is up once its port answers.
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    (services, format!("localhost:{port}"), dir)
-}
-
 #[tokio::test]
 async fn device_lists_of_users_on_another_server() {
     use ruma::api::federation::device::get_devices;
@@ -638,7 +610,7 @@ async fn keys_of_an_unreachable_server_come_from_a_trusted_notary() {
     let (x, _, _dir) = in_process_server_with(move |c| c.federation.trusted_key_servers = vec![trusting]).await;
     let (y, _, _dir_y) = in_process_server().await;
     let b_server = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
-    let keys = x.federation.verify_keys(&b_server).await.expect("B's keys through the notary");
+    let keys = x.federation.verify_keys(&b_server, &[], None).await.expect("B's keys through the notary");
     let published: Vec<(String, String)> = b_keys["verify_keys"]
         .as_object()
         .unwrap()
@@ -647,6 +619,6 @@ async fn keys_of_an_unreachable_server_come_from_a_trusted_notary() {
         .collect();
     let got: Vec<(String, String)> = keys.iter().map(|(id, k)| (id.clone(), k.encode())).collect();
     assert_eq!(got, published, "the keys B published, vouched for by the notary");
-    let err = y.federation.verify_keys(&b_server).await.unwrap_err();
+    let err = y.federation.verify_keys(&b_server, &[], None).await.unwrap_err();
     assert_eq!(err.errcode.as_ref(), "DEV.PORCH.SERVER_UNREACHABLE", "without a notary: {}", err.message);
 }

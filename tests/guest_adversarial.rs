@@ -359,3 +359,136 @@ async fn tokens_cannot_be_guessed_or_reused() {
     assert!(limited, "guessing was never slowed down");
     assert!(w.link_token.len() >= 22, "at least 128 bits of token");
 }
+
+/// Every kind of state event a client can send, with content that would
+/// matter if it were accepted.
+fn every_state_event(w: &World) -> Vec<(&'static str, String, Value)> {
+    let g = &w.guest.user_id;
+    let o = &w.outsider.user_id;
+    vec![
+        ("m.room.join_rules", String::new(), json!({ "join_rule": "public" })),
+        ("m.room.guest_access", String::new(), json!({ "guest_access": "can_join" })),
+        ("m.room.history_visibility", String::new(), json!({ "history_visibility": "world_readable" })),
+        ("m.room.power_levels", String::new(), json!({ "users": { g.clone(): 100, o.clone(): 100 } })),
+        ("m.room.canonical_alias", String::new(), json!({ "alt_aliases": [] })),
+        ("m.room.aliases", "porch.test".into(), json!({ "aliases": ["#taken:porch.test"] })),
+        ("m.room.server_acl", String::new(), json!({ "allow": ["*"], "deny": [], "allow_ip_literals": true })),
+        ("m.room.tombstone", String::new(), json!({ "body": "moved", "replacement_room": w.other_room })),
+        (
+            "m.room.third_party_invite",
+            "sometoken".into(),
+            json!({ "display_name": "x…@example.org", "key_validity_url": "https://example.org/v", "public_key": "AAAA" }),
+        ),
+        ("m.room.create", String::new(), json!({ "room_version": "12" })),
+        ("m.space.child", w.other_room.clone(), json!({ "via": ["porch.test"] })),
+        ("m.space.parent", w.other_room.clone(), json!({ "via": ["porch.test"], "canonical": true })),
+        ("dev.porch.security_level", String::new(), json!({ "level": "public", "label": "Public", "color": "#2e7d32" })),
+        ("dev.porch.guest_room", String::new(), json!({ "ended": true })),
+        ("im.vector.modular.widgets", "w1".into(), json!({ "type": "m.custom", "url": "https://example.org" })),
+        ("org.example.anything", String::new(), json!({ "any": "thing" })),
+        ("m.room.name", String::new(), json!({ "name": "Eve's" })),
+        ("m.room.topic", String::new(), json!({ "topic": "mine" })),
+        ("m.room.avatar", String::new(), json!({ "url": "mxc://porch.test/abc" })),
+        ("m.room.encryption", String::new(), json!({ "algorithm": "m.megolm.v1.aes-sha2" })),
+        ("m.room.pinned_events", String::new(), json!({ "pinned": [] })),
+    ]
+}
+
+/// What a guest may set in a direct chat they opened: what makes it theirs.
+const DM_ALLOWED: &[&str] = &["m.room.name", "m.room.topic", "m.room.avatar", "m.room.encryption", "m.room.pinned_events"];
+
+#[tokio::test]
+async fn temporary_guests_cannot_open_their_direct_chats_or_hand_out_power() {
+    direct_chat_stays_closed(GuestKind::Temporary).await;
+}
+
+#[tokio::test]
+async fn external_guests_cannot_open_their_direct_chats_or_hand_out_power() {
+    direct_chat_stays_closed(GuestKind::External).await;
+}
+
+async fn direct_chat_stays_closed(kind: GuestKind) {
+    let w = world(kind).await;
+    let s = &w.s;
+    let g = &w.guest;
+    let (status, body) = s
+        .post("/_matrix/client/v3/createRoom", Some(&g.token), json!({ "is_direct": true, "invite": [w.alice.user_id] }))
+        .await;
+    assert_eq!(status, 200, "a DM with a co-member: {body}");
+    let dm = body["room_id"].as_str().unwrap().to_owned();
+    let alice_token = &w.guest.token;
+    let state_of = |room: String| async move {
+        let (_, state) = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), Some(alice_token)).await;
+        let mut ids: Vec<String> = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| !DM_ALLOWED.contains(&e["type"].as_str().unwrap()))
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let dm_before = state_of(dm.clone()).await;
+    let room_before = state_of(w.guest_room.clone()).await;
+
+    for (kind, state_key, content) in every_state_event(&w) {
+        let put = |room: &str| {
+            format!("/_matrix/client/v3/rooms/{}/state/{kind}/{}", enc(room), enc(&state_key))
+        };
+        let (status, body) = s.put(&put(&dm), Some(&g.token), content.clone()).await;
+        if DM_ALLOWED.contains(&kind) {
+            assert_eq!(status, 200, "{kind} in the guest's own DM: {body}");
+        } else {
+            assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{kind} in the DM: {body}");
+        }
+        let (status, body) = s.put(&put(&w.guest_room), Some(&g.token), content).await;
+        if kind == "m.room.pinned_events" {
+            assert_eq!(status, 200, "guests may pin in their rooms: {body}");
+        } else {
+            assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{kind} in the guest room: {body}");
+        }
+    }
+    assert_eq!(dm_before, state_of(dm.clone()).await, "the DM's state is what it was");
+    assert_eq!(room_before, state_of(w.guest_room.clone()).await, "the guest room's state is what it was");
+
+    // The attack itself: nobody who was not invited gets in.
+    let (status, body) = s.post(&format!("/_matrix/client/v3/join/{}", enc(&dm)), Some(&w.outsider.token), json!({})).await;
+    assert_eq!(status, 403, "an outsider joined the guest's DM: {body}");
+    // Nor can the DM be published, aliased or upgraded.
+    let (status, _) = s
+        .put(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&dm)), Some(&g.token), json!({ "visibility": "public" }))
+        .await;
+    assert_eq!(status, 403, "publish the DM");
+    let (status, _) = s
+        .put(&format!("/_matrix/client/v3/directory/room/{}", enc("#evedm:porch.test")), Some(&g.token), json!({ "room_id": dm }))
+        .await;
+    assert_eq!(status, 403, "alias the DM");
+    let (status, body) =
+        s.post(&format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&dm)), Some(&g.token), json!({ "new_version": "12" })).await;
+    assert!(status == 403 || status == 404, "upgrade the DM: {status} {body}");
+
+    // A DM made open (or powerful) from the start is refused whole: no room is made.
+    let (_, rooms_before) = s.get("/_matrix/client/v3/joined_rooms", Some(&g.token)).await;
+    let alice = w.alice.user_id.clone();
+    for (label, extra) in [
+        ("public preset", json!({ "preset": "public_chat" })),
+        ("public visibility", json!({ "visibility": "public" })),
+        ("alias", json!({ "room_alias_name": "evesden" })),
+        ("initial join rules", json!({ "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "public" } }] })),
+        ("initial guest access", json!({ "initial_state": [{ "type": "m.room.guest_access", "content": { "guest_access": "can_join" } }] })),
+        ("initial history", json!({ "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "world_readable" } }] })),
+        ("initial server ACL", json!({ "initial_state": [{ "type": "m.room.server_acl", "content": { "allow": ["*"] } }] })),
+        ("power override", json!({ "power_level_content_override": { "users": { w.outsider.user_id.clone(): 100 } } })),
+        ("extra creators", json!({ "creation_content": { "additional_creators": [w.outsider.user_id] } })),
+        ("a space", json!({ "creation_content": { "type": "m.space" } })),
+        ("a fake predecessor", json!({ "creation_content": { "predecessor": { "room_id": w.other_room } } })),
+    ] {
+        let mut body = json!({ "is_direct": true, "invite": [alice] });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, answer) = s.post("/_matrix/client/v3/createRoom", Some(&g.token), body).await;
+        assert_eq!((status, answer["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{label}: {answer}");
+    }
+    let (_, rooms_after) = s.get("/_matrix/client/v3/joined_rooms", Some(&g.token)).await;
+    assert_eq!(rooms_before, rooms_after, "no refused createRoom made a room");
+}

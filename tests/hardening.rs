@@ -147,7 +147,10 @@ async fn profile_changes_do_not_resend_rooms() {
 
 #[tokio::test]
 async fn guests_cannot_publish_or_alias_rooms_and_profiles_need_a_token() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(common::Options {
+        env: vec![("PORCH_REGISTRATION__ALLOW_GUESTS".into(), "true".into())],
+    })
+    .await;
     let alice = s.register("alice").await;
     let (_, guest) = s.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
     let guest_token = guest["access_token"].as_str().unwrap().to_owned();

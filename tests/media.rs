@@ -33,8 +33,16 @@ async fn upload_then_download_authenticated_and_legacy() {
     assert!(resp.headers()["content-disposition"].to_str().unwrap().starts_with("inline"));
     assert_eq!(resp.bytes().await.unwrap().to_vec(), png);
 
-    let resp = s.http.get(format!("{}/_matrix/media/v3/download/{server}/{media_id}", s.base)).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    // The unauthenticated legacy path serves nothing, with a token or without.
+    for token in [None, Some(&alice.token)] {
+        let mut req = s.http.get(format!("{}/_matrix/media/v3/download/{server}/{media_id}", s.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 404, "legacy download");
+        assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["errcode"], "M_NOT_FOUND");
+    }
     let resp = s
         .http
         .get(format!("{}/_matrix/client/v1/media/thumbnail/{server}/{media_id}?width=32&height=32", s.base))

@@ -10,6 +10,7 @@ use ruma::{
         device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version},
+        authenticated_media as media,
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
         membership::{
@@ -57,7 +58,43 @@ pub fn register(r: &mut Routes) {
         .ruma::<create_leave_event::v2::Request, _, _>(send_leave)
         .ruma::<prepare_knock_event::v1::Request, _, _>(make_knock)
         .ruma::<create_knock_event::v1::Request, _, _>(send_knock)
-        .ruma::<get_openid_userinfo::v1::Request, _, _>(openid_userinfo);
+        .ruma::<get_openid_userinfo::v1::Request, _, _>(openid_userinfo)
+        .ruma::<media::get_content::v1::Request, _, _>(media_download)
+        .ruma::<media::get_content_thumbnail::v1::Request, _, _>(media_thumbnail);
+}
+
+/// Our users' media for another server's users (authenticated media).
+async fn media_download(
+    state: AppState,
+    req: Ruma<media::get_content::v1::Request>,
+) -> Result<media::get_content::v1::Response> {
+    blocking(&state, move |s| {
+        let (record, bytes) = s.media.get(s.server_name(), &req.body.media_id)?;
+        let disposition = crate::api::client::media::disposition(&record, None);
+        let content = media::Content::new(bytes, record.content_type, disposition);
+        Ok(media::get_content::v1::Response::new(media::ContentMetadata::new(), media::FileOrLocation::File(content)))
+    })
+    .await
+}
+
+/// Thumbnails are the original image (porch does not scale images).
+async fn media_thumbnail(
+    state: AppState,
+    req: Ruma<media::get_content_thumbnail::v1::Request>,
+) -> Result<media::get_content_thumbnail::v1::Response> {
+    blocking(&state, move |s| {
+        let (record, bytes) = s.media.get(s.server_name(), &req.body.media_id)?;
+        if !record.content_type.starts_with("image/") {
+            return Err(Error::not_found("This media is not an image and has no thumbnail."));
+        }
+        let disposition = crate::api::client::media::disposition(&record, None);
+        let content = media::Content::new(bytes, record.content_type, disposition);
+        Ok(media::get_content_thumbnail::v1::Response::new(
+            media::ContentMetadata::new(),
+            media::FileOrLocation::File(content),
+        ))
+    })
+    .await
 }
 
 async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<create_invite::v2::Response> {
@@ -188,7 +225,8 @@ fn state_at_event(
     let state = s.rooms.state_at(meta.state_before)?;
     let ids: Vec<ruma::OwnedEventId> = state.values().cloned().collect();
     let chain = s.rooms.auth_chain(ids.iter().cloned())?;
-    let chain: Vec<ruma::OwnedEventId> = chain.into_iter().filter(|id| !state.values().any(|v| v == id)).collect();
+    let in_state: std::collections::HashSet<&ruma::OwnedEventId> = ids.iter().collect();
+    let chain: Vec<ruma::OwnedEventId> = chain.into_iter().filter(|id| !in_state.contains(id)).collect();
     Ok((ids, chain))
 }
 
@@ -417,8 +455,11 @@ async fn notary_query(
     state: AppState,
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> Result<get_remote_server_keys::v2::Response> {
+    state.key_query_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
     let valid_until = u64::from(req.body.minimum_valid_until_ts.get());
-    let keys = state.federation.notarised_keys(&req.body.server_name, valid_until).await?;
+    // A server we cannot vouch for gets an empty answer: nothing of what
+    // was found on the way goes back to the caller.
+    let keys = state.federation.notarised_keys(&req.body.server_name, valid_until).await.ok().flatten();
     let keys = keys.map(|k| serde_json::value::to_raw_value(&k).map(Raw::from_json)).transpose()?;
     Ok(get_remote_server_keys::v2::Response::new(keys.into_iter().collect()))
 }
@@ -429,6 +470,10 @@ async fn notary_batch(
 ) -> Result<get_remote_server_keys_batch::v2::Response> {
     if req.body.server_keys.len() > MAX_NOTARY_SERVERS {
         return Err(Error::bad_json(format!("Ask for at most {MAX_NOTARY_SERVERS} servers at once.")));
+    }
+    // Each server asked about takes a token: a batch is no way around the throttle.
+    for _ in 0..req.body.server_keys.len().max(1) {
+        state.key_query_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
     }
     let asks = req.body.server_keys.iter().map(|(server, criteria)| {
         let valid_until =

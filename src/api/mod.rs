@@ -39,6 +39,13 @@ use crate::{
 
 pub type AppState = Arc<Services>;
 
+/// The most a PDU may take, by the spec (its canonical JSON).
+pub const MAX_PDU_BYTES: usize = 65_536;
+
+/// The largest legal federation transaction: 50 PDUs and 100 EDUs of up to
+/// 64 KiB each, with room for the JSON around them.
+pub const MAX_TRANSACTION_BYTES: usize = (50 + 100) * MAX_PDU_BYTES + 64 * 1024;
+
 /// A parsed ruma request with who sent it.
 pub struct Ruma<T> {
     pub body: T,
@@ -69,8 +76,7 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self> {
         let (mut parts, body) = req.into_parts();
-        let ip =
-            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let ip = client_ip(&parts, &state.settings);
         let mut path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
             Ok(Path(args)) => args,
             Err(_) => Vec::new(),
@@ -81,15 +87,13 @@ where
         let limits = &state.settings.raw.limits;
         let limit = if TypeId::of::<T>() == TypeId::of::<ruma::api::client::media::create_content::v3::Request>() {
             limits.max_upload_bytes
+        } else if TypeId::of::<T>() == TypeId::of::<ruma::api::federation::transactions::send_transaction_message::v1::Request>() {
+            // The largest legal transaction must fit, whatever `max_request_bytes` says.
+            limits.max_request_bytes.max(MAX_TRANSACTION_BYTES)
         } else {
             limits.max_request_bytes
         };
-        let mut bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| {
-                Error::too_large(format!("The request body is larger than the {limit} bytes this server accepts."))
-            })?
-            .to_vec();
+        let mut bytes = crate::listener::read_body(body, limit, &state.settings).await?.to_vec();
         if bytes.is_empty() && parts.method != Method::GET && parts.method != Method::HEAD {
             bytes = b"{}".to_vec();
         }
@@ -130,6 +134,29 @@ where
         };
         Ok(Self { body, session, origin, ip })
     }
+}
+
+/// The address a request comes from, for rate limits: the socket's, or,
+/// when that is a trusted reverse proxy (`listen.trusted_proxies`), the
+/// nearest address in `X-Forwarded-For` that is not one of them.
+pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Settings) -> IpAddr {
+    let socket =
+        parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|range| range.contains(ip));
+    if !trusted(socket) {
+        return socket;
+    }
+    let mut client = socket;
+    let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+    let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else { break };
+        client = ip;
+        if !trusted(ip) {
+            break;
+        }
+    }
+    client
 }
 
 fn access_token(parts: &http::request::Parts) -> Option<String> {

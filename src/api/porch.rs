@@ -5,7 +5,7 @@
 
 use axum::{
     Json,
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State},
+    extract::{FromRequest, FromRequestParts, Path, Query, Request, State},
     routing::{delete, get, post, put},
 };
 use http::{Method, request::Parts};
@@ -77,9 +77,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self> {
         let limit = state.settings.raw.limits.max_request_bytes;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| Error::too_large("The request body is too large."))?;
+        let bytes = crate::listener::read_body(req.into_body(), limit, &state.settings).await?;
         let bytes = if bytes.is_empty() { &b"{}"[..] } else { &bytes[..] };
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| Error::not_json(format!("The body is not valid JSON: {e}")))?;
@@ -95,9 +93,8 @@ pub struct ClientIp(pub std::net::IpAddr);
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> std::result::Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-        Ok(Self(ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Self(crate::api::client_ip(parts, &state.settings)))
     }
 }
 

@@ -10,10 +10,12 @@ use serde_json::{Map, Value, json};
 use crate::{
     config::SUPPORTED_ROOM_VERSIONS,
     error::{Error, Result},
-    service::{Services, directory, membership, rooms::NewEvent},
+    policy::{self, Action},
+    service::{Services, directory, membership, ratelimit::UserAction, rooms::NewEvent, users::Session},
 };
 
 /// What a client asked for, already parsed.
+#[derive(Debug)]
 pub struct CreateRoom {
     pub version: Option<RoomVersionId>,
     pub creation_content: Option<Map<String, Value>>,
@@ -31,7 +33,23 @@ pub struct CreateRoom {
     pub alias_localpart: Option<String>,
 }
 
-pub fn create(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
+/// createRoom for a signed-in user: the guest policy and the per-user
+/// limit decide first.
+pub fn create(s: &Services, session: &Session, req: CreateRoom) -> Result<OwnedRoomId> {
+    policy::check(s, session, Action::CreateRoom(&req))?;
+    if req.public {
+        policy::check(s, session, Action::PublishRoom)?;
+    }
+    if req.alias_localpart.is_some() {
+        policy::check(s, session, Action::ManageAliases)?;
+    }
+    s.user_limits.check(&session.user_id, UserAction::CreateRoom)?;
+    create_as(s, &session.user_id, req)
+}
+
+/// Make the room, `creator` sending its first events; the caller has
+/// decided that they may (a guest room's creator, checked by `guests`).
+pub(crate) fn create_as(s: &Services, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
     let version = req.version.clone().unwrap_or_else(|| s.settings.default_room_version.clone());
     if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
         return Err(Error::unsupported_room_version(format!(

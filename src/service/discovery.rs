@@ -22,6 +22,8 @@ use hickory_resolver::{
 };
 use ruma::{OwnedServerName, ServerName};
 
+use crate::service::address_guard::{AddressGuard, Refused};
+
 const FOUND_FOR: Duration = Duration::from_secs(3600);
 const NOT_FOUND_FOR: Duration = Duration::from_secs(600);
 const CACHE_KEPT: usize = 50_000;
@@ -34,11 +36,13 @@ pub struct Dns {
     resolver: Option<TokioResolver>,
     /// Server name (as a host) → the SRV target host to connect to instead.
     srv_targets: Mutex<HashMap<String, String>>,
+    /// Addresses a name resolves to are kept only if the guard permits them.
+    guard: Arc<AddressGuard>,
 }
 
 impl Dns {
     /// `servers`: `ip:port` of name servers to ask; empty for the system's.
-    pub fn new(servers: &[SocketAddr]) -> anyhow::Result<Arc<Self>> {
+    pub fn new(servers: &[SocketAddr], guard: Arc<AddressGuard>) -> anyhow::Result<Arc<Self>> {
         let builder = if servers.is_empty() {
             match TokioResolver::builder_tokio() {
                 Ok(builder) => builder,
@@ -47,7 +51,7 @@ impl Dns {
                         "cannot read the system's DNS configuration ({e}): other servers' SRV records will not be \
                          used; set `federation.dns_servers` to use them"
                     );
-                    return Ok(Arc::new(Self { resolver: None, srv_targets: Mutex::new(HashMap::new()) }));
+                    return Ok(Arc::new(Self { resolver: None, srv_targets: Mutex::new(HashMap::new()), guard }));
                 }
             }
         } else {
@@ -72,7 +76,7 @@ impl Dns {
             )
         };
         let resolver = builder.build().map_err(|e| anyhow::anyhow!("cannot set up DNS resolution: {e}"))?;
-        Ok(Arc::new(Self { resolver: Some(resolver), srv_targets: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self { resolver: Some(resolver), srv_targets: Mutex::new(HashMap::new()), guard }))
     }
 
     async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, String> {
@@ -116,6 +120,11 @@ impl reqwest::dns::Resolve for Resolver {
                 None
             };
             let ips = dns.lookup_ip(target.as_deref().unwrap_or(&host)).await?;
+            let found = ips.len();
+            let ips: Vec<IpAddr> = ips.into_iter().filter(|ip| dns.guard.permits(*ip)).collect();
+            if ips.is_empty() {
+                return Err(if found == 0 { "the name has no address".into() } else { Box::new(Refused) as _ });
+            }
             // The URL's port replaces this one.
             let addrs: reqwest::dns::Addrs = Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
@@ -134,12 +143,16 @@ pub struct Discovery {
     dns: Arc<Dns>,
     /// For `.well-known`: plain name resolution, never an SRV target.
     well_known: reqwest::Client,
+    guard: Arc<AddressGuard>,
     cache: Mutex<HashMap<OwnedServerName, (Destination, Instant)>>,
 }
 
+/// The most a `.well-known/matrix/server` answer may take.
+const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
+
 impl Discovery {
-    pub fn new(dns: Arc<Dns>, well_known: reqwest::Client) -> Self {
-        Self { dns, well_known, cache: Mutex::new(HashMap::new()) }
+    pub fn new(dns: Arc<Dns>, well_known: reqwest::Client, guard: Arc<AddressGuard>) -> Self {
+        Self { dns, well_known, guard, cache: Mutex::new(HashMap::new()) }
     }
 
     pub async fn destination(&self, server: &ServerName) -> Destination {
@@ -204,12 +217,14 @@ impl Discovery {
     }
 
     async fn well_known(&self, server: &ServerName) -> Option<OwnedServerName> {
-        let url = format!("https://{server}/.well-known/matrix/server");
-        let response = self.well_known.get(&url).timeout(Duration::from_secs(10)).send().await.ok()?;
+        let url = url::Url::parse(&format!("https://{server}/.well-known/matrix/server")).ok()?;
+        self.guard.check_url(&url).ok()?;
+        let response = self.well_known.get(url).timeout(Duration::from_secs(10)).send().await.ok()?;
         if !response.status().is_success() {
             return None;
         }
-        let body = response.json::<serde_json::Value>().await.ok()?;
+        let bytes = crate::service::federation::read_bounded(response, MAX_WELL_KNOWN_BYTES).await.ok()?;
+        let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
         OwnedServerName::try_from(body["m.server"].as_str()?).ok()
     }
 }
@@ -221,8 +236,9 @@ mod tests {
     #[tokio::test]
     async fn explicit_ports_and_ip_literals_are_used_as_given() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dns = Dns::new(&["127.0.0.1:9".parse().unwrap()]).unwrap();
-        let discovery = Discovery::new(dns, reqwest::Client::new());
+        let guard = Arc::new(AddressGuard::new(&[], &[]).unwrap());
+        let dns = Dns::new(&["127.0.0.1:9".parse().unwrap()], guard.clone()).unwrap();
+        let discovery = Discovery::new(dns, reqwest::Client::new(), guard);
         for (server, url) in [
             ("example.org:1234", "https://example.org:1234"),
             ("1.2.3.4", "https://1.2.3.4:8448"),

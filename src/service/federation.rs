@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::Settings,
     error::{Error, Result},
-    service::discovery::{self, Discovery, Dns},
+    service::{
+        address_guard::AddressGuard,
+        discovery::{self, Discovery, Dns},
+    },
     signing::SigningKey,
     storage::{Cf, Db},
     util,
@@ -34,6 +37,11 @@ use crate::{
 struct CachedKeys {
     keys: BTreeMap<String, String>,
     valid_until: u64,
+    /// Keys the server used before: key id → (key, until when it signed).
+    /// They verify events sent before then (`old_verify_keys`, and keys
+    /// that left `verify_keys` since we last fetched).
+    #[serde(default)]
+    old_keys: BTreeMap<String, (String, u64)>,
     /// The server's own signed key object, handed on by the key notary.
     #[serde(default)]
     signed: Option<serde_json::Value>,
@@ -41,6 +49,9 @@ struct CachedKeys {
 
 /// Keys still valid are fetched again at most this often.
 const REFETCH_AFTER: Duration = Duration::from_secs(300);
+/// A server whose signature names a key id we do not know is asked again
+/// at most this often (it may have rotated its key).
+const UNKNOWN_KEY_REFETCH_AFTER: Duration = Duration::from_secs(30);
 
 /// How long other servers may cache our keys.
 const KEY_VALIDITY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -51,19 +62,70 @@ pub struct Federation {
     server_name: OwnedServerName,
     http: reqwest::Client,
     discovery: Discovery,
+    guard: Arc<AddressGuard>,
     keys: Mutex<HashMap<OwnedServerName, CachedKeys>>,
     /// Notaries asked for a server's keys when the server cannot be.
     trusted_key_servers: Vec<OwnedServerName>,
     /// When still-valid keys were last fetched again, per server.
     fetched_at: Mutex<HashMap<OwnedServerName, std::time::Instant>>,
+    /// When keys were last fetched for an unknown key id, per server.
+    unknown_key_fetched_at: Mutex<HashMap<OwnedServerName, std::time::Instant>>,
 }
 
+/// The caller learns that `server` could not be reached, never what was
+/// found on the way (a caller may name any host): the detail goes to the log.
 fn unreachable(server: &ServerName, why: impl std::fmt::Display) -> Error {
+    tracing::info!(%server, "cannot reach the server: {why}");
     Error::new(
         http::StatusCode::BAD_GATEWAY,
         "DEV.PORCH.SERVER_UNREACHABLE",
-        format!("{server} cannot be reached: {why}"),
+        format!("{server} cannot be reached, or did not answer as a Matrix server."),
     )
+}
+
+/// The most a federation answer may take (a `send_join` of a large room is the largest).
+const MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
+/// The most a key answer may take.
+const MAX_KEY_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Redirects followed at most (for `.well-known`; each hop is checked by the guard).
+const MAX_REDIRECTS: usize = 5;
+
+/// Read a response body, refusing more than `limit` bytes.
+pub async fn read_bounded(mut response: reqwest::Response, limit: usize) -> std::result::Result<bytes::Bytes, String> {
+    if response.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(format!("the answer is larger than {limit} bytes"));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// An HTTP client whose every connection passes `guard`: names resolve
+/// through it (see `discovery::Resolver`), address literals and redirect
+/// targets are checked before connecting.
+pub fn guarded_client(
+    guard: &Arc<AddressGuard>,
+    builder: reqwest::ClientBuilder,
+    resolver: discovery::Resolver,
+) -> reqwest::Result<reqwest::Client> {
+    let redirect_guard = guard.clone();
+    builder
+        .dns_resolver(resolver)
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else if redirect_guard.check_url(attempt.url()).is_err() {
+                attempt.error(crate::service::address_guard::Refused)
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
 }
 
 impl Federation {
@@ -78,7 +140,11 @@ impl Federation {
                 )
             })?);
         }
-        let dns = Dns::new(&name_servers)?;
+        let guard = Arc::new(
+            AddressGuard::new(&settings.raw.outbound.ip_range_denylist, &settings.raw.outbound.ip_range_allowlist)
+                .map_err(|why| anyhow::anyhow!("`outbound` holds {why}"))?,
+        );
+        let dns = Dns::new(&name_servers, guard.clone())?;
         let mut trusted_key_servers = Vec::new();
         for server in &fed.trusted_key_servers {
             trusted_key_servers.push(OwnedServerName::try_from(server.as_str()).map_err(|_| {
@@ -106,25 +172,26 @@ impl Federation {
             let mut builder = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .connect_timeout(Duration::from_secs(10))
-                .user_agent(concat!("porch/", env!("CARGO_PKG_VERSION")))
-                .dns_resolver(discovery::Resolver { dns: dns.clone(), follow_srv });
+                .user_agent(concat!("porch/", env!("CARGO_PKG_VERSION")));
             if let Some(ca) = &trusted_ca {
                 builder = builder.add_root_certificate(ca.clone());
             }
             if !fed.verify_certificates {
                 builder = builder.danger_accept_invalid_certs(true);
             }
-            builder.build()
+            guarded_client(&guard, builder, discovery::Resolver { dns: dns.clone(), follow_srv })
         };
         Ok(Self {
             db,
             signing,
             server_name: settings.server_name.clone(),
             http: client(true)?,
-            discovery: Discovery::new(dns.clone(), client(false)?),
+            discovery: Discovery::new(dns.clone(), client(false)?, guard.clone()),
+            guard,
             keys: Mutex::new(HashMap::new()),
             trusted_key_servers,
             fetched_at: Mutex::new(HashMap::new()),
+            unknown_key_fetched_at: Mutex::new(HashMap::new()),
         })
     }
 
@@ -146,14 +213,11 @@ impl Federation {
             .map_err(|e| Error::internal(format!("building a federation request: {e}")))?;
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, body.freeze());
-        let response = self
-            .http
-            .execute(reqwest::Request::try_from(request).map_err(Error::internal)?)
-            .await
-            .map_err(|e| unreachable(destination, e))?;
+        let request = reqwest::Request::try_from(request).map_err(Error::internal)?;
+        let response = self.execute(destination, request).await?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| unreachable(destination, e))?;
+        let bytes = read_bounded(response, MAX_RESPONSE_BYTES).await.map_err(|e| unreachable(destination, e))?;
         if matches!(status.as_u16(), 400 | 403 | 404) {
             // The other server's refusal is passed on, naming it (other
             // statuses, such as its 401, would mislead our client: 502 below).
@@ -181,6 +245,20 @@ impl Federation {
         })
     }
 
+    /// Send a request to `server` once the guard allows its address.
+    async fn execute(&self, server: &ServerName, request: reqwest::Request) -> Result<reqwest::Response> {
+        self.guard.check_url(request.url()).map_err(|e| unreachable(server, e))?;
+        self.http.execute(request).await.map_err(|e| unreachable(server, e))
+    }
+
+    /// A GET or POST of JSON (keys), bounded in size.
+    async fn fetch_json(&self, server: &ServerName, request: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+        let request = request.build().map_err(|e| unreachable(server, e))?;
+        let response = self.execute(server, request).await?;
+        let bytes = read_bounded(response, MAX_KEY_RESPONSE_BYTES).await.map_err(|e| unreachable(server, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| unreachable(server, format!("its answer is not JSON ({e})")))
+    }
+
     /// Our keys as `/_matrix/key/v2/server` publishes them, signed.
     pub fn own_keys(&self) -> Result<CanonicalJsonObject> {
         use ruma::api::federation::discovery::{ServerSigningKeys, VerifyKey};
@@ -202,12 +280,58 @@ impl Federation {
 
     /// A server's verify keys: cached while valid, else fetched from the
     /// server itself and checked against its own signature.
-    pub async fn verify_keys(&self, server: &ServerName) -> Result<PublicKeySet> {
+    ///
+    /// `key_ids` are the keys a signature names: one we do not know makes us
+    /// ask the server again (rate-limited), as it may have rotated its key.
+    /// `signed_at` (an event's `origin_server_ts`) admits the server's old
+    /// keys that were still in use then.
+    pub async fn verify_keys(
+        &self,
+        server: &ServerName,
+        key_ids: &[String],
+        signed_at: Option<u64>,
+    ) -> Result<PublicKeySet> {
         if server == self.server_name {
             let own = Base64::new(self.signing.key_pair.public_key().to_vec());
             return Ok(BTreeMap::from([(self.signing.key_id(), own)]));
         }
-        to_key_set(&self.cached_keys(server, util::now_ms()).await?)
+        let mut cached = self.cached_keys(server, util::now_ms()).await?;
+        let knows = |cached: &CachedKeys, id: &String| {
+            cached.keys.contains_key(id)
+                || cached.old_keys.get(id).is_some_and(|(_, until)| signed_at.is_some_and(|at| at <= *until))
+        };
+        if key_ids.iter().any(|id| !knows(&cached, id)) && self.may_refetch_for_unknown_key(server) {
+            tracing::info!(%server, ?key_ids, "a signature names a key we do not know: fetching the server's keys again");
+            match self.refetch(server).await {
+                Ok(fresh) => cached = fresh,
+                Err(err) => tracing::info!(%server, "could not fetch the keys again: {}", err.message),
+            }
+        }
+        let mut set = to_key_set(&cached)?;
+        if let Some(at) = signed_at {
+            for (id, (key, until)) in &cached.old_keys {
+                if at <= *until && !set.contains_key(id) {
+                    set.insert(
+                        id.clone(),
+                        Base64::parse(key).map_err(|e| Error::forbidden(format!("a published key is not base64: {e}")))?,
+                    );
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    fn may_refetch_for_unknown_key(&self, server: &ServerName) -> bool {
+        let mut fetched = self.unknown_key_fetched_at.lock().expect("fetch times poisoned");
+        let now = std::time::Instant::now();
+        if fetched.get(server).is_some_and(|at| now.duration_since(*at) < UNKNOWN_KEY_REFETCH_AFTER) {
+            return false;
+        }
+        if fetched.len() >= 10_000 {
+            fetched.retain(|_, at| now.duration_since(*at) < UNKNOWN_KEY_REFETCH_AFTER);
+        }
+        fetched.insert(server.to_owned(), now);
+        true
     }
 
     /// As a key notary: `server`'s signed keys, valid at least until
@@ -252,6 +376,13 @@ impl Federation {
         {
             return Ok(cached);
         }
+        self.refetch(server).await
+    }
+
+    /// Fresh keys from the server (else the trusted notaries), merged with
+    /// what we had: keys it no longer lists stay as old keys.
+    async fn refetch(&self, server: &ServerName) -> Result<CachedKeys> {
+        let stored = self.stored_keys(server)?;
         let fetched = match self.keys_from_server(server).await {
             Ok(cached) => Ok(cached),
             Err(err) => {
@@ -269,6 +400,17 @@ impl Federation {
                 found
             }
         }?;
+        let mut fetched = fetched;
+        if let Some(previous) = stored {
+            for (id, old) in previous.old_keys {
+                fetched.old_keys.entry(id).or_insert(old);
+            }
+            for (id, key) in previous.keys {
+                if !fetched.keys.contains_key(&id) {
+                    fetched.old_keys.entry(id).or_insert((key, previous.valid_until));
+                }
+            }
+        }
         self.db.put_json(Cf::ServerKeys, server.as_bytes(), &fetched)?;
         self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), fetched.clone());
         Ok(fetched)
@@ -290,10 +432,7 @@ impl Federation {
     /// `/_matrix/key/v2/server` of the server itself.
     async fn keys_from_server(&self, server: &ServerName) -> Result<CachedKeys> {
         let base = self.base_url(server).await?;
-        let response =
-            self.http.get(format!("{base}/_matrix/key/v2/server")).send().await.map_err(|e| unreachable(server, e))?;
-        let body: serde_json::Value =
-            response.json().await.map_err(|e| unreachable(server, format!("its keys are not JSON ({e})")))?;
+        let body = self.fetch_json(server, self.http.get(format!("{base}/_matrix/key/v2/server"))).await?;
         self_signed_keys(server, body)
     }
 
@@ -301,15 +440,11 @@ impl Federation {
     /// itself and by the notary, whose own keys we fetch from it directly.
     async fn keys_from_notary(&self, notary: &ServerName, server: &ServerName) -> Result<CachedKeys> {
         let base = self.base_url(notary).await?;
-        let response = self
+        let request = self
             .http
             .post(format!("{base}/_matrix/key/v2/query"))
-            .json(&serde_json::json!({ "server_keys": { server.as_str(): {} } }))
-            .send()
-            .await
-            .map_err(|e| unreachable(notary, e))?;
-        let body: serde_json::Value =
-            response.json().await.map_err(|e| unreachable(notary, format!("its answer is not JSON ({e})")))?;
+            .json(&serde_json::json!({ "server_keys": { server.as_str(): {} } }));
+        let body = self.fetch_json(notary, request).await?;
         let Some(keys) = body["server_keys"]
             .as_array()
             .and_then(|all| all.iter().find(|k| k["server_name"].as_str() == Some(server.as_str())))
@@ -346,9 +481,20 @@ impl Federation {
             .map_err(|e| Error::bad_json(format!("The event is malformed: {e}")))?;
         let servers = ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
             .map_err(|e| Error::bad_json(format!("The event does not say who must sign it: {e}")))?;
+        let signed_at = match object.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).ok(),
+            _ => None,
+        };
         let mut key_map = PublicKeyMap::new();
         for server in servers {
-            key_map.insert(server.to_string(), self.verify_keys(&server).await?);
+            let key_ids: Vec<String> = match object.get("signatures") {
+                Some(CanonicalJsonValue::Object(by_server)) => match by_server.get(server.as_str()) {
+                    Some(CanonicalJsonValue::Object(keys)) => keys.keys().cloned().collect(),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            key_map.insert(server.to_string(), self.verify_keys(&server, &key_ids, signed_at).await?);
         }
         let verified = ruma::signatures::verify_event(&key_map, &object, &rules)
             .map_err(|e| Error::forbidden(format!("The event's signatures do not verify: {e}")))?;
@@ -372,7 +518,7 @@ impl Federation {
         if x_matrix.origin == self.server_name {
             return Err(unauthorized("Requests cannot claim to come from this server.".to_owned()));
         }
-        let keys = self.verify_keys(&x_matrix.origin).await?;
+        let keys = self.verify_keys(&x_matrix.origin, &[x_matrix.key.to_string()], None).await?;
         let key_map: PublicKeyMap = BTreeMap::from([(x_matrix.origin.to_string(), keys)]);
         x_matrix
             .verify_http_request(request, &self.server_name, &key_map)
@@ -392,11 +538,18 @@ fn self_signed_keys(server: &ServerName, body: serde_json::Value) -> Result<Cach
             keys.insert(key_id.clone(), key.to_owned());
         }
     }
+    let mut old_keys = BTreeMap::new();
+    for (key_id, key) in body["old_verify_keys"].as_object().into_iter().flatten() {
+        if let (Some(public), Some(expired)) = (key["key"].as_str(), key["expired_ts"].as_u64()) {
+            old_keys.insert(key_id.clone(), (public.to_owned(), expired));
+        }
+    }
     let object = only_signed_by(&body, server)?;
     let now = util::now_ms();
     let cached = CachedKeys {
         keys,
         valid_until: body["valid_until_ts"].as_u64().unwrap_or(0).min(now + 7 * 24 * 3600 * 1000),
+        old_keys,
         signed: Some(body),
     };
     let key_map: PublicKeyMap = BTreeMap::from([(server.to_string(), to_key_set(&cached)?)]);

@@ -263,7 +263,7 @@ pub fn create(s: &Services, session: &Session, req: NewGuestRoom) -> Result<(Own
             "m.room.history_visibility": 100, "m.room.encryption": 100, "m.room.tombstone": 100
         }
     });
-    let room_id = create_room::create(
+    let room_id = create_room::create_as(
         s,
         &session.user_id,
         CreateRoom {
@@ -600,7 +600,7 @@ pub fn end(s: &Services, room_id: &RoomId) -> Result<GuestRoom> {
             && let Some(moderator) = &moderator
             && moderator != user_id
         {
-            let kicked = membership::moderate(
+            let kicked = membership::moderate_as(
                 s,
                 room_id,
                 moderator,

@@ -4,7 +4,9 @@
 //! against its auth events (fetched when missing) and against the state
 //! before it (filling gaps with `get_missing_events`, then `state_ids`),
 //! and then placed by [`Rooms::append_remote`], which soft-fails what the
-//! current state forbids. One room's events are handled one at a time.
+//! current state forbids. No lock is held while another server is asked
+//! for anything: placing is serialised (and idempotent) in `Rooms`, so a
+//! slow or hostile participant cannot hold a room.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -39,7 +41,6 @@ const CONCURRENT_FETCHES: usize = 8;
 
 #[derive(Default)]
 pub struct Inbound {
-    room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     /// The last transactions each server sent and what we answered: a
     /// retried one (its answer lost) is answered again, not replayed, so
     /// to-device messages in it are not delivered twice.
@@ -53,18 +54,10 @@ type Results = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
 /// Transactions remembered per server.
 const RECENT_TRANSACTIONS: usize = 16;
-/// Above this many room (or server) locks, the unused ones are dropped.
+/// Above this many server locks, the unused ones are dropped.
 const ROOM_LOCKS_KEPT: usize = 1024;
 
 impl Inbound {
-    pub(crate) fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.room_locks.lock().expect("inbound locks poisoned");
-        if locks.len() > ROOM_LOCKS_KEPT {
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        locks.entry(room_id.to_owned()).or_default().clone()
-    }
-
     fn answered(&self, origin: &ServerName, txn_id: &str) -> Option<Results> {
         let recent = self.recent.lock().expect("recent transactions poisoned");
         recent.get(origin)?.iter().find(|(id, _)| id == txn_id).map(|(_, results)| results.clone())
@@ -159,9 +152,10 @@ async fn incoming_pdu(
     if let Some(err) = denied {
         return Some((event_id, Err(err.message)));
     }
-    let lock = s.inbound.room_lock(&room_id);
-    let _guard = lock.lock().await;
-    // A slow or hostile peer holds this room's lock no longer than this.
+    if serde_json::to_string(&object).map_or(true, |json| json.len() > crate::api::MAX_PDU_BYTES) {
+        return Some((event_id, Err(format!("The event is larger than {} bytes.", crate::api::MAX_PDU_BYTES))));
+    }
+    // A slow or hostile peer keeps this PDU (never the room) no longer than this.
     let received = tokio::time::timeout(PDU_DEADLINE, receive(s, origin, &room_id, &record.version, object, true))
         .await
         .unwrap_or_else(|_| {

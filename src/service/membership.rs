@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     error::{Error, Result},
-    service::{Services, rooms::NewEvent},
+    policy::{self, Action},
+    service::{Services, ratelimit::UserAction, rooms::NewEvent, users::Session},
 };
 
 /// The content of a member event for a local user, with their profile and guest marker.
@@ -46,9 +47,20 @@ fn member_event(target: &UserId, content: Map<String, Value>) -> NewEvent {
     NewEvent::state(TimelineEventType::RoomMember, target.as_str(), Value::Object(content))
 }
 
+/// A signed-in user joins a room this server knows, if the guest policy allows.
+pub fn join(services: &Services, session: &Session, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedEventId> {
+    policy::check(services, session, Action::Join { room_id })?;
+    join_as(services, room_id, &session.user_id, reason)
+}
+
 /// Join a room this server knows. Restricted rooms are authorised by a
 /// local member who may invite.
-pub fn join(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Option<&str>) -> Result<OwnedEventId> {
+pub(crate) fn join_as(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+    reason: Option<&str>,
+) -> Result<OwnedEventId> {
     let Some(record) = services.rooms.room(room_id)? else {
         return Err(Error::not_found("This room is not known to this server."));
     };
@@ -145,7 +157,23 @@ fn allowed_by_membership(services: &Services, state: &crate::pdu::StateMap, user
     Ok(false)
 }
 
+/// A signed-in user invites a user of this server, if the guest policy and
+/// the per-user limit allow (other servers' users: `remote_invite::invite_user`).
 pub fn invite(
+    services: &Services,
+    session: &Session,
+    room_id: &RoomId,
+    target: &UserId,
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Result<OwnedEventId> {
+    policy::check(services, session, Action::Invite)?;
+    services.user_limits.check(&session.user_id, UserAction::Invite)?;
+    invite_as(services, room_id, &session.user_id, target, reason, is_direct)
+}
+
+/// `sender` invites a user of this server; the caller decided they may.
+pub(crate) fn invite_as(
     services: &Services,
     room_id: &RoomId,
     sender: &UserId,
@@ -191,8 +219,28 @@ pub fn leave(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Op
     Ok(())
 }
 
-/// Kick, ban or unban `target`. Power is checked by the room's auth rules.
+/// A signed-in user kicks, bans or unbans `target`: guests never may,
+/// whatever the power levels say; for others the room's auth rules decide.
 pub fn moderate(
+    services: &Services,
+    session: &Session,
+    room_id: &RoomId,
+    target: &UserId,
+    action: Moderation,
+    reason: Option<&str>,
+) -> Result<()> {
+    let asked = match action {
+        Moderation::Kick => Action::Kick,
+        Moderation::Ban => Action::Ban,
+        Moderation::Unban => Action::Unban,
+    };
+    policy::check(services, session, asked)?;
+    moderate_as(services, room_id, &session.user_id, target, action, reason)
+}
+
+/// Kick, ban or unban `target` as `sender` (ending a guest room). Power is
+/// checked by the room's auth rules.
+pub(crate) fn moderate_as(
     services: &Services,
     room_id: &RoomId,
     sender: &UserId,
@@ -235,7 +283,10 @@ pub enum Moderation {
     Unban,
 }
 
-pub fn knock(services: &Services, room_id: &RoomId, user_id: &UserId, reason: Option<&str>) -> Result<()> {
+/// A signed-in user knocks on a room this server holds.
+pub fn knock(services: &Services, session: &Session, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+    policy::check(services, session, Action::Knock)?;
+    let user_id = &session.user_id;
     if !services.rooms.exists(room_id)? {
         return Err(Error::not_found("This room is not known to this server."));
     }

@@ -4,11 +4,13 @@
 pub mod account_data;
 pub mod accounts;
 pub mod acl;
+pub mod address_guard;
 pub mod backfill;
 pub mod create_room;
 pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
+pub mod events;
 pub mod federation;
 pub mod guests;
 pub mod history;
@@ -57,6 +59,10 @@ pub struct Services {
     pub login_limiter: ratelimit::RateLimiter,
     pub register_limiter: ratelimit::RateLimiter,
     pub federation_limiter: ratelimit::RateLimiter<ruma::OwnedServerName>,
+    /// Per client address: servers asked about through the key notary.
+    pub key_query_limiter: ratelimit::RateLimiter,
+    /// Per user: events, room creations, invites, uploads.
+    pub user_limits: ratelimit::UserLimits,
 }
 
 impl Services {
@@ -108,6 +114,8 @@ impl Services {
                 limits.federation_transactions_per_second,
                 limits.federation_transactions_burst,
             ),
+            key_query_limiter: ratelimit::RateLimiter::new(limits.key_queries_per_second, limits.key_queries_burst),
+            user_limits: ratelimit::UserLimits::new(limits),
             settings,
             db,
             signing,

@@ -34,3 +34,42 @@ impl<K: Hash + Eq> RateLimiter<K> {
         }
     }
 }
+
+/// What a user does that is limited per user (`rate_limits.*`), whatever
+/// address they come from.
+#[derive(Clone, Copy, Debug)]
+pub enum UserAction {
+    SendEvent,
+    CreateRoom,
+    Invite,
+    Upload,
+}
+
+pub struct UserLimits {
+    events: RateLimiter<ruma::OwnedUserId>,
+    room_creations: RateLimiter<ruma::OwnedUserId>,
+    invites: RateLimiter<ruma::OwnedUserId>,
+    uploads: RateLimiter<ruma::OwnedUserId>,
+}
+
+impl UserLimits {
+    pub fn new(limits: &crate::config::RateLimits) -> Self {
+        Self {
+            events: RateLimiter::new(limits.events_per_second, limits.events_burst),
+            room_creations: RateLimiter::new(limits.room_creations_per_second, limits.room_creations_burst),
+            invites: RateLimiter::new(limits.invites_per_second, limits.invites_burst),
+            uploads: RateLimiter::new(limits.uploads_per_second, limits.uploads_burst),
+        }
+    }
+
+    /// Take one token for `user` doing `action`; 429 `M_LIMIT_EXCEEDED` when over.
+    pub fn check(&self, user: &ruma::UserId, action: UserAction) -> crate::error::Result<()> {
+        let limiter = match action {
+            UserAction::SendEvent => &self.events,
+            UserAction::CreateRoom => &self.room_creations,
+            UserAction::Invite => &self.invites,
+            UserAction::Upload => &self.uploads,
+        };
+        limiter.check(user.to_owned()).map_err(crate::error::Error::limit_exceeded)
+    }
+}

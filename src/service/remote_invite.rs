@@ -15,6 +15,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
+use crate::service::users::Session;
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, StoredPdu},
@@ -55,9 +56,30 @@ pub fn pending_invite(
     Ok(remote_invite(s, &record.event_id)?.map(|invite| (record.event_id, invite)))
 }
 
-/// Invite anyone: a local user by appending the invite, another server's
-/// user through that server (see [`invite`]). Every invite path goes here.
+/// A signed-in user invites anyone: the guest policy and the per-user
+/// limit decide, then [`invite_user_as`]. Every client invite path goes here.
 pub async fn invite_user(
+    s: &Arc<Services>,
+    session: &Session,
+    room_id: &RoomId,
+    target: &UserId,
+    reason: Option<String>,
+    is_direct: bool,
+) -> Result<OwnedEventId> {
+    let checked = session.clone();
+    blocking(s, move |s| {
+        crate::policy::check(s, &checked, crate::policy::Action::Invite)?;
+        s.user_limits.check(&checked.user_id, crate::service::ratelimit::UserAction::Invite)
+    })
+    .await?;
+    invite_user_as(s, room_id, &session.user_id, target, reason, is_direct).await
+}
+
+/// Invite anyone as `sender`: a local user by appending the invite, another
+/// server's user through that server (see [`invite`]). For paths where
+/// porch decided already (a createRoom's invite list, a link redeemed by a
+/// user of another server).
+pub(crate) async fn invite_user_as(
     s: &Arc<Services>,
     room_id: &RoomId,
     sender: &UserId,
@@ -69,7 +91,7 @@ pub async fn invite_user(
         return invite(s, room_id, sender, target, reason, is_direct).await;
     }
     let (room, sender, target) = (room_id.to_owned(), sender.to_owned(), target.to_owned());
-    blocking(s, move |s| membership::invite(s, &room, &sender, &target, reason.as_deref(), is_direct)).await
+    blocking(s, move |s| membership::invite_as(s, &room, &sender, &target, reason.as_deref(), is_direct)).await
 }
 
 /// Invite another server's user: sign the invite, have their server

@@ -222,6 +222,11 @@ pub async fn join(
     servers: Vec<OwnedServerName>,
     reason: Option<String>,
 ) -> Result<OwnedEventId> {
+    {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        blocking(s, move |s| crate::policy::check_user(s, &user_id, crate::policy::Action::Join { room_id: &room_id }))
+            .await?;
+    }
     let mut candidates: Vec<OwnedServerName> = Vec::new();
     let known = {
         let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());

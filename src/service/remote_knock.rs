@@ -83,6 +83,10 @@ pub async fn knock(
     servers: Vec<OwnedServerName>,
     reason: Option<String>,
 ) -> Result<()> {
+    {
+        let user_id = user_id.to_owned();
+        blocking(s, move |s| crate::policy::check_user(s, &user_id, crate::policy::Action::Knock)).await?;
+    }
     let mut last_error = Error::not_found("No server to knock through: name one with `via`.");
     for server in servers.iter().filter(|server| **server != s.settings.server_name) {
         match knock_via(s, server, user_id, room_id, reason.as_deref()).await {

@@ -301,6 +301,8 @@ pub fn federating_options(port: u16) -> Options {
             ("PORCH_LISTEN__FEDERATION".into(), format!("127.0.0.1:{port}")),
             // The servers use self-signed certificates: the labs-only switch.
             ("PORCH_FEDERATION__VERIFY_CERTIFICATES".into(), "false".into()),
+            // The peers run on loopback, which porch refuses to reach by default.
+            ("PORCH_OUTBOUND__IP_RANGE_ALLOWLIST".into(), r#"["127.0.0.0/8", "::1"]"#.into()),
             // A restarted peer is retried within seconds.
             ("PORCH_FEDERATION__MAX_RETRY_INTERVAL".into(), "2s".into()),
         ],
@@ -375,3 +377,34 @@ pub async fn set_security_level(hs: &Homeserver, admin: &User, user_id: &str, le
     let path = format!("/_porch/admin/v1/users/{}/security_level", enc(user_id));
     hs.put(&path, Some(&admin.token), json!({ "level": level })).await.0
 }
+
+/// A porch in this process (its services at hand), federating on loopback.
+pub async fn in_process_server() -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
+    in_process_server_with(|_| {}).await
+}
+
+pub async fn in_process_server_with(
+    adjust: impl FnOnce(&mut porch::config::Config),
+) -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut config = porch::config::Config { server_name: format!("localhost:{port}"), ..Default::default() };
+    config.listen.client = "127.0.0.1:0".into();
+    config.listen.federation = format!("127.0.0.1:{port}");
+    config.database.path = dir.path().join("db");
+    config.federation.verify_certificates = false;
+    config.outbound.ip_range_allowlist = vec!["127.0.0.0/8".into(), "::1".into()];
+    adjust(&mut config);
+    let services = porch::service::Services::open(config.validate().unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(porch::serve_on(services.clone(), listener, std::future::pending()));
+    // The federation listener is up once its port answers.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (services, format!("localhost:{port}"), dir)
+}
+

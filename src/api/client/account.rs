@@ -41,7 +41,11 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
         let body = req.body;
         let guest = body.kind == RegistrationKind::Guest;
         if guest && !s.settings.raw.registration.allow_guests {
-            return Err(Error::forbidden("Guest registration is disabled on this server."));
+            return Err(Error::new(
+                http::StatusCode::FORBIDDEN,
+                "M_GUEST_ACCESS_FORBIDDEN",
+                "Guest registration is disabled on this server; guests join through a room's guest link.",
+            ));
         }
         if !guest && !s.settings.raw.registration.enabled {
             return Err(Error::forbidden(

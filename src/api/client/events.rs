@@ -11,7 +11,7 @@ use ruma::{
             state::{get_state_event_for_key, get_state_events, send_state_event},
         },
     },
-    events::{TimelineEventType, room::member::MembershipState},
+    events::TimelineEventType,
 };
 use std::sync::Arc;
 
@@ -21,11 +21,10 @@ use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
     pdu::TxnRef,
-    policy::{self, Action},
     service::{
-        Services, backfill,
+        Services, backfill, events,
         history::{self, PageRequest, require_member},
-        push, remote_invite,
+        remote_invite,
         rooms::NewEvent,
         sync::{EventFilter, raw},
     },
@@ -45,17 +44,10 @@ pub async fn send_message(
     req: Ruma<send_message_event::v3::Request>,
 ) -> Result<send_message_event::v3::Response> {
     let pdu = blocking(&state, move |s| {
-        let session = req.session();
         let body = &req.body;
-        if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
-            return Err(Error::forbidden("You are not in this room."));
-        }
-        let mut event = NewEvent::message(body.event_type.to_string().as_str(), content_object(body.body.json())?);
-        event.txn = Some(TxnRef { device_id: session.device_id.to_string(), txn_id: body.txn_id.to_string() });
-        let pdu = s.rooms.append(&body.room_id, &session.user_id, event)?;
-        push::on_event(s, &pdu)?;
-        answer_command(s, session, &pdu)?;
-        Ok(pdu)
+        let content = content_object(body.body.json())?;
+        let txn = TxnRef { device_id: req.session().device_id.to_string(), txn_id: body.txn_id.to_string() };
+        events::send_message(s, req.session(), &body.room_id, &body.event_type.to_string(), content, Some(txn))
     })
     .await?;
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()))
@@ -66,34 +58,15 @@ pub async fn send_state(
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<send_state_event::v3::Response> {
     if let Some((target, reason, is_direct)) = remote_invite_in(&state, &req)? {
-        let session = req.session().clone();
-        blocking(&state, move |s| policy::check(s, &session, Action::Invite)).await?;
         let session = req.session();
         let event_id =
-            remote_invite::invite_user(&state, &req.body.room_id, &session.user_id, &target, reason, is_direct).await?;
+            remote_invite::invite_user(&state, session, &req.body.room_id, &target, reason, is_direct).await?;
         return Ok(send_state_event::v3::Response::new(event_id));
     }
     let event_id = blocking(&state, move |s| {
-        let session = req.session();
         let body = &req.body;
         let content = content_object(body.body.json())?;
-        let kind = body.event_type.to_string();
-        if kind == "m.room.member" {
-            return member_state(s, session, &body.room_id, &body.state_key, content);
-        }
-        if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
-            return Err(Error::forbidden("You are not in this room."));
-        }
-        if kind == "m.room.canonical_alias" {
-            check_canonical_alias(s, &body.room_id, &content)?;
-        }
-        let pdu = s.rooms.append(
-            &body.room_id,
-            &session.user_id,
-            NewEvent::state(kind.as_str(), body.state_key.clone(), content),
-        )?;
-        push::on_event(s, &pdu)?;
-        Ok(pdu.event_id.clone())
+        events::send_state(s, req.session(), &body.room_id, &body.event_type.to_string(), &body.state_key, content)
     })
     .await?;
     Ok(send_state_event::v3::Response::new(event_id))
@@ -119,127 +92,6 @@ fn remote_invite_in(
     let reason = content.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
     let is_direct = content.get("is_direct").and_then(|d| d.as_bool()).unwrap_or(false);
     Ok(Some((target, reason, is_direct)))
-}
-
-/// Guest-room commands (`!guest …`) typed in any client are answered with a notice.
-fn answer_command(
-    s: &crate::service::Services,
-    session: &crate::service::users::Session,
-    pdu: &crate::pdu::Pdu,
-) -> Result<()> {
-    if pdu.kind != TimelineEventType::RoomMessage {
-        return Ok(());
-    }
-    let content = pdu.content_value();
-    let Some(body) = content.get("body").and_then(|b| b.as_str()).filter(|b| b.starts_with("!guest")) else {
-        return Ok(());
-    };
-    if content.get("msgtype").and_then(|m| m.as_str()) != Some("m.text") {
-        return Ok(());
-    }
-    if let Some(answer) = crate::service::guests::command(s, session, &pdu.room_id, body)? {
-        let notice = json!({ "msgtype": "m.notice", "body": answer, "m.relates_to": { "m.in_reply_to": { "event_id": pdu.event_id } } });
-        s.rooms.append(&pdu.room_id, &session.user_id, NewEvent::message(TimelineEventType::RoomMessage, notice))?;
-    }
-    Ok(())
-}
-
-/// `m.room.member` through the state API goes the same way as the
-/// membership endpoints, so joins are authorised and the guest policy holds.
-fn member_state(
-    s: &crate::service::Services,
-    session: &crate::service::users::Session,
-    room_id: &ruma::RoomId,
-    state_key: &str,
-    mut content: Value,
-) -> Result<ruma::OwnedEventId> {
-    use crate::service::membership::{self, Moderation};
-    let target = membership::parse_user(state_key)?;
-    let wanted = content.get("membership").and_then(|m| m.as_str()).map(MembershipState::from);
-    let reason = content.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
-    let current = s.rooms.membership(room_id, &target)?;
-    let own = target == session.user_id;
-    match wanted {
-        Some(MembershipState::Join) if own && current == Some(MembershipState::Join) => {
-            // A profile change in this room. Authorisation fields are the
-            // resident server's to set, and the guest marker stays.
-            let object = content.as_object_mut().ok_or_else(|| Error::bad_json("Content must be an object."))?;
-            object.remove("join_authorised_via_users_server");
-            object.remove(policy::GUEST_MARKER);
-            if session.is_guest() {
-                object.insert(policy::GUEST_MARKER.into(), Value::Bool(true));
-                let name = object.get("displayname").and_then(|n| n.as_str()).unwrap_or(session.user_id.localpart());
-                let name = policy::guest_display_name(s, name);
-                object.insert("displayname".into(), Value::String(name));
-            }
-            let event = NewEvent::state(TimelineEventType::RoomMember, state_key, content);
-            Ok(s.rooms.append(room_id, &session.user_id, event)?.event_id.clone())
-        }
-        Some(MembershipState::Join) if own => {
-            policy::check(s, session, Action::Join { room_id })?;
-            membership::join(s, room_id, &session.user_id, reason.as_deref())
-        }
-        Some(MembershipState::Leave) if own => {
-            membership::leave(s, room_id, &session.user_id, reason.as_deref())?;
-            latest_member_event(s, room_id, &target)
-        }
-        Some(MembershipState::Knock) if own => {
-            policy::check(s, session, Action::Knock)?;
-            membership::knock(s, room_id, &session.user_id, reason.as_deref())?;
-            latest_member_event(s, room_id, &target)
-        }
-        Some(MembershipState::Invite) => {
-            policy::check(s, session, Action::Invite)?;
-            // Other servers' users were sent through their server before this.
-            let is_direct = content.get("is_direct").and_then(|d| d.as_bool()).unwrap_or(false);
-            membership::invite(s, room_id, &session.user_id, &target, reason.as_deref(), is_direct)
-        }
-        Some(MembershipState::Ban) => {
-            policy::check(s, session, Action::Ban)?;
-            membership::moderate(s, room_id, &session.user_id, &target, Moderation::Ban, reason.as_deref())?;
-            latest_member_event(s, room_id, &target)
-        }
-        Some(MembershipState::Leave) => {
-            let (action, moderation) = if current == Some(MembershipState::Ban) {
-                (Action::Unban, Moderation::Unban)
-            } else {
-                (Action::Kick, Moderation::Kick)
-            };
-            policy::check(s, session, action)?;
-            membership::moderate(s, room_id, &session.user_id, &target, moderation, reason.as_deref())?;
-            latest_member_event(s, room_id, &target)
-        }
-        _ => Err(Error::bad_json("This membership change is not possible through the state API.")),
-    }
-}
-
-fn latest_member_event(
-    s: &crate::service::Services,
-    room_id: &ruma::RoomId,
-    user_id: &ruma::UserId,
-) -> Result<ruma::OwnedEventId> {
-    s.rooms
-        .current_state_pdu(room_id, "m.room.member", user_id.as_str())?
-        .map(|pdu| pdu.event_id.clone())
-        .ok_or_else(|| Error::internal("member event vanished"))
-}
-
-/// Aliases named in `m.room.canonical_alias` must point at this room.
-fn check_canonical_alias(s: &crate::service::Services, room_id: &ruma::RoomId, content: &Value) -> Result<()> {
-    let mut aliases: Vec<&str> = content.get("alias").and_then(|a| a.as_str()).into_iter().collect();
-    if let Some(alt) = content.get("alt_aliases").and_then(|a| a.as_array()) {
-        aliases.extend(alt.iter().filter_map(|a| a.as_str()));
-    }
-    for alias in aliases {
-        let alias = ruma::OwnedRoomAliasId::try_from(alias)
-            .map_err(|_| Error::invalid_param(format!("`{alias}` is not a valid alias.")))?;
-        if alias.server_name() == s.server_name()
-            && crate::service::directory::resolve_alias(s, &alias)?.as_deref() != Some(room_id)
-        {
-            return Err(Error::bad_alias(format!("{alias} does not point to this room.")));
-        }
-    }
-    Ok(())
 }
 
 pub async fn state_for_key(
@@ -296,6 +148,7 @@ pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Re
         if !s.rooms.is_joined(&body.room_id, &session.user_id)? {
             return Err(Error::forbidden("You are not in this room."));
         }
+        s.user_limits.check(&session.user_id, crate::service::ratelimit::UserAction::SendEvent)?;
         let (target, _) = s
             .rooms
             .get_pdu(&body.event_id)?

@@ -13,7 +13,7 @@ use crate::{
     service::media::{MediaRecord, is_inline},
 };
 
-fn disposition(record: &MediaRecord, filename: Option<String>) -> ContentDisposition {
+pub(crate) fn disposition(record: &MediaRecord, filename: Option<String>) -> ContentDisposition {
     let kind = if is_inline(&record.content_type) {
         ContentDispositionType::Inline
     } else {
@@ -28,8 +28,10 @@ pub async fn upload(
 ) -> Result<media::create_content::v3::Response> {
     blocking(&state, move |s| {
         let body = req.body;
+        let uploader = &req.session.expect("authenticated").user_id;
+        s.user_limits.check(uploader, crate::service::ratelimit::UserAction::Upload)?;
         let uri = s.media.upload(
-            &req.session.expect("authenticated").user_id,
+            uploader,
             body.content_type,
             body.filename,
             &body.file,
@@ -99,15 +101,16 @@ pub async fn thumbnail(
     .await
 }
 
+/// The unauthenticated download serves nothing: media is only for people
+/// signed in (`/_matrix/client/v1/media`) and for servers
+/// (`/_matrix/federation/v1/media`), as Synapse does once it freezes
+/// unauthenticated media. porch keeps no media of other servers.
 #[allow(deprecated)]
 pub async fn legacy_download(
-    state: AppState,
-    req: Ruma<media::get_content::v3::Request>,
+    _: AppState,
+    _: Ruma<media::get_content::v3::Request>,
 ) -> Result<media::get_content::v3::Response> {
-    blocking(&state, move |s| {
-        let (record, bytes) = s.media.get(&req.body.server_name, &req.body.media_id)?;
-        let disposition = disposition(&record, None);
-        Ok(media::get_content::v3::Response::new(bytes, record.content_type, disposition))
-    })
-    .await
+    Err(crate::error::Error::not_found(
+        "This server serves media only to signed-in users: use /_matrix/client/v1/media/download with an access token.",
+    ))
 }

@@ -43,17 +43,6 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
     let room_id = blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
-        let open = body.preset == Some(ruma::api::client::room::create_room::v3::RoomPreset::PublicChat)
-            || body.initial_state.iter().any(|event| {
-                object(event).is_ok_and(|e| e.get("type").and_then(|t| t.as_str()) == Some("m.room.join_rules"))
-            });
-        policy::check(s, session, Action::CreateRoom { is_direct: body.is_direct, invites: &body.invite, open })?;
-        if body.visibility == ruma::api::client::room::Visibility::Public {
-            policy::check(s, session, Action::PublishRoom)?;
-        }
-        if body.room_alias_name.is_some() {
-            policy::check(s, session, Action::ManageAliases)?;
-        }
         let mut initial_state = Vec::new();
         for event in &body.initial_state {
             let event = object(event)?;
@@ -70,7 +59,7 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
         }
         let room_id = room_factory::create(
             s,
-            &session.user_id,
+            session,
             CreateRoom {
                 version: body.room_version.clone(),
                 creation_content: body.creation_content.as_ref().map(object).transpose()?,
@@ -91,7 +80,8 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
     // Other servers' users are invited once the room exists, each through
     // their server; one that cannot be reached does not undo the room.
     for target in remote_invites {
-        if let Err(err) = remote_invite::invite_user(&state, &room_id, &session.user_id, &target, None, is_direct).await
+        if let Err(err) =
+            remote_invite::invite_user_as(&state, &room_id, &session.user_id, &target, None, is_direct).await
         {
             tracing::warn!(%room_id, %target, "could not invite a user of another server: {}", err.message);
         }
@@ -189,17 +179,13 @@ async fn join_any(
     reason: Option<String>,
 ) -> Result<OwnedRoomId> {
     let (room_id, via) = resolve_any(state, room, via).await?;
-    let (checked_room, user) = (room_id.clone(), session.user_id.clone());
-    let remote = blocking(state, move |s| {
-        policy::check(s, &session, Action::Join { room_id: &checked_room })?;
-        remote_join::needs_remote_join(s, &checked_room)
-    })
-    .await?;
+    let checked_room = room_id.clone();
+    let remote = blocking(state, move |s| remote_join::needs_remote_join(s, &checked_room)).await?;
     if remote {
-        remote_join::join(state, &user, &room_id, via, reason).await?;
+        remote_join::join(state, &session.user_id, &room_id, via, reason).await?;
     } else {
         let checked_room = room_id.clone();
-        blocking(state, move |s| membership::join(s, &checked_room, &user, reason.as_deref())).await?;
+        blocking(state, move |s| membership::join(s, &session, &checked_room, reason.as_deref())).await?;
     }
     Ok(room_id)
 }
@@ -233,9 +219,7 @@ pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Res
         ));
     };
     let (target, reason, room_id) = (recipient.user_id.clone(), recipient.reason.clone(), req.body.room_id.clone());
-    let checked = session.clone();
-    blocking(&state, move |s| policy::check(s, &checked, Action::Invite)).await?;
-    remote_invite::invite_user(&state, &room_id, &session.user_id, &target, reason, false).await?;
+    remote_invite::invite_user(&state, &session, &room_id, &target, reason, false).await?;
     Ok(invite_user::v3::Response::new())
 }
 
@@ -276,11 +260,10 @@ pub async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Res
 
 pub async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response> {
     blocking(&state, move |s| {
-        policy::check(s, req.session(), Action::Kick)?;
         membership::moderate(
             s,
+            req.session(),
             &req.body.room_id,
-            &req.session().user_id,
             &req.body.user_id,
             Moderation::Kick,
             req.body.reason.as_deref(),
@@ -292,11 +275,10 @@ pub async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> Result<
 
 pub async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> Result<ban_user::v3::Response> {
     blocking(&state, move |s| {
-        policy::check(s, req.session(), Action::Ban)?;
         membership::moderate(
             s,
+            req.session(),
             &req.body.room_id,
-            &req.session().user_id,
             &req.body.user_id,
             Moderation::Ban,
             req.body.reason.as_deref(),
@@ -308,11 +290,10 @@ pub async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> Result<ba
 
 pub async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> Result<unban_user::v3::Response> {
     blocking(&state, move |s| {
-        policy::check(s, req.session(), Action::Unban)?;
         membership::moderate(
             s,
+            req.session(),
             &req.body.room_id,
-            &req.session().user_id,
             &req.body.user_id,
             Moderation::Unban,
             req.body.reason.as_deref(),
@@ -324,7 +305,6 @@ pub async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> Resul
 
 pub async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
     let session = req.session().clone();
-    blocking(&state, move |s| policy::check(s, &session, Action::Knock)).await?;
     let (room_id, mut via) = resolve_any(&state, &req.body.room_id_or_alias, req.body.via.clone()).await?;
     let user = req.session().user_id.clone();
     let reason = req.body.reason.clone();
@@ -334,7 +314,7 @@ pub async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> Resul
     };
     if held {
         let room = room_id.clone();
-        blocking(&state, move |s| membership::knock(s, &room, &user, reason.as_deref())).await?;
+        blocking(&state, move |s| membership::knock(s, &session, &room, reason.as_deref())).await?;
     } else {
         via.extend(room_id.server_name().map(ToOwned::to_owned));
         remote_knock::knock(&state, &user, &room_id, via, reason).await?;

@@ -145,37 +145,31 @@ impl Rooms {
     }
 
     /// Room v12's conflicted state subgraph: the events on auth-event paths
-    /// from one conflicted state event to another.
+    /// from one conflicted state event to another. The graph may come from
+    /// another server, so the walk is iterative and bounded by the auth
+    /// chain's size (`MAX_AUTH_CHAIN`), never recursive.
     fn conflicted_subgraph(&self, conflicted: &[OwnedEventId]) -> Result<EventIdSet<OwnedEventId>> {
         let targets: HashSet<&OwnedEventId> = conflicted.iter().collect();
         let reachable = self.auth_chain(conflicted.iter().cloned())?;
-        // Which reachable events lead (through auth events) to a conflicted one.
-        let mut leads: HashMap<OwnedEventId, bool> = HashMap::new();
-        fn visit(
-            rooms: &Rooms,
-            id: &OwnedEventId,
-            targets: &HashSet<&OwnedEventId>,
-            leads: &mut HashMap<OwnedEventId, bool>,
-        ) -> bool {
-            if let Some(known) = leads.get(id) {
-                return *known;
-            }
-            leads.insert(id.clone(), false);
-            let mut result = false;
-            if let Ok(Some((pdu, _))) = rooms.get_pdu(id) {
+        // Reverse edges: for each event, the reachable events citing it as an auth event.
+        let mut cited_by: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
+        for id in &reachable {
+            if let Some((pdu, _)) = self.get_pdu(id)? {
                 for parent in &pdu.auth_events {
-                    if targets.contains(parent) || visit(rooms, parent, targets, leads) {
-                        result = true;
-                    }
+                    cited_by.entry(parent.clone()).or_default().push(id.clone());
                 }
             }
-            leads.insert(id.clone(), result);
-            result
         }
-        let mut out = EventIdSet::new();
-        for id in &reachable {
-            if targets.contains(id) || visit(self, id, &targets, &mut leads) {
-                out.insert(id.clone());
+        // Every event with a path to a conflicted one, found walking back from them.
+        let mut out: EventIdSet<OwnedEventId> = conflicted.iter().filter(|id| reachable.contains(*id)).cloned().collect();
+        let mut todo: Vec<&OwnedEventId> = targets.iter().copied().collect();
+        let mut leads: HashSet<&OwnedEventId> = HashSet::new();
+        while let Some(id) = todo.pop() {
+            for child in cited_by.get(id).into_iter().flatten() {
+                if leads.insert(child) {
+                    out.insert(child.clone());
+                    todo.push(child);
+                }
             }
         }
         Ok(out)

@@ -1,0 +1,273 @@
+//! Attacks by an anonymous caller or another server, each tried against
+//! the real server: porch must not connect where a caller says, must cut
+//! off slow peers, must count requests per real client and per user, and
+//! must take the largest legal federation transaction.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Options, TestServer, enc, in_process_server};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TCP port on loopback that counts who connects to it.
+async fn tripwire() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, hits)
+}
+
+fn env(pairs: &[(&str, &str)]) -> Options {
+    Options { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+}
+
+/// Whatever a refusal says, it tells nothing of what porch found there.
+fn tells_nothing(body: &Value) {
+    let text = body.to_string().to_lowercase();
+    for detail in ["refused", "connection", "tcp", "tls", "error trying", "dns", "os error", "timed out"] {
+        assert!(!text.contains(detail), "the answer gives away `{detail}`: {body}");
+    }
+}
+
+#[tokio::test]
+async fn link_redemption_never_makes_porch_connect_where_the_caller_says() {
+    let s = TestServer::start_with(env(&[("PORCH_LISTEN__FEDERATION", "127.0.0.1:0")])).await;
+    let alice = s.register("alice").await;
+    let (room_id, token, _) = s.guest_room(&alice, json!({ "name": "Visit" })).await;
+    let (port, hits) = tripwire().await;
+    for user in [
+        format!("@x:127.0.0.1:{port}"),
+        format!("@x:localhost:{port}"),
+        format!("@x:[::ffff:127.0.0.1]:{port}"),
+        format!("@x:0x7f000001:{port}"),
+    ] {
+        let (status, body) =
+            s.post(&format!("/_porch/client/v1/guest_links/{token}/join"), None, json!({ "user_id": user })).await;
+        assert!(status == 502 || status == 400 || status == 403, "{user}: {status} {body}");
+        assert!(body["errcode"].is_string(), "{body}");
+        tells_nothing(&body);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "porch connected to an address the caller chose");
+    let (_, links) = s.get(&format!("/_porch/client/v1/guest_rooms/{}/links", enc(&room_id)), Some(&alice.token)).await;
+    assert_eq!(links["links"][0]["uses"], 0, "no use was counted: {links}");
+}
+
+#[tokio::test]
+async fn the_key_notary_never_connects_where_the_caller_says_and_is_throttled() {
+    let s = TestServer::start_with(env(&[
+        ("PORCH_LISTEN__FEDERATION", "127.0.0.1:0"),
+        ("PORCH_RATE_LIMITS__KEY_QUERIES_BURST", "8"),
+        ("PORCH_RATE_LIMITS__KEY_QUERIES_PER_SECOND", "0.01"),
+    ]))
+    .await;
+    let base = s.federation_base.clone().unwrap();
+    let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    let (port, hits) = tripwire().await;
+    for server in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")] {
+        let resp = client.get(format!("{base}/_matrix/key/v2/query/{server}")).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{server}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["server_keys"], json!([]), "nothing is vouched for {server}: {body}");
+        tells_nothing(&body);
+    }
+    let batch = json!({ "server_keys": { format!("127.0.0.1:{port}"): {}, format!("10.0.0.1:{port}"): {} } });
+    let resp = client.post(format!("{base}/_matrix/key/v2/query")).json(&batch).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["server_keys"], json!([]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the notary connected to an address the caller chose");
+    // Three single queries and two servers in a batch took five of eight tokens.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let resp = client.get(format!("{base}/_matrix/key/v2/query/10.1.2.3:8448")).send().await.unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429], "the notary is throttled per caller");
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_on_both_listeners() {
+    let s = TestServer::start_with(env(&[
+        ("PORCH_LISTEN__FEDERATION", "127.0.0.1:0"),
+        ("PORCH_LISTEN__HEADER_TIMEOUT", "1s"),
+        ("PORCH_LISTEN__BODY_TIMEOUT", "1s"),
+    ]))
+    .await;
+    let client_addr = s.base.trim_start_matches("http://").to_owned();
+    let federation_addr = s.federation_base.clone().unwrap().trim_start_matches("https://").to_owned();
+
+    // Headers that never end (slow-loris): the connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(&client_addr).await.unwrap();
+    slow.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: porch\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a connection whose headers never end stays open");
+
+    // A body that stops half-way: the request is refused, nothing is kept.
+    let alice = s.register("alice").await;
+    let mut slow = tokio::net::TcpStream::connect(&client_addr).await.unwrap();
+    let head = format!(
+        "POST /_matrix/client/v3/createRoom HTTP/1.1\r\nHost: porch\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":",
+        alice.token
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.expect("no answer").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "a stalled body: {answer}");
+    let (_, rooms) = s.get("/_matrix/client/v3/joined_rooms", Some(&alice.token)).await;
+    assert_eq!(rooms["joined_rooms"], json!([]), "the stalled request made nothing");
+
+    // The federation listener: a TLS handshake that never starts is dropped.
+    let mut silent = tokio::net::TcpStream::connect(&federation_addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a silent peer keeps a federation connection open");
+
+    // Normal requests still work.
+    assert_eq!(s.get("/_matrix/client/versions", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn rate_limits_count_the_client_behind_a_trusted_proxy_only() {
+    let login = |s: &TestServer, forwarded: &'static str| {
+        let req = s
+            .http
+            .post(format!("{}/_matrix/client/v3/login", s.base))
+            .header("X-Forwarded-For", forwarded)
+            .json(&json!({ "type": "m.login.password", "user": "nobody", "password": "wrong password" }));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let limits = [("PORCH_RATE_LIMITS__LOGIN_BURST", "2"), ("PORCH_RATE_LIMITS__LOGIN_PER_SECOND", "0.001")];
+
+    // Behind a trusted proxy, each forwarded client has its own allowance.
+    let mut trusted = limits.to_vec();
+    trusted.push(("PORCH_LISTEN__TRUSTED_PROXIES", r#"["127.0.0.1/32"]"#));
+    let s = TestServer::start_with(env(&trusted)).await;
+    assert_eq!([login(&s, "1.2.3.4").await, login(&s, "1.2.3.4").await, login(&s, "1.2.3.4").await], [403, 403, 429]);
+    assert_eq!(login(&s, "5.6.7.8").await, 403, "another client behind the proxy is not limited");
+    assert_eq!(login(&s, "9.9.9.9, 1.2.3.4").await, 429, "the nearest untrusted hop counts, not a claimed first one");
+
+    // Without trusted proxies the header is ignored: the socket counts.
+    let s = TestServer::start_with(env(&limits)).await;
+    assert_eq!([login(&s, "1.2.3.4").await, login(&s, "1.2.3.4").await], [403, 403]);
+    assert_eq!(login(&s, "5.6.7.8").await, 429, "a forged X-Forwarded-For is no way around the limit");
+}
+
+#[tokio::test]
+async fn each_user_is_limited_in_events_rooms_invites_and_uploads() {
+    let s = TestServer::start_with(env(&[
+        ("PORCH_RATE_LIMITS__EVENTS_BURST", "3"),
+        ("PORCH_RATE_LIMITS__EVENTS_PER_SECOND", "0.001"),
+        ("PORCH_RATE_LIMITS__ROOM_CREATIONS_BURST", "2"),
+        ("PORCH_RATE_LIMITS__ROOM_CREATIONS_PER_SECOND", "0.001"),
+        ("PORCH_RATE_LIMITS__INVITES_BURST", "1"),
+        ("PORCH_RATE_LIMITS__INVITES_PER_SECOND", "0.001"),
+        ("PORCH_RATE_LIMITS__UPLOADS_BURST", "1"),
+        ("PORCH_RATE_LIMITS__UPLOADS_PER_SECOND", "0.001"),
+    ]))
+    .await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let _second = s.create_room(&alice, json!({})).await;
+    let (status, body) = s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "third room: {body}");
+    assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{body}");
+
+    let send = |user: &common::User, n: u32| {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t{n}", enc(&room));
+        let body = json!({ "msgtype": "m.text", "body": format!("message {n}") });
+        let token = user.token.clone();
+        let s = &s;
+        async move { s.put(&path, Some(&token), body).await }
+    };
+    for n in 0..3 {
+        assert_eq!(send(&alice, n).await.0, 200, "message {n}");
+    }
+    let (status, body) = send(&alice, 3).await;
+    assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{body}");
+    assert!(body["retry_after_ms"].as_u64().is_some(), "{body}");
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    assert_eq!(send(&bob, 0).await.0, 200, "another user is not limited by alice's sending");
+
+    let invite = |target: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+        let (s, token, body) = (&s, bob.token.clone(), json!({ "user_id": target }));
+        async move { s.post(&path, Some(&token), body).await }
+    };
+    let _ = invite(&alice.user_id).await;
+    let (status, body) = invite(&carol.user_id).await;
+    assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "second invite: {body}");
+
+    let upload = || {
+        s.http
+            .post(format!("{}/_matrix/media/v3/upload", s.base))
+            .bearer_auth(&carol.token)
+            .header("content-type", "text/plain")
+            .body("hello")
+            .send()
+    };
+    assert_eq!(upload().await.unwrap().status().as_u16(), 200);
+    assert_eq!(upload().await.unwrap().status().as_u16(), 429, "second upload");
+}
+
+#[tokio::test]
+async fn the_largest_legal_transaction_is_taken_and_oversized_pdus_refused() {
+    use ruma::api::federation::transactions::send_transaction_message;
+    let (x, x_name, _dir) = in_process_server().await;
+    let (b, b_name) = common::federating_server().await;
+    let bob = b.register("bob").await;
+    let room_id = b.create_room(&bob, json!({ "preset": "public_chat" })).await;
+    // 50 PDUs of just under 64 KiB each (not valid events: each is refused
+    // on its own, the transaction is still taken) and one over the limit.
+    let pdu = |fill: usize, n: usize| {
+        serde_json::value::to_raw_value(&json!({
+            "room_id": room_id, "type": "m.room.message", "sender": format!("@x:{x_name}"),
+            "origin_server_ts": n, "depth": 1, "prev_events": [], "auth_events": [],
+            "content": { "body": "x".repeat(fill) },
+        }))
+        .unwrap()
+    };
+    let mut pdus: Vec<_> = (0..49).map(|n| pdu(64_000, n)).collect();
+    pdus.push(pdu(70_000, 99));
+    let edus: Vec<_> = (0..100)
+        .map(|n| {
+            let edu = json!({ "edu_type": "m.typing", "content": { "room_id": room_id, "user_id": format!("@x{n}:{x_name}"), "typing": true, "pad": "y".repeat(60_000) } });
+            ruma::serde::Raw::from_json(serde_json::value::to_raw_value(&edu).unwrap())
+        })
+        .collect();
+    let origin = ruma::OwnedServerName::try_from(x_name.as_str()).unwrap();
+    let mut request = send_transaction_message::v1::Request::new(
+        ruma::OwnedTransactionId::from("big"),
+        origin,
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+    );
+    request.pdus = pdus;
+    request.edus = edus;
+    let destination = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
+    let answer = x.federation.send(&destination, request).await.expect("a legal transaction of ~9.5 MB is taken");
+    let refusals: Vec<String> = answer.pdus.values().filter_map(|r| r.as_ref().err().cloned()).collect();
+    assert_eq!(answer.pdus.len(), 50, "every PDU has an answer: {refusals:?}");
+    assert_eq!(
+        refusals.iter().filter(|why| why.contains("larger than 65536")).count(),
+        1,
+        "exactly the oversized PDU is refused for its size: {refusals:?}"
+    );
+}

@@ -24,6 +24,8 @@ fn bad_values_name_the_key_and_the_fix() {
         (&[("PORCH_LIMITS__MAX_REQUEST_BYTES", "10")], "`limits.max_request_bytes`"),
         (&[("PORCH_REGISTRATION__ENABLED", "perhaps")], "`registration.enabled`"),
         (&[("PORCH_REGISTRATION__TOKENS", "[\"has space\"]")], "`registration.tokens`"),
+        (&[("PORCH_OUTBOUND__IP_RANGE_ALLOWLIST", "[\"10.0.0.0/40\"]")], "`outbound.ip_range_allowlist`"),
+        (&[("PORCH_LISTEN__TRUSTED_PROXIES", "[\"proxy\"]")], "`listen.trusted_proxies`"),
     ];
     for (env, key) in cases {
         let (code, stderr) = run_porch(env, &[]);

@@ -622,3 +622,124 @@ async fn keys_of_an_unreachable_server_come_from_a_trusted_notary() {
     let err = y.federation.verify_keys(&b_server, &[], None).await.unwrap_err();
     assert_eq!(err.errcode.as_ref(), "DEV.PORCH.SERVER_UNREACHABLE", "without a notary: {}", err.message);
 }
+
+#[tokio::test]
+async fn media_is_served_to_servers_through_authenticated_federation_media() {
+    use ruma::api::federation::authenticated_media::{FileOrLocation, get_content, get_content_thumbnail};
+    let (x, _, _dir) = in_process_server().await;
+    let (b, b_name) = federating_server().await;
+    let bob = b.register("bob").await;
+    let png = b"\x89PNG\r\n\x1a\nbob's picture".to_vec();
+    let upload: Value = b
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", b.base))
+        .bearer_auth(&bob.token)
+        .header("content-type", "image/png")
+        .body(png.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let media_id = upload["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let server = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
+
+    let answer = x.federation.send(&server, get_content::v1::Request::new(media_id.clone())).await.expect("download");
+    let FileOrLocation::File(content) = answer.content else { panic!("a redirect instead of the file") };
+    assert_eq!((content.file, content.content_type.as_deref()), (png.clone(), Some("image/png")));
+    let thumbnail = get_content_thumbnail::v1::Request::new(media_id.clone(), 32u32.into(), 32u32.into());
+    let answer = x.federation.send(&server, thumbnail).await.expect("thumbnail");
+    assert!(matches!(answer.content, FileOrLocation::File(ref c) if c.file == png));
+    let missing = x.federation.send(&server, get_content::v1::Request::new("nosuchmedia".into())).await;
+    assert_eq!(missing.err().map(|e| e.errcode.to_string()).as_deref(), Some("M_NOT_FOUND"));
+
+    // Unsigned, nobody gets it.
+    let url = format!("{}/_matrix/federation/v1/media/download/{media_id}", b.federation_base.clone().unwrap());
+    let resp = insecure_client().get(url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "federation media needs a server's signature");
+}
+
+/// A server that rotates its signing key: porch, which cached the first
+/// key, fetches the keys again when a signature names one it does not know
+/// (once per 30 s at most), and still verifies events signed with the old
+/// key before it expired.
+#[tokio::test]
+async fn a_rotated_signing_key_is_fetched_again_and_old_keys_still_verify() {
+    use std::sync::{Arc, Mutex, atomic::{AtomicUsize, Ordering}};
+    use ruma::{CanonicalJsonObject, RoomVersionId, signatures::Ed25519KeyPair};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (porch, _, _dir) = in_process_server().await;
+
+    // The other server, `x`: its key document is served as we change it.
+    let port = free_port();
+    let x_name = format!("localhost:{port}");
+    let key = |version: &str| Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.to_owned()).unwrap();
+    let (first, second, third) = (key("first"), key("second"), key("third"));
+    let b64 = |k: &Ed25519KeyPair| Base64::<ruma::serde::base64::Standard>::new(k.public_key().to_vec()).encode();
+    let published: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let publish = |current: &Ed25519KeyPair, old: Option<(&Ed25519KeyPair, u64)>| {
+        let mut doc = serde_json::json!({
+            "server_name": x_name,
+            "valid_until_ts": 4_000_000_000_000u64,
+            "verify_keys": { format!("ed25519:{}", current.version()): { "key": b64(current) } },
+            "old_verify_keys": {},
+        });
+        if let Some((old, expired)) = old {
+            doc["old_verify_keys"][format!("ed25519:{}", old.version())] = serde_json::json!({ "key": b64(old), "expired_ts": expired });
+        }
+        let mut object: CanonicalJsonObject = serde_json::from_value(doc).unwrap();
+        ruma::signatures::sign_json(&x_name, current, &mut object).unwrap();
+        *published.lock().unwrap() = serde_json::to_value(&object).unwrap();
+    };
+    publish(&first, None);
+    let app = {
+        let (published, fetches) = (published.clone(), fetches.clone());
+        axum::Router::new().route(
+            "/_matrix/key/v2/server",
+            axum::routing::get(move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let doc = published.lock().unwrap().clone();
+                async move { axum::Json(doc) }
+            }),
+        )
+    };
+    let tls_dir = tempfile::tempdir().unwrap();
+    let mut config = porch::config::Config { server_name: x_name.clone(), ..Default::default() };
+    config.database.path = tls_dir.path().to_path_buf();
+    let acceptor = porch::tls::acceptor(&config.validate().unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let timeouts = porch::listener::Timeouts { headers: std::time::Duration::from_secs(5), body: std::time::Duration::from_secs(5) };
+    tokio::spawn(porch::listener::serve(app, listener, Some(acceptor), timeouts, std::future::pending()));
+
+    let room_version = RoomVersionId::V12;
+    let rules = room_version.rules().unwrap();
+    let event = |signer: &Ed25519KeyPair, ts: u64| {
+        let mut object: CanonicalJsonObject = serde_json::from_value(serde_json::json!({
+            "room_id": "!room:elsewhere.example", "type": "m.room.message", "sender": format!("@x:{x_name}"),
+            "origin_server_ts": ts, "depth": 5, "prev_events": ["$prev"], "auth_events": ["$auth"],
+            "content": { "msgtype": "m.text", "body": format!("signed with {}", signer.version()) },
+        }))
+        .unwrap();
+        ruma::signatures::hash_and_sign_event(&x_name, signer, &mut object, &rules.redaction).unwrap();
+        object
+    };
+    let now = porch::util::now_ms();
+    porch.federation.verify_pdu(&room_version, event(&first, now)).await.expect("signed with the first key");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    // x rotates: the first key now only verifies what it signed before `now`.
+    publish(&second, Some((&first, now)));
+    porch.federation.verify_pdu(&room_version, event(&second, now + 1)).await.expect("the new key is fetched");
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "one fetch for the unknown key id");
+    porch.federation.verify_pdu(&room_version, event(&first, now - 1000)).await.expect("old key, event from before");
+    assert!(
+        porch.federation.verify_pdu(&room_version, event(&first, now + 5000)).await.is_err(),
+        "the old key does not verify events after it expired"
+    );
+    // A third key within 30 s is not fetched for: a forger cannot make porch hammer x.
+    publish(&third, Some((&second, now + 2)));
+    assert!(porch.federation.verify_pdu(&room_version, event(&third, now + 3)).await.is_err());
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "fetching again is rate-limited");
+}

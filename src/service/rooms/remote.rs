@@ -653,3 +653,49 @@ impl Txn<'_> {
 }
 
 const MAX_CHAIN: u32 = super::MAX_SNAPSHOT_CHAIN;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ruma::{OwnedEventId, OwnedRoomId};
+    use serde_json::json;
+
+    use crate::{config::Config, pdu::Pdu, service::Services};
+
+    /// A chain of auth events as long as another server cares to send,
+    /// stored as outliers, then walked: the walk must neither overflow the
+    /// stack (a recursive one aborts the process here) nor lose an event.
+    #[test]
+    fn a_long_auth_chain_from_another_server_is_walked_without_recursion() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.database.path = dir.path().join("db");
+        config.database.sync_writes = false;
+        let services = Services::open(config.validate().unwrap()).unwrap();
+        let room_id = OwnedRoomId::try_from("!chain:elsewhere.example").unwrap();
+        const LENGTH: usize = 50_000;
+        let id = |i: usize| OwnedEventId::try_from(format!("$event{i}")).unwrap();
+        let pdus: Vec<Arc<Pdu>> = (0..LENGTH)
+            .map(|i| {
+                let auth: Vec<OwnedEventId> = if i == 0 { Vec::new() } else { vec![id(i - 1)] };
+                let json = json!({
+                    "type": "m.room.member", "state_key": "@m:elsewhere.example", "room_id": room_id,
+                    "sender": "@m:elsewhere.example", "origin_server_ts": i, "depth": i,
+                    "prev_events": [], "auth_events": auth, "content": { "membership": "join" },
+                });
+                let raw = serde_json::value::to_raw_value(&json).unwrap();
+                Arc::new(Pdu::from_json(id(i), &room_id, raw).unwrap())
+            })
+            .collect();
+        services.rooms.store_outliers(&room_id, &pdus).unwrap();
+        // Run where a recursion's depth would show: a thread with a 2 MiB stack.
+        let rooms = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || services.rooms.conflicted_subgraph(&[id(0), id(LENGTH - 1)]).unwrap().len())
+            .unwrap()
+            .join()
+            .expect("the walk overflowed its stack");
+        assert_eq!(rooms, LENGTH, "every event on the path between the two conflicted ones");
+    }
+}

@@ -323,8 +323,8 @@ impl Default for RateLimits {
             key_queries_burst: 100,
             events_per_second: 100.0,
             events_burst: 1000,
-            room_creations_per_second: 1.0,
-            room_creations_burst: 50,
+            room_creations_per_second: 2.0,
+            room_creations_burst: 200,
             invites_per_second: 5.0,
             invites_burst: 100,
             uploads_per_second: 5.0,
@@ -480,12 +480,16 @@ impl Config {
                     .to_owned(),
             ));
         }
-        for (key, list) in
-            [("outbound.ip_range_denylist", &self.outbound.ip_range_denylist), ("outbound.ip_range_allowlist", &self.outbound.ip_range_allowlist), ("listen.trusted_proxies", &self.listen.trusted_proxies)]
-        {
+        for (key, list) in [
+            ("outbound.ip_range_denylist", &self.outbound.ip_range_denylist),
+            ("outbound.ip_range_allowlist", &self.outbound.ip_range_allowlist),
+            ("listen.trusted_proxies", &self.listen.trusted_proxies),
+        ] {
             for range in list {
                 range.parse::<crate::service::address_guard::IpRange>().map_err(|why| {
-                    ConfigError(format!("config key `{key}` holds {why}; write ranges like \"10.0.0.0/8\" or \"::1/128\""))
+                    ConfigError(format!(
+                        "config key `{key}` holds {why}; write ranges like \"10.0.0.0/8\" or \"::1/128\""
+                    ))
                 })?;
             }
         }

@@ -71,8 +71,7 @@ pub async fn serve(
                 let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
                 tokio::spawn(async move {
                     // A peer that fails (or stalls) the handshake is dropped.
-                    let Ok(Ok(stream)) = tokio::time::timeout(timeouts.headers, acceptor.accept(stream)).await
-                    else {
+                    let Ok(Ok(stream)) = tokio::time::timeout(timeouts.headers, acceptor.accept(stream)).await else {
                         return;
                     };
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -101,7 +100,9 @@ pub async fn read_body(
             "M_UNKNOWN",
             "The request body did not arrive in time; send it again.",
         )),
-        Ok(Err(_)) => Err(Error::too_large(format!("The request body is larger than the {limit} bytes this server accepts."))),
+        Ok(Err(_)) => {
+            Err(Error::too_large(format!("The request body is larger than the {limit} bytes this server accepts.")))
+        }
         Ok(Ok(bytes)) => Ok(bytes),
     }
 }

@@ -139,7 +139,8 @@ fn guest_direct_chat(
     {
         return refuse(&format!("`{key}` cannot be set in its creation content."));
     }
-    if let Some((kind, _, _)) = room.initial_state.iter().find(|(kind, _, _)| !GUEST_CREATOR_STATE.contains(&kind.as_str()))
+    if let Some((kind, _, _)) =
+        room.initial_state.iter().find(|(kind, _, _)| !GUEST_CREATOR_STATE.contains(&kind.as_str()))
     {
         return refuse(&format!("{kind} cannot be part of its initial state."));
     }

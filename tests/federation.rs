@@ -666,8 +666,11 @@ async fn media_is_served_to_servers_through_authenticated_federation_media() {
 /// key before it expired.
 #[tokio::test]
 async fn a_rotated_signing_key_is_fetched_again_and_old_keys_still_verify() {
-    use std::sync::{Arc, Mutex, atomic::{AtomicUsize, Ordering}};
     use ruma::{CanonicalJsonObject, RoomVersionId, signatures::Ed25519KeyPair};
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (porch, _, _dir) = in_process_server().await;
 
@@ -687,7 +690,8 @@ async fn a_rotated_signing_key_is_fetched_again_and_old_keys_still_verify() {
             "old_verify_keys": {},
         });
         if let Some((old, expired)) = old {
-            doc["old_verify_keys"][format!("ed25519:{}", old.version())] = serde_json::json!({ "key": b64(old), "expired_ts": expired });
+            doc["old_verify_keys"][format!("ed25519:{}", old.version())] =
+                serde_json::json!({ "key": b64(old), "expired_ts": expired });
         }
         let mut object: CanonicalJsonObject = serde_json::from_value(doc).unwrap();
         ruma::signatures::sign_json(&x_name, current, &mut object).unwrap();
@@ -710,7 +714,10 @@ async fn a_rotated_signing_key_is_fetched_again_and_old_keys_still_verify() {
     config.database.path = tls_dir.path().to_path_buf();
     let acceptor = porch::tls::acceptor(&config.validate().unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let timeouts = porch::listener::Timeouts { headers: std::time::Duration::from_secs(5), body: std::time::Duration::from_secs(5) };
+    let timeouts = porch::listener::Timeouts {
+        headers: std::time::Duration::from_secs(5),
+        body: std::time::Duration::from_secs(5),
+    };
     tokio::spawn(porch::listener::serve(app, listener, Some(acceptor), timeouts, std::future::pending()));
 
     let room_version = RoomVersionId::V12;

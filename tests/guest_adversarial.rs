@@ -382,7 +382,11 @@ fn every_state_event(w: &World) -> Vec<(&'static str, String, Value)> {
         ("m.room.create", String::new(), json!({ "room_version": "12" })),
         ("m.space.child", w.other_room.clone(), json!({ "via": ["porch.test"] })),
         ("m.space.parent", w.other_room.clone(), json!({ "via": ["porch.test"], "canonical": true })),
-        ("dev.porch.security_level", String::new(), json!({ "level": "public", "label": "Public", "color": "#2e7d32" })),
+        (
+            "dev.porch.security_level",
+            String::new(),
+            json!({ "level": "public", "label": "Public", "color": "#2e7d32" }),
+        ),
         ("dev.porch.guest_room", String::new(), json!({ "ended": true })),
         ("im.vector.modular.widgets", "w1".into(), json!({ "type": "m.custom", "url": "https://example.org" })),
         ("org.example.anything", String::new(), json!({ "any": "thing" })),
@@ -395,7 +399,8 @@ fn every_state_event(w: &World) -> Vec<(&'static str, String, Value)> {
 }
 
 /// What a guest may set in a direct chat they opened: what makes it theirs.
-const DM_ALLOWED: &[&str] = &["m.room.name", "m.room.topic", "m.room.avatar", "m.room.encryption", "m.room.pinned_events"];
+const DM_ALLOWED: &[&str] =
+    &["m.room.name", "m.room.topic", "m.room.avatar", "m.room.encryption", "m.room.pinned_events"];
 
 #[tokio::test]
 async fn temporary_guests_cannot_open_their_direct_chats_or_hand_out_power() {
@@ -412,7 +417,11 @@ async fn direct_chat_stays_closed(kind: GuestKind) {
     let s = &w.s;
     let g = &w.guest;
     let (status, body) = s
-        .post("/_matrix/client/v3/createRoom", Some(&g.token), json!({ "is_direct": true, "invite": [w.alice.user_id] }))
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&g.token),
+            json!({ "is_direct": true, "invite": [w.alice.user_id] }),
+        )
         .await;
     assert_eq!(status, 200, "a DM with a co-member: {body}");
     let dm = body["room_id"].as_str().unwrap().to_owned();
@@ -433,9 +442,7 @@ async fn direct_chat_stays_closed(kind: GuestKind) {
     let room_before = state_of(w.guest_room.clone()).await;
 
     for (kind, state_key, content) in every_state_event(&w) {
-        let put = |room: &str| {
-            format!("/_matrix/client/v3/rooms/{}/state/{kind}/{}", enc(room), enc(&state_key))
-        };
+        let put = |room: &str| format!("/_matrix/client/v3/rooms/{}/state/{kind}/{}", enc(room), enc(&state_key));
         let (status, body) = s.put(&put(&dm), Some(&g.token), content.clone()).await;
         if DM_ALLOWED.contains(&kind) {
             assert_eq!(status, 200, "{kind} in the guest's own DM: {body}");
@@ -446,26 +453,40 @@ async fn direct_chat_stays_closed(kind: GuestKind) {
         if kind == "m.room.pinned_events" {
             assert_eq!(status, 200, "guests may pin in their rooms: {body}");
         } else {
-            assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{kind} in the guest room: {body}");
+            assert_eq!(
+                (status, body["errcode"].as_str()),
+                (403, Some("M_FORBIDDEN")),
+                "{kind} in the guest room: {body}"
+            );
         }
     }
     assert_eq!(dm_before, state_of(dm.clone()).await, "the DM's state is what it was");
     assert_eq!(room_before, state_of(w.guest_room.clone()).await, "the guest room's state is what it was");
 
     // The attack itself: nobody who was not invited gets in.
-    let (status, body) = s.post(&format!("/_matrix/client/v3/join/{}", enc(&dm)), Some(&w.outsider.token), json!({})).await;
+    let (status, body) =
+        s.post(&format!("/_matrix/client/v3/join/{}", enc(&dm)), Some(&w.outsider.token), json!({})).await;
     assert_eq!(status, 403, "an outsider joined the guest's DM: {body}");
     // Nor can the DM be published, aliased or upgraded.
     let (status, _) = s
-        .put(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&dm)), Some(&g.token), json!({ "visibility": "public" }))
+        .put(
+            &format!("/_matrix/client/v3/directory/list/room/{}", enc(&dm)),
+            Some(&g.token),
+            json!({ "visibility": "public" }),
+        )
         .await;
     assert_eq!(status, 403, "publish the DM");
     let (status, _) = s
-        .put(&format!("/_matrix/client/v3/directory/room/{}", enc("#evedm:porch.test")), Some(&g.token), json!({ "room_id": dm }))
+        .put(
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#evedm:porch.test")),
+            Some(&g.token),
+            json!({ "room_id": dm }),
+        )
         .await;
     assert_eq!(status, 403, "alias the DM");
-    let (status, body) =
-        s.post(&format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&dm)), Some(&g.token), json!({ "new_version": "12" })).await;
+    let (status, body) = s
+        .post(&format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&dm)), Some(&g.token), json!({ "new_version": "12" }))
+        .await;
     assert!(status == 403 || status == 404, "upgrade the DM: {status} {body}");
 
     // A DM made open (or powerful) from the start is refused whole: no room is made.
@@ -475,10 +496,22 @@ async fn direct_chat_stays_closed(kind: GuestKind) {
         ("public preset", json!({ "preset": "public_chat" })),
         ("public visibility", json!({ "visibility": "public" })),
         ("alias", json!({ "room_alias_name": "evesden" })),
-        ("initial join rules", json!({ "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "public" } }] })),
-        ("initial guest access", json!({ "initial_state": [{ "type": "m.room.guest_access", "content": { "guest_access": "can_join" } }] })),
-        ("initial history", json!({ "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "world_readable" } }] })),
-        ("initial server ACL", json!({ "initial_state": [{ "type": "m.room.server_acl", "content": { "allow": ["*"] } }] })),
+        (
+            "initial join rules",
+            json!({ "initial_state": [{ "type": "m.room.join_rules", "content": { "join_rule": "public" } }] }),
+        ),
+        (
+            "initial guest access",
+            json!({ "initial_state": [{ "type": "m.room.guest_access", "content": { "guest_access": "can_join" } }] }),
+        ),
+        (
+            "initial history",
+            json!({ "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "world_readable" } }] }),
+        ),
+        (
+            "initial server ACL",
+            json!({ "initial_state": [{ "type": "m.room.server_acl", "content": { "allow": ["*"] } }] }),
+        ),
         ("power override", json!({ "power_level_content_override": { "users": { w.outsider.user_id.clone(): 100 } } })),
         ("extra creators", json!({ "creation_content": { "additional_creators": [w.outsider.user_id] } })),
         ("a space", json!({ "creation_content": { "type": "m.space" } })),

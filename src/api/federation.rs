@@ -6,11 +6,11 @@
 use ruma::{
     MilliSecondsSinceUnixEpoch,
     api::federation::{
+        authenticated_media as media,
         backfill::get_backfill,
         device::get_devices,
         directory::{get_public_rooms, get_public_rooms_filtered},
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version},
-        authenticated_media as media,
         event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
         keys::{claim_keys, get_keys},
         membership::{
@@ -68,33 +68,27 @@ async fn media_download(
     state: AppState,
     req: Ruma<media::get_content::v1::Request>,
 ) -> Result<media::get_content::v1::Response> {
-    blocking(&state, move |s| {
-        let (record, bytes) = s.media.get(s.server_name(), &req.body.media_id)?;
-        let disposition = crate::api::client::media::disposition(&record, None);
-        let content = media::Content::new(bytes, record.content_type, disposition);
-        Ok(media::get_content::v1::Response::new(media::ContentMetadata::new(), media::FileOrLocation::File(content)))
-    })
-    .await
+    let content = blocking(&state, move |s| media_file(s, &req.body.media_id, false)).await?;
+    Ok(media::get_content::v1::Response::new(media::ContentMetadata::new(), content))
 }
 
-/// Thumbnails are the original image (porch does not scale images).
 async fn media_thumbnail(
     state: AppState,
     req: Ruma<media::get_content_thumbnail::v1::Request>,
 ) -> Result<media::get_content_thumbnail::v1::Response> {
-    blocking(&state, move |s| {
-        let (record, bytes) = s.media.get(s.server_name(), &req.body.media_id)?;
-        if !record.content_type.starts_with("image/") {
-            return Err(Error::not_found("This media is not an image and has no thumbnail."));
-        }
-        let disposition = crate::api::client::media::disposition(&record, None);
-        let content = media::Content::new(bytes, record.content_type, disposition);
-        Ok(media::get_content_thumbnail::v1::Response::new(
-            media::ContentMetadata::new(),
-            media::FileOrLocation::File(content),
-        ))
-    })
-    .await
+    let content = blocking(&state, move |s| media_file(s, &req.body.media_id, true)).await?;
+    Ok(media::get_content_thumbnail::v1::Response::new(media::ContentMetadata::new(), content))
+}
+
+/// A file of ours; a thumbnail is the original image (porch does not scale
+/// images), other media has none.
+fn media_file(s: &crate::service::Services, media_id: &str, thumbnail: bool) -> Result<media::FileOrLocation> {
+    let (record, bytes) = s.media.get(s.server_name(), media_id)?;
+    if thumbnail && !record.content_type.starts_with("image/") {
+        return Err(Error::not_found("This media is not an image and has no thumbnail."));
+    }
+    let disposition = crate::api::client::media::disposition(&record, None);
+    Ok(media::FileOrLocation::File(media::Content::new(bytes, record.content_type, disposition)))
 }
 
 async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<create_invite::v2::Response> {

@@ -87,7 +87,9 @@ where
         let limits = &state.settings.raw.limits;
         let limit = if TypeId::of::<T>() == TypeId::of::<ruma::api::client::media::create_content::v3::Request>() {
             limits.max_upload_bytes
-        } else if TypeId::of::<T>() == TypeId::of::<ruma::api::federation::transactions::send_transaction_message::v1::Request>() {
+        } else if TypeId::of::<T>()
+            == TypeId::of::<ruma::api::federation::transactions::send_transaction_message::v1::Request>()
+        {
             // The largest legal transaction must fit, whatever `max_request_bytes` says.
             limits.max_request_bytes.max(MAX_TRANSACTION_BYTES)
         } else {

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    service::Services,
+    policy::{self, Action},
+    service::{Services, users::Session},
     storage::{Cf, decode},
 };
 
@@ -31,10 +32,40 @@ pub fn check_local_alias(s: &Services, alias: &RoomAliasId) -> Result<()> {
     Ok(())
 }
 
+/// A signed-in user gives a room they are in an alias (guests never may).
+pub fn add_alias(s: &Services, session: &Session, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
+    policy::check(s, session, Action::ManageAliases)?;
+    if !s.rooms.is_joined(room_id, &session.user_id)? {
+        return Err(Error::forbidden("You must be in the room to give it an alias."));
+    }
+    create_alias(s, alias, room_id, &session.user_id)
+}
+
+/// A signed-in user removes an alias they made (admins: any).
+pub fn remove_alias(s: &Services, session: &Session, alias: &RoomAliasId) -> Result<()> {
+    policy::check(s, session, Action::ManageAliases)?;
+    delete_alias(s, alias, &session.user_id, session.user.is_admin)
+}
+
+/// A signed-in user lists or unlists a room in the public directory: guests
+/// never may; others need the power to set the room's canonical alias.
+pub fn publish(s: &Services, session: &Session, room_id: &RoomId, published: bool) -> Result<()> {
+    policy::check(s, session, Action::PublishRoom)?;
+    let room = s.rooms.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+    let state = s.rooms.state_at(room.current_state)?;
+    let power = s.rooms.power_levels(&room.version, &state)?;
+    if !session.user.is_admin
+        && !power.user_can_send_state(&session.user_id, ruma::events::StateEventType::RoomCanonicalAlias)
+    {
+        return Err(Error::forbidden("You may not change whether this room is published."));
+    }
+    set_published(s, room_id, published)
+}
+
 /// Serialises "is this alias free? then take it".
 static ALIAS_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-pub fn create_alias(s: &Services, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+pub(crate) fn create_alias(s: &Services, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
     check_local_alias(s, alias)?;
     if !s.rooms.exists(room_id)? {
         return Err(Error::not_found("This room is not known to this server."));
@@ -75,7 +106,7 @@ pub fn create_with_alias(
 
 /// Remove an alias: its creator, a server admin, or a room member who may
 /// change the canonical alias.
-pub fn delete_alias(s: &Services, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
+fn delete_alias(s: &Services, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
     let record: AliasRecord =
         s.db.get_json(Cf::Aliases, alias.as_bytes())?.ok_or_else(|| Error::not_found("No such alias."))?;
     let may = is_admin || record.creator == user || {
@@ -110,7 +141,7 @@ pub fn room_aliases(s: &Services, room_id: &RoomId) -> Result<Vec<OwnedRoomAlias
     Ok(out)
 }
 
-pub fn set_published(s: &Services, room_id: &RoomId, published: bool) -> Result<()> {
+pub(crate) fn set_published(s: &Services, room_id: &RoomId, published: bool) -> Result<()> {
     if published {
         s.db.put_json(Cf::PublicRooms, room_id.as_bytes(), &true)?;
     } else {

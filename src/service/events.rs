@@ -71,11 +71,7 @@ pub fn send_state(
 }
 
 /// Guest-room commands (`!guest …`) typed in any client are answered with a notice.
-fn answer_command(
-    s: &Services,
-    session: &Session,
-    pdu: &Pdu,
-) -> Result<()> {
+fn answer_command(s: &Services, session: &Session, pdu: &Pdu) -> Result<()> {
     if pdu.kind != TimelineEventType::RoomMessage {
         return Ok(());
     }
@@ -150,11 +146,7 @@ fn member_state(
     }
 }
 
-fn latest_member_event(
-    s: &Services,
-    room_id: &ruma::RoomId,
-    user_id: &ruma::UserId,
-) -> Result<ruma::OwnedEventId> {
+fn latest_member_event(s: &Services, room_id: &ruma::RoomId, user_id: &ruma::UserId) -> Result<ruma::OwnedEventId> {
     s.rooms
         .current_state_pdu(room_id, "m.room.member", user_id.as_str())?
         .map(|pdu| pdu.event_id.clone())
@@ -178,4 +170,3 @@ fn check_canonical_alias(s: &Services, room_id: &ruma::RoomId, content: &Value) 
     }
     Ok(())
 }
-

@@ -313,7 +313,8 @@ impl Federation {
                 if at <= *until && !set.contains_key(id) {
                     set.insert(
                         id.clone(),
-                        Base64::parse(key).map_err(|e| Error::forbidden(format!("a published key is not base64: {e}")))?,
+                        Base64::parse(key)
+                            .map_err(|e| Error::forbidden(format!("a published key is not base64: {e}")))?,
                     );
                 }
             }
@@ -322,16 +323,7 @@ impl Federation {
     }
 
     fn may_refetch_for_unknown_key(&self, server: &ServerName) -> bool {
-        let mut fetched = self.unknown_key_fetched_at.lock().expect("fetch times poisoned");
-        let now = std::time::Instant::now();
-        if fetched.get(server).is_some_and(|at| now.duration_since(*at) < UNKNOWN_KEY_REFETCH_AFTER) {
-            return false;
-        }
-        if fetched.len() >= 10_000 {
-            fetched.retain(|_, at| now.duration_since(*at) < UNKNOWN_KEY_REFETCH_AFTER);
-        }
-        fetched.insert(server.to_owned(), now);
-        true
+        first_in(&self.unknown_key_fetched_at, server, UNKNOWN_KEY_REFETCH_AFTER)
     }
 
     /// As a key notary: `server`'s signed keys, valid at least until
@@ -417,16 +409,7 @@ impl Federation {
     }
 
     fn recently_fetched(&self, server: &ServerName) -> bool {
-        let mut fetched = self.fetched_at.lock().expect("fetch times poisoned");
-        let now = std::time::Instant::now();
-        if fetched.get(server).is_some_and(|at| now.duration_since(*at) < REFETCH_AFTER) {
-            return true;
-        }
-        if fetched.len() >= 10_000 {
-            fetched.retain(|_, at| now.duration_since(*at) < REFETCH_AFTER);
-        }
-        fetched.insert(server.to_owned(), now);
-        false
+        !first_in(&self.fetched_at, server, REFETCH_AFTER)
     }
 
     /// `/_matrix/key/v2/server` of the server itself.
@@ -525,6 +508,21 @@ impl Federation {
             .map_err(|e| unauthorized(format!("The request's signature does not verify: {e}")))?;
         Ok(x_matrix.origin)
     }
+}
+
+/// Whether `server` was not seen in `times` within `every`; it is then
+/// noted as seen now. The map stays bounded.
+fn first_in(times: &Mutex<HashMap<OwnedServerName, std::time::Instant>>, server: &ServerName, every: Duration) -> bool {
+    let mut times = times.lock().expect("fetch times poisoned");
+    let now = std::time::Instant::now();
+    if times.get(server).is_some_and(|at| now.duration_since(*at) < every) {
+        return false;
+    }
+    if times.len() >= 10_000 {
+        times.retain(|_, at| now.duration_since(*at) < every);
+    }
+    times.insert(server.to_owned(), now);
+    true
 }
 
 /// A server's key object checked against its own signature.

@@ -407,4 +407,3 @@ pub async fn in_process_server_with(
     }
     (services, format!("localhost:{port}"), dir)
 }
-

@@ -113,20 +113,7 @@ pub async fn set_visibility(
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> Result<set_room_visibility::v3::Response> {
     blocking(&state, move |s| {
-        let session = req.session();
-        policy::check(s, session, Action::PublishRoom)?;
-        let room = s
-            .rooms
-            .room(&req.body.room_id)?
-            .ok_or_else(|| Error::not_found("This room is not known to this server."))?;
-        let state = s.rooms.state_at(room.current_state)?;
-        let power = s.rooms.power_levels(&room.version, &state)?;
-        if !session.user.is_admin
-            && !power.user_can_send_state(&session.user_id, ruma::events::StateEventType::RoomCanonicalAlias)
-        {
-            return Err(Error::forbidden("You may not change whether this room is published."));
-        }
-        directory::set_published(s, &req.body.room_id, req.body.visibility == Visibility::Public)?;
+        directory::publish(s, req.session(), &req.body.room_id, req.body.visibility == Visibility::Public)?;
         Ok(set_room_visibility::v3::Response::new())
     })
     .await

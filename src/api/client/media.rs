@@ -30,12 +30,7 @@ pub async fn upload(
         let body = req.body;
         let uploader = &req.session.expect("authenticated").user_id;
         s.user_limits.check(uploader, crate::service::ratelimit::UserAction::Upload)?;
-        let uri = s.media.upload(
-            uploader,
-            body.content_type,
-            body.filename,
-            &body.file,
-        )?;
+        let uri = s.media.upload(uploader, body.content_type, body.filename, &body.file)?;
         Ok(media::create_content::v3::Response::new(uri))
     })
     .await

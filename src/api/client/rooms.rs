@@ -19,7 +19,6 @@ use serde_json::{Map, Value};
 use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
-    policy::{self, Action},
     service::{
         Services,
         create_room::{self as room_factory, CreateRoom},
@@ -91,12 +90,7 @@ pub async fn create(state: AppState, req: Ruma<create_room::v3::Request>) -> Res
 
 pub async fn put_alias(state: AppState, req: Ruma<create_alias::v3::Request>) -> Result<create_alias::v3::Response> {
     blocking(&state, move |s| {
-        let session = req.session();
-        policy::check(s, session, Action::ManageAliases)?;
-        if !s.rooms.is_joined(&req.body.room_id, &session.user_id)? {
-            return Err(Error::forbidden("You must be in the room to give it an alias."));
-        }
-        directory::create_alias(s, &req.body.room_alias, &req.body.room_id, &session.user_id)?;
+        directory::add_alias(s, req.session(), &req.body.room_alias, &req.body.room_id)?;
         Ok(create_alias::v3::Response::new())
     })
     .await
@@ -119,9 +113,7 @@ pub async fn get_alias(state: AppState, req: Ruma<get_alias::v3::Request>) -> Re
 
 pub async fn delete_alias(state: AppState, req: Ruma<delete_alias::v3::Request>) -> Result<delete_alias::v3::Response> {
     blocking(&state, move |s| {
-        let session = req.session();
-        policy::check(s, session, Action::ManageAliases)?;
-        directory::delete_alias(s, &req.body.room_alias, &session.user_id, session.user.is_admin)?;
+        directory::remove_alias(s, req.session(), &req.body.room_alias)?;
         Ok(delete_alias::v3::Response::new())
     })
     .await

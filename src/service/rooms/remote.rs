@@ -161,7 +161,8 @@ impl Rooms {
             }
         }
         // Every event with a path to a conflicted one, found walking back from them.
-        let mut out: EventIdSet<OwnedEventId> = conflicted.iter().filter(|id| reachable.contains(*id)).cloned().collect();
+        let mut out: EventIdSet<OwnedEventId> =
+            conflicted.iter().filter(|id| reachable.contains(*id)).cloned().collect();
         let mut todo: Vec<&OwnedEventId> = targets.iter().copied().collect();
         let mut leads: HashSet<&OwnedEventId> = HashSet::new();
         while let Some(id) = todo.pop() {

@@ -271,3 +271,117 @@ async fn the_largest_legal_transaction_is_taken_and_oversized_pdus_refused() {
         "exactly the oversized PDU is refused for its size: {refusals:?}"
     );
 }
+
+/// A participant's server that stalls when asked for the events before
+/// its latest one must not hold the room: another server's events keep
+/// arriving meanwhile.
+#[tokio::test]
+async fn a_peer_that_stalls_when_asked_for_missing_events_does_not_hold_the_room() {
+    use porch::service::{remote_join, rooms::NewEvent};
+    use ruma::{CanonicalJsonValue, api::federation::transactions::send_transaction_message};
+    use std::sync::atomic::AtomicBool;
+
+    // `x` (in this process) is reached by the others through a proxy that
+    // can be told to stall every new connection.
+    let real_port = common::free_port();
+    let name_port = Arc::new(std::sync::Mutex::new(0u16));
+    let noted = name_port.clone();
+    let (x, x_name, _dir) = common::in_process_server_with(move |c| {
+        *noted.lock().unwrap() = c.server_name.rsplit(':').next().unwrap().parse().unwrap();
+        c.listen.federation = format!("127.0.0.1:{real_port}");
+    })
+    .await;
+    let stalled = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", *name_port.lock().unwrap())).await.unwrap();
+    let stall = stalled.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let stall = stall.clone();
+            tokio::spawn(async move {
+                let Ok(out) = tokio::net::TcpStream::connect(("127.0.0.1", real_port)).await else { return };
+                let (mut from_peer, mut to_peer) = inbound.split();
+                let (mut from_x, mut to_x) = out.into_split();
+                let back = async { tokio::io::copy(&mut from_x, &mut to_peer).await };
+                // Requests stop getting through once stalled, on connections
+                // already open too; they are held, not closed.
+                let forth = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = from_peer.read(&mut buf).await?;
+                        while stall.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        if n == 0 {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        to_x.write_all(&buf[..n]).await?;
+                    }
+                };
+                let _ = tokio::join!(back, forth);
+            });
+        }
+    });
+
+    let (a, a_name) = common::federating_server().await;
+    let (g, _) = common::federating_server().await;
+    let alice = a.register("alice").await;
+    let gina = g.register("gina").await;
+    let room_id = a.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let path = format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room_id), enc(&a_name));
+    let (status, body) = g.post(&path, Some(&gina.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let xavier = ruma::OwnedUserId::try_from(format!("@xavier:{x_name}")).unwrap();
+    x.users.create(&xavier, Some("password1"), porch::service::users::AccountKind::Member, false, None).unwrap();
+    let room = ruma::OwnedRoomId::try_from(room_id.as_str()).unwrap();
+    let a_server = ruma::OwnedServerName::try_from(a_name.as_str()).unwrap();
+    remote_join::join(&x, &xavier, &room, vec![a_server.clone()], None).await.expect("x joins");
+
+    // An event after one `a` never saw: `a` must ask `x` for the gap.
+    let (version, unseen) = x
+        .rooms
+        .prepare(&room, &xavier, NewEvent::message("m.room.message", json!({ "msgtype": "m.text", "body": "unseen" })))
+        .unwrap();
+    let mut after = unseen.canonical_object();
+    for field in ["signatures", "hashes", "unsigned"] {
+        after.remove(field);
+    }
+    after.insert("prev_events".into(), CanonicalJsonValue::Array(vec![unseen.event_id.to_string().into()]));
+    after.insert("depth".into(), CanonicalJsonValue::Integer((u64::from(unseen.depth) + 1).try_into().unwrap()));
+    after.insert(
+        "content".into(),
+        CanonicalJsonValue::Object(
+            [("msgtype".to_owned(), "m.text".into()), ("body".to_owned(), "after a gap".into())].into(),
+        ),
+    );
+    ruma::signatures::hash_and_sign_event(
+        &x_name,
+        &x.signing.key_pair,
+        &mut after,
+        &version.rules().unwrap().redaction,
+    )
+    .unwrap();
+    let mut request = send_transaction_message::v1::Request::new(
+        "gap".into(),
+        ruma::OwnedServerName::try_from(x_name.as_str()).unwrap(),
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+    );
+    request.pdus = vec![serde_json::value::to_raw_value(&after).unwrap()];
+    let since = a.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    stalled.store(true, Ordering::SeqCst);
+    let sender = x.clone();
+    tokio::spawn(async move { sender.federation.send(&a_server, request).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Meanwhile a good server's message reaches the room at once.
+    g.send_text(&gina, &room_id, "from a good server").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut since = since;
+    loop {
+        let sync = a.sync(&alice, Some(&since), 2000).await;
+        if common::timeline(&sync, &room_id).iter().any(|e| e["content"]["body"] == "from a good server") {
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "the stalling server held the room");
+    }
+}

@@ -47,6 +47,7 @@ pub async fn serve_on(
     let (stop_federation, mut federation_stopped) = tokio::sync::watch::channel(false);
     let listen = &services.settings.raw.listen;
     let timeouts = crate::listener::Timeouts { headers: listen.header_timeout, body: listen.body_timeout };
+    let mut federation = None;
     if let Some(federation_addr) = services.settings.federation_addr {
         let acceptor = tls::acceptor(&services.settings)?;
         let listener = tokio::net::TcpListener::bind(federation_addr).await.map_err(|e| {
@@ -57,7 +58,7 @@ pub async fn serve_on(
             let _ = federation_stopped.changed().await;
         };
         let app = api::federation_router(services.clone());
-        tokio::spawn(crate::listener::serve(app, listener, Some(acceptor), timeouts, stopped));
+        federation = Some(tokio::spawn(crate::listener::serve(app, listener, Some(acceptor), timeouts, stopped)));
     }
     tracing::info!(
         server_name = %services.settings.server_name,
@@ -66,7 +67,11 @@ pub async fn serve_on(
     );
     let app = api::router(services);
     crate::listener::serve(app, listener, None, timeouts, shutdown).await;
+    // Both listeners drain their requests in flight before porch stops.
     let _ = stop_federation.send(true);
+    if let Some(federation) = federation {
+        let _ = federation.await;
+    }
     tracing::info!("porch stopped");
     Ok(())
 }

@@ -32,9 +32,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only (TLS offers no h2): then every request, the first one
+    // included, gets the header timeout; protocol detection would read
+    // without one, and HTTP/2 has no header timeout at all.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.headers);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

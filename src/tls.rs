@@ -29,7 +29,8 @@ pub fn acceptor(settings: &Settings) -> anyhow::Result<TlsAcceptor> {
         .map_err(|e| {
             anyhow::anyhow!("the TLS certificate and key do not fit together ({e}); check `tls.cert` and `tls.key`")
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only, so every connection gets the listener's header timeout.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

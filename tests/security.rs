@@ -162,6 +162,7 @@ async fn rate_limits_count_the_client_behind_a_trusted_proxy_only() {
     assert_eq!([login(&s, "1.2.3.4").await, login(&s, "1.2.3.4").await, login(&s, "1.2.3.4").await], [403, 403, 429]);
     assert_eq!(login(&s, "5.6.7.8").await, 403, "another client behind the proxy is not limited");
     assert_eq!(login(&s, "9.9.9.9, 1.2.3.4").await, 429, "the nearest untrusted hop counts, not a claimed first one");
+    assert_eq!(login(&s, "1.2.3.4:5678").await, 429, "a hop with a port is the same client");
 
     // Without trusted proxies the header is ignored: the socket counts.
     let s = TestServer::start_with(env(&limits)).await;
@@ -215,6 +216,14 @@ async fn each_user_is_limited_in_events_rooms_invites_and_uploads() {
     let _ = invite(&alice.user_id).await;
     let (status, body) = invite(&carol.user_id).await;
     assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "second invite: {body}");
+
+    // Invites sent with a new room count too; the refused room is not made.
+    let (_, before) = s.get("/_matrix/client/v3/joined_rooms", Some(&carol.token)).await;
+    let many = json!({ "invite": [alice.user_id, bob.user_id] });
+    let (status, body) = s.post("/_matrix/client/v3/createRoom", Some(&carol.token), many).await;
+    assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "two invites with a room: {body}");
+    let (_, after) = s.get("/_matrix/client/v3/joined_rooms", Some(&carol.token)).await;
+    assert_eq!(before, after, "no room was made");
 
     let upload = || {
         s.http
@@ -292,7 +301,8 @@ async fn a_peer_that_stalls_when_asked_for_missing_events_does_not_hold_the_room
     })
     .await;
     let stalled = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", *name_port.lock().unwrap())).await.unwrap();
+    let proxy_port = *name_port.lock().unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port)).await.unwrap();
     let stall = stalled.clone();
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {

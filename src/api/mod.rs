@@ -122,7 +122,8 @@ where
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let http_request = http::Request::from_parts(parts, &bytes[..]);
         let origin = if auth == TypeId::of::<ruma::api::federation::authentication::ServerSignatures>() {
-            Some(state.federation.authenticate(&http_request).await?)
+            let limiter = || state.key_query_limiter.check(ip).map_err(Error::limit_exceeded);
+            Some(state.federation.authenticate(&http_request, limiter).await?)
         } else {
             None
         };
@@ -142,8 +143,12 @@ where
 /// when that is a trusted reverse proxy (`listen.trusted_proxies`), the
 /// nearest address in `X-Forwarded-For` that is not one of them.
 pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Settings) -> IpAddr {
-    let socket =
-        parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let canonical = |ip: IpAddr| ip.to_canonical();
+    let socket = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| canonical(c.0.ip()))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|range| range.contains(ip));
     if !trusted(socket) {
         return socket;
@@ -152,7 +157,9 @@ pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Setting
     let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
     let hops: Vec<&str> = forwarded.flat_map(|v| v.split(',')).map(str::trim).collect();
     for hop in hops.iter().rev() {
-        let Ok(ip) = hop.parse::<IpAddr>() else { break };
+        // `1.2.3.4`, `1.2.3.4:5678`, `::1` or `[::1]:5678`.
+        let parsed = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()));
+        let Some(ip) = parsed.map(canonical) else { break };
         client = ip;
         if !trusted(ip) {
             break;

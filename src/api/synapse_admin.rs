@@ -47,8 +47,9 @@ struct RegisterBody {
     mac: String,
 }
 
-async fn register_user(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Json<Value>> {
+async fn register_user(State(state): State<AppState>, body: axum::body::Body) -> Result<Json<Value>> {
     let secret = secret(&state)?;
+    let body = crate::listener::read_body(body, state.settings.raw.limits.max_request_bytes, &state.settings).await?;
     let body: RegisterBody =
         serde_json::from_slice(&body).map_err(|e| Error::bad_json(format!("The request body is not valid: {e}")))?;
     if !state.shared_secret_nonces.take(&body.nonce) {

@@ -99,8 +99,16 @@ fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     if segments[..6] == [0; 6] && !(segments[6] == 0 && segments[7] <= 1) {
         return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
     }
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // NAT64 (well-known and local-use prefixes) and IPv4-translated.
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || segments[..3] == [0x64, 0xff9b, 1]
+        || segments[..6] == [0, 0, 0, 0, 0xffff, 0]
+    {
         return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    // Teredo: the client's IPv4 address, inverted.
+    if segments[..2] == [0x2001, 0] {
+        return Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]));
     }
     if segments[0] == 0x2002 {
         return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
@@ -197,6 +205,9 @@ mod tests {
             "::ffff:10.0.0.1",
             "::127.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:7f00:1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
             "2002:7f00:1::",
         ] {
             assert!(!guard.permits(denied.parse().unwrap()), "{denied} must be denied");

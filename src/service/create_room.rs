@@ -44,6 +44,10 @@ pub fn create(s: &Services, session: &Session, req: CreateRoom) -> Result<OwnedR
         policy::check(s, session, Action::ManageAliases)?;
     }
     s.user_limits.check(&session.user_id, UserAction::CreateRoom)?;
+    // Invites sent with a new room count like any others.
+    for _ in &req.invite {
+        s.user_limits.check(&session.user_id, UserAction::Invite)?;
+    }
     create_as(s, &session.user_id, req)
 }
 

@@ -32,6 +32,15 @@ pub fn check_local_alias(s: &Services, alias: &RoomAliasId) -> Result<()> {
     Ok(())
 }
 
+/// Signed-in non-guests may list; anonymous callers only if configured.
+pub fn may_list(s: &Services, session: Option<&Session>) -> Result<()> {
+    match session {
+        Some(session) => policy::check(s, session, Action::ListPublicRooms),
+        None if s.settings.raw.rooms.public_directory_without_auth => Ok(()),
+        None => Err(Error::missing_token()),
+    }
+}
+
 /// A signed-in user gives a room they are in an alias (guests never may).
 pub fn add_alias(s: &Services, session: &Session, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
     policy::check(s, session, Action::ManageAliases)?;

@@ -172,7 +172,9 @@ impl Federation {
             let mut builder = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .connect_timeout(Duration::from_secs(10))
-                .user_agent(concat!("porch/", env!("CARGO_PKG_VERSION")));
+                .user_agent(concat!("porch/", env!("CARGO_PKG_VERSION")))
+                // A system proxy would resolve names itself, past the guard.
+                .no_proxy();
             if let Some(ca) = &trusted_ca {
                 builder = builder.add_root_certificate(ca.clone());
             }
@@ -397,9 +399,12 @@ impl Federation {
             for (id, old) in previous.old_keys {
                 fetched.old_keys.entry(id).or_insert(old);
             }
+            // A key the server dropped signed nothing after now (it may
+            // have been dropped because it leaked).
+            let dropped_at = util::now_ms().min(previous.valid_until);
             for (id, key) in previous.keys {
                 if !fetched.keys.contains_key(&id) {
-                    fetched.old_keys.entry(id).or_insert((key, previous.valid_until));
+                    fetched.old_keys.entry(id).or_insert((key, dropped_at));
                 }
             }
         }
@@ -494,12 +499,21 @@ impl Federation {
     }
 
     /// Check the X-Matrix signature of a request sent to us; returns its origin.
-    pub async fn authenticate(&self, request: &http::Request<&[u8]>) -> Result<OwnedServerName> {
+    /// An origin whose keys we do not hold costs the caller a token of
+    /// `new_origins` (fetching them means connecting somewhere it named).
+    pub async fn authenticate(
+        &self,
+        request: &http::Request<&[u8]>,
+        new_origins: impl FnOnce() -> Result<()>,
+    ) -> Result<OwnedServerName> {
         let unauthorized = |why: String| Error::new(http::StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", why);
         let x_matrix = XMatrix::extract_from_http_headers(request.headers())
             .map_err(|e| unauthorized(format!("This endpoint needs a valid X-Matrix Authorization header: {e}")))?;
         if x_matrix.origin == self.server_name {
             return Err(unauthorized("Requests cannot claim to come from this server.".to_owned()));
+        }
+        if self.stored_keys(&x_matrix.origin)?.is_none() {
+            new_origins()?;
         }
         let keys = self.verify_keys(&x_matrix.origin, &[x_matrix.key.to_string()], None).await?;
         let key_map: PublicKeyMap = BTreeMap::from([(x_matrix.origin.to_string(), keys)]);

@@ -21,6 +21,7 @@ pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod outbound;
+pub mod profiles;
 pub mod push;
 pub mod ratelimit;
 pub mod registration;

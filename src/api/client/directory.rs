@@ -13,18 +13,8 @@ use ruma::{
 use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
-    policy::{self, Action},
-    service::{Services, directory},
+    service::directory,
 };
-
-/// Signed-in non-guests may list; anonymous callers only if configured.
-fn may_list(s: &Services, session: Option<&crate::service::users::Session>) -> Result<()> {
-    match session {
-        Some(session) => policy::check(s, session, Action::ListPublicRooms),
-        None if s.settings.raw.rooms.public_directory_without_auth => Ok(()),
-        None => Err(Error::missing_token()),
-    }
-}
 
 /// The directory of another server, asked over federation.
 async fn remote_public_rooms(
@@ -58,7 +48,7 @@ async fn listing(
     since: Option<String>,
     search: Option<String>,
 ) -> Result<directory::Listing> {
-    blocking(state, move |s| may_list(s, session.as_ref())).await?;
+    blocking(state, move |s| directory::may_list(s, session.as_ref())).await?;
     if let Some(server) = is_remote(state, server) {
         return remote_public_rooms(state, &server, limit, since, search).await;
     }
@@ -154,7 +144,7 @@ pub async fn search_users(state: AppState, req: Ruma<search_users::v3::Request>)
         for (user_id, display_name, avatar_url) in candidates {
             let matches = user_id.as_str().to_lowercase().contains(&term)
                 || display_name.as_deref().is_some_and(|n| n.to_lowercase().contains(&term));
-            if !matches || !policy::may_see_in_directory(s, session, &user_id)? {
+            if !matches || !crate::policy::may_see_in_directory(s, session, &user_id)? {
                 continue;
             }
             if results.len() == limit {

@@ -18,7 +18,6 @@ use ruma::{
 use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
-    policy::{self, Action},
     service::outbound,
 };
 
@@ -44,7 +43,7 @@ pub async fn set_presence(state: AppState, req: Ruma<set_presence::v3::Request>)
 
 pub async fn get_presence(state: AppState, req: Ruma<get_presence::v3::Request>) -> Result<get_presence::v3::Response> {
     blocking(&state, move |s| {
-        policy::check(s, req.session(), Action::ViewProfile { target: &req.body.user_id })?;
+        crate::service::profiles::may_view(s, req.session(), &req.body.user_id)?;
         let known = s.ephemeral.presence(&req.body.user_id);
         // Other servers' users: what their server last told us.
         let unknown = if s.users.is_local(&req.body.user_id) {

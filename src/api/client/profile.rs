@@ -9,28 +9,16 @@ use serde_json::Value;
 use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
-    policy::{self, Action},
-    service::{Services, membership, users::Session},
+    policy,
+    service::{membership, profiles, users::Session},
 };
-
-/// The profile of a user as this server knows it, after the guest policy.
-/// Lookups need a signed-in caller: otherwise anyone, guests included, could
-/// enumerate the server's people by leaving out their token.
-fn profile_of(s: &Services, viewer: Option<&Session>, user_id: &UserId) -> Result<crate::service::users::UserRecord> {
-    let viewer = viewer.ok_or_else(Error::missing_token)?;
-    policy::check(s, viewer, Action::ViewProfile { target: user_id })?;
-    match s.users.get(user_id)? {
-        Some(user) if !user.deactivated && s.users.is_local(user_id) => Ok(user),
-        _ => Err(Error::not_found("This user has no profile here.")),
-    }
-}
 
 pub async fn profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> Result<get_profile::v3::Response> {
     if !state.users.is_local(&req.body.user_id) {
         return remote_profile(state, req).await;
     }
     blocking(&state, move |s| {
-        let user = profile_of(s, req.session.as_ref(), &req.body.user_id)?;
+        let user = profiles::visible(s, req.session.as_ref(), &req.body.user_id)?;
         let mut data = ruma::profile::UserProfile::new();
         if let Some(name) = user.displayname {
             data.set("displayname".to_owned(), Value::String(name));
@@ -51,7 +39,7 @@ async fn remote_profile(state: AppState, req: Ruma<get_profile::v3::Request>) ->
     let user_id = req.body.user_id.clone();
     let session = req.session.ok_or_else(Error::missing_token)?;
     let target = user_id.clone();
-    blocking(&state, move |s| policy::check(s, &session, Action::ViewProfile { target: &target })).await?;
+    blocking(&state, move |s| profiles::may_view(s, &session, &target)).await?;
     let request = ruma::api::federation::query::get_profile_information::v1::Request::new(user_id.clone());
     let answer = state.federation.send(user_id.server_name(), request).await?;
     Ok(get_profile::v3::Response::from(answer.data))
@@ -62,7 +50,7 @@ pub async fn display_name(
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<get_display_name::v3::Response> {
     blocking(&state, move |s| {
-        let user = profile_of(s, req.session.as_ref(), &req.body.user_id)?;
+        let user = profiles::visible(s, req.session.as_ref(), &req.body.user_id)?;
         Ok(get_display_name::v3::Response::new(user.displayname))
     })
     .await
@@ -73,7 +61,7 @@ pub async fn avatar_url(
     req: Ruma<get_avatar_url::v3::Request>,
 ) -> Result<get_avatar_url::v3::Response> {
     blocking(&state, move |s| {
-        let user = profile_of(s, req.session.as_ref(), &req.body.user_id)?;
+        let user = profiles::visible(s, req.session.as_ref(), &req.body.user_id)?;
         Ok(get_avatar_url::v3::Response::new(user.avatar_url))
     })
     .await

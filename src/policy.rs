@@ -61,10 +61,21 @@ const GUEST_CREATION_CONTENT: &[&str] = &["m.federate"];
 
 /// Refuse `action` for this session if the policy says no.
 pub fn check(services: &Services, session: &Session, action: Action<'_>) -> Result<()> {
-    if !session.is_guest() {
+    check_account(services, &session.user_id, session.is_guest(), action)
+}
+
+/// [`check`] for a local account known by its id (paths that carry no session).
+pub fn check_user(services: &Services, user_id: &UserId, action: Action<'_>) -> Result<()> {
+    let Some(user) = services.users.get(user_id)? else {
+        return Err(Error::forbidden("This account does not exist here."));
+    };
+    check_account(services, user_id, user.kind.is_guest(), action)
+}
+
+fn check_account(services: &Services, user_id: &UserId, is_guest: bool, action: Action<'_>) -> Result<()> {
+    if !is_guest {
         return Ok(());
     }
-    let user_id = &session.user_id;
     match action {
         Action::ListPublicRooms => Err(Error::forbidden("Guests cannot browse the room directory.")),
         Action::PublishRoom | Action::ManageAliases => {
@@ -150,18 +161,6 @@ fn guest_direct_chat(
 /// Whether `user_id` created the room (sent its `m.room.create`).
 fn created_by(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
     Ok(services.rooms.current_state_pdu(room_id, "m.room.create", "")?.is_some_and(|create| create.sender == user_id))
-}
-
-/// [`check`] for a local account known by its id (paths that carry no session).
-pub fn check_user(services: &Services, user_id: &UserId, action: Action<'_>) -> Result<()> {
-    let Some(user) = services.users.get(user_id)? else {
-        return Err(Error::forbidden("This account does not exist here."));
-    };
-    if !user.kind.is_guest() {
-        return Ok(());
-    }
-    let device_id = ruma::OwnedDeviceId::from("POLICY");
-    check(services, &Session { user_id: user_id.to_owned(), device_id, user }, action)
 }
 
 /// Whether `a` and `b` are both joined to at least one room.

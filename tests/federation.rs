@@ -630,18 +630,7 @@ async fn media_is_served_to_servers_through_authenticated_federation_media() {
     let (b, b_name) = federating_server().await;
     let bob = b.register("bob").await;
     let png = b"\x89PNG\r\n\x1a\nbob's picture".to_vec();
-    let upload: Value = b
-        .http
-        .post(format!("{}/_matrix/media/v3/upload", b.base))
-        .bearer_auth(&bob.token)
-        .header("content-type", "image/png")
-        .body(png.clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, upload) = b.upload(&bob, "image/png", png.clone()).await;
     let media_id = upload["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
     let server = ruma::OwnedServerName::try_from(b_name.as_str()).unwrap();
 

@@ -311,16 +311,7 @@ async fn reach_beyond(kind: GuestKind) {
         .post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", enc(&last)), Some(&g.token), json!({}))
         .await;
     assert_eq!(status, 200, "receipts");
-    let upload = s
-        .http
-        .post(format!("{}/_matrix/media/v3/upload", s.base))
-        .bearer_auth(&g.token)
-        .header("content-type", "image/png")
-        .body(vec![1u8, 2, 3])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(upload.status().as_u16(), 200, "media upload");
+    assert_eq!(s.upload(g, "image/png", vec![1u8, 2, 3]).await.0, 200, "media upload");
     let (status, _) = s.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), Some(&g.token), json!({})).await;
     assert_eq!(status, 200, "leave");
 }

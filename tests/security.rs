@@ -225,16 +225,8 @@ async fn each_user_is_limited_in_events_rooms_invites_and_uploads() {
     let (_, after) = s.get("/_matrix/client/v3/joined_rooms", Some(&carol.token)).await;
     assert_eq!(before, after, "no room was made");
 
-    let upload = || {
-        s.http
-            .post(format!("{}/_matrix/media/v3/upload", s.base))
-            .bearer_auth(&carol.token)
-            .header("content-type", "text/plain")
-            .body("hello")
-            .send()
-    };
-    assert_eq!(upload().await.unwrap().status().as_u16(), 200);
-    assert_eq!(upload().await.unwrap().status().as_u16(), 429, "second upload");
+    assert_eq!(s.upload(&carol, "text/plain", b"hello".to_vec()).await.0, 200);
+    assert_eq!(s.upload(&carol, "text/plain", b"hello".to_vec()).await.0, 429, "second upload");
 }
 
 #[tokio::test]

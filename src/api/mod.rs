@@ -143,11 +143,10 @@ where
 /// when that is a trusted reverse proxy (`listen.trusted_proxies`), the
 /// nearest address in `X-Forwarded-For` that is not one of them.
 pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Settings) -> IpAddr {
-    let canonical = |ip: IpAddr| ip.to_canonical();
     let socket = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| canonical(c.0.ip()))
+        .map(|c| c.0.ip().to_canonical())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let trusted = |ip: IpAddr| settings.trusted_proxies.iter().any(|range| range.contains(ip));
     if !trusted(socket) {
@@ -159,7 +158,7 @@ pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Setting
     for hop in hops.iter().rev() {
         // `1.2.3.4`, `1.2.3.4:5678`, `::1` or `[::1]:5678`.
         let parsed = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()));
-        let Some(ip) = parsed.map(canonical) else { break };
+        let Some(ip) = parsed.map(|ip| ip.to_canonical()) else { break };
         client = ip;
         if !trusted(ip) {
             break;

@@ -88,14 +88,12 @@ fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
     }
 }
 
-/// An IPv4 address carried inside an IPv6 one (mapped, compatible, NAT64
-/// or 6to4), which reaches the same host as the IPv4 address.
+/// An IPv4 address carried inside an IPv6 one (compatible, NAT64,
+/// translated, Teredo or 6to4; mapped ones are made IPv4 before), which
+/// reaches the same host as the IPv4 address.
 fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let o = ip.octets();
     let segments = ip.segments();
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return Some(v4);
-    }
     if segments[..6] == [0; 6] && !(segments[6] == 0 && segments[7] <= 1) {
         return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
     }
@@ -132,10 +130,7 @@ impl AddressGuard {
     /// holds it, else refused if a denylist range holds it or the IPv4
     /// address it carries.
     pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         let forms: Vec<IpAddr> = match ip {
             IpAddr::V6(v6) => std::iter::once(ip).chain(embedded_ipv4(v6).map(IpAddr::V4)).collect(),
             v4 => vec![v4],

@@ -297,28 +297,12 @@ impl Federation {
             let own = Base64::new(self.signing.key_pair.public_key().to_vec());
             return Ok(BTreeMap::from([(self.signing.key_id(), own)]));
         }
-        let mut cached = self.cached_keys(server, util::now_ms()).await?;
-        let knows = |cached: &CachedKeys, id: &String| {
-            cached.keys.contains_key(id)
-                || cached.old_keys.get(id).is_some_and(|(_, until)| signed_at.is_some_and(|at| at <= *until))
-        };
-        if key_ids.iter().any(|id| !knows(&cached, id)) && self.may_refetch_for_unknown_key(server) {
+        let mut set = usable_keys(&self.cached_keys(server, util::now_ms()).await?, signed_at)?;
+        if key_ids.iter().any(|id| !set.contains_key(id)) && self.may_refetch_for_unknown_key(server) {
             tracing::info!(%server, ?key_ids, "a signature names a key we do not know: fetching the server's keys again");
             match self.refetch(server).await {
-                Ok(fresh) => cached = fresh,
+                Ok(fresh) => set = usable_keys(&fresh, signed_at)?,
                 Err(err) => tracing::info!(%server, "could not fetch the keys again: {}", err.message),
-            }
-        }
-        let mut set = to_key_set(&cached)?;
-        if let Some(at) = signed_at {
-            for (id, (key, until)) in &cached.old_keys {
-                if at <= *until && !set.contains_key(id) {
-                    set.insert(
-                        id.clone(),
-                        Base64::parse(key)
-                            .map_err(|e| Error::forbidden(format!("a published key is not base64: {e}")))?,
-                    );
-                }
             }
         }
         Ok(set)
@@ -377,7 +361,7 @@ impl Federation {
     /// what we had: keys it no longer lists stay as old keys.
     async fn refetch(&self, server: &ServerName) -> Result<CachedKeys> {
         let stored = self.stored_keys(server)?;
-        let fetched = match self.keys_from_server(server).await {
+        let mut fetched = match self.keys_from_server(server).await {
             Ok(cached) => Ok(cached),
             Err(err) => {
                 let mut found = Err(err);
@@ -394,7 +378,6 @@ impl Federation {
                 found
             }
         }?;
-        let mut fetched = fetched;
         if let Some(previous) = stored {
             for (id, old) in previous.old_keys {
                 fetched.old_keys.entry(id).or_insert(old);
@@ -584,9 +567,21 @@ fn only_signed_by(body: &serde_json::Value, signer: &ServerName) -> Result<Canon
 }
 
 fn to_key_set(cached: &CachedKeys) -> Result<PublicKeySet> {
+    usable_keys(cached, None)
+}
+
+/// The server's current keys, and with `signed_at` (an event's time) the
+/// old keys that still signed then.
+fn usable_keys(cached: &CachedKeys, signed_at: Option<u64>) -> Result<PublicKeySet> {
+    let old = cached
+        .old_keys
+        .iter()
+        .filter(|(id, (_, until))| !cached.keys.contains_key(*id) && signed_at.is_some_and(|at| at <= *until))
+        .map(|(id, (key, _))| (id, key));
     cached
         .keys
         .iter()
+        .chain(old)
         .map(|(id, key)| {
             Ok((
                 id.clone(),

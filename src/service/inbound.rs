@@ -152,7 +152,11 @@ async fn incoming_pdu(
     if let Some(err) = denied {
         return Some((event_id, Err(err.message)));
     }
-    if serde_json::to_string(&object).map_or(true, |json| json.len() > crate::api::MAX_PDU_BYTES) {
+    // Canonical JSON is never longer than the JSON it came as: only a large
+    // PDU needs serialising to measure.
+    if raw.get().len() > crate::api::MAX_PDU_BYTES
+        && serde_json::to_string(&object).map_or(true, |json| json.len() > crate::api::MAX_PDU_BYTES)
+    {
         return Some((event_id, Err(format!("The event is larger than {} bytes.", crate::api::MAX_PDU_BYTES))));
     }
     // A slow or hostile peer keeps this PDU (never the room) no longer than this.

@@ -167,9 +167,15 @@ pub fn invite(
     reason: Option<&str>,
     is_direct: bool,
 ) -> Result<OwnedEventId> {
-    policy::check(services, session, Action::Invite)?;
-    services.user_limits.check(&session.user_id, UserAction::Invite)?;
+    may_invite(services, session)?;
     invite_as(services, room_id, &session.user_id, target, reason, is_direct)
+}
+
+/// Whether a signed-in user may send an invite now: the guest policy, then
+/// the per-user limit (a token is taken). Asked for local and remote invitees.
+pub fn may_invite(services: &Services, session: &Session) -> Result<()> {
+    policy::check(services, session, Action::Invite)?;
+    services.user_limits.check(&session.user_id, UserAction::Invite)
 }
 
 /// `sender` invites a user of this server; the caller decided they may.

@@ -15,7 +15,6 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
-use crate::service::users::Session;
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, StoredPdu},
@@ -24,6 +23,7 @@ use crate::{
         membership::{self, member_content},
         remote_join::SUPPORTED_VERSIONS,
         rooms::{MembershipRecord, NewEvent, Placed, Rooms},
+        users::Session,
     },
     storage::{Cf, key},
 };
@@ -67,11 +67,7 @@ pub async fn invite_user(
     is_direct: bool,
 ) -> Result<OwnedEventId> {
     let checked = session.clone();
-    blocking(s, move |s| {
-        crate::policy::check(s, &checked, crate::policy::Action::Invite)?;
-        s.user_limits.check(&checked.user_id, crate::service::ratelimit::UserAction::Invite)
-    })
-    .await?;
+    blocking(s, move |s| membership::may_invite(s, &checked)).await?;
     invite_user_as(s, room_id, &session.user_id, target, reason, is_direct).await
 }
 

@@ -209,6 +209,21 @@ impl Homeserver {
         self.post(&format!("/_porch/client/v1/guest_links/{token}/join"), None, json!({ "display_name": name })).await
     }
 
+    /// Upload media as `user`; the status and the answer.
+    pub async fn upload(&self, user: &User, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base))
+            .bearer_auth(&user.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("upload");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn create_room(&self, user: &User, body: Value) -> String {
         let (status, resp) = self.post("/_matrix/client/v3/createRoom", Some(&user.token), body).await;
         assert_eq!(status, 200, "createRoom: {resp}");

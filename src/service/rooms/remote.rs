@@ -149,7 +149,6 @@ impl Rooms {
     /// another server, so the walk is iterative and bounded by the auth
     /// chain's size (`MAX_AUTH_CHAIN`), never recursive.
     fn conflicted_subgraph(&self, conflicted: &[OwnedEventId]) -> Result<EventIdSet<OwnedEventId>> {
-        let targets: HashSet<&OwnedEventId> = conflicted.iter().collect();
         let reachable = self.auth_chain(conflicted.iter().cloned())?;
         // Reverse edges: for each event, the reachable events citing it as an auth event.
         let mut cited_by: HashMap<OwnedEventId, Vec<OwnedEventId>> = HashMap::new();
@@ -160,15 +159,13 @@ impl Rooms {
                 }
             }
         }
-        // Every event with a path to a conflicted one, found walking back from them.
-        let mut out: EventIdSet<OwnedEventId> =
-            conflicted.iter().filter(|id| reachable.contains(*id)).cloned().collect();
-        let mut todo: Vec<&OwnedEventId> = targets.iter().copied().collect();
-        let mut leads: HashSet<&OwnedEventId> = HashSet::new();
+        // The conflicted events, and every event with a path to one, found
+        // walking back from them (`out` is also the set already walked).
+        let mut out: EventIdSet<OwnedEventId> = conflicted.iter().cloned().collect();
+        let mut todo: Vec<&OwnedEventId> = conflicted.iter().collect();
         while let Some(id) = todo.pop() {
             for child in cited_by.get(id).into_iter().flatten() {
-                if leads.insert(child) {
-                    out.insert(child.clone());
+                if out.insert(child.clone()) {
                     todo.push(child);
                 }
             }

@@ -203,6 +203,8 @@ pub struct Registration {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Rooms {
+    /// A string, but `10` (as TOML or `PORCH_ROOMS__DEFAULT_VERSION=10` gives it) is taken too.
+    #[serde(deserialize_with = "string_or_number")]
     pub default_version: String,
     /// Whether `/publicRooms` answers callers without an access token.
     pub public_directory_without_auth: bool,
@@ -549,4 +551,17 @@ impl Settings {
             self.raw.well_known.client.trim_end_matches('/').to_owned()
         }
     }
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrNumber {
+        String(String),
+        Number(u64),
+    }
+    Ok(match StringOrNumber::deserialize(deserializer)? {
+        StringOrNumber::String(s) => s,
+        StringOrNumber::Number(n) => n.to_string(),
+    })
 }

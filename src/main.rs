@@ -15,9 +15,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
+    // ruma's auth checks log every event at info: kept to warnings unless asked for.
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,tower_http=warn".to_owned());
+    if !filter.contains("ruma_state_res") {
+        filter.push_str(",ruma_state_res=warn");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tower_http=warn".into()),
+            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info,ruma_state_res=warn".into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)

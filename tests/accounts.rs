@@ -80,6 +80,60 @@ async fn register_dummy_first_call_and_uia_flow() {
     assert_eq!(body["errcode"], "M_NOT_JSON");
 }
 
+/// Element's sign-up page first posts a body with no password and no
+/// `auth` (sometimes `"auth": {}`) and must get the flows (401), as from
+/// Synapse; so must every UIA endpoint given an empty `auth`.
+#[tokio::test]
+async fn first_calls_without_auth_get_the_flows() {
+    let s = TestServer::start().await;
+    for body in [
+        json!({}),
+        json!({ "initial_device_display_name": "app.element.io" }),
+        json!({ "username": "erin" }),
+        json!({ "username": "erin", "password": "pw123456" }),
+        json!({ "username": "erin", "auth": {} }),
+        json!({ "auth": {}, "password": "pw123456" }),
+    ] {
+        let (status, answer) = s.post("/_matrix/client/v3/register", None, body.clone()).await;
+        assert_eq!(status, 401, "{body} → {answer}");
+        assert_eq!(answer["flows"][0]["stages"][0], "m.login.dummy", "{answer}");
+        assert!(answer["session"].is_string(), "{answer}");
+        assert!(answer.get("errcode").is_none(), "a first call is not an error: {answer}");
+    }
+    let (_, available) = s.get("/_matrix/client/v3/register/available?username=erin", None).await;
+    assert_eq!(available["available"], true, "asking for the flows made no account");
+    // Completing the stage without a password is refused and makes nothing.
+    let (status, body) = s
+        .post("/_matrix/client/v3/register", None, json!({ "username": "erin", "auth": { "type": "m.login.dummy" } }))
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+    let (_, available) = s.get("/_matrix/client/v3/register/available?username=erin", None).await;
+    assert_eq!(available["available"], true);
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "erin", "password": "pw123456", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+
+    // UIA endpoints with `auth: {}` answer the password flow.
+    for (path, body) in [
+        ("/_matrix/client/v3/account/password", json!({ "new_password": "pw654321", "auth": {} })),
+        ("/_matrix/client/v3/delete_devices", json!({ "devices": ["NOPE"], "auth": {} })),
+        ("/_matrix/client/v3/account/deactivate", json!({ "auth": {} })),
+    ] {
+        let (status, answer) = s.post(path, Some(&token), body).await;
+        assert_eq!(status, 401, "{path} → {answer}");
+        assert_eq!(answer["flows"][0]["stages"][0], "m.login.password", "{path} → {answer}");
+        assert!(answer.get("errcode").is_none(), "{path} → {answer}");
+    }
+    let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&token)).await;
+    assert_eq!(status, 200, "the account is still there");
+}
+
 #[tokio::test]
 async fn registration_tokens() {
     let s = TestServer::start_with(common::Options {

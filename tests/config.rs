@@ -55,3 +55,19 @@ fn example_config_is_valid() {
     let config = porch::config::Config::load(Some(std::path::Path::new(example))).expect("config.example.toml loads");
     config.validate().expect("config.example.toml is valid");
 }
+
+/// `PORCH_ROOMS__DEFAULT_VERSION=10` arrives as a number, `"10"` in a file
+/// as a string: both mean room version 10.
+#[test]
+fn a_numeric_room_version_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("porch.toml");
+    for text in ["[rooms]\ndefault_version = 11\n", "[rooms]\ndefault_version = \"11\"\n"] {
+        std::fs::write(&file, text).unwrap();
+        let config = porch::config::Config::load(Some(&file)).expect(text);
+        assert_eq!(config.rooms.default_version, "11");
+        config.validate().expect("version 11 is valid");
+    }
+    let (code, stderr) = run_porch(&[("PORCH_ROOMS__DEFAULT_VERSION", "10"), ("PORCH_SERVER_NAME", "not valid!")], &[]);
+    assert!(code == 2 && stderr.contains("`server_name`"), "only the server name is refused: {stderr}");
+}

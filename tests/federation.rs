@@ -42,6 +42,15 @@ async fn server_keys_are_published_over_tls_and_verify() {
     let mut tampered = object.clone();
     tampered.insert("valid_until_ts".into(), CanonicalJsonValue::Integer(1u32.into()));
     assert!(ruma::signatures::verify_json(&key_map, &tampered).is_err(), "a changed object does not verify");
+    // The old `{keyId}` path (still asked by Synapse-era tools and sytest) gives the same keys.
+    let by_id = format!("{base}/_matrix/key/v2/server/{}", common::enc(key_id));
+    let old_form: Value = client.get(by_id).send().await.unwrap().json().await.unwrap();
+    assert_eq!(old_form["verify_keys"], keys["verify_keys"]);
+    let old_object = match CanonicalJsonValue::try_from(old_form).unwrap() {
+        CanonicalJsonValue::Object(object) => object,
+        _ => panic!("not an object"),
+    };
+    ruma::signatures::verify_json(&key_map, &old_object).expect("the old form is signed too");
 
     let version: Value =
         client.get(format!("{base}/_matrix/federation/v1/version")).send().await.unwrap().json().await.unwrap();
@@ -698,16 +707,7 @@ async fn a_rotated_signing_key_is_fetched_again_and_old_keys_still_verify() {
             }),
         )
     };
-    let tls_dir = tempfile::tempdir().unwrap();
-    let mut config = porch::config::Config { server_name: x_name.clone(), ..Default::default() };
-    config.database.path = tls_dir.path().to_path_buf();
-    let acceptor = porch::tls::acceptor(&config.validate().unwrap()).unwrap();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let timeouts = porch::listener::Timeouts {
-        headers: std::time::Duration::from_secs(5),
-        body: std::time::Duration::from_secs(5),
-    };
-    tokio::spawn(porch::listener::serve(app, listener, Some(acceptor), timeouts, std::future::pending()));
+    let _tls_dir = serve_tls(app, port).await;
 
     let room_version = RoomVersionId::V12;
     let rules = room_version.rules().unwrap();
@@ -738,4 +738,59 @@ async fn a_rotated_signing_key_is_fetched_again_and_old_keys_still_verify() {
     publish(&third, Some((&second, now + 2)));
     assert!(porch.federation.verify_pdu(&room_version, event(&third, now + 3)).await.is_err());
     assert_eq!(fetches.load(Ordering::SeqCst), 2, "fetching again is rate-limited");
+}
+
+/// Serve `app` over TLS on `port` of loopback, as another server would
+/// (self-signed; the returned folder holds its certificate).
+async fn serve_tls(app: axum::Router, port: u16) -> tempfile::TempDir {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let mut config = porch::config::Config { server_name: format!("localhost:{port}"), ..Default::default() };
+    config.database.path = tls_dir.path().to_path_buf();
+    let acceptor = porch::tls::acceptor(&config.validate().unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let timeouts = porch::listener::Timeouts {
+        headers: std::time::Duration::from_secs(5),
+        body: std::time::Duration::from_secs(5),
+    };
+    tokio::spawn(porch::listener::serve(app, listener, Some(acceptor), timeouts, std::future::pending()));
+    tls_dir
+}
+
+/// Stock sytest's fake server answers a transaction with `{}`, not the
+/// spec's `{"pdus": {}}`: a 200 is delivered all the same (resending would
+/// replay the events), while per-PDU refusals are still read.
+#[tokio::test]
+async fn a_transaction_answered_200_without_pdus_is_delivered() {
+    use ruma::api::federation::transactions::send_transaction_message;
+    let (porch, porch_name, _dir) = in_process_server().await;
+    let port = free_port();
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(serde_json::json!({})));
+    let app = {
+        let answer = answer.clone();
+        axum::Router::new().route(
+            "/_matrix/federation/v1/send/{txn}",
+            axum::routing::put(move || {
+                let body = answer.lock().unwrap().clone();
+                async move { axum::Json(body) }
+            }),
+        )
+    };
+    let _tls = serve_tls(app, port).await;
+    let peer = ruma::OwnedServerName::try_from(format!("localhost:{port}")).unwrap();
+    let transaction = || {
+        send_transaction_message::v1::Request::new(
+            "t1".into(),
+            ruma::OwnedServerName::try_from(porch_name.as_str()).unwrap(),
+            ruma::MilliSecondsSinceUnixEpoch::now(),
+        )
+    };
+    let results = porch.federation.send_transaction(&peer, transaction()).await.expect("`{}` is delivered");
+    assert!(results.is_empty());
+    *answer.lock().unwrap() = serde_json::json!({ "pdus": { "$refused": { "error": "no" } } });
+    let results = porch.federation.send_transaction(&peer, transaction()).await.unwrap();
+    let refused = ruma::OwnedEventId::try_from("$refused").unwrap();
+    assert_eq!(results[&refused], Err("no".to_owned()), "{results:?}");
+    *answer.lock().unwrap() = serde_json::json!([1, 2]);
+    assert!(porch.federation.send_transaction(&peer, transaction()).await.is_err(), "not an object: not delivered");
 }

@@ -305,10 +305,43 @@ async fn ending_removes_everyone_and_runs_once() {
     let (_, body) = s.redeem_as_guest(&token, "Gus").await;
     let guest = guest_user(&body);
     s.post(&format!("/_porch/client/v1/guest_links/{token}/join"), Some(&bob.token), json!({})).await;
+    // Running clients: each holds a sync position from before the end.
+    let mut positions = Vec::new();
+    for user in [&alice, &bob] {
+        let sync = s.sync(user, None, 0).await;
+        assert!(sync["rooms"]["join"].get(&room).is_some(), "{sync}");
+        positions.push(sync["next_batch"].as_str().unwrap().to_owned());
+    }
+    let guest_position = s.sync(&guest, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let (status, body) =
         s.post(&format!("/_porch/client/v1/guest_rooms/{}/end", enc(&room)), Some(&alice.token), json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ended"], true);
+    // Their next incremental sync reports the leave, once.
+    for (user, since) in [&alice, &bob].into_iter().zip(&positions) {
+        let sync = s.sync(user, Some(since), 0).await;
+        assert!(sync["rooms"]["join"].get(&room).is_none(), "{}: never joined once ended: {sync}", user.user_id);
+        let leave = &sync["rooms"]["leave"][&room];
+        let events = leave["timeline"]["events"].as_array().cloned().unwrap_or_default();
+        assert!(
+            events.iter().any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == user.user_id.as_str()
+                && e["content"]["membership"] == "leave"),
+            "{}: the leave reaches a running client: {sync}",
+            user.user_id
+        );
+        let next = sync["next_batch"].as_str().unwrap();
+        let later = s.sync(user, Some(next), 0).await;
+        assert!(
+            later["rooms"]["leave"].get(&room).is_none() && later["rooms"]["join"].get(&room).is_none(),
+            "{}: forgotten after that: {later}",
+            user.user_id
+        );
+    }
+    // The guest's client learns it was logged out.
+    let (status, refused) =
+        s.get(&format!("/_matrix/client/v3/sync?since={}&timeout=0", enc(&guest_position)), Some(&guest.token)).await;
+    assert_eq!((status, refused["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")), "{refused}");
     let (status, again) =
         s.post(&format!("/_porch/client/v1/guest_rooms/{}/end", enc(&room)), Some(&alice.token), json!({})).await;
     assert_eq!((status, &again["ended_at"]), (200, &body["ended_at"]), "runs once");

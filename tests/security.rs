@@ -387,3 +387,86 @@ async fn a_peer_that_stalls_when_asked_for_missing_events_does_not_hold_the_room
         assert!(std::time::Instant::now() < deadline, "the stalling server held the room");
     }
 }
+
+/// A participant's server sends a long chain of its user's state changes,
+/// then an event that forks from the chain's start: resolving the two
+/// sides walks the whole chain. A recursive walk overflows its stack and
+/// takes the server down; the server must answer and keep the room.
+#[tokio::test]
+async fn a_deep_fork_from_another_server_is_resolved_without_taking_the_server_down() {
+    use porch::service::{remote_join, rooms::NewEvent};
+    use ruma::{CanonicalJsonValue, api::federation::transactions::send_transaction_message};
+    const CHAIN: usize = 50_000;
+
+    let (x, x_name, _dir) = in_process_server().await;
+    let port = common::free_port();
+    let mut options = common::federating_options(port);
+    options.env.push(("PORCH_RATE_LIMITS__FEDERATION_TRANSACTIONS_PER_SECOND".into(), "10000".into()));
+    options.env.push(("PORCH_RATE_LIMITS__FEDERATION_TRANSACTIONS_BURST".into(), "10000".into()));
+    let mut b = TestServer::start_with(options).await;
+    b.server_name = format!("localhost:{port}");
+    let bob = b.register("bob").await;
+    let room_id = b.create_room(&bob, json!({ "preset": "public_chat" })).await;
+    let room = ruma::OwnedRoomId::try_from(room_id.as_str()).unwrap();
+    let xavier = ruma::OwnedUserId::try_from(format!("@xavier:{x_name}")).unwrap();
+    x.users.create(&xavier, Some("password1"), porch::service::users::AccountKind::Member, false, None).unwrap();
+    let b_server = ruma::OwnedServerName::try_from(b.server_name.as_str()).unwrap();
+    remote_join::join(&x, &xavier, &room, vec![b_server.clone()], None).await.expect("x joins");
+
+    // Each rename's auth events cite the one before: a chain CHAIN deep.
+    let rename = |n: usize| {
+        (
+            xavier.clone(),
+            NewEvent::state(
+                "m.room.member",
+                xavier.as_str(),
+                json!({ "membership": "join", "displayname": format!("x{n}") }),
+            ),
+        )
+    };
+    let first = x.rooms.append(&room, &xavier, rename(0).1).unwrap();
+    for start in (1..CHAIN).step_by(1000) {
+        x.rooms.append_all(&room, (start..(start + 1000).min(CHAIN)).map(rename).collect()).unwrap();
+    }
+    let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room_id), enc(xavier.as_str()));
+    let last_name = format!("x{}", CHAIN - 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while b.get(&member, Some(&bob.token)).await.1["displayname"] != last_name.as_str() {
+        assert!(std::time::Instant::now() < deadline, "the renames did not all reach the other server");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A message whose parents are the chain's first and last events.
+    let (version, latest) = x
+        .rooms
+        .prepare(&room, &xavier, NewEvent::message("m.room.message", json!({ "msgtype": "m.text", "body": "fork" })))
+        .unwrap();
+    let mut fork = latest.canonical_object();
+    for field in ["signatures", "hashes", "unsigned"] {
+        fork.remove(field);
+    }
+    let parents = [first.event_id.to_string().into(), latest.prev_events[0].to_string().into()];
+    fork.insert("prev_events".into(), CanonicalJsonValue::Array(parents.into()));
+    ruma::signatures::hash_and_sign_event(&x_name, &x.signing.key_pair, &mut fork, &version.rules().unwrap().redaction)
+        .unwrap();
+    let mut request = send_transaction_message::v1::Request::new(
+        "fork".into(),
+        ruma::OwnedServerName::try_from(x_name.as_str()).unwrap(),
+        ruma::MilliSecondsSinceUnixEpoch::now(),
+    );
+    request.pdus = vec![serde_json::value::to_raw_value(&fork).unwrap()];
+    let answer = x.federation.send(&b_server, request).await.expect("the server answers the transaction");
+    assert!(answer.pdus.values().all(Result::is_ok), "the fork is accepted: {:?}", answer.pdus);
+
+    let (status, _) = b.get("/_matrix/client/versions", None).await;
+    assert_eq!(status, 200, "the server is still up");
+    let (status, state) = b.get(&member, Some(&bob.token)).await;
+    // Renames made in the same millisecond tie on time, so which one wins
+    // is for the event ids to say; it is one of the chain's, still joined.
+    assert_eq!((status, state["membership"].as_str()), (200, Some("join")), "{state}");
+    assert!(state["displayname"].as_str().is_some_and(|name| name.starts_with('x')), "{state}");
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5", enc(&room_id));
+    let (status, page) = b.get(&path, Some(&bob.token)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page["chunk"].as_array().unwrap().iter().any(|e| e["content"]["body"] == "fork"), "{page}");
+}

@@ -35,6 +35,9 @@ const MAX_NOTARY_SERVERS: usize = 50;
 
 pub fn register(r: &mut Routes) {
     r.ruma::<get_server_keys::v2::Request, _, _>(server_keys)
+        // The `{keyId}` form left the spec (MSC3938) but Synapse still serves
+        // it and older servers and tools still ask it: the same document.
+        .raw("/_matrix/key/v2/server/{key_id}", http::Method::GET, axum::routing::get(server_keys_by_id))
         .ruma::<get_remote_server_keys::v2::Request, _, _>(notary_query)
         .ruma::<get_remote_server_keys_batch::v2::Request, _, _>(notary_batch)
         .ruma::<get_server_version::v1::Request, _, _>(version)
@@ -441,6 +444,12 @@ async fn version(_: AppState, _: Ruma<get_server_version::v1::Request>) -> Resul
 async fn server_keys(state: AppState, _: Ruma<get_server_keys::v2::Request>) -> Result<get_server_keys::v2::Response> {
     let object = state.federation.own_keys()?;
     Ok(get_server_keys::v2::Response::new(Raw::from_json(serde_json::value::to_raw_value(&object)?)))
+}
+
+async fn server_keys_by_id(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<axum::Json<serde_json::Value>> {
+    Ok(axum::Json(serde_json::to_value(state.federation.own_keys()?)?))
 }
 
 /// The key notary: another server's keys as that server signed them, with

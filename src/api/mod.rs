@@ -100,6 +100,8 @@ where
             bytes = b"{}".to_vec();
         }
 
+        drop_empty_auth(&mut bytes);
+
         let token = access_token(&parts);
         let auth = TypeId::of::<T::Authentication>();
         let session = if auth == TypeId::of::<AccessToken>() {
@@ -136,6 +138,24 @@ where
             Err(_) => return Err(Error::bad_json("The request body is not what this endpoint expects.")),
         };
         Ok(Self { body, session, origin, ip })
+    }
+}
+
+/// A UIA body's `auth` with neither `type` nor `session` (`"auth": {}`,
+/// as clients send to learn the flows) means "no auth yet": removed, so
+/// the endpoint answers 401 with its flows instead of a parse error.
+fn drop_empty_auth(bytes: &mut Vec<u8>) {
+    if !bytes.windows(6).any(|w| w == b"\"auth\"") {
+        return;
+    }
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
+    let empty = body
+        .get("auth")
+        .and_then(|auth| auth.as_object())
+        .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"));
+    if empty {
+        body.remove("auth");
+        *bytes = serde_json::to_vec(&body).expect("a JSON object serialises");
     }
 }
 

@@ -10,10 +10,13 @@ use std::{
 
 use bytes::BytesMut;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, ServerName,
     api::{
         IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
-        federation::authentication::{ServerSignatures, XMatrix, XMatrixSigningInput},
+        federation::{
+            authentication::{ServerSignatures, XMatrix, XMatrixSigningInput},
+            transactions::send_transaction_message,
+        },
     },
     serde::Base64,
     signatures::{PublicKeyMap, PublicKeySet},
@@ -89,6 +92,40 @@ const MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
 const MAX_KEY_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Redirects followed at most (for `.well-known`; each hop is checked by the guard).
 const MAX_REDIRECTS: usize = 5;
+
+/// Another server's answer as ruma's response type; its 400/403/404
+/// refusal passed on naming it, anything else unusable as 502.
+fn parse_answer<R: OutgoingRequest>(
+    destination: &ServerName,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    bytes: &[u8],
+) -> Result<R::IncomingResponse> {
+    if matches!(status.as_u16(), 400 | 403 | 404) {
+        // Other statuses, such as its 401, would mislead our client: 502 below.
+        #[derive(Deserialize)]
+        struct MatrixError {
+            errcode: String,
+            error: Option<String>,
+        }
+        if let Ok(refusal) = serde_json::from_slice::<MatrixError>(bytes) {
+            let message = format!("{destination}: {}", refusal.error.unwrap_or_else(|| refusal.errcode.clone()));
+            return Err(Error::new(status, refusal.errcode, message));
+        }
+    }
+    let mut http_response = http::Response::builder().status(status);
+    for (name, value) in headers {
+        http_response = http_response.header(name, value);
+    }
+    let http_response = http_response.body(bytes).map_err(Error::internal)?;
+    <R::IncomingResponse as IncomingResponseExt>::try_from_http_response(http_response).map_err(|e| {
+        Error::new(
+            http::StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            format!("{destination} answered in a way porch cannot use: {e}"),
+        )
+    })
+}
 
 /// Read a response body, refusing more than `limit` bytes.
 pub async fn read_bounded(mut response: reqwest::Response, limit: usize) -> std::result::Result<bytes::Bytes, String> {
@@ -208,6 +245,36 @@ impl Federation {
         R: OutgoingRequest<Authentication = ServerSignatures>,
         for<'a> R::PathBuilder: ruma::api::path_builder::PathBuilder<Input<'a> = ()>,
     {
+        let (status, headers, bytes) = self.send_raw(destination, request).await?;
+        parse_answer::<R>(destination, status, &headers, &bytes)
+    }
+
+    /// Send a transaction; the other server's answer for each PDU. Any 200
+    /// means delivered: some servers (stock sytest's) answer `{}`, not the
+    /// spec's `{"pdus": {}}`, and resending would replay the events.
+    pub async fn send_transaction(
+        &self,
+        destination: &ServerName,
+        request: send_transaction_message::v1::Request,
+    ) -> Result<BTreeMap<OwnedEventId, std::result::Result<(), String>>> {
+        let (status, headers, bytes) = self.send_raw(destination, request).await?;
+        let lacks_pdus = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|v| v.as_object().is_some_and(|o| !o.contains_key("pdus")));
+        if status.is_success() && lacks_pdus {
+            return Ok(BTreeMap::new());
+        }
+        Ok(parse_answer::<send_transaction_message::v1::Request>(destination, status, &headers, &bytes)?.pdus)
+    }
+
+    async fn send_raw<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+    ) -> Result<(http::StatusCode, http::HeaderMap, bytes::Bytes)>
+    where
+        R: OutgoingRequest<Authentication = ServerSignatures>,
+        for<'a> R::PathBuilder: ruma::api::path_builder::PathBuilder<Input<'a> = ()>,
+    {
         let base = self.base_url(destination).await?;
         let input = XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), &self.signing.key_pair);
         let request = request
@@ -220,31 +287,7 @@ impl Federation {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = read_bounded(response, MAX_RESPONSE_BYTES).await.map_err(|e| unreachable(destination, e))?;
-        if matches!(status.as_u16(), 400 | 403 | 404) {
-            // The other server's refusal is passed on, naming it (other
-            // statuses, such as its 401, would mislead our client: 502 below).
-            #[derive(Deserialize)]
-            struct MatrixError {
-                errcode: String,
-                error: Option<String>,
-            }
-            if let Ok(refusal) = serde_json::from_slice::<MatrixError>(&bytes) {
-                let message = format!("{destination}: {}", refusal.error.unwrap_or_else(|| refusal.errcode.clone()));
-                return Err(Error::new(status, refusal.errcode, message));
-            }
-        }
-        let mut http_response = http::Response::builder().status(status);
-        for (name, value) in &headers {
-            http_response = http_response.header(name, value);
-        }
-        let http_response = http_response.body(&bytes[..]).map_err(Error::internal)?;
-        <R::IncomingResponse as IncomingResponseExt>::try_from_http_response(http_response).map_err(|e| {
-            Error::new(
-                http::StatusCode::BAD_GATEWAY,
-                "M_UNKNOWN",
-                format!("{destination} answered in a way porch cannot use: {e}"),
-            )
-        })
+        Ok((status, headers, bytes))
     }
 
     /// Send a request to `server` once the guard allows its address.

@@ -330,8 +330,7 @@ async fn send_rows(services: &Arc<Services>, destination: &ServerName, rows: &[(
     );
     request.pdus = pdus;
     request.edus = edus;
-    let response = services.federation.send(destination, request).await?;
-    for (event_id, result) in response.pdus {
+    for (event_id, result) in services.federation.send_transaction(destination, request).await? {
         if let Err(why) = result {
             tracing::info!(%destination, %event_id, "the other server refused our event: {why}");
         }

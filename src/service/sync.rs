@@ -93,7 +93,10 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
     let mut anything = false;
 
     for (room_id, record) in services.rooms.user_rooms(user_id)? {
-        if record.forgotten || record.count > upto {
+        // A room forgotten with its leave still unseen (an ended guest
+        // room) shows that leave once, so running clients drop it too.
+        let leave_unseen = since.is_some_and(|s| record.count > s);
+        if (record.forgotten && !leave_unseen) || record.count > upto {
             continue;
         }
         if room_filter.not_rooms.contains(&room_id) || room_filter.rooms.as_ref().is_some_and(|r| !r.contains(&room_id))
@@ -102,7 +105,8 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
         }
         let changed = since.is_none_or(|s| record.count > s);
         match record.membership {
-            MembershipState::Join => {
+            // Forgotten and still joined: an ended room whose leave failed.
+            MembershipState::Join if !record.forgotten => {
                 if let Some(room) =
                     joined_room(services, session, &room_id, since, upto, params, &rooms_filter, changed)?
                 {

@@ -267,7 +267,13 @@ impl Drop for TestServer {
 /// An HTTP client for tests (installs the TLS crypto provider once).
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+    // Connections idle longer than porch's header timeout (10 s) are closed
+    // by porch; reusing one races that close, so they are dropped first.
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
 }
 
 #[derive(Clone, Debug)]

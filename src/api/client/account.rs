@@ -62,16 +62,17 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
             if s.users.exists(&user_id)? {
                 return Err(Error::user_in_use());
             }
-            let password = body.password.clone().filter(|p| !p.is_empty());
-            if password.is_none() {
-                return Err(Error::missing_param("A password is needed to register."));
-            }
-            (user_id, AccountKind::Member, password)
+            (user_id, AccountKind::Member, body.password.clone().filter(|p| !p.is_empty()))
         };
         let mut token_used = None;
         if !guest {
+            // The flows come first, as on Synapse: a client's first call
+            // (Element's carries neither password nor `auth`) learns them.
             let flows: &[&[&str]] =
                 if s.registration.requires_token() { &[&[uiaa::REGISTRATION_TOKEN]] } else { &[&[uiaa::DUMMY]] };
+            if body.auth.is_some() && password.is_none() {
+                return Err(Error::missing_param("A password is needed to register."));
+            }
             let session = s.uiaa.authorize(s, body.auth.as_ref(), flows, "register", None)?;
             token_used = session.registration_token;
         }

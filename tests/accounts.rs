@@ -134,6 +134,54 @@ async fn first_calls_without_auth_get_the_flows() {
     assert_eq!(status, 200, "the account is still there");
 }
 
+/// A registration's parameters are remembered by its UIA session (the
+/// password as a hash), and the completed session retried gives the same
+/// account, only to whoever knows its password; `Bob` registers `@bob`.
+#[tokio::test]
+async fn registration_sessions_remember_parameters_and_are_idempotent() {
+    let s = TestServer::start().await;
+    let first = json!({ "username": "Frank", "password": "pw123456", "device_id": "XYZZY", "initial_device_display_name": "phone" });
+    let (status, body) = s.post("/_matrix/client/v3/register", None, first).await;
+    assert_eq!(status, 401, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+    let auth = json!({ "auth": { "type": "m.login.dummy", "session": session } });
+    let (status, body) = s.post("/_matrix/client/v3/register", None, auth.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["user_id"].as_str(), body["device_id"].as_str()), (Some("@frank:porch.test"), Some("XYZZY")));
+    let token = body["access_token"].as_str().unwrap();
+    let (_, device) = s.get("/_matrix/client/v3/devices/XYZZY", Some(token)).await;
+    assert_eq!(device["display_name"], "phone");
+    let (status, body) = s
+        .post("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "frank" }, "password": "pw123456" }))
+        .await;
+    assert_eq!(status, 200, "the remembered password is the account's: {body}");
+
+    // Retried: the same account, not a second one, and only with its password.
+    let (status, body) = s.post("/_matrix/client/v3/register", None, auth.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MISSING_PARAM")), "{body}");
+    let mut wrong = auth.clone();
+    wrong["password"] = json!("not the password");
+    let (status, body) = s.post("/_matrix/client/v3/register", None, wrong).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let mut right = auth;
+    right["password"] = json!("pw123456");
+    let (status, body) = s.post("/_matrix/client/v3/register", None, right).await;
+    assert_eq!((status, body["user_id"].as_str()), (200, Some("@frank:porch.test")), "{body}");
+
+    // inhibit_login remembered too.
+    let (_, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({ "username": "gail", "password": "pw123456", "inhibit_login": true }),
+        )
+        .await;
+    let auth = json!({ "auth": { "type": "m.login.dummy", "session": body["session"] } });
+    let (status, body) = s.post("/_matrix/client/v3/register", None, auth).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("access_token").is_none(), "{body}");
+}
+
 #[tokio::test]
 async fn registration_tokens() {
     let s = TestServer::start_with(common::Options {

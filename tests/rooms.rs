@@ -397,6 +397,32 @@ async fn messages_paginate_both_ways_with_filters_and_context() {
         )
         .await;
     assert_eq!(forward["chunk"][0]["content"]["body"], "message 0");
+    // From a sync's next_batch, going back starts at the newest event; a
+    // timeline's prev_batch starts just before its first event.
+    let sync = s.sync(&alice, None, 0).await;
+    let next_batch = sync["next_batch"].as_str().unwrap();
+    let (s, alice) = (&s, &alice);
+    let back = |from: String| {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1&from={}&filter={filter}",
+            enc(&room),
+            enc(&from)
+        );
+        async move { s.get(&path, Some(&alice.token)).await.1 }
+    };
+    assert_eq!(back(next_batch.to_owned()).await["chunk"][0]["content"]["body"], "message 24");
+    let timeline = common::timeline(&sync, &room);
+    let first = timeline.first().unwrap()["content"]["body"].as_str().unwrap().to_owned();
+    let n: usize = first.trim_start_matches("message ").parse().unwrap();
+    let prev_batch = sync["rooms"]["join"][&room]["timeline"]["prev_batch"].as_str().unwrap().to_owned();
+    assert_eq!(back(prev_batch).await["chunk"][0]["content"]["body"], format!("message {}", n - 1).as_str());
+    let (_, after) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=f&from={}", enc(&room), enc(next_batch)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(after["chunk"].as_array().map(Vec::len), Some(0), "nothing after next_batch: {after}");
     let (status, body) = s
         .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&from=garbage", enc(&room)), Some(&alice.token))
         .await;
@@ -786,4 +812,44 @@ async fn concurrent_v12_creates_get_distinct_rooms() {
         ids.insert(task.await.unwrap());
     }
     assert_eq!(ids.len(), 12);
+}
+
+/// Details clients and Matrix's test suite rely on: capabilities listed even
+/// at their defaults, typing without a timeout, the same state twice makes
+/// one event, and a removed alias leaves the canonical alias.
+#[tokio::test]
+async fn capabilities_typing_repeated_state_and_removed_aliases() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let (status, caps) = s.get("/_matrix/client/v3/capabilities", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{caps}");
+    assert_eq!(caps["capabilities"]["m.change_password"]["enabled"], true, "{caps}");
+    assert!(caps["capabilities"]["m.room_versions"]["default"].is_string(), "{caps}");
+    let (status, _) = s.get("/_matrix/client/v3/capabilities", None).await;
+    assert_eq!(status, 401, "not public");
+
+    let room = s.create_room(&alice, json!({})).await;
+    let typing = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    let (status, body) = s.put(&typing, Some(&alice.token), json!({ "typing": true })).await;
+    assert_eq!(status, 200, "{body}");
+
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room));
+    let (_, first) = s.put(&topic, Some(&alice.token), json!({ "topic": "same" })).await;
+    let (_, second) = s.put(&topic, Some(&alice.token), json!({ "topic": "same" })).await;
+    assert_eq!(first["event_id"], second["event_id"], "no second event for the same state");
+    let (_, third) = s.put(&topic, Some(&alice.token), json!({ "topic": "changed" })).await;
+    assert_ne!(first["event_id"], third["event_id"]);
+
+    let alias = "#gone:porch.test";
+    let path = format!("/_matrix/client/v3/directory/room/{}", enc(alias));
+    let (status, _) = s.put(&path, Some(&alice.token), json!({ "room_id": room })).await;
+    assert_eq!(status, 200);
+    let canonical = format!("/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias/", enc(&room));
+    let (status, _) = s.put(&canonical, Some(&alice.token), json!({ "alias": alias, "alt_aliases": [alias] })).await;
+    assert_eq!(status, 200);
+    let (status, _) = s.request(reqwest::Method::DELETE, &path, Some(&alice.token), None).await;
+    assert_eq!(status, 200);
+    let (_, content) = s.get(&canonical, Some(&alice.token)).await;
+    assert!(content.get("alias").is_none(), "{content}");
+    assert_eq!(content["alt_aliases"], json!([]), "{content}");
 }

@@ -101,6 +101,9 @@ where
         }
 
         drop_empty_auth(&mut bytes);
+        if TypeId::of::<T>() == TypeId::of::<ruma::api::client::typing::create_typing_event::v3::Request>() {
+            default_typing_timeout(&mut bytes);
+        }
 
         let token = access_token(&parts);
         let auth = TypeId::of::<T::Authentication>();
@@ -155,6 +158,16 @@ fn drop_empty_auth(bytes: &mut Vec<u8>) {
         .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"));
     if empty {
         body.remove("auth");
+        *bytes = serde_json::to_vec(&body).expect("a JSON object serialises");
+    }
+}
+
+/// `{"typing": true}` without `timeout`: the spec makes it optional in
+/// practice (Synapse takes it), ruma requires it; 30 s, as Synapse assumes.
+fn default_typing_timeout(bytes: &mut Vec<u8>) {
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
+    if body.get("typing") == Some(&serde_json::Value::Bool(true)) && !body.contains_key("timeout") {
+        body.insert("timeout".to_owned(), 30_000.into());
         *bytes = serde_json::to_vec(&body).expect("a JSON object serialises");
     }
 }

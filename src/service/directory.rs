@@ -133,7 +133,32 @@ fn delete_alias(s: &Services, alias: &RoomAliasId, user: &UserId, is_admin: bool
         return Err(Error::forbidden("You may not remove this alias."));
     }
     s.db.delete(Cf::Aliases, alias.as_bytes())?;
+    drop_from_canonical_alias(s, &record.room_id, alias, user);
     Ok(())
+}
+
+/// A removed alias leaves the room's canonical alias too (as on Synapse),
+/// sent by the remover if they may, else left for a moderator to change.
+fn drop_from_canonical_alias(s: &Services, room_id: &RoomId, alias: &RoomAliasId, user: &UserId) {
+    let Ok(Some(current)) = s.rooms.current_state_pdu(room_id, "m.room.canonical_alias", "") else { return };
+    let mut content = current.content_value();
+    let mut changed = false;
+    if content.get("alias").and_then(|a| a.as_str()) == Some(alias.as_str()) {
+        content.as_object_mut().map(|c| c.remove("alias"));
+        changed = true;
+    }
+    if let Some(alt) = content.get_mut("alt_aliases").and_then(|a| a.as_array_mut()) {
+        let before = alt.len();
+        alt.retain(|a| a.as_str() != Some(alias.as_str()));
+        changed |= alt.len() != before;
+    }
+    if changed
+        && s.users.is_local(user)
+        && let Err(err) =
+            s.rooms.append(room_id, user, crate::service::rooms::NewEvent::state("m.room.canonical_alias", "", content))
+    {
+        tracing::info!(%room_id, %alias, "the canonical alias still names a removed alias: {err}");
+    }
 }
 
 pub fn room_aliases(s: &Services, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {

@@ -65,6 +65,14 @@ pub fn send_state(
     if event_type == "m.room.canonical_alias" {
         check_canonical_alias(s, room_id, &content)?;
     }
+    // The same state from the same sender again changes nothing: the
+    // event already there is the answer (as Synapse), not a new one.
+    if let Some(current) = s.rooms.current_state_pdu(room_id, event_type, state_key)?
+        && current.sender == session.user_id
+        && current.content_value() == content
+    {
+        return Ok(current.event_id.clone());
+    }
     let pdu = s.rooms.append(room_id, &session.user_id, NewEvent::state(event_type, state_key, content))?;
     push::on_event(s, &pdu)?;
     Ok(pdu.event_id.clone())

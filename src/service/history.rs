@@ -111,8 +111,14 @@ pub fn visible_state(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result
 
 /// Tokens for `/messages`: `t<ordering>` (negative in backfilled history);
 /// the page holds events strictly before (backward) or after (forward) it.
-pub fn parse_token(token: &str) -> Option<i64> {
-    token.strip_prefix('t').or_else(|| token.strip_prefix('s')).unwrap_or(token).parse().ok()
+/// A sync's `next_batch` (a bare stream position, or `s<position>`) sits
+/// just after the event at that position: going back, that event comes first.
+pub fn parse_token(token: &str, forward: bool) -> Option<i64> {
+    if let Some(ordering) = token.strip_prefix('t') {
+        return ordering.parse().ok();
+    }
+    let position: i64 = token.strip_prefix('s').unwrap_or(token).parse().ok()?;
+    Some(if forward { position } else { position.checked_add(1)? })
 }
 
 pub struct Page {

@@ -30,6 +30,12 @@ pub struct UiaaSession {
     pub purpose: String,
     /// The registration token used, consumed once registration succeeds.
     pub registration_token: Option<String>,
+    /// What the endpoint keeps between steps (registration: its parameters,
+    /// the password only as a hash, and the account once made).
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub id: String,
 }
 
 pub struct Uiaa {
@@ -145,10 +151,28 @@ impl Uiaa {
         }
         if flows.iter().any(|flow| flow.iter().all(|stage| session.completed.iter().any(|c| c == stage))) {
             self.db.delete(Cf::UiaaSessions, session_id.as_bytes())?;
+            session.id = session_id;
             return Ok(session);
         }
         self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
         Err(challenge(flows, &session_id, &session, None))
+    }
+
+    /// Change the data of the session a 401 `challenge` names (no-op for
+    /// any other error).
+    pub fn update_data(&self, challenge: &Error, update: impl FnOnce(&mut Option<serde_json::Value>)) -> Result<()> {
+        let Some(id) = challenge.extra.get("session").and_then(|v| v.as_str()) else { return Ok(()) };
+        let Some(mut session) = self.db.get_json::<UiaaSession>(Cf::UiaaSessions, id.as_bytes())? else {
+            return Ok(());
+        };
+        update(&mut session.data);
+        Ok(self.db.put_json(Cf::UiaaSessions, id.as_bytes(), &session)?)
+    }
+
+    /// Keep a completed session until it expires, so that the same request
+    /// retried with it (a lost answer) finds what the first one did.
+    pub fn keep(&self, session: &UiaaSession) -> Result<()> {
+        Ok(self.db.put_json(Cf::UiaaSessions, session.id.as_bytes(), session)?)
     }
 
     fn challenge_new(&self, flows: &[&[&str]], purpose: &str, message: Option<&str>) -> Result<Error> {

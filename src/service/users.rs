@@ -137,6 +137,18 @@ impl Users {
         displayname: Option<String>,
     ) -> Result<UserRecord> {
         let password_hash = password.map(util::hash_password).transpose().map_err(Error::internal)?;
+        self.create_hashed(user_id, password_hash, kind, is_admin, displayname)
+    }
+
+    /// [`Self::create`] with the password already hashed.
+    pub fn create_hashed(
+        &self,
+        user_id: &UserId,
+        password_hash: Option<String>,
+        kind: AccountKind,
+        is_admin: bool,
+        displayname: Option<String>,
+    ) -> Result<UserRecord> {
         let record = UserRecord {
             kind,
             is_admin,

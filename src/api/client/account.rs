@@ -34,68 +34,171 @@ impl StageChecks for Services {
     }
 }
 
+/// What a registration's UIA session remembers between steps, as Synapse
+/// does: a client may send its parameters only on the first call.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct PendingRegistration {
+    username: Option<String>,
+    password_hash: Option<String>,
+    device_id: Option<OwnedDeviceId>,
+    initial_device_display_name: Option<String>,
+    inhibit_login: bool,
+    /// The account this session made: a retry gets it again, not a second one.
+    registered: Option<ruma::OwnedUserId>,
+}
+
 pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
     state.register_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
     let ip = req.ip.to_string();
     blocking(&state, move |s| {
         let body = req.body;
-        let guest = body.kind == RegistrationKind::Guest;
-        if guest && !s.settings.raw.registration.allow_guests {
-            return Err(Error::new(
-                http::StatusCode::FORBIDDEN,
-                "M_GUEST_ACCESS_FORBIDDEN",
-                "Guest registration is disabled on this server; guests join through a room's guest link.",
-            ));
+        if body.kind == RegistrationKind::Guest {
+            return register_guest(s, body, ip);
         }
-        if !guest && !s.settings.raw.registration.enabled {
+        if !s.settings.raw.registration.enabled {
             return Err(Error::forbidden(
                 "Registration is disabled on this server; ask an administrator for an account.",
             ));
         }
-        let (user_id, kind, password) = if guest {
-            // Temporary accounts get an id nobody can guess or choose.
-            let user_id = s.users.local_user_id(&format!("guest-{}", crate::util::random_string(16).to_lowercase()))?;
-            (user_id, AccountKind::Temporary, None)
-        } else {
-            let localpart = body.username.clone().unwrap_or_else(|| crate::util::random_string(12).to_lowercase());
-            let user_id = s.users.local_user_id(&localpart)?;
-            if s.users.exists(&user_id)? {
+        // Names are lower-cased, as on Synapse, so `Bob` registers `@bob`.
+        let username = body.username.as_deref().map(str::to_lowercase);
+        let password = body.password.clone().filter(|p| !p.is_empty());
+        if let Some(username) = &username {
+            let user_id = s.users.local_user_id(username)?;
+            if s.users.exists(&user_id)? && body.auth.is_none() {
                 return Err(Error::user_in_use());
             }
-            (user_id, AccountKind::Member, body.password.clone().filter(|p| !p.is_empty()))
-        };
-        let mut token_used = None;
-        if !guest {
-            // The flows come first, as on Synapse: a client's first call
-            // (Element's carries neither password nor `auth`) learns them.
-            let flows: &[&[&str]] =
-                if s.registration.requires_token() { &[&[uiaa::REGISTRATION_TOKEN]] } else { &[&[uiaa::DUMMY]] };
-            if body.auth.is_some() && password.is_none() {
-                return Err(Error::missing_param("A password is needed to register."));
-            }
-            let session = s.uiaa.authorize(s, body.auth.as_ref(), flows, "register", None)?;
-            token_used = session.registration_token;
         }
-        let create = || s.users.create(&user_id, password.as_deref(), kind, false, None);
-        match token_used {
-            Some(token) => s.registration.use_token(&token, create)?,
-            None => create()?,
+        // The flows come first, as on Synapse: a client's first call
+        // (Element's carries neither password nor `auth`) learns them.
+        let flows: &[&[&str]] =
+            if s.registration.requires_token() { &[&[uiaa::REGISTRATION_TOKEN]] } else { &[&[uiaa::DUMMY]] };
+        let mut session = match s.uiaa.authorize(s, body.auth.as_ref(), flows, "register", None) {
+            Ok(session) => session,
+            Err(challenge) => {
+                remember_registration(s, &challenge, &body, username.clone(), password.as_deref())?;
+                return Err(challenge);
+            }
         };
-        tracing::info!(%user_id, kind = kind.as_str(), "registered an account");
+        let mut pending: PendingRegistration =
+            session.data.clone().and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+        let device_id = body.device_id.clone().or(pending.device_id.take());
+        let display_name = body.initial_device_display_name.clone().or(pending.initial_device_display_name.take());
+        let inhibit_login = body.inhibit_login || pending.inhibit_login;
+        let user_id = match pending.registered.clone() {
+            // The same completed session again (an answer that was lost):
+            // the same account, for whoever still knows its password.
+            Some(user_id) => {
+                s.uiaa.keep(&session)?;
+                let password = password.ok_or_else(|| Error::missing_param("A password is needed to register."))?;
+                if !s.users.check_password(&user_id, &password)? {
+                    return Err(Error::forbidden("This registration session made another account."));
+                }
+                user_id
+            }
+            None => {
+                let localpart = username
+                    .or(pending.username.take())
+                    .unwrap_or_else(|| crate::util::random_string(12).to_lowercase());
+                let user_id = s.users.local_user_id(&localpart)?;
+                let password_hash = match password {
+                    Some(password) => Some(crate::util::hash_password(&password).map_err(Error::internal)?),
+                    None => pending.password_hash.take(),
+                };
+                let Some(password_hash) = password_hash else {
+                    // Kept, so the client can send the password with the same session.
+                    session.data = Some(serde_json::to_value(&pending)?);
+                    s.uiaa.keep(&session)?;
+                    return Err(Error::missing_param("A password is needed to register."));
+                };
+                let create =
+                    || s.users.create_hashed(&user_id, Some(password_hash.clone()), AccountKind::Member, false, None);
+                match session.registration_token.clone() {
+                    Some(token) => s.registration.use_token(&token, create)?,
+                    None => create()?,
+                };
+                tracing::info!(%user_id, kind = AccountKind::Member.as_str(), "registered an account");
+                pending.registered = Some(user_id.clone());
+                session.data = Some(serde_json::to_value(&pending)?);
+                s.uiaa.keep(&session)?;
+                user_id
+            }
+        };
         let mut response = register::v3::Response::new(user_id.clone());
-        if !body.inhibit_login {
-            let (device_id, token) = s.users.create_device(
-                &user_id,
-                body.device_id.clone(),
-                body.initial_device_display_name.clone(),
-                Some(ip),
-            )?;
+        if !inhibit_login {
+            let (device_id, token) = s.users.create_device(&user_id, device_id, display_name, Some(ip))?;
             response.access_token = Some(token);
             response.device_id = Some(device_id);
         }
         Ok(response)
     })
     .await
+}
+
+/// Keep a registration's parameters in its UIA session for the next step;
+/// the password only as a hash, made once.
+fn remember_registration(
+    s: &Services,
+    challenge: &Error,
+    body: &register::v3::Request,
+    username: Option<String>,
+    password: Option<&str>,
+) -> Result<()> {
+    if challenge.status != http::StatusCode::UNAUTHORIZED {
+        return Ok(());
+    }
+    let mut hashed = None;
+    let mut failed = None;
+    s.uiaa.update_data(challenge, |data| {
+        let mut pending: PendingRegistration =
+            data.take().and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+        if let Some(password) = password
+            && pending.password_hash.is_none()
+        {
+            match crate::util::hash_password(password) {
+                Ok(hash) => hashed = Some(hash),
+                Err(e) => failed = Some(e),
+            }
+            pending.password_hash = hashed.clone();
+        }
+        pending.username = username.or(pending.username.take());
+        pending.device_id = body.device_id.clone().or(pending.device_id.take());
+        pending.initial_device_display_name =
+            body.initial_device_display_name.clone().or(pending.initial_device_display_name.take());
+        pending.inhibit_login |= body.inhibit_login;
+        *data = serde_json::to_value(&pending).ok();
+    })?;
+    match failed {
+        Some(e) => Err(Error::internal(e)),
+        None => Ok(()),
+    }
+}
+
+/// A temporary account, where `registration.allow_guests` lets anyone make one.
+fn register_guest(s: &Services, body: register::v3::Request, ip: String) -> Result<register::v3::Response> {
+    if !s.settings.raw.registration.allow_guests {
+        return Err(Error::new(
+            http::StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "Guest registration is disabled on this server; guests join through a room's guest link.",
+        ));
+    }
+    // Temporary accounts get an id nobody can guess or choose.
+    let user_id = s.users.local_user_id(&format!("guest-{}", crate::util::random_string(16).to_lowercase()))?;
+    s.users.create(&user_id, None, AccountKind::Temporary, false, None)?;
+    tracing::info!(%user_id, kind = AccountKind::Temporary.as_str(), "registered an account");
+    let mut response = register::v3::Response::new(user_id.clone());
+    if !body.inhibit_login {
+        let (device_id, token) = s.users.create_device(
+            &user_id,
+            body.device_id.clone(),
+            body.initial_device_display_name.clone(),
+            Some(ip),
+        )?;
+        response.access_token = Some(token);
+        response.device_id = Some(device_id);
+    }
+    Ok(response)
 }
 
 pub async fn username_available(

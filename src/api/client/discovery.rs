@@ -59,14 +59,23 @@ pub async fn well_known_server(axum::extract::State(state): axum::extract::State
 }
 
 pub async fn capabilities(
-    state: AppState,
+    axum::extract::State(state): axum::extract::State<AppState>,
     req: Ruma<get_capabilities::v3::Request>,
-) -> Result<get_capabilities::v3::Response> {
+) -> Result<Json<Value>> {
     let mut capabilities = Capabilities::new();
     let available: BTreeMap<RoomVersionId, RoomVersionStability> =
         SUPPORTED_ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();
     capabilities.room_versions = RoomVersionsCapability::new(state.settings.default_room_version.clone(), available);
+    let mut body = json!({ "capabilities": serde_json::to_value(&capabilities)? });
     let has_password = req.session().user.password_hash.is_some();
-    capabilities.change_password.enabled = has_password;
-    Ok(get_capabilities::v3::Response::new(capabilities))
+    for (name, enabled) in [
+        ("m.change_password", has_password),
+        ("m.set_displayname", true),
+        ("m.set_avatar_url", true),
+        ("m.3pid_changes", false),
+        ("m.get_login_token", false),
+    ] {
+        body["capabilities"][name] = json!({ "enabled": enabled });
+    }
+    Ok(Json(body))
 }

@@ -238,9 +238,8 @@ fn messages_page(
     require_member(s, &body.room_id, &session.user_id)?;
     let forward = body.dir == Direction::Forward;
     let from = match &body.from {
-        Some(token) => {
-            history::parse_token(token).ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?
-        }
+        Some(token) => history::parse_token(token, forward)
+            .ok_or_else(|| Error::invalid_param("The `from` token is not valid."))?,
         // The very start, backfilled history included.
         None if forward => i64::MIN + 1,
         None => s.db.safe_count() as i64 + 1,
@@ -248,7 +247,8 @@ fn messages_page(
     let to = body
         .to
         .as_deref()
-        .map(|t| history::parse_token(t).ok_or_else(|| Error::invalid_param("The `to` token is not valid.")))
+        // A `to` stops the page at the same place whichever kind of token it is.
+        .map(|t| history::parse_token(t, true).ok_or_else(|| Error::invalid_param("The `to` token is not valid.")))
         .transpose()?;
     let limit = (u64::from(body.limit) as usize).clamp(1, 1000);
     let filter = EventFilter(&body.filter);
@@ -256,7 +256,10 @@ fn messages_page(
     let reached_start = !forward && to.is_none() && page.end.is_none();
     let mut response = get_message_events::v3::Response::new();
     response.start = format!("t{from}");
-    response.end = page.end.map(|e| format!("t{e}"));
+    // As Synapse: a page with events always has an `end` (the next page is
+    // then empty, without one), so clients that expect it keep working.
+    let last = page.events.last().map(|(_, meta)| meta.ordering());
+    response.end = page.end.or(last).map(|e| format!("t{e}"));
     if filter.lazy_load_members() {
         response.state = history::member_state_for(s, &body.room_id, &page.events)?.iter().map(raw).collect();
     }

@@ -25,7 +25,10 @@ pub fn register(r: &mut Routes) {
     r.ruma::<c::discovery::get_supported_versions::Request, _, _>(discovery::versions)
         .ruma::<c::discovery::discover_homeserver::Request, _, _>(discovery::well_known_client)
         .raw("/.well-known/matrix/server", Method::GET, get(discovery::well_known_server))
-        .ruma::<c::discovery::get_capabilities::v3::Request, _, _>(discovery::capabilities)
+        // Written out by hand: ruma leaves out capabilities at their default
+        // (`m.change_password` enabled), and clients and sytest look for them.
+        .raw("/_matrix/client/v3/capabilities", Method::GET, get(discovery::capabilities))
+        .raw("/_matrix/client/r0/capabilities", Method::GET, get(discovery::capabilities))
         // accounts
         .ruma::<c::account::register::v3::Request, _, _>(account::register)
         .ruma::<c::account::get_username_availability::v3::Request, _, _>(account::username_available)

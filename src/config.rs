@@ -336,7 +336,20 @@ impl Default for RateLimits {
 }
 
 /// Room versions porch can create.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+/// Room versions porch creates and joins. 1 and 2 (event ids chosen by
+/// the sender, state resolution v1) are not among them.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
 
 /// A configuration problem, phrased as one sentence naming the key and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -404,7 +417,7 @@ impl Config {
             .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
             .ok_or_else(|| {
                 ConfigError(format!(
-                    "config key `rooms.default_version` is `{}`, which porch cannot create; set it to 10, 11 or 12",
+                    "config key `rooms.default_version` is `{}`, which porch cannot create; set it to a version from 3 to 12 (12 is the newest, 10 the most widely supported)",
                     self.rooms.default_version
                 ))
             })?;

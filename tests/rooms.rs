@@ -9,12 +9,18 @@ use serde_json::json;
 async fn create_room_versions_and_refusals() {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
-    for version in ["10", "11", "12"] {
+    for version in ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
         let room = s.create_room(&alice, json!({ "room_version": version, "name": format!("v{version}") })).await;
         let (status, create) =
             s.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(&room)), Some(&alice.token)).await;
         assert_eq!(status, 200, "{create}");
         assert_eq!(create["room_version"], version);
+        // Messages go in and come back by id (v3's ids are standard base64: `/` and `+` included).
+        let event_id = s.send_text(&alice, &room, &format!("hello v{version}")).await;
+        let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&event_id));
+        let (status, event) = s.get(&path, Some(&alice.token)).await;
+        assert_eq!((status, event["content"]["body"].as_str()), (200, Some(format!("hello v{version}").as_str())));
+        assert!(!event_id.contains(':'), "v{version} event ids are hashes: {event_id}");
         if version == "12" {
             assert!(!room.contains(':'), "v12 room ids are the create event's hash: {room}");
             let (_, pl) = s
@@ -34,8 +40,12 @@ async fn create_room_versions_and_refusals() {
         .await;
     assert_eq!(create["room_version"], "12", "the default is the newest");
     let (status, body) =
-        s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "9" })).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
+        s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "2" })).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_UNSUPPORTED_ROOM_VERSION")),
+        "versions 1 and 2 are not made"
+    );
     let (status, body) =
         s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "banana" })).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
@@ -832,6 +842,22 @@ async fn capabilities_typing_repeated_state_and_removed_aliases() {
     let typing = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
     let (status, body) = s.put(&typing, Some(&alice.token), json!({ "typing": true })).await;
     assert_eq!(status, 200, "{body}");
+
+    // The deprecated forms without a transaction id: each call is one event.
+    let send = format!("/_matrix/client/v3/rooms/{}/send/m.room.message", enc(&room));
+    let (status, first) = s.post(&send, Some(&alice.token), json!({ "msgtype": "m.text", "body": "old form" })).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = s.post(&send, Some(&alice.token), json!({ "msgtype": "m.text", "body": "old form" })).await;
+    assert_ne!(first["event_id"], second["event_id"], "two calls, two events");
+    let first_id = first["event_id"].as_str().unwrap();
+    let redact = format!("/_matrix/client/r0/rooms/{}/redact/{}", enc(&room), enc(first_id));
+    let (status, body) = s.post(&redact, Some(&alice.token), json!({ "reason": "typo" })).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, event) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(first_id)), Some(&alice.token)).await;
+    assert_eq!(event["content"], json!({}), "redacted: {event}");
+    let (status, body) = s.post(&send, None, json!({ "body": "x" })).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
 
     let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room));
     let (_, first) = s.put(&topic, Some(&alice.token), json!({ "topic": "same" })).await;

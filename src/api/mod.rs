@@ -76,7 +76,6 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self> {
         let (mut parts, body) = req.into_parts();
-        let ip = client_ip(&parts, &state.settings);
         let mut path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
             Ok(Path(args)) => args,
             Err(_) => Vec::new(),
@@ -84,6 +83,20 @@ where
         if parts.extensions.get::<EmptyStateKey>().is_some() {
             path_args.push(String::new());
         }
+        Self::parse(Request::from_parts(parts, body), path_args, state).await
+    }
+}
+
+impl<T> Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: 'static,
+{
+    /// Read, authenticate and parse a request whose path arguments are given
+    /// (a route that is not `T`'s own, such as the deprecated forms of it).
+    pub async fn parse(req: Request, path_args: Vec<String>, state: &AppState) -> Result<Self> {
+        let (parts, body) = req.into_parts();
+        let ip = client_ip(&parts, &state.settings);
         let limits = &state.settings.raw.limits;
         let limit = if TypeId::of::<T>() == TypeId::of::<ruma::api::client::media::create_content::v3::Request>() {
             limits.max_upload_bytes

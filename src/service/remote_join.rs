@@ -21,16 +21,8 @@ use crate::{
     service::{Services, blocking, inbound, membership, rooms::Placed},
 };
 
-/// Room versions porch can join.
-pub const SUPPORTED_VERSIONS: [RoomVersionId; 7] = [
-    RoomVersionId::V6,
-    RoomVersionId::V7,
-    RoomVersionId::V8,
-    RoomVersionId::V9,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
+/// Room versions porch can join: those it can create.
+pub use crate::config::SUPPORTED_ROOM_VERSIONS as SUPPORTED_VERSIONS;
 
 fn error(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(http::StatusCode::BAD_REQUEST, code, message.into())

@@ -13,7 +13,7 @@ pub mod profile;
 pub mod rooms;
 pub mod sync;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::Method;
 use ruma::api::client as c;
 
@@ -77,6 +77,16 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::state::get_state_event_for_key::v3::Request, _, _>(events::state_for_key)
         .ruma::<c::state::get_state_events::v3::Request, _, _>(events::all_state)
         .ruma::<c::redact::redact_event::v3::Request, _, _>(events::redact)
+        .raw(
+            "/_matrix/client/{version}/rooms/{room_id}/send/{event_type}",
+            Method::POST,
+            post(events::send_message_without_txn),
+        )
+        .raw(
+            "/_matrix/client/{version}/rooms/{room_id}/redact/{event_id}",
+            Method::POST,
+            post(events::redact_without_txn),
+        )
         .ruma::<c::room::get_room_event::v3::Request, _, _>(events::event)
         .ruma::<c::message::get_message_events::v3::Request, _, _>(events::messages)
         .ruma::<c::context::get_context::v3::Request, _, _>(events::context)

@@ -124,15 +124,27 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
                 user_id
             }
         };
-        let mut response = register::v3::Response::new(user_id.clone());
-        if !inhibit_login {
-            let (device_id, token) = s.users.create_device(&user_id, device_id, display_name, Some(ip))?;
-            response.access_token = Some(token);
-            response.device_id = Some(device_id);
-        }
-        Ok(response)
+        registered(s, user_id, !inhibit_login, device_id, display_name, ip)
     })
     .await
+}
+
+/// The answer to a registration: signed in on a new device unless asked not to be.
+fn registered(
+    s: &Services,
+    user_id: ruma::OwnedUserId,
+    sign_in: bool,
+    device_id: Option<OwnedDeviceId>,
+    display_name: Option<String>,
+    ip: String,
+) -> Result<register::v3::Response> {
+    let mut response = register::v3::Response::new(user_id.clone());
+    if sign_in {
+        let (device_id, token) = s.users.create_device(&user_id, device_id, display_name, Some(ip))?;
+        response.access_token = Some(token);
+        response.device_id = Some(device_id);
+    }
+    Ok(response)
 }
 
 /// Keep a registration's parameters in its UIA session for the next step;
@@ -187,18 +199,7 @@ fn register_guest(s: &Services, body: register::v3::Request, ip: String) -> Resu
     let user_id = s.users.local_user_id(&format!("guest-{}", crate::util::random_string(16).to_lowercase()))?;
     s.users.create(&user_id, None, AccountKind::Temporary, false, None)?;
     tracing::info!(%user_id, kind = AccountKind::Temporary.as_str(), "registered an account");
-    let mut response = register::v3::Response::new(user_id.clone());
-    if !body.inhibit_login {
-        let (device_id, token) = s.users.create_device(
-            &user_id,
-            body.device_id.clone(),
-            body.initial_device_display_name.clone(),
-            Some(ip),
-        )?;
-        response.access_token = Some(token);
-        response.device_id = Some(device_id);
-    }
-    Ok(response)
+    registered(s, user_id, !body.inhibit_login, body.device_id, body.initial_device_display_name, ip)
 }
 
 pub async fn username_available(

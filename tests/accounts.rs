@@ -356,14 +356,35 @@ async fn password_change_and_devices_need_uia() {
         .await;
     assert_eq!(status, 401, "{body}");
     let session = body["session"].as_str().unwrap().to_owned();
+    // A session started for one device cannot delete another; nor do
+    // someone else's credentials confirm it (403 both, as on Synapse).
+    let (_, listed) = s.get("/_matrix/client/v3/devices", Some(&alice.token)).await;
+    let other = listed["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] != alice.device_id.as_str())
+        .unwrap()["device_id"]
+        .clone();
+    let alice_auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "new password 1", "session": session });
     let (status, body) = s
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/_matrix/client/v3/devices/{}", alice.device_id),
+        .post(
+            "/_matrix/client/v3/delete_devices",
             Some(&alice.token),
-            Some(json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "new password 1", "session": session } })),
+            json!({ "devices": [other], "auth": alice_auth }),
         )
         .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    s.register("bob").await;
+    let bob_auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": "correct horse battery", "session": session });
+    let path = format!("/_matrix/client/v3/devices/{}", alice.device_id);
+    let (status, body) =
+        s.request(reqwest::Method::DELETE, &path, Some(&alice.token), Some(json!({ "auth": bob_auth }))).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (_, listed) = s.get("/_matrix/client/v3/devices", Some(&alice.token)).await;
+    assert_eq!(listed["devices"].as_array().unwrap().len(), 2, "nothing was deleted");
+    let (status, body) =
+        s.request(reqwest::Method::DELETE, &path, Some(&alice.token), Some(json!({ "auth": alice_auth }))).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
     assert_eq!(status, 401, "deleting a device logs it out");

@@ -85,6 +85,13 @@ impl Uiaa {
                 Some(s) if s.purpose == purpose && util::now_ms() - s.created_at < SESSION_LIFETIME_MS => {
                     (id.to_owned(), s)
                 }
+                // Started for another request (other devices, another
+                // operation): it cannot authorise this one.
+                Some(s) if util::now_ms() - s.created_at < SESSION_LIFETIME_MS => {
+                    return Err(Error::forbidden(
+                        "This authentication session was started for another request; start a new one.",
+                    ));
+                }
                 _ => {
                     return Err(self.challenge_new(
                         flows,
@@ -117,10 +124,14 @@ impl Uiaa {
                     UserIdentifier::Matrix(m) => Some(m.user.clone()),
                     _ => None,
                 };
-                let matches = match (claimed, user) {
+                let matches = match (&claimed, user) {
                     (Some(claimed), Some(user)) => claimed == user.as_str() || claimed == user.localpart(),
                     _ => false,
                 };
+                if claimed.is_some() && user.is_some() && !matches {
+                    // Someone else's credentials: no retry will help (as Synapse, 403).
+                    return Err(Error::forbidden("You can only confirm this as yourself."));
+                }
                 if matches && checks.password_ok(user.expect("checked above"), &p.password)? {
                     Ok(PASSWORD)
                 } else {

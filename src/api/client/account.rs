@@ -412,7 +412,9 @@ pub async fn delete_device(
         if s.users.device(&session.user_id, req.body.device_id.as_str())?.is_none() {
             return Err(Error::not_found("No such device."));
         }
-        password_uia(s, req.body.auth.as_ref(), "delete_devices", &session.user_id)?;
+        // The session is bound to the devices it was started for.
+        let purpose = format!("delete_devices:{}", req.body.device_id);
+        password_uia(s, req.body.auth.as_ref(), &purpose, &session.user_id)?;
         s.users.remove_devices(&session.user_id, Some(std::slice::from_ref(&req.body.device_id)), None)?;
         Ok(delete_device::v3::Response::new())
     })
@@ -425,7 +427,10 @@ pub async fn delete_devices(
 ) -> Result<delete_devices::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
-        password_uia(s, req.body.auth.as_ref(), "delete_devices", &session.user_id)?;
+        let mut devices: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
+        devices.sort_unstable();
+        let purpose = format!("delete_devices:{}", devices.join(","));
+        password_uia(s, req.body.auth.as_ref(), &purpose, &session.user_id)?;
         s.users.remove_devices(&session.user_id, Some(&req.body.devices), None)?;
         Ok(delete_devices::v3::Response::new())
     })

@@ -335,7 +335,6 @@ impl Default for RateLimits {
     }
 }
 
-/// Room versions porch can create.
 /// Room versions porch creates and joins. 1 and 2 (event ids chosen by
 /// the sender, state resolution v1) are not among them.
 pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [

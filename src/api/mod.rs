@@ -164,23 +164,28 @@ fn drop_empty_auth(bytes: &mut Vec<u8>) {
     if !bytes.windows(6).any(|w| w == b"\"auth\"") {
         return;
     }
-    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
-    let empty = body
-        .get("auth")
-        .and_then(|auth| auth.as_object())
-        .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"));
-    if empty {
-        body.remove("auth");
-        *bytes = serde_json::to_vec(&body).expect("a JSON object serialises");
-    }
+    edit_json_object(bytes, |body| {
+        let empty = body
+            .get("auth")
+            .and_then(|auth| auth.as_object())
+            .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"));
+        empty && body.remove("auth").is_some()
+    });
 }
 
 /// `{"typing": true}` without `timeout`: the spec makes it optional in
 /// practice (Synapse takes it), ruma requires it; 30 s, as Synapse assumes.
 fn default_typing_timeout(bytes: &mut Vec<u8>) {
+    edit_json_object(bytes, |body| {
+        let missing = body.get("typing") == Some(&serde_json::Value::Bool(true)) && !body.contains_key("timeout");
+        missing && body.insert("timeout".to_owned(), 30_000.into()).is_none()
+    });
+}
+
+/// Apply `edit` to a JSON object body; re-serialised only when it says it changed something.
+fn edit_json_object(bytes: &mut Vec<u8>, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>) -> bool) {
     let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
-    if body.get("typing") == Some(&serde_json::Value::Bool(true)) && !body.contains_key("timeout") {
-        body.insert("timeout".to_owned(), 30_000.into());
+    if edit(&mut body) {
         *bytes = serde_json::to_vec(&body).expect("a JSON object serialises");
     }
 }

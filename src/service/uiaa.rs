@@ -38,6 +38,12 @@ pub struct UiaaSession {
     pub id: String,
 }
 
+impl UiaaSession {
+    fn is_live(&self) -> bool {
+        util::now_ms().saturating_sub(self.created_at) < SESSION_LIFETIME_MS
+    }
+}
+
 pub struct Uiaa {
     db: Arc<Db>,
 }
@@ -82,12 +88,10 @@ impl Uiaa {
     ) -> Result<UiaaSession> {
         let (session_id, mut session) = match auth.and_then(|a| a.session()) {
             Some(id) => match self.db.get_json::<UiaaSession>(Cf::UiaaSessions, id.as_bytes())? {
-                Some(s) if s.purpose == purpose && util::now_ms() - s.created_at < SESSION_LIFETIME_MS => {
-                    (id.to_owned(), s)
-                }
+                Some(s) if s.is_live() && s.purpose == purpose => (id.to_owned(), s),
                 // Started for another request (other devices, another
                 // operation): it cannot authorise this one.
-                Some(s) if util::now_ms() - s.created_at < SESSION_LIFETIME_MS => {
+                Some(s) if s.is_live() => {
                     return Err(Error::forbidden(
                         "This authentication session was started for another request; start a new one.",
                     ));
@@ -171,12 +175,16 @@ impl Uiaa {
 
     /// Change the data of the session a 401 `challenge` names (no-op for
     /// any other error).
-    pub fn update_data(&self, challenge: &Error, update: impl FnOnce(&mut Option<serde_json::Value>)) -> Result<()> {
+    pub fn update_data(
+        &self,
+        challenge: &Error,
+        update: impl FnOnce(&mut Option<serde_json::Value>) -> Result<()>,
+    ) -> Result<()> {
         let Some(id) = challenge.extra.get("session").and_then(|v| v.as_str()) else { return Ok(()) };
         let Some(mut session) = self.db.get_json::<UiaaSession>(Cf::UiaaSessions, id.as_bytes())? else {
             return Ok(());
         };
-        update(&mut session.data);
+        update(&mut session.data)?;
         Ok(self.db.put_json(Cf::UiaaSessions, id.as_bytes(), &session)?)
     }
 

@@ -47,6 +47,12 @@ struct PendingRegistration {
     registered: Option<ruma::OwnedUserId>,
 }
 
+impl PendingRegistration {
+    fn from_data(data: Option<serde_json::Value>) -> Self {
+        data.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default()
+    }
+}
+
 pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
     state.register_limiter.check(req.ip).map_err(Error::limit_exceeded)?;
     let ip = req.ip.to_string();
@@ -80,8 +86,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
                 return Err(challenge);
             }
         };
-        let mut pending: PendingRegistration =
-            session.data.clone().and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+        let mut pending = PendingRegistration::from_data(session.data.clone());
         let device_id = body.device_id.clone().or(pending.device_id.take());
         let display_name = body.initial_device_display_name.clone().or(pending.initial_device_display_name.take());
         let inhibit_login = body.inhibit_login || pending.inhibit_login;
@@ -159,31 +164,21 @@ fn remember_registration(
     if challenge.status != http::StatusCode::UNAUTHORIZED {
         return Ok(());
     }
-    let mut hashed = None;
-    let mut failed = None;
     s.uiaa.update_data(challenge, |data| {
-        let mut pending: PendingRegistration =
-            data.take().and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+        let mut pending = PendingRegistration::from_data(data.take());
         if let Some(password) = password
             && pending.password_hash.is_none()
         {
-            match crate::util::hash_password(password) {
-                Ok(hash) => hashed = Some(hash),
-                Err(e) => failed = Some(e),
-            }
-            pending.password_hash = hashed.clone();
+            pending.password_hash = Some(crate::util::hash_password(password).map_err(Error::internal)?);
         }
         pending.username = username.or(pending.username.take());
         pending.device_id = body.device_id.clone().or(pending.device_id.take());
         pending.initial_device_display_name =
             body.initial_device_display_name.clone().or(pending.initial_device_display_name.take());
         pending.inhibit_login |= body.inhibit_login;
-        *data = serde_json::to_value(&pending).ok();
-    })?;
-    match failed {
-        Some(e) => Err(Error::internal(e)),
-        None => Ok(()),
-    }
+        *data = Some(serde_json::to_value(&pending)?);
+        Ok(())
+    })
 }
 
 /// A temporary account, where `registration.allow_guests` lets anyone make one.

@@ -306,42 +306,37 @@ pub async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Re
 /// older clients and bots. Each call is its own transaction.
 pub async fn send_message_without_txn(
     axum::extract::State(state): axum::extract::State<AppState>,
-    axum::extract::Path((version, room_id, event_type)): axum::extract::Path<(String, String, String)>,
+    axum::extract::Path(args): axum::extract::Path<Vec<String>>,
     req: axum::extract::Request,
 ) -> Result<crate::api::RumaResponse<send_message_event::v3::Response>> {
-    let txn_id = format!("porch-{}", crate::util::random_string(16));
-    let req = as_put_with_txn(req, &version, &format!("rooms/{}/send/{}", enc(&room_id), enc(&event_type)), &txn_id)?;
-    let req = Ruma::parse(req, vec![room_id, event_type, txn_id], &state).await?;
+    let req = with_new_txn(&state, args, req).await?;
     send_message(state, req).await.map(crate::api::RumaResponse)
 }
 
 pub async fn redact_without_txn(
     axum::extract::State(state): axum::extract::State<AppState>,
-    axum::extract::Path((version, room_id, event_id)): axum::extract::Path<(String, String, String)>,
+    axum::extract::Path(args): axum::extract::Path<Vec<String>>,
     req: axum::extract::Request,
 ) -> Result<crate::api::RumaResponse<redact_event::v3::Response>> {
-    let txn_id = format!("porch-{}", crate::util::random_string(16));
-    let req = as_put_with_txn(req, &version, &format!("rooms/{}/redact/{}", enc(&room_id), enc(&event_id)), &txn_id)?;
-    let req = Ruma::parse(req, vec![room_id, event_id, txn_id], &state).await?;
+    let req = with_new_txn(&state, args, req).await?;
     redact(state, req).await.map(crate::api::RumaResponse)
 }
 
-/// The same request as the `PUT …/{txnId}` form ruma knows.
-fn as_put_with_txn(
-    req: axum::extract::Request,
-    version: &str,
-    path: &str,
-    txn_id: &str,
-) -> Result<axum::extract::Request> {
+/// The request as the `PUT …/{txnId}` form ruma knows, with a fresh
+/// transaction id; `args` are the route's (the API version first).
+async fn with_new_txn<T>(state: &AppState, mut args: Vec<String>, req: axum::extract::Request) -> Result<Ruma<T>>
+where
+    T: ruma::api::IncomingRequest + Send + 'static,
+    T::Authentication: 'static,
+{
+    let txn_id = format!("porch-{}", crate::util::random_string(16));
     let (mut parts, body) = req.into_parts();
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    parts.uri = format!("/_matrix/client/{version}/{path}/{txn_id}{query}")
+    parts.uri = format!("{}/{txn_id}{query}", parts.uri.path().trim_end_matches('/'))
         .parse()
         .map_err(|_| Error::invalid_param("The request path is not valid."))?;
     parts.method = http::Method::PUT;
-    Ok(axum::extract::Request::from_parts(parts, body))
-}
-
-fn enc(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
+    args.remove(0);
+    args.push(txn_id);
+    Ruma::parse(axum::extract::Request::from_parts(parts, body), args, state).await
 }

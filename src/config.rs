@@ -335,9 +335,12 @@ impl Default for RateLimits {
     }
 }
 
-/// Room versions porch creates and joins. 1 and 2 (event ids chosen by
-/// the sender, state resolution v1) are not among them.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [
+/// Room versions porch creates and joins. In 1 and 2 events carry ids
+/// their server chose; version 1's forks are resolved with version 2's
+/// algorithm (ruma has only that one).
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 12] = [
+    RoomVersionId::V1,
+    RoomVersionId::V2,
     RoomVersionId::V3,
     RoomVersionId::V4,
     RoomVersionId::V5,
@@ -416,7 +419,7 @@ impl Config {
             .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
             .ok_or_else(|| {
                 ConfigError(format!(
-                    "config key `rooms.default_version` is `{}`, which porch cannot create; set it to a version from 3 to 12 (12 is the newest, 10 the most widely supported)",
+                    "config key `rooms.default_version` is `{}`, which porch cannot create; set it to a version from 1 to 12 (12 is the newest, 10 the most widely supported)",
                     self.rooms.default_version
                 ))
             })?;

@@ -11,7 +11,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, value::RawValue as RawJsonValue};
 
-/// Fields of a PDU as they appear in its JSON (room versions 3+).
+/// Fields of a PDU as they appear in its JSON.
 #[derive(Clone, Debug, Deserialize)]
 struct PduFields {
     room_id: Option<OwnedRoomId>,
@@ -21,12 +21,60 @@ struct PduFields {
     kind: TimelineEventType,
     content: Box<RawJsonValue>,
     state_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_references")]
     prev_events: Vec<OwnedEventId>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "event_references")]
     auth_events: Vec<OwnedEventId>,
     depth: UInt,
     redacts: Option<OwnedEventId>,
+}
+
+/// Event references: ids (room versions 3+), or `[id, {hashes}]` pairs
+/// (versions 1 and 2).
+fn event_references<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<OwnedEventId>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Reference {
+        Id(OwnedEventId),
+        Pair(OwnedEventId, serde::de::IgnoredAny),
+    }
+    let references = Vec::<Reference>::deserialize(deserializer)?;
+    Ok(references
+        .into_iter()
+        .map(|r| match r {
+            Reference::Id(id) | Reference::Pair(id, _) => id,
+        })
+        .collect())
+}
+
+/// The id of a signed event: in room versions 1 and 2 the `event_id` its
+/// server gave it, which must name that server; later, its reference hash.
+pub fn event_id_of(
+    object: &CanonicalJsonObject,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<OwnedEventId, String> {
+    if rules.event_format.require_event_id {
+        let id = object.get("event_id").and_then(|v| v.as_str()).ok_or("the event has no `event_id`")?;
+        return OwnedEventId::try_from(id).map_err(|e| format!("`event_id` is not an event id: {e}"));
+    }
+    let hash =
+        ruma::signatures::reference_hash(object, rules).map_err(|e| format!("the event cannot be hashed: {e}"))?;
+    OwnedEventId::try_from(format!("${hash}")).map_err(|e| e.to_string())
+}
+
+/// For room versions 1 and 2: give an event being built here an id of
+/// this server's (before it is hashed and signed, as the id is part of both).
+pub fn assign_event_id(
+    object: &mut CanonicalJsonObject,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    server_name: &ruma::ServerName,
+) {
+    if rules.event_format.require_event_id {
+        let id = format!("${}:{server_name}", crate::util::random_string(24));
+        object.insert("event_id".into(), CanonicalJsonValue::String(id));
+    } else {
+        object.remove("event_id");
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -20,7 +20,7 @@ fn bad_values_name_the_key_and_the_fix() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("PORCH_SERVER_NAME", "not a server name!")], "`server_name`"),
         (&[("PORCH_LISTEN__CLIENT", "nowhere")], "`listen.client`"),
-        (&[("PORCH_ROOMS__DEFAULT_VERSION", "2")], "`rooms.default_version`"),
+        (&[("PORCH_ROOMS__DEFAULT_VERSION", "13")], "`rooms.default_version`"),
         (&[("PORCH_LIMITS__MAX_REQUEST_BYTES", "10")], "`limits.max_request_bytes`"),
         (&[("PORCH_REGISTRATION__ENABLED", "perhaps")], "`registration.enabled`"),
         (&[("PORCH_REGISTRATION__TOKENS", "[\"has space\"]")], "`registration.tokens`"),

@@ -9,7 +9,7 @@ use serde_json::json;
 async fn create_room_versions_and_refusals() {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
-    for version in ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
+    for version in ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
         let room = s.create_room(&alice, json!({ "room_version": version, "name": format!("v{version}") })).await;
         let (status, create) =
             s.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(&room)), Some(&alice.token)).await;
@@ -20,7 +20,18 @@ async fn create_room_versions_and_refusals() {
         let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&event_id));
         let (status, event) = s.get(&path, Some(&alice.token)).await;
         assert_eq!((status, event["content"]["body"].as_str()), (200, Some(format!("hello v{version}").as_str())));
-        assert!(!event_id.contains(':'), "v{version} event ids are hashes: {event_id}");
+        if matches!(version, "1" | "2") {
+            assert!(event_id.ends_with(":porch.test"), "v{version} event ids name their server: {event_id}");
+            let (_, member) = s
+                .get(
+                    &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&alice.user_id)),
+                    Some(&alice.token),
+                )
+                .await;
+            assert_eq!(member["membership"], "join", "{member}");
+        } else {
+            assert!(!event_id.contains(':'), "v{version} event ids are hashes: {event_id}");
+        }
         if version == "12" {
             assert!(!room.contains(':'), "v12 room ids are the create event's hash: {room}");
             let (_, pl) = s
@@ -40,12 +51,8 @@ async fn create_room_versions_and_refusals() {
         .await;
     assert_eq!(create["room_version"], "12", "the default is the newest");
     let (status, body) =
-        s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "2" })).await;
-    assert_eq!(
-        (status, body["errcode"].as_str()),
-        (400, Some("M_UNSUPPORTED_ROOM_VERSION")),
-        "versions 1 and 2 are not made"
-    );
+        s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "13" })).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")), "{body}");
     let (status, body) =
         s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({ "room_version": "banana" })).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));

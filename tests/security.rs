@@ -406,6 +406,9 @@ async fn a_deep_fork_from_another_server_is_resolved_without_taking_the_server_d
     let mut options = common::federating_options(port);
     options.env.push(("PORCH_RATE_LIMITS__FEDERATION_TRANSACTIONS_PER_SECOND".into(), "10000".into()));
     options.env.push(("PORCH_RATE_LIMITS__FEDERATION_TRANSACTIONS_BURST".into(), "10000".into()));
+    // What is tested is the depth of the walk, not durability: 50,000 fsyncs
+    // would make the test's time the disk's.
+    options.env.push(("PORCH_DATABASE__SYNC_WRITES".into(), "false".into()));
     let mut b = TestServer::start_with(options).await;
     b.server_name = format!("localhost:{port}");
     let bob = b.register("bob").await;

@@ -39,6 +39,8 @@ pub fn register(r: &mut Routes) {
         // it and older servers and tools still ask it: the same document.
         .raw("/_matrix/key/v2/server/{key_id}", http::Method::GET, axum::routing::get(server_keys_by_id))
         .ruma::<get_remote_server_keys::v2::Request, _, _>(notary_query)
+        // The `{keyId}` form (removed with the other in MSC3938): every key of the server.
+        .raw("/_matrix/key/v2/query/{server_name}/{key_id}", http::Method::GET, axum::routing::get(notary_query_by_id))
         .ruma::<get_remote_server_keys_batch::v2::Request, _, _>(notary_batch)
         .ruma::<get_server_version::v1::Request, _, _>(version)
         .ruma::<get_profile_information::v1::Request, _, _>(profile)
@@ -59,6 +61,19 @@ pub fn register(r: &mut Routes) {
         .ruma::<create_invite::v2::Request, _, _>(invite)
         .ruma::<prepare_leave_event::v1::Request, _, _>(make_leave)
         .ruma::<create_leave_event::v2::Request, _, _>(send_leave)
+        // The v1 forms, deprecated but still sent by older servers and
+        // Matrix's test suite: v2's answer wrapped as `[200, answer]`.
+        .raw(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            http::Method::PUT,
+            axum::routing::put(send_join_v1),
+        )
+        .raw(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            http::Method::PUT,
+            axum::routing::put(send_leave_v1),
+        )
+        .raw("/_matrix/federation/v1/invite/{room_id}/{event_id}", http::Method::PUT, axum::routing::put(invite_v1))
         .ruma::<prepare_knock_event::v1::Request, _, _>(make_knock)
         .ruma::<create_knock_event::v1::Request, _, _>(send_knock)
         .ruma::<get_openid_userinfo::v1::Request, _, _>(openid_userinfo)
@@ -97,6 +112,62 @@ fn media_file(s: &crate::service::Services, media_id: &str, thumbnail: bool) -> 
 async fn invite(state: AppState, req: Ruma<create_invite::v2::Request>) -> Result<create_invite::v2::Response> {
     let event = remote_invite::receive_invite(&state, req.origin(), &req.body).await?;
     Ok(create_invite::v2::Response::new(event))
+}
+
+type PathArgs = axum::extract::Path<Vec<String>>;
+
+/// A response's JSON body, as `[200, body]` (the v1 membership endpoints' shape).
+fn v1_answer(response: impl ruma::api::OutgoingResponseExt) -> Result<axum::Json<serde_json::Value>> {
+    let http = response.try_into_http_response::<Vec<u8>>().map_err(Error::internal)?;
+    let body: serde_json::Value = serde_json::from_slice(http.body())?;
+    Ok(axum::Json(serde_json::json!([200, body])))
+}
+
+async fn send_join_v1(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Path(args): PathArgs,
+    req: axum::extract::Request,
+) -> Result<axum::Json<serde_json::Value>> {
+    let req = Ruma::<create_join_event::v2::Request>::parse(req, args, &state).await?;
+    v1_answer(send_join(state, req).await?)
+}
+
+async fn send_leave_v1(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Path(args): PathArgs,
+    req: axum::extract::Request,
+) -> Result<axum::Json<serde_json::Value>> {
+    let req = Ruma::<create_leave_event::v2::Request>::parse(req, args, &state).await?;
+    v1_answer(send_leave(state, req).await?)
+}
+
+/// v1 invites carry the event alone, and predate room versions: the room
+/// is taken to be of version 1, as the spec says.
+async fn invite_v1(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Path(args): PathArgs,
+    req: axum::extract::Request,
+) -> Result<axum::Json<serde_json::Value>> {
+    let req = Ruma::<create_invite::v1::Request>::parse(req, args, &state).await?;
+    let mut event = req.body_object.clone().ok_or_else(|| Error::bad_json("The invite is not a JSON object."))?;
+    let stripped: Vec<Raw<ruma::events::AnyStrippedStateEvent>> = event
+        .get("unsigned")
+        .and_then(|u| u.get("invite_room_state"))
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    if let Some(unsigned) = event.get_mut("unsigned").and_then(|u| u.as_object_mut()) {
+        unsigned.remove("invite_room_state");
+    }
+    let event = serde_json::value::to_raw_value(&event)?;
+    let v2 = create_invite::v2::Request::new(
+        req.body.room_id.clone(),
+        req.body.event_id.clone(),
+        ruma::RoomVersionId::V1,
+        event,
+        stripped.into_iter().map(Into::into).collect(),
+    );
+    let signed = remote_invite::receive_invite(&state, req.origin(), &v2).await?;
+    Ok(axum::Json(serde_json::json!([200, { "event": signed }])))
 }
 
 async fn make_leave(
@@ -141,7 +212,9 @@ async fn send_knock(
 }
 
 /// Whose OpenID token this is, for a third party checking a user's identity.
-async fn openid_userinfo(
+/// Also served on the client listener, as Synapse does: integration
+/// managers and widgets ask whichever address they were given.
+pub async fn openid_userinfo(
     state: AppState,
     req: Ruma<get_openid_userinfo::v1::Request>,
 ) -> Result<get_openid_userinfo::v1::Response> {
@@ -465,6 +538,16 @@ async fn notary_query(
     let keys = state.federation.notarised_keys(&req.body.server_name, valid_until).await.ok().flatten();
     let keys = keys.map(|k| serde_json::value::to_raw_value(&k).map(Raw::from_json)).transpose()?;
     Ok(get_remote_server_keys::v2::Response::new(keys.into_iter().collect()))
+}
+
+async fn notary_query_by_id(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Path(mut args): PathArgs,
+    req: axum::extract::Request,
+) -> Result<crate::api::RumaResponse<get_remote_server_keys::v2::Response>> {
+    args.truncate(1);
+    let req = Ruma::<get_remote_server_keys::v2::Request>::parse(req, args, &state).await?;
+    notary_query(state, req).await.map(crate::api::RumaResponse)
 }
 
 async fn notary_batch(

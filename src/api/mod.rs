@@ -53,6 +53,9 @@ pub struct Ruma<T> {
     /// The server that signed a federation request.
     pub origin: Option<ruma::OwnedServerName>,
     pub ip: IpAddr,
+    /// The JSON body as an object, kept for endpoints whose extra keys
+    /// matter and ruma drops (a join's custom member content).
+    pub body_object: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl<T> Ruma<T> {
@@ -153,13 +156,25 @@ where
             Ok(result) => result.map_err(|e| request_error(e, &bytes))?,
             Err(_) => return Err(Error::bad_json("The request body is not what this endpoint expects.")),
         };
-        Ok(Self { body, session, origin, ip })
+        let keeps_body = [
+            TypeId::of::<ruma::api::client::membership::join_room_by_id::v3::Request>(),
+            TypeId::of::<ruma::api::client::membership::join_room_by_id_or_alias::v3::Request>(),
+            TypeId::of::<ruma::api::federation::membership::create_invite::v1::Request>(),
+        ]
+        .contains(&TypeId::of::<T>());
+        let body_object = if keeps_body {
+            serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v.as_object().cloned())
+        } else {
+            None
+        };
+        Ok(Self { body, session, origin, ip, body_object })
     }
 }
 
 /// A UIA body's `auth` with neither `type` nor `session` (`"auth": {}`,
 /// as clients send to learn the flows) means "no auth yet": removed, so
-/// the endpoint answers 401 with its flows instead of a parse error.
+/// the endpoint answers 401 with its flows instead of a parse error. A
+/// password stage with the deprecated `user` gets it as an `identifier`.
 fn drop_empty_auth(bytes: &mut Vec<u8>) {
     if !bytes.windows(6).any(|w| w == b"\"auth\"") {
         return;
@@ -169,7 +184,17 @@ fn drop_empty_auth(bytes: &mut Vec<u8>) {
             .get("auth")
             .and_then(|auth| auth.as_object())
             .is_some_and(|auth| !auth.contains_key("type") && !auth.contains_key("session"));
-        empty && body.remove("auth").is_some()
+        if empty {
+            return body.remove("auth").is_some();
+        }
+        // The deprecated `user` of a password stage, as the identifier ruma wants.
+        let Some(auth) = body.get_mut("auth").and_then(|a| a.as_object_mut()) else { return false };
+        if auth.contains_key("identifier") {
+            return false;
+        }
+        let Some(user) = auth.remove("user") else { return false };
+        auth.insert("identifier".into(), serde_json::json!({ "type": "m.id.user", "user": user }));
+        true
     });
 }
 
@@ -216,6 +241,19 @@ pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Setting
         }
     }
     client
+}
+
+/// The session of a request to a route ruma has no type for (the
+/// deprecated `/initialSync` and `/events`): the access token only.
+pub struct Authenticated(pub Session);
+
+impl axum::extract::FromRequestParts<AppState> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &AppState) -> Result<Self> {
+        let token = access_token(parts).ok_or_else(Error::missing_token)?;
+        Ok(Self(blocking(state, move |s| s.users.authenticate(&token)).await?))
+    }
 }
 
 fn access_token(parts: &http::request::Parts) -> Option<String> {
@@ -365,7 +403,17 @@ fn positional(path: &str) -> (String, bool) {
     (out, last_is_state_key)
 }
 
-pub async fn unrecognized() -> Error {
+pub async fn unrecognized(uri: http::Uri) -> Error {
+    // A malformed push rule path (no scope, kind or rule id) is a bad
+    // request about an endpoint that exists, as Synapse answers it.
+    let path = uri.path();
+    if path.starts_with("/_matrix/client/") && path.contains("/pushrules/") {
+        return Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNRECOGNIZED",
+            "Push rule paths are /pushrules/global/{kind}/{ruleId}, kind one of override, underride, sender, room, content.",
+        );
+    }
     Error::unrecognized("Unrecognized request: this server has no such endpoint.")
 }
 

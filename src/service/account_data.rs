@@ -96,4 +96,17 @@ impl AccountData {
     pub fn filter(&self, user_id: &UserId, id: &str) -> Result<Option<Value>> {
         Ok(self.db.get_json(Cf::Filters, &key(&[user_id.as_bytes(), id.as_bytes()]))?)
     }
+
+    /// Whom the user ignores (`m.ignored_user_list`): their messages and
+    /// invites are not shown to the user.
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<std::collections::HashSet<ruma::OwnedUserId>> {
+        let Some(raw) = self.get(user_id, None, "m.ignored_user_list")? else { return Ok(Default::default()) };
+        let content: serde_json::Value = serde_json::from_str(raw.get()).unwrap_or_default();
+        Ok(content["ignored_users"]
+            .as_object()
+            .into_iter()
+            .flat_map(|users| users.keys())
+            .filter_map(|u| ruma::OwnedUserId::try_from(u.as_str()).ok())
+            .collect())
+    }
 }

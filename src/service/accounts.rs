@@ -4,14 +4,16 @@ use ruma::UserId;
 
 use crate::{
     error::{Error, Result},
-    service::{Services, membership},
+    service::{Services, membership, push},
 };
 
-/// Leave every room, log out everywhere, and mark the account deactivated.
+/// Leave every room, log out everywhere, drop the pushers and key backups, and mark the account deactivated.
 /// Its id is never given out again.
 pub fn deactivate(s: &Services, user_id: &UserId) -> Result<()> {
     membership::leave_all(s, user_id)?;
     s.users.remove_devices(user_id, None, None)?;
+    push::forget_user(s, user_id)?;
+    s.key_backup.forget_user(s, user_id)?;
     let mut user = s.users.get(user_id)?.ok_or_else(|| Error::not_found("No such user."))?;
     user.deactivated = true;
     user.password_hash = None;

@@ -57,7 +57,7 @@ pub(crate) fn create_as(s: &Services, creator: &UserId, req: CreateRoom) -> Resu
     let version = req.version.clone().unwrap_or_else(|| s.settings.default_room_version.clone());
     if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
         return Err(Error::unsupported_room_version(format!(
-            "This server cannot create rooms of version {version}; use a version from 3 to 12."
+            "This server cannot create rooms of version {version}; use a version from 1 to 12."
         )));
     }
     let rules = crate::service::rooms::Rooms::rules(&version)?;

@@ -263,3 +263,23 @@ pub fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, sin
     let prev_batch = (offset > 0).then(|| format!("p{}", offset.saturating_sub(limit)));
     Ok(Listing { chunk: page, next_batch, prev_batch, total })
 }
+
+/// A room was replaced (upgraded): its local aliases point to the new room
+/// and, if it was in the public directory, the new room takes its place.
+pub fn move_to_replacement(s: &Services, old: &RoomId, new: &RoomId) -> Result<()> {
+    let mut batch = s.db.batch();
+    for alias in room_aliases(s, old)? {
+        if let Some(mut record) = s.db.get_json::<AliasRecord>(Cf::Aliases, alias.as_bytes())? {
+            record.room_id = new.to_owned();
+            batch.put_json(Cf::Aliases, alias.as_bytes(), &record);
+        }
+    }
+    if is_published(s, old)? {
+        batch.delete(Cf::PublicRooms, old.as_bytes());
+        if s.rooms.exists(new)? {
+            batch.put_json(Cf::PublicRooms, new.as_bytes(), &true);
+        }
+    }
+    batch.commit()?;
+    Ok(())
+}

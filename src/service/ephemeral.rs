@@ -1,8 +1,8 @@
-//! Typing notifications (in memory: they expire within seconds) and read
-//! receipts (stored).
+//! Typing notifications (in memory: they expire within seconds), presence
+//! (in memory: it describes the moment) and read receipts (stored).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -34,34 +34,66 @@ const PRESENCE_KEPT: usize = 100_000;
 
 type PresenceEntry = (ruma::presence::PresenceState, Option<String>, Option<Instant>);
 
+#[derive(Default)]
+struct Presence {
+    entries: HashMap<OwnedUserId, PresenceEntry>,
+    /// Position of each user's last change, and the users by it.
+    changed_at: HashMap<OwnedUserId, u64>,
+    changes: BTreeMap<u64, OwnedUserId>,
+}
+
 pub struct Ephemeral {
     db: Arc<Db>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
-    presence: Mutex<HashMap<OwnedUserId, PresenceEntry>>,
+    presence: Mutex<Presence>,
 }
 
 impl Ephemeral {
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db, typing: Mutex::new(HashMap::new()), presence: Mutex::new(HashMap::new()) }
+        Self { db, typing: Mutex::new(HashMap::new()), presence: Mutex::new(Presence::default()) }
     }
 
     /// Presence is kept in memory: it describes the moment, not history.
-    pub fn set_presence(&self, user_id: &UserId, state: ruma::presence::PresenceState, status_msg: Option<String>) {
+    /// Each change takes a stream position, so `/sync` reports it once.
+    pub fn set_presence(
+        &self,
+        user_id: &UserId,
+        state: ruma::presence::PresenceState,
+        status_msg: Option<String>,
+    ) -> Result<()> {
         let active = (state == ruma::presence::PresenceState::Online).then(Instant::now);
-        let mut presence = self.presence.lock().expect("presence poisoned");
-        // Other servers push presence at will: the map stays bounded, and
-        // offline entries (the default anyway) go first.
-        if presence.len() >= PRESENCE_KEPT {
-            presence.retain(|_, (state, _, _)| *state != ruma::presence::PresenceState::Offline);
-            if presence.len() >= PRESENCE_KEPT {
-                presence.clear();
+        self.with_position(|count| {
+            let mut presence = self.presence.lock().expect("presence poisoned");
+            let Presence { entries, changed_at, changes } = &mut *presence;
+            // Other servers push presence at will: the map stays bounded, and
+            // offline entries (the default anyway) go first.
+            if entries.len() >= PRESENCE_KEPT {
+                entries.retain(|_, (state, _, _)| *state != ruma::presence::PresenceState::Offline);
+                if entries.len() >= PRESENCE_KEPT {
+                    entries.clear();
+                }
+                changed_at.retain(|user, _| entries.contains_key(user));
+                changes.retain(|_, user| entries.contains_key(user));
             }
-        }
-        presence.insert(user_id.to_owned(), (state, status_msg, active));
+            if let Some(previous) = changed_at.insert(user_id.to_owned(), count) {
+                changes.remove(&previous);
+            }
+            changes.insert(count, user_id.to_owned());
+            entries.insert(user_id.to_owned(), (state, status_msg, active));
+        })
     }
 
     pub fn presence(&self, user_id: &UserId) -> Option<PresenceEntry> {
-        self.presence.lock().expect("presence poisoned").get(user_id).cloned()
+        self.presence.lock().expect("presence poisoned").entries.get(user_id).cloned()
+    }
+
+    /// Users whose presence changed in `(since, upto]`.
+    pub fn presence_changed(&self, since: u64, upto: u64) -> Vec<OwnedUserId> {
+        if since >= upto {
+            return Vec::new();
+        }
+        let presence = self.presence.lock().expect("presence poisoned");
+        presence.changes.range(since + 1..=upto).map(|(_, user)| user.clone()).collect()
     }
 
     /// Apply an in-memory change under a fresh stream position. The change is
@@ -145,6 +177,21 @@ impl Ephemeral {
         );
         batch.commit()?;
         Ok(())
+    }
+
+    /// The event a user's receipt of one kind (and thread, `""` for none) is at.
+    pub fn receipt(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        receipt_type: &str,
+        thread: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        let record: Option<StoredReceipt> = self.db.get_json(
+            Cf::Receipts,
+            &key(&[room_id.as_bytes(), user_id.as_bytes(), receipt_type.as_bytes(), thread.as_bytes()]),
+        )?;
+        Ok(record.map(|r| r.event_id))
     }
 
     /// The `m.receipt` event with every receipt in the room newer than `since`.

@@ -65,6 +65,11 @@ pub fn send_state(
     if event_type == "m.room.canonical_alias" {
         check_canonical_alias(s, room_id, &content)?;
     }
+    if event_type == "m.room.tombstone"
+        && content.get("replacement_room").and_then(Value::as_str) == Some(room_id.as_str())
+    {
+        return Err(Error::invalid_param("A room cannot be replaced by itself."));
+    }
     // The same state from the same sender again changes nothing: the
     // event already there is the answer (as Synapse), not a new one.
     if let Some(current) = s.rooms.current_state_pdu(room_id, event_type, state_key)?
@@ -127,7 +132,10 @@ fn member_state(
             let event = NewEvent::state(TimelineEventType::RoomMember, state_key, content);
             Ok(s.rooms.append(room_id, &session.user_id, event)?.event_id.clone())
         }
-        Some(MembershipState::Join) if own => membership::join(s, session, room_id, reason.as_deref()),
+        Some(MembershipState::Join) if own => {
+            let extra = content.as_object().cloned().unwrap_or_default();
+            membership::join(s, session, room_id, reason.as_deref(), &extra)
+        }
         Some(MembershipState::Leave) if own => {
             membership::leave(s, room_id, &session.user_id, reason.as_deref())?;
             latest_member_event(s, room_id, &target)

@@ -64,6 +64,8 @@ pub struct Federation {
     signing: Arc<SigningKey>,
     server_name: OwnedServerName,
     http: reqwest::Client,
+    /// Plain HTTPS (names resolved normally, through the guard): `.well-known`, push gateways.
+    web: reqwest::Client,
     discovery: Discovery,
     guard: Arc<AddressGuard>,
     keys: Mutex<HashMap<OwnedServerName, CachedKeys>>,
@@ -225,6 +227,7 @@ impl Federation {
             signing,
             server_name: settings.server_name.clone(),
             http: client(true)?,
+            web: client(false)?,
             discovery: Discovery::new(dns.clone(), client(false)?, guard.clone()),
             guard,
             keys: Mutex::new(HashMap::new()),
@@ -232,6 +235,15 @@ impl Federation {
             fetched_at: Mutex::new(HashMap::new()),
             unknown_key_fetched_at: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A client for plain web requests that still passes the address guard.
+    pub fn web_client(&self) -> reqwest::Client {
+        self.web.clone()
+    }
+
+    pub fn guard(&self) -> &AddressGuard {
+        &self.guard
     }
 
     /// Where to reach a server (see [`discovery`]).
@@ -518,9 +530,7 @@ impl Federation {
             ruma::signatures::Verified::Signatures => ruma::canonical_json::redact(object, &rules.redaction, None)
                 .map_err(|e| Error::bad_json(format!("The event cannot be redacted: {e}")))?,
         };
-        let hash = ruma::signatures::reference_hash(&object, &rules)
-            .map_err(|e| Error::bad_json(format!("The event cannot be hashed: {e}")))?;
-        let event_id = ruma::OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+        let event_id = crate::pdu::event_id_of(&object, &rules).map_err(Error::bad_json)?;
         Ok((event_id, object))
     }
 

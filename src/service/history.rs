@@ -13,8 +13,28 @@ use crate::{
 
 /// Whether `user_id` may see an event, by the room's history visibility at it.
 pub fn may_see(s: &Services, user_id: &UserId, pdu: &Pdu, meta: &PduMeta) -> Result<bool> {
+    // One's own membership changes are always one's own to see (a leave,
+    // a rejected invite), as on Synapse.
+    if pdu.kind == ruma::events::TimelineEventType::RoomMember && pdu.state_key.as_deref() == Some(user_id.as_str()) {
+        return Ok(true);
+    }
     let state = s.rooms.state_at(meta.state_after)?;
-    let visibility = visibility_in(s, &state)?;
+    let mut visibility = visibility_in(s, &state)?;
+    // A change of visibility is seen by whoever could see it under either
+    // the old or the new setting.
+    if pdu.kind == ruma::events::TimelineEventType::RoomHistoryVisibility {
+        let previous = meta
+            .prev_content
+            .as_ref()
+            .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
+            .and_then(|c| c["history_visibility"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
+        let rank =
+            |v: &str| ["world_readable", "shared", "invited", "joined"].iter().position(|x| *x == v).unwrap_or(1);
+        if rank(&previous) < rank(&visibility) {
+            visibility = previous;
+        }
+    }
     let membership_then = membership_in(s, &state, user_id.as_str())?;
     let joined_then = membership_then.as_deref() == Some("join");
     Ok(match visibility.as_str() {

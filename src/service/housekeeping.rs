@@ -1,12 +1,13 @@
 //! Hourly clean-up of records that expire but are not always looked up
-//! again: OpenID tokens and user-interactive auth sessions. (Guest rooms
+//! again: OpenID tokens, user-interactive auth sessions and month-old
+//! notifications. (Guest rooms
 //! have their own, finer-grained schedule in `guests`.)
 
 use std::{sync::Arc, time::Duration};
 
 use crate::{
     error::Result,
-    service::{Services, openid},
+    service::{Services, openid, push},
     util,
 };
 
@@ -16,8 +17,14 @@ const EVERY: Duration = Duration::from_secs(3600);
 pub fn run(s: &Services, now: u64) -> Result<()> {
     let tokens = openid::prune_expired(s, now)?;
     let sessions = s.uiaa.prune_expired(now)?;
-    if tokens + sessions > 0 {
-        tracing::debug!(tokens, sessions, "pruned expired OpenID tokens and auth sessions");
+    let notifications = push::prune_notifications(s, now)?;
+    if tokens + sessions + notifications > 0 {
+        tracing::debug!(
+            tokens,
+            sessions,
+            notifications,
+            "pruned expired OpenID tokens, auth sessions and notifications"
+        );
     }
     Ok(())
 }

@@ -142,9 +142,7 @@ async fn incoming_pdu(
         return outside_membership(s, origin, &room_id, object).await;
     };
     let rules = ruma::RoomVersionId::rules(&record.version)?;
-    let event_id = ruma::signatures::reference_hash(&object, &rules)
-        .ok()
-        .and_then(|hash| OwnedEventId::try_from(format!("${hash}")).ok())?;
+    let event_id = crate::pdu::event_id_of(&object, &rules).ok()?;
     let denied = {
         let (room_id, origin) = (room_id.clone(), origin.to_owned());
         blocking(s, move |s| crate::service::acl::check_server(s, &room_id, &origin)).await.err()
@@ -167,12 +165,26 @@ async fn incoming_pdu(
         });
     let result = match received {
         Ok(_) => Ok(()),
+        // Taken in and judged: the sending server did its part (as Synapse
+        // answers, an event the auth rules reject is not a failed delivery).
+        Err(err) if err.errcode == REJECTED => {
+            tracing::info!(%origin, %room_id, %event_id, "rejected an event: {}", err.message);
+            Ok(())
+        }
         Err(err) => {
             tracing::info!(%origin, %room_id, %event_id, "refused an event: {}", err.message);
             Err(err.message.clone())
         }
     };
     Some((event_id, result))
+}
+
+/// The errcode of an event the auth rules reject (as opposed to one that
+/// could not be read, verified or placed).
+const REJECTED: &str = "DEV.PORCH.REJECTED";
+
+fn rejected(why: String) -> Error {
+    Error::new(http::StatusCode::FORBIDDEN, REJECTED, why)
 }
 
 /// A PDU for a room this server does not hold: only a change to one of
@@ -202,9 +214,7 @@ async fn outside_membership(
         return None;
     }
     let rules = ruma::RoomVersionId::rules(&pending.version)?;
-    let event_id = ruma::signatures::reference_hash(&object, &rules)
-        .ok()
-        .and_then(|hash| OwnedEventId::try_from(format!("${hash}")).ok())?;
+    let event_id = crate::pdu::event_id_of(&object, &rules).ok()?;
     let pdu = match verified_pdu(s, room_id, &pending.version, object).await {
         Ok(pdu) => pdu,
         Err(err) => return Some((event_id, Err(err.message))),
@@ -258,6 +268,7 @@ pub fn receive<'a>(
             let placed = s.rooms.append_remote(&room_id, pdu, state_before, false)?;
             if let Placed::Timeline(pdu) = &placed {
                 push::on_event(s, pdu)?;
+                crate::service::room_upgrade::on_tombstone(s, pdu)?;
             }
             Ok(placed)
         })
@@ -276,7 +287,7 @@ pub(crate) async fn check_against_state(
     blocking(s, move |s| {
         s.rooms
             .check_auth(&version, &pdu, &state, &HashMap::new())
-            .map_err(|why| Error::forbidden(format!("The event is not allowed by the state before it: {why}")))
+            .map_err(|why| rejected(format!("The event is not allowed by the state before it: {why}")))
     })
     .await
 }
@@ -312,7 +323,7 @@ pub(crate) async fn check_against_auth_events(
             .map_err(|missing| Error::forbidden(format!("The event's auth event {missing} could not be found.")))?;
         s.rooms
             .check_auth(&version, &pdu, &state, &none)
-            .map_err(|why| Error::forbidden(format!("The event is not allowed by its auth events: {why}")))
+            .map_err(|why| rejected(format!("The event is not allowed by its auth events: {why}")))
     })
     .await
 }
@@ -580,7 +591,7 @@ async fn incoming_edu(s: &Arc<Services>, origin: &ServerName, edu: &Value) -> Re
                         continue;
                     };
                     let status = update.get("status_msg").and_then(Value::as_str).map(str::to_owned);
-                    s.ephemeral.set_presence(&user, state, status);
+                    s.ephemeral.set_presence(&user, state, status)?;
                 }
             }
             "m.device_list_update" | "m.signing_key_update" => {

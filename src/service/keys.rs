@@ -98,7 +98,7 @@ impl Keys {
     }
 
     /// Note that a user's keys changed, so sync reports them to others.
-    fn mark_changed(batch: &mut Batch<'_>, user_id: &UserId) {
+    pub fn mark_changed(batch: &mut Batch<'_>, user_id: &UserId) {
         let count = batch.next_count();
         batch.put(Cf::KeyChanges, user_id.as_bytes(), &count.to_be_bytes());
     }
@@ -137,6 +137,12 @@ impl Keys {
                 || keys.get("device_id").and_then(|v| v.as_str()) != Some(device_id)
             {
                 return Err(Error::invalid_param("device_keys must name your own user id and device id."));
+            }
+            let complete = keys.get("algorithms").is_some_and(Value::is_array)
+                && keys.get("keys").is_some_and(Value::is_object)
+                && keys.get("signatures").is_some_and(Value::is_object);
+            if !complete {
+                return Err(Error::bad_json("device_keys needs `algorithms`, `keys` and `signatures`."));
             }
             let k = key(&[user_id.as_bytes(), device_id.as_bytes()]);
             let old: Option<Value> = self.db.get_json(Cf::DeviceKeys, &k)?;
@@ -219,6 +225,12 @@ impl Keys {
     }
 
     pub fn set_cross_signing_keys(&self, user_id: &UserId, keys: Vec<(&str, Value)>) -> Result<()> {
+        // The other keys are signed by the master key: there must be one.
+        let has_master =
+            keys.iter().any(|(kind, _)| *kind == MASTER) || self.cross_signing_key(user_id, MASTER)?.is_some();
+        if !has_master && !keys.is_empty() {
+            return Err(Error::invalid_param("Upload a master key first: the other cross-signing keys hang off it."));
+        }
         let mut batch = self.db.batch();
         for (kind, value) in keys {
             if value.get("user_id").and_then(|v| v.as_str()) != Some(user_id.as_str()) {
@@ -299,7 +311,10 @@ impl Keys {
                     per_device.insert(device_id.clone(), BTreeMap::from([(key_id, key)]));
                 }
             }
-            claimed.insert(user_id.clone(), per_device);
+            // Users with nothing left to claim are left out, as on Synapse.
+            if !per_device.is_empty() {
+                claimed.insert(user_id.clone(), per_device);
+            }
         }
         Ok(claimed)
     }
@@ -418,11 +433,13 @@ pub fn published_keys(
     }
     let mut out = BTreeMap::new();
     for (device_id, mut device) in s.keys.device_keys(user_id, devices)? {
-        if let Some(record) = s.users.device(user_id, device_id.as_str())?
-            && let Some(name) = record.display_name
-            && let Some(object) = device.as_object_mut()
-        {
-            object.insert("unsigned".into(), serde_json::json!({ "device_display_name": name }));
+        if let Some(object) = device.as_object_mut() {
+            let name = s.users.device(user_id, device_id.as_str())?.and_then(|record| record.display_name);
+            let unsigned = match name {
+                Some(name) => serde_json::json!({ "device_display_name": name }),
+                None => serde_json::json!({}),
+            };
+            object.insert("unsigned".into(), unsigned);
         }
         out.insert(device_id, raw(&device)?);
     }
@@ -450,7 +467,6 @@ pub fn room_peers(s: &crate::service::Services, user_id: &UserId) -> Result<BTre
 
 /// Remove everything stored for a device (it was deleted or logged out).
 pub fn forget_device(db: &Db, batch: &mut Batch<'_>, user_id: &UserId, device_id: &str) -> Result<()> {
-    let had_keys = db.exists(Cf::DeviceKeys, &key(&[user_id.as_bytes(), device_id.as_bytes()]))?;
     batch.delete(Cf::DeviceKeys, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
     let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
     for cf in [Cf::OneTimeKeys, Cf::FallbackKeys, Cf::ToDevice] {
@@ -459,9 +475,9 @@ pub fn forget_device(db: &Db, batch: &mut Batch<'_>, user_id: &UserId, device_id
             batch.delete(cf, &k);
         }
     }
-    if had_keys {
-        Keys::mark_changed(batch, user_id);
-    }
+    // A device gone is a device-list change for everyone who shares a room,
+    // keys or not.
+    Keys::mark_changed(batch, user_id);
     Ok(())
 }
 

@@ -48,9 +48,29 @@ fn member_event(target: &UserId, content: Map<String, Value>) -> NewEvent {
 }
 
 /// A signed-in user joins a room this server knows, if the guest policy allows.
-pub fn join(services: &Services, session: &Session, room_id: &RoomId, reason: Option<&str>) -> Result<OwnedEventId> {
+/// `extra`: other keys of the join request's body, kept in the member
+/// event (a per-room display name among them), as Synapse keeps them.
+pub fn join(
+    services: &Services,
+    session: &Session,
+    room_id: &RoomId,
+    reason: Option<&str>,
+    extra: &serde_json::Map<String, Value>,
+) -> Result<OwnedEventId> {
     policy::check(services, session, Action::Join { room_id })?;
-    join_as(services, room_id, &session.user_id, reason)
+    let mut extra = extra.clone();
+    for reserved in
+        ["membership", "reason", "third_party_signed", "join_authorised_via_users_server", policy::GUEST_MARKER]
+    {
+        extra.remove(reserved);
+    }
+    if session.is_guest()
+        && let Some(name) = extra.get("displayname").and_then(Value::as_str)
+    {
+        let name = policy::guest_display_name(services, name);
+        extra.insert("displayname".into(), Value::String(name));
+    }
+    join_as(services, room_id, &session.user_id, reason, &extra)
 }
 
 /// Join a room this server knows. Restricted rooms are authorised by a
@@ -60,6 +80,7 @@ pub(crate) fn join_as(
     room_id: &RoomId,
     user_id: &UserId,
     reason: Option<&str>,
+    extra: &serde_json::Map<String, Value>,
 ) -> Result<OwnedEventId> {
     let Some(record) = services.rooms.room(room_id)? else {
         return Err(Error::not_found("This room is not known to this server."));
@@ -76,6 +97,7 @@ pub(crate) fn join_as(
     }
     let state = services.rooms.state_at(record.current_state)?;
     let mut content = member_content(services, user_id, MembershipState::Join, reason)?;
+    content.extend(extra.clone());
     let join_rule = join_rule(services, &state)?;
     let invited = current == Some(MembershipState::Invite);
     if matches!(join_rule.as_str(), "restricted" | "knock_restricted") && !invited {
@@ -83,6 +105,8 @@ pub(crate) fn join_as(
         content.insert("join_authorised_via_users_server".into(), json!(authoriser));
     }
     let pdu = services.rooms.append(room_id, user_id, member_event(user_id, content))?;
+    // Joining a room that replaced one of theirs: their tags and rules follow.
+    crate::service::room_upgrade::on_join(services, user_id, room_id)?;
     Ok(pdu.event_id.clone())
 }
 
@@ -210,6 +234,8 @@ pub(crate) fn invite_as(
         content.insert("is_direct".into(), Value::Bool(true));
     }
     let pdu = services.rooms.append(room_id, sender, member_event(target, content))?;
+    // The default rules notify the invitee.
+    crate::service::push::on_event(services, &pdu)?;
     Ok(pdu.event_id.clone())
 }
 

@@ -16,7 +16,9 @@ pub mod guests;
 pub mod history;
 pub mod housekeeping;
 pub mod inbound;
+pub mod key_backup;
 pub mod keys;
+pub mod legacy_sync;
 pub mod media;
 pub mod membership;
 pub mod openid;
@@ -25,10 +27,13 @@ pub mod profiles;
 pub mod push;
 pub mod ratelimit;
 pub mod registration;
+pub mod relations;
 pub mod remote_invite;
 pub mod remote_join;
 pub mod remote_knock;
+pub mod room_upgrade;
 pub mod rooms;
+pub mod search;
 pub mod sync;
 pub mod uiaa;
 pub mod users;
@@ -46,12 +51,14 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub media: media::Media,
     pub keys: keys::Keys,
+    pub key_backup: key_backup::KeyBackup,
     pub guests: guests::Guests,
     pub federation: federation::Federation,
     pub outbox: Arc<outbound::OutboxSignal>,
     pub inbound: inbound::Inbound,
     pub backfills: backfill::Backfills,
     pub push_rules: push::RulesetCache,
+    pub pushes: push::PushSignal,
     pub redeem_limiter: ratelimit::RateLimiter,
     pub ephemeral: ephemeral::Ephemeral,
     pub registration: registration::Registration,
@@ -92,9 +99,11 @@ impl Services {
             backfills: backfill::Backfills::default(),
             account_data: account_data::AccountData::new(db.clone()),
             keys: keys::Keys::new(db.clone()),
+            key_backup: key_backup::KeyBackup::default(),
             guests: guests::Guests::default(),
             federation: federation::Federation::new(db.clone(), signing.clone(), &settings)?,
             push_rules: push::RulesetCache::default(),
+            pushes: push::PushSignal::default(),
             redeem_limiter: ratelimit::RateLimiter::new(
                 settings.raw.guests.redeem_per_second,
                 settings.raw.guests.redeem_burst,

@@ -28,3 +28,51 @@ pub fn visible(s: &Services, viewer: Option<&Session>, user_id: &UserId) -> Resu
 pub fn may_view(s: &Services, viewer: &Session, target: &UserId) -> Result<()> {
     policy::check(s, viewer, Action::ViewProfile { target })
 }
+
+/// A local user's presence changes: kept, and told to the servers of the
+/// rooms they are in when it differs from what it was.
+pub fn set_presence(
+    s: &Services,
+    user_id: &UserId,
+    presence: ruma::presence::PresenceState,
+    status_msg: Option<String>,
+) -> Result<()> {
+    let previous = s.ephemeral.presence(user_id);
+    let changed = previous.is_none_or(|(was, status, _)| was != presence || status != status_msg);
+    s.ephemeral.set_presence(user_id, presence.clone(), status_msg.clone())?;
+    if changed {
+        crate::service::outbound::presence(s, user_id, &presence, status_msg.as_deref())?;
+    }
+    Ok(())
+}
+
+/// The `m.presence` event for a user whose presence is known here.
+pub fn presence_event(s: &Services, user_id: &UserId) -> Option<serde_json::Value> {
+    let (presence, status_msg, last_active) = s.ephemeral.presence(user_id)?;
+    let mut content = serde_json::json!({ "presence": presence.as_str() });
+    if let Some(status) = status_msg {
+        content["status_msg"] = status.into();
+    }
+    if let Some(at) = last_active {
+        let ago = at.elapsed();
+        content["last_active_ago"] = (ago.as_millis() as u64).into();
+        content["currently_active"] = (ago.as_secs() < 300).into();
+    }
+    Some(serde_json::json!({ "type": "m.presence", "sender": user_id, "content": content }))
+}
+
+/// `/sync?set_presence=…`: syncing marks a user online (unless they chose
+/// `unavailable`, which a sync does not override), `offline` keeps them
+/// from showing online; `unavailable` sets it.
+pub fn presence_from_sync(s: &Services, user_id: &UserId, wanted: ruma::presence::PresenceState) -> Result<()> {
+    use ruma::presence::PresenceState;
+    let current = s.ephemeral.presence(user_id);
+    let status = current.as_ref().and_then(|(_, status, _)| status.clone());
+    let now = current.as_ref().map(|(state, _, _)| state.clone());
+    let change = match wanted {
+        PresenceState::Online => matches!(now, None | Some(PresenceState::Offline)),
+        PresenceState::Unavailable => now != Some(PresenceState::Unavailable),
+        _ => false,
+    };
+    if change { set_presence(s, user_id, wanted, status) } else { Ok(()) }
+}

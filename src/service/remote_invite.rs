@@ -396,6 +396,7 @@ pub fn make_leave(
     if user_id.server_name() != origin {
         return Err(Error::forbidden("A server may only make leaves for its own users."));
     }
+    crate::service::acl::check_server(s, room_id, origin)?;
     match s.rooms.membership(room_id, user_id)? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
         _ => return Err(Error::forbidden("The user is not in the room.")),
@@ -411,6 +412,8 @@ pub async fn send_leave(
     event_id: &OwnedEventId,
     raw: &RawJsonValue,
 ) -> Result<()> {
+    let (checked, server) = (room_id.to_owned(), origin.to_owned());
+    crate::service::blocking(s, move |s| crate::service::acl::check_server(s, &checked, &server)).await?;
     receive_membership(s, origin, room_id, event_id, raw, MembershipState::Leave).await.map(|_| ())
 }
 

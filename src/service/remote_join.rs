@@ -277,13 +277,13 @@ pub fn sign_template(
     object
         .insert("origin_server_ts".into(), CanonicalJsonValue::Integer(MilliSecondsSinceUnixEpoch::now().get().into()));
     object.insert("origin".into(), CanonicalJsonValue::String(s.server_name().to_string()));
-    for field in ["signatures", "hashes", "event_id"] {
+    for field in ["signatures", "hashes"] {
         object.remove(field);
     }
+    crate::pdu::assign_event_id(object, rules, s.server_name());
     ruma::signatures::hash_and_sign_event(s.server_name().as_str(), &s.signing.key_pair, object, &rules.redaction)
         .map_err(|e| Error::internal(format!("signing our membership event: {e}")))?;
-    let hash = ruma::signatures::reference_hash(object, rules).map_err(Error::internal)?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+    let event_id = crate::pdu::event_id_of(object, rules).map_err(Error::internal)?;
     Ok((event_id, RawJsonValue::from_string(serde_json::to_string(object)?)?))
 }
 

@@ -334,9 +334,11 @@ impl Rooms {
                 let (k, v) = item?;
                 batch.delete(Cf::Timeline, &k);
                 batch.delete(Cf::Pdus, &v);
-                purged.push(v);
+                purged.push(v.to_vec());
             }
         }
+        crate::service::relations::stage_purge(&self.db, &mut batch, room_id, &purged)?;
+        crate::service::search::stage_purge_room(&self.db, &mut batch, room_id)?;
         batch.commit()?;
         let mut cache = self.pdu_cache.lock().expect("pdu cache poisoned");
         for event_id in purged {
@@ -525,6 +527,7 @@ impl<'a> Txn<'a> {
         let is_create = event.kind == TimelineEventType::RoomCreate;
         let txn = event.txn.clone();
         let mut object = self.template(sender, event)?;
+        crate::pdu::assign_event_id(&mut object, &self.rules, &self.rooms.server_name);
         ruma::signatures::hash_and_sign_event(
             self.rooms.server_name.as_str(),
             &self.rooms.signing.key_pair,
@@ -543,7 +546,7 @@ impl<'a> Txn<'a> {
             }
             other => Error::internal(format!("reference hash: {other}")),
         })?;
-        let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?;
+        let event_id = crate::pdu::event_id_of(&object, &self.rules).map_err(Error::internal)?;
         let room_id = if is_create && self.rules.authorization.room_create_event_id_as_room_id {
             OwnedRoomId::try_from(format!("!{hash}")).map_err(Error::internal)?
         } else {
@@ -595,8 +598,19 @@ impl<'a> Txn<'a> {
         let depth = self.record.depth + 1;
         let mut object = CanonicalJsonObject::new();
         let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
-        let ids =
-            |list: &[OwnedEventId]| CanonicalJsonValue::Array(list.iter().map(|id| string(id.as_str())).collect());
+        // Versions 1 and 2 cite events as `[id, {hashes}]` pairs, later ones by id.
+        let pairs = self.rules.events_reference_format == ruma::room_version_rules::EventsReferenceFormatVersion::V1;
+        let reference = |id: &OwnedEventId| {
+            if !pairs {
+                return string(id.as_str());
+            }
+            let hashes = self
+                .fetch(id)
+                .and_then(|pdu| pdu.canonical_object().remove("hashes"))
+                .unwrap_or_else(|| CanonicalJsonValue::Object(CanonicalJsonObject::new()));
+            CanonicalJsonValue::Array(vec![string(id.as_str()), hashes])
+        };
+        let ids = |list: &[OwnedEventId]| CanonicalJsonValue::Array(list.iter().map(reference).collect());
         object.insert("type".into(), string(&event.kind.to_string()));
         object.insert("content".into(), CanonicalJsonValue::Object(content));
         object.insert("sender".into(), string(sender.as_str()));
@@ -698,7 +712,7 @@ impl<'a> Txn<'a> {
         if let Some(txn) = &meta.txn {
             self.batch.put(Cf::TxnIds, &txn_key(&self.room_id, &pdu.sender, txn), pdu.event_id.as_bytes());
         }
-        self.put_event(&pdu, &meta);
+        self.put_event(&pdu, &meta)?;
         self.record.extremities = vec![pdu.event_id.clone()];
         self.record.depth += 1;
         self.record.last_count = count;
@@ -708,13 +722,16 @@ impl<'a> Txn<'a> {
     }
 
     /// The event and its timeline entry at its stream position.
-    fn put_event(&mut self, pdu: &Pdu, meta: &PduMeta) {
+    fn put_event(&mut self, pdu: &Pdu, meta: &PduMeta) -> Result<()> {
+        crate::service::relations::stage_index(&self.rooms.db, &mut self.batch, pdu, meta.ordering())?;
+        crate::service::search::stage_index(&mut self.batch, pdu, meta.ordering());
         self.batch.put(Cf::Timeline, &timeline_key(&self.room_id, meta.ordering()), pdu.event_id.as_bytes());
         self.batch.put_json(
             Cf::Pdus,
             pdu.event_id.as_bytes(),
             &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() },
         );
+        Ok(())
     }
 
     fn index_membership(&mut self, pdu: &Pdu, state_key: &str, count: u64) -> Result<()> {

@@ -90,6 +90,8 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
     let mut response = Response::new(upto.to_string());
     let room_filter = &params.filter.room;
     let rooms_filter = EventFilter(&room_filter.timeline);
+    let state_filter = EventFilter(&room_filter.state);
+    let ignored = services.account_data.ignored_users(user_id)?;
     let mut anything = false;
 
     for (room_id, record) in services.rooms.user_rooms(user_id)? {
@@ -108,13 +110,13 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
             // Forgotten and still joined: an ended room whose leave failed.
             MembershipState::Join if !record.forgotten => {
                 if let Some(room) =
-                    joined_room(services, session, &room_id, since, upto, params, &rooms_filter, changed)?
+                    joined_room(services, session, &room_id, since, upto, params, &rooms_filter, &ignored, changed)?
                 {
                     response.rooms.join.insert(room_id, room);
                     anything = true;
                 }
             }
-            MembershipState::Invite if changed => {
+            MembershipState::Invite if changed && !invited_by_ignored(services, &record.event_id, &ignored)? => {
                 let state = stripped_state(services, &room_id, &record.event_id)?;
                 response.rooms.invite.insert(room_id, InvitedRoom::from(InviteState::from(state)));
                 anything = true;
@@ -129,14 +131,20 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
             MembershipState::Leave | MembershipState::Ban
                 if changed && (since.is_some() || room_filter.include_leave) =>
             {
-                response
-                    .rooms
-                    .leave
-                    .insert(room_id.clone(), left_room(services, session, &room_id, &record.event_id, since)?);
+                response.rooms.leave.insert(
+                    room_id.clone(),
+                    left_room(services, session, &room_id, &record.event_id, since, &state_filter)?,
+                );
                 anything = true;
             }
             _ => {}
         }
+    }
+
+    if presence_wanted(&params.filter.presence) {
+        let events = presence(services, user_id, since, upto, &response)?;
+        anything |= !events.is_empty();
+        response.presence.events = events.iter().map(raw).collect();
     }
 
     let mut global = Vec::new();
@@ -221,6 +229,7 @@ fn joined_room(
     upto: u64,
     params: &SyncParams,
     timeline_filter: &EventFilter<'_>,
+    ignored: &HashSet<OwnedUserId>,
     membership_changed: bool,
 ) -> Result<Option<JoinedRoom>> {
     let limit = params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 100);
@@ -240,7 +249,8 @@ fn joined_room(
                 break 'scan;
             }
             let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
-            if !timeline_filter.allows(&pdu) {
+            // Ignored users' messages are hidden; their state changes still show.
+            if !timeline_filter.allows(&pdu) || (ignored.contains(&pdu.sender) && pdu.state_key.is_none()) {
                 continue;
             }
             // A fresh view reaches back before the join: history visibility applies.
@@ -290,12 +300,16 @@ fn joined_room(
     } else {
         Vec::new()
     };
-    let lazy = EventFilter(&params.filter.room.state).lazy_load_members();
+    let state_filter = EventFilter(&params.filter.room.state);
+    let lazy = state_filter.lazy_load_members();
     let senders: HashSet<&UserId> =
         entries.iter().map(|(pdu, _)| &*pdu.sender).chain(std::iter::once(&*session.user_id)).collect();
     let mut state_events = Vec::new();
     for event_id in state_ids {
         let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
+        if !state_filter.allows(&pdu) {
+            continue;
+        }
         if lazy
             && pdu.kind == ruma::events::TimelineEventType::RoomMember
             && !pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()).is_some_and(|u| senders.contains(&*u))
@@ -311,7 +325,7 @@ fn joined_room(
         || (room_since.is_none()
             && entries.first().is_some_and(|(p, _)| p.kind != ruma::events::TimelineEventType::RoomCreate));
     timeline.prev_batch = entries.first().map(|(_, meta)| format!("t{}", meta.ordering()));
-    timeline.events = entries.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, false, device))).collect();
+    timeline.events = crate::service::relations::client_events(services, &session.user_id, &entries, false, device)?;
 
     let mut room = JoinedRoom::new();
     room.timeline = timeline;
@@ -325,6 +339,54 @@ fn joined_room(
         room.summary = summary(services, room_id, &session.user_id, &current)?;
     }
     Ok(Some(room))
+}
+
+/// Whether an invite came from someone the user ignores (it is not shown).
+fn invited_by_ignored(services: &Services, invite: &ruma::EventId, ignored: &HashSet<OwnedUserId>) -> Result<bool> {
+    if ignored.is_empty() {
+        return Ok(false);
+    }
+    Ok(services.rooms.get_pdu(invite)?.is_some_and(|(pdu, _)| ignored.contains(&pdu.sender)))
+}
+
+fn presence_wanted(filter: &ruma::api::client::filter::Filter) -> bool {
+    let named = |list: &[String]| list.iter().any(|t| type_matches(t, "m.presence"));
+    !named(&filter.not_types) && filter.types.as_deref().is_none_or(named) && filter.limit != Some(UInt::MIN)
+}
+
+/// Presence of the people the user shares a room with: all of it on a
+/// fresh view, else what changed since the token, and everyone in a room
+/// newly joined.
+fn presence(
+    services: &Services,
+    user_id: &UserId,
+    since: Option<u64>,
+    upto: u64,
+    response: &Response,
+) -> Result<Vec<Value>> {
+    let mut wanted: BTreeSet<OwnedUserId> = BTreeSet::new();
+    match since {
+        None => wanted = crate::service::keys::room_peers(services, user_id)?,
+        Some(since) => {
+            let changed = services.ephemeral.presence_changed(since, upto);
+            if !changed.is_empty() {
+                let peers = crate::service::keys::room_peers(services, user_id)?;
+                wanted.extend(changed.into_iter().filter(|u| peers.contains(u)));
+            }
+            for (room_id, room) in &response.rooms.join {
+                let newly_joined = room.timeline.events.iter().any(|e| {
+                    let e: Value = serde_json::from_str(e.json().get()).unwrap_or_default();
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == user_id.as_str()
+                        && e["content"]["membership"] == "join"
+                });
+                if newly_joined {
+                    wanted.extend(services.rooms.joined_members(room_id)?);
+                }
+            }
+        }
+    }
+    Ok(wanted.iter().filter_map(|u| crate::service::profiles::presence_event(services, u)).collect())
 }
 
 /// The room's state as of a stream position (after the last event at or before it).
@@ -404,6 +466,7 @@ fn left_room(
     room_id: &RoomId,
     leave_event: &OwnedEventId,
     since: Option<u64>,
+    state_filter: &EventFilter<'_>,
 ) -> Result<LeftRoom> {
     let mut room = LeftRoom::new();
     let Some((leave, leave_meta)) = services.rooms.get_pdu(leave_event)? else { return Ok(room) };
@@ -425,8 +488,10 @@ fn left_room(
     // The last events up to the leave that the user could see, and the
     // state before them (clients such as matrix-nio expect state here).
     let mut entries = Vec::new();
+    let mut reached_since = false;
     for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count as i64 + 1, false, 10)? {
         if since.is_some_and(|s| count <= s as i64) {
+            reached_since = true;
             break;
         }
         let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
@@ -437,14 +502,31 @@ fn left_room(
     }
     entries.reverse();
     let first_state = entries.first().map_or(leave_meta.state_before, |(_, meta)| meta.state_before);
+    let before_timeline = services.rooms.state_at(first_state)?;
+    // An incremental sync gets what changed across a gap, not the state again.
+    let ids: Vec<OwnedEventId> = match since {
+        None => before_timeline.values().cloned().collect(),
+        Some(_) if reached_since => Vec::new(),
+        Some(since) => {
+            let at_since = state_at_position(services, room_id, since)?;
+            before_timeline
+                .iter()
+                .filter(|(slot, id)| at_since.get(*slot) != Some(*id))
+                .map(|(_, id)| id.clone())
+                .collect()
+        }
+    };
     let mut state = Vec::new();
-    for event_id in services.rooms.state_at(first_state)?.values() {
-        if let Some((pdu, meta)) = services.rooms.get_pdu(event_id)? {
+    for event_id in ids {
+        if let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)?
+            && state_filter.allows(&pdu)
+        {
             state.push(raw(&pdu.to_client_event(&meta, false, None)));
         }
     }
     let device = Some(session.device_id.as_str());
-    room.timeline.events = entries.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, false, device))).collect();
+    room.timeline.events =
+        crate::service::relations::client_events(services, &session.user_id, &entries, false, device)?;
     if room.timeline.events.is_empty() {
         room.timeline.events.push(leave_event);
     }

@@ -207,6 +207,8 @@ impl Users {
         let record =
             DeviceRecord { display_name, access_token: token.clone(), last_seen_ts: util::now_ms(), last_seen_ip: ip };
         batch.put_json(Cf::Devices, &device_key, &record);
+        // A new device is a device-list change for the user's room peers.
+        crate::service::keys::Keys::mark_changed(&mut batch, user_id);
         batch.put_json(
             Cf::AccessTokens,
             token.as_bytes(),
@@ -248,7 +250,11 @@ impl Users {
             return Ok(false);
         };
         record.display_name = display_name;
-        self.db.put_json(Cf::Devices, &device_key, &record)?;
+        let mut batch = self.db.batch();
+        batch.put_json(Cf::Devices, &device_key, &record);
+        // Its name is part of what peers' device lists show.
+        crate::service::keys::Keys::mark_changed(&mut batch, user_id);
+        batch.commit()?;
         Ok(true)
     }
 
@@ -261,6 +267,7 @@ impl Users {
                 batch.delete(Cf::AccessTokens, record.access_token.as_bytes());
                 batch.delete(Cf::Devices, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
                 crate::service::keys::forget_device(&self.db, &mut batch, user_id, device_id.as_str())?;
+                crate::service::push::forget_device(&self.db, &mut batch, user_id, device_id.as_str())?;
             }
         }
         batch.commit_durable()?;

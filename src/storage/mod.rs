@@ -56,10 +56,17 @@ pub enum Cf {
     RemoteInvites,
     OpenIdTokens,
     PendingRedactions,
+    Pushers,
+    Notifications,
+    BackupVersions,
+    BackupKeys,
+    Relations,
+    ThreadRoots,
+    SearchTerms,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 34] = [
+    pub const ALL: [Cf; 41] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -94,6 +101,13 @@ impl Cf {
         Cf::RemoteInvites,
         Cf::OpenIdTokens,
         Cf::PendingRedactions,
+        Cf::Pushers,
+        Cf::Notifications,
+        Cf::BackupVersions,
+        Cf::BackupKeys,
+        Cf::Relations,
+        Cf::ThreadRoots,
+        Cf::SearchTerms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -132,6 +146,13 @@ impl Cf {
             Cf::RemoteInvites => "remote_invites",
             Cf::OpenIdTokens => "openid_tokens",
             Cf::PendingRedactions => "pending_redactions",
+            Cf::Pushers => "pushers",
+            Cf::Notifications => "notifications",
+            Cf::BackupVersions => "backup_versions",
+            Cf::BackupKeys => "backup_keys",
+            Cf::Relations => "relations",
+            Cf::ThreadRoots => "thread_roots",
+            Cf::SearchTerms => "search_terms",
         }
     }
 }

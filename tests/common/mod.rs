@@ -371,10 +371,12 @@ pub async fn messages_back(server: &Homeserver, user: &User, room_id: &str, from
             )
             .await;
         assert_eq!(status, 200, "{page}");
-        events.extend(page["chunk"].as_array().unwrap().iter().cloned());
+        let chunk = page["chunk"].as_array().unwrap();
+        events.extend(chunk.iter().cloned());
         match page["end"].as_str() {
-            Some(end) => from = end.to_owned(),
-            None => return events,
+            // An empty page is the start of the room (its `end` is its `start`).
+            Some(end) if !chunk.is_empty() => from = end.to_owned(),
+            _ => return events,
         }
     }
     panic!("/messages never reached the start of {room_id}");

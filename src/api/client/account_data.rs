@@ -170,6 +170,28 @@ pub async fn push_rules_global(
     .await
 }
 
+/// `GET /pushrules/global/{kind}/`: the rules of one kind, as a list
+/// (an older form clients and Matrix's test suite still use).
+pub async fn push_rules_of_kind(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    crate::api::Authenticated(session): crate::api::Authenticated,
+    axum::extract::Path(args): axum::extract::Path<Vec<String>>,
+) -> Result<axum::Json<Value>> {
+    let kind = args.last().cloned().unwrap_or_default();
+    if !matches!(kind.as_str(), "override" | "underride" | "sender" | "room" | "content") {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNRECOGNIZED",
+            "Push rule kinds are override, underride, sender, room and content.",
+        ));
+    }
+    blocking(&state, move |s| {
+        let ruleset = serde_json::to_value(&*push::ruleset(s, &session.user_id)?)?;
+        Ok(axum::Json(ruleset.get(&kind).cloned().unwrap_or_else(|| json!([]))))
+    })
+    .await
+}
+
 pub async fn push_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) -> Result<get_pushrule::v3::Response> {
     blocking(&state, move |s| {
         let ruleset = push::ruleset(s, &req.session().user_id)?;

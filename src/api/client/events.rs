@@ -24,7 +24,7 @@ use crate::{
     service::{
         Services, backfill, events,
         history::{self, PageRequest, require_member},
-        remote_invite,
+        relations, remote_invite,
         rooms::NewEvent,
         sync::{EventFilter, raw},
     },
@@ -189,7 +189,15 @@ pub async fn event(state: AppState, req: Ruma<get_room_event::v3::Request>) -> R
         if !history::may_see(s, &session.user_id, &pdu, &meta)? {
             return Err(Error::not_found("No such event in this room."));
         }
-        Ok(get_room_event::v3::Response::new(raw(&pdu.to_client_event(&meta, true, Some(session.device_id.as_str())))))
+        let device = Some(session.device_id.as_str());
+        Ok(get_room_event::v3::Response::new(raw(&relations::client_event(
+            s,
+            &session.user_id,
+            &pdu,
+            &meta,
+            true,
+            device,
+        )?)))
     })
     .await
 }
@@ -252,19 +260,25 @@ fn messages_page(
         .transpose()?;
     let limit = (u64::from(body.limit) as usize).clamp(1, 1000);
     let filter = EventFilter(&body.filter);
-    let page = history::page(s, &session.user_id, &body.room_id, PageRequest { from, forward, limit, to }, &filter)?;
+    let mut page =
+        history::page(s, &session.user_id, &body.room_id, PageRequest { from, forward, limit, to }, &filter)?;
+    let ignored = s.account_data.ignored_users(&session.user_id)?;
+    if !ignored.is_empty() {
+        page.events.retain(|(pdu, _)| !ignored.contains(&pdu.sender) || pdu.state_key.is_some());
+    }
     let reached_start = !forward && to.is_none() && page.end.is_none();
     let mut response = get_message_events::v3::Response::new();
     response.start = format!("t{from}");
-    // As Synapse: a page with events always has an `end` (the next page is
-    // then empty, without one), so clients that expect it keep working.
+    // As Synapse: every page has an `end`, even the empty one at the start
+    // of the room (it is then the `start` again, so no client moves on), as
+    // clients and Matrix's test suite expect it.
     let last = page.events.last().map(|(_, meta)| meta.ordering());
-    response.end = page.end.or(last).map(|e| format!("t{e}"));
+    response.end = Some(format!("t{}", page.end.or(last).unwrap_or(from)));
     if filter.lazy_load_members() {
         response.state = history::member_state_for(s, &body.room_id, &page.events)?.iter().map(raw).collect();
     }
     let device = Some(session.device_id.as_str());
-    response.chunk = page.events.iter().map(|(pdu, meta)| raw(&pdu.to_client_event(meta, true, device))).collect();
+    response.chunk = relations::client_events(s, &session.user_id, &page.events, true, device)?;
     Ok((response, reached_start))
 }
 
@@ -290,9 +304,9 @@ pub async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Re
         let mut response = get_context::v3::Response::new();
         response.start = Some(format!("t{}", before.end.unwrap_or(0)));
         response.end = Some(format!("t{}", after.end.unwrap_or(meta.ordering())));
-        response.event = Some(raw(&pdu.to_client_event(&meta, true, device)));
-        response.events_before = before.events.iter().map(|(p, m)| raw(&p.to_client_event(m, true, device))).collect();
-        response.events_after = after.events.iter().map(|(p, m)| raw(&p.to_client_event(m, true, device))).collect();
+        response.event = Some(raw(&relations::client_event(s, &session.user_id, &pdu, &meta, true, device)?));
+        response.events_before = relations::client_events(s, &session.user_id, &before.events, true, device)?;
+        response.events_after = relations::client_events(s, &session.user_id, &after.events, true, device)?;
         let mut all = before.events;
         all.extend(after.events);
         response.state = history::member_state_for(s, &body.room_id, &all)?.iter().map(raw).collect();

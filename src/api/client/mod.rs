@@ -2,15 +2,20 @@
 
 pub mod account;
 pub mod account_data;
+pub mod backup;
 pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
 pub mod events;
 pub mod keys;
+pub mod legacy;
 pub mod media;
 pub mod misc;
 pub mod profile;
+pub mod pushers;
+pub mod relations;
 pub mod rooms;
+pub mod search;
 pub mod sync;
 
 use axum::routing::{get, post};
@@ -22,6 +27,15 @@ use crate::api::Routes;
 // The legacy media paths are deprecated in the spec but still used by clients.
 #[allow(deprecated)]
 pub fn register(r: &mut Routes) {
+    // The deprecated views before /sync (ruma has no types for most of them).
+    for version in ["r0", "v3"] {
+        let base = format!("/_matrix/client/{version}");
+        r.raw(&format!("{base}/pushrules/global/{{kind}}/"), Method::GET, get(account_data::push_rules_of_kind));
+        r.raw(&format!("{base}/initialSync"), Method::GET, get(legacy::initial_sync))
+            .raw(&format!("{base}/rooms/{{room_id}}/initialSync"), Method::GET, get(legacy::room_initial_sync))
+            .raw(&format!("{base}/events"), Method::GET, get(legacy::events))
+            .raw(&format!("{base}/events/{{event_id}}"), Method::GET, get(legacy::event));
+    }
     r.ruma::<c::discovery::get_supported_versions::Request, _, _>(discovery::versions)
         .ruma::<c::discovery::discover_homeserver::Request, _, _>(discovery::well_known_client)
         .raw("/.well-known/matrix/server", Method::GET, get(discovery::well_known_server))
@@ -29,6 +43,8 @@ pub fn register(r: &mut Routes) {
         // (`m.change_password` enabled), and clients and sytest look for them.
         .raw("/_matrix/client/v3/capabilities", Method::GET, get(discovery::capabilities))
         .raw("/_matrix/client/r0/capabilities", Method::GET, get(discovery::capabilities))
+        .raw("/_matrix/client/v3/search", Method::POST, axum::routing::post(search::search))
+        .raw("/_matrix/client/r0/search", Method::POST, axum::routing::post(search::search))
         // accounts
         .ruma::<c::account::register::v3::Request, _, _>(account::register)
         .ruma::<c::account::get_username_availability::v3::Request, _, _>(account::username_available)
@@ -54,6 +70,13 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::profile::set_avatar_url::v3::Request, _, _>(profile::set_avatar_url)
         // rooms and membership
         .ruma::<c::room::create_room::v3::Request, _, _>(rooms::create)
+        .ruma::<c::room::upgrade_room::v3::Request, _, _>(rooms::upgrade)
+        .ruma::<c::relations::get_relating_events::v1::Request, _, _>(relations::all)
+        .ruma::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(relations::by_rel_type)
+        .ruma::<c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(
+            relations::by_rel_and_event_type,
+        )
+        .ruma::<c::threads::get_threads::v1::Request, _, _>(relations::threads)
         .ruma::<c::alias::create_alias::v3::Request, _, _>(rooms::put_alias)
         .ruma::<c::alias::get_alias::v3::Request, _, _>(rooms::get_alias)
         .ruma::<c::alias::delete_alias::v3::Request, _, _>(rooms::delete_alias)
@@ -68,7 +91,8 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::membership::unban_user::v3::Request, _, _>(rooms::unban)
         .ruma::<c::knock::knock_room::v3::Request, _, _>(rooms::knock)
         .ruma::<c::membership::get_member_events::v3::Request, _, _>(rooms::members)
-        .ruma::<c::membership::joined_members::v3::Request, _, _>(rooms::joined_members)
+        .raw("/_matrix/client/v3/rooms/{room_id}/joined_members", Method::GET, get(rooms::joined_members))
+        .raw("/_matrix/client/r0/rooms/{room_id}/joined_members", Method::GET, get(rooms::joined_members))
         .ruma::<c::membership::joined_rooms::v3::Request, _, _>(rooms::joined_rooms)
         .ruma::<c::room::get_summary::v1::Request, _, _>(rooms::summary)
         // events
@@ -91,7 +115,10 @@ pub fn register(r: &mut Routes) {
         .ruma::<c::message::get_message_events::v3::Request, _, _>(events::messages)
         .ruma::<c::context::get_context::v3::Request, _, _>(events::context)
         // sync
-        .ruma::<c::sync::sync_events::v3::Request, _, _>(sync::sync)
+        // Written out by hand: ruma leaves out empty sections that clients
+        // and sytest look for (`limited`, `state`, `ephemeral`, …).
+        .raw("/_matrix/client/v3/sync", Method::GET, get(sync::sync))
+        .raw("/_matrix/client/r0/sync", Method::GET, get(sync::sync))
         .ruma::<c::filter::create_filter::v3::Request, _, _>(sync::create_filter)
         .ruma::<c::filter::get_filter::v3::Request, _, _>(sync::get_filter)
         // ephemeral
@@ -132,10 +159,30 @@ pub fn register(r: &mut Routes) {
         // start-up odds and ends
         .ruma::<c::presence::set_presence::v3::Request, _, _>(misc::set_presence)
         .ruma::<c::presence::get_presence::v3::Request, _, _>(misc::get_presence)
-        .ruma::<c::push::get_pushers::v3::Request, _, _>(misc::pushers)
+        .ruma::<c::push::get_pushers::v3::Request, _, _>(pushers::get)
+        .ruma::<c::push::set_pusher::v3::Request, _, _>(pushers::set)
+        .raw("/_matrix/client/v3/notifications", Method::GET, get(pushers::notifications))
+        .raw("/_matrix/client/r0/notifications", Method::GET, get(pushers::notifications))
         .ruma::<c::thirdparty::get_protocols::v3::Request, _, _>(misc::protocols)
         .ruma::<c::account::get_3pids::v3::Request, _, _>(misc::threepids)
-        .ruma::<c::backup::get_latest_backup_info::v3::Request, _, _>(misc::key_backup)
+        .ruma::<ruma::api::federation::openid::get_openid_userinfo::v1::Request, _, _>(
+            crate::api::federation::openid_userinfo,
+        )
+        // key backup
+        .ruma::<c::backup::create_backup_version::v3::Request, _, _>(backup::create_version)
+        .ruma::<c::backup::get_latest_backup_info::v3::Request, _, _>(backup::latest_version)
+        .ruma::<c::backup::get_backup_info::v3::Request, _, _>(backup::get_version)
+        .ruma::<c::backup::update_backup_version::v3::Request, _, _>(backup::update_version)
+        .ruma::<c::backup::delete_backup_version::v3::Request, _, _>(backup::delete_version)
+        .ruma::<c::backup::add_backup_keys::v3::Request, _, _>(backup::put_keys)
+        .ruma::<c::backup::add_backup_keys_for_room::v3::Request, _, _>(backup::put_room_keys)
+        .ruma::<c::backup::add_backup_keys_for_session::v3::Request, _, _>(backup::put_session_key)
+        .ruma::<c::backup::get_backup_keys::v3::Request, _, _>(backup::get_keys)
+        .ruma::<c::backup::get_backup_keys_for_room::v3::Request, _, _>(backup::get_room_keys)
+        .ruma::<c::backup::get_backup_keys_for_session::v3::Request, _, _>(backup::get_session_key)
+        .ruma::<c::backup::delete_backup_keys::v3::Request, _, _>(backup::delete_keys)
+        .ruma::<c::backup::delete_backup_keys_for_room::v3::Request, _, _>(backup::delete_room_keys)
+        .ruma::<c::backup::delete_backup_keys_for_session::v3::Request, _, _>(backup::delete_session_key)
         // media
         .ruma::<c::media::create_content::v3::Request, _, _>(media::upload)
         .ruma::<c::authenticated_media::get_media_config::v1::Request, _, _>(media::config)

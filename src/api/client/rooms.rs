@@ -9,7 +9,7 @@ use ruma::{
             ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
             joined_members, joined_rooms, kick_user, leave_room, unban_user,
         },
-        room::{aliases, create_room, get_summary},
+        room::{aliases, create_room, get_summary, upgrade_room},
     },
     events::room::member::MembershipState,
     room::{JoinRuleSummary, RoomSummary},
@@ -169,6 +169,7 @@ async fn join_any(
     room: &RoomOrAliasId,
     via: Vec<ruma::OwnedServerName>,
     reason: Option<String>,
+    extra: Map<String, Value>,
 ) -> Result<OwnedRoomId> {
     let (room_id, via) = resolve_any(state, room, via).await?;
     let checked_room = room_id.clone();
@@ -177,7 +178,7 @@ async fn join_any(
         remote_join::join(state, &session.user_id, &room_id, via, reason).await?;
     } else {
         let checked_room = room_id.clone();
-        blocking(state, move |s| membership::join(s, &session, &checked_room, reason.as_deref())).await?;
+        blocking(state, move |s| membership::join(s, &session, &checked_room, reason.as_deref(), &extra)).await?;
     }
     Ok(room_id)
 }
@@ -187,7 +188,8 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response> {
     let room = ruma::OwnedRoomOrAliasId::from(req.body.room_id.clone());
-    let room_id = join_any(&state, req.session().clone(), &room, Vec::new(), req.body.reason.clone()).await?;
+    let extra = req.body_object.clone().unwrap_or_default();
+    let room_id = join_any(&state, req.session().clone(), &room, Vec::new(), req.body.reason.clone(), extra).await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
@@ -196,8 +198,10 @@ pub async fn join_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let body = &req.body;
+    let extra = req.body_object.clone().unwrap_or_default();
     let room_id =
-        join_any(&state, req.session().clone(), &body.room_id_or_alias, body.via.clone(), body.reason.clone()).await?;
+        join_any(&state, req.session().clone(), &body.room_id_or_alias, body.via.clone(), body.reason.clone(), extra)
+            .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -341,24 +345,27 @@ pub async fn members(
     .await
 }
 
+/// Written as JSON: each member has `display_name` and `avatar_url`, null
+/// when unset, as Synapse answers (ruma would leave them out).
 pub async fn joined_members(
-    state: AppState,
+    axum::extract::State(state): axum::extract::State<AppState>,
     req: Ruma<joined_members::v3::Request>,
-) -> Result<joined_members::v3::Response> {
+) -> Result<axum::Json<Value>> {
     blocking(&state, move |s| {
         if !s.rooms.is_joined(&req.body.room_id, &req.session().user_id)? {
             return Err(Error::forbidden("You are not in this room."));
         }
         let room_state = s.rooms.current_state(&req.body.room_id)?;
-        let mut joined = std::collections::BTreeMap::new();
+        let mut joined = Map::new();
         for user_id in s.rooms.joined_members(&req.body.room_id)? {
             let content = s.rooms.state_content(&room_state, "m.room.member", user_id.as_str())?.unwrap_or_default();
-            let mut member = joined_members::v3::RoomMember::new();
-            member.display_name = content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
-            member.avatar_url = content.get("avatar_url").and_then(|v| v.as_str()).map(|v| v.into());
-            joined.insert(user_id, member);
+            let field = |name: &str| content.get(name).filter(|v| v.is_string()).cloned().unwrap_or(Value::Null);
+            joined.insert(
+                user_id.to_string(),
+                serde_json::json!({ "display_name": field("displayname"), "avatar_url": field("avatar_url") }),
+            );
         }
-        Ok(joined_members::v3::Response::new(joined))
+        Ok(axum::Json(serde_json::json!({ "joined": joined })))
     })
     .await
 }
@@ -419,6 +426,16 @@ pub async fn summary(state: AppState, req: Ruma<get_summary::v1::Request>) -> Re
         let mut response = get_summary::v1::Response::new(summary);
         response.membership = membership;
         Ok(response)
+    })
+    .await
+}
+
+pub async fn upgrade(state: AppState, req: Ruma<upgrade_room::v3::Request>) -> Result<upgrade_room::v3::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        let new_room =
+            crate::service::room_upgrade::upgrade(s, req.session(), &body.room_id, body.new_version.as_str())?;
+        Ok(upgrade_room::v3::Response::new(new_room))
     })
     .await
 }

@@ -13,7 +13,54 @@ use crate::{
     service::sync::{self as sync_service, SyncParams},
 };
 
-pub async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Result<sync_events::v3::Response> {
+pub async fn sync(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Ruma<sync_events::v3::Request>,
+) -> Result<axum::Json<serde_json::Value>> {
+    let response = long_poll(state, req).await?;
+    Ok(axum::Json(complete(response)?))
+}
+
+/// The response as JSON with every section a client may look for, even
+/// when empty, as Synapse sends it.
+fn complete(response: sync_events::v3::Response) -> Result<serde_json::Value> {
+    use ruma::api::OutgoingResponseExt;
+    use serde_json::{Value, json};
+    let http = response.try_into_http_response::<Vec<u8>>().map_err(Error::internal)?;
+    let mut body: Value = serde_json::from_slice(http.body())?;
+    let object = body.as_object_mut().ok_or_else(|| Error::internal("a sync response is an object"))?;
+    for section in ["presence", "account_data", "to_device"] {
+        object.entry(section).or_insert_with(|| json!({ "events": [] }));
+    }
+    object.entry("device_lists").or_insert_with(|| json!({ "changed": [], "left": [] }));
+    let rooms = object.entry("rooms").or_insert_with(|| json!({}));
+    for kind in ["join", "invite", "leave", "knock"] {
+        rooms.as_object_mut().map(|r| r.entry(kind).or_insert_with(|| json!({})));
+    }
+    let sections: &[(&str, &[&str])] =
+        &[("join", &["state", "ephemeral", "account_data"]), ("leave", &["state", "account_data"])];
+    for (kind, parts) in sections {
+        let Some(by_room) = rooms.get_mut(*kind).and_then(Value::as_object_mut) else { continue };
+        for room in by_room.values_mut() {
+            let Some(room) = room.as_object_mut() else { continue };
+            for part in *parts {
+                room.entry(*part).or_insert_with(|| json!({ "events": [] }));
+            }
+            let timeline = room.entry("timeline").or_insert_with(|| json!({ "events": [] }));
+            if let Some(timeline) = timeline.as_object_mut() {
+                timeline.entry("events").or_insert_with(|| json!([]));
+                timeline.entry("limited").or_insert(Value::Bool(false));
+            }
+            if *kind == "join" {
+                room.entry("unread_notifications")
+                    .or_insert_with(|| json!({ "notification_count": 0, "highlight_count": 0 }));
+            }
+        }
+    }
+    Ok(body)
+}
+
+async fn long_poll(state: AppState, req: Ruma<sync_events::v3::Request>) -> Result<sync_events::v3::Response> {
     let session = req.session().clone();
     let body = req.body;
     let filter = match &body.filter {
@@ -37,6 +84,8 @@ pub async fn sync(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resul
         ),
         None => None,
     };
+    let (user, presence) = (session.user_id.clone(), body.set_presence.clone());
+    blocking(&state, move |s| crate::service::profiles::presence_from_sync(s, &user, presence)).await?;
     let params = std::sync::Arc::new(SyncParams { since, full_state: body.full_state, filter });
     let timeout = body.timeout.unwrap_or_default().min(state.settings.sync_timeout_max);
     let deadline = tokio::time::Instant::now() + timeout;

@@ -99,10 +99,9 @@ impl Rooms {
             _ => {}
         }
         let rules = Self::rules(version)?;
-        let v2 = rules
-            .state_res
-            .v2_rules()
-            .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported.")))?;
+        // Room version 1's own algorithm is not in ruma: its forks are
+        // resolved with version 2's (see the README's note on version 1).
+        let v2 = rules.state_res.v2_rules().unwrap_or(&ruma::room_version_rules::StateResolutionV2Rules::V2_0);
         let maps: Vec<state_res::StateMap<OwnedEventId>> = distinct
             .iter()
             .map(|state| {
@@ -516,7 +515,7 @@ impl Txn<'_> {
             self.apply_redaction(&pdu, &target)?;
         }
         self.set_current(new_current, count, false)?;
-        self.put_event(&pdu, &meta);
+        self.put_event(&pdu, &meta)?;
         let mut extremities: Vec<OwnedEventId> =
             self.record.extremities.iter().filter(|e| !pdu.prev_events.contains(e)).cloned().collect();
         extremities.push(pdu.event_id.clone());
@@ -587,7 +586,7 @@ impl Txn<'_> {
         };
         let mut meta = PduMeta { backfilled: Some(below), ..PduMeta::outlier(self.room_id.clone()) };
         let state_after = self.stage_state(&pdu, &mut meta, before_id, state_before)?;
-        self.put_event(&pdu, &meta);
+        self.put_event(&pdu, &meta)?;
         let after_id = meta.state_after;
         let event_id = pdu.event_id.clone();
         self.pending.insert(event_id.clone(), (pdu.clone(), meta));
@@ -641,6 +640,10 @@ impl Txn<'_> {
     /// target's sender, or the power to redact others.
     fn remote_redaction_allowed(&self, redaction: &Pdu, target: &EventId, state: &StateMap) -> bool {
         let Some(target) = self.fetch(target) else { return false };
+        // A redaction only ever reaches events of its own room.
+        if target.room_id != redaction.room_id {
+            return false;
+        }
         if target.sender.server_name() == redaction.sender.server_name() {
             return true;
         }

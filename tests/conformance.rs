@@ -1,0 +1,481 @@
+//! Client-server features clients rely on, through the real binary: key
+//! backup, relations and threads, search, room upgrades, the deprecated
+//! `/initialSync` and `/events`, presence in sync, and the shape of sync
+//! answers.
+
+mod common;
+
+use common::{Homeserver, TestServer, User, enc, sync_until, timeline};
+use serde_json::{Value, json};
+
+async fn send(hs: &Homeserver, user: &User, room: &str, content: Value) -> String {
+    let txn = common::uuid_like();
+    let (status, body) = hs
+        .put(&format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)), Some(&user.token), content)
+        .await;
+    assert_eq!(status, 200, "send: {body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn key_backup_keeps_the_best_key_per_session_in_the_current_version() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let token = Some(alice.token.as_str());
+    let (status, body) = s.get("/_matrix/client/v3/room_keys/version", token).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "no backup yet: {body}");
+
+    let algorithm =
+        json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "abc" } });
+    let (status, created) = s.post("/_matrix/client/v3/room_keys/version", token, algorithm.clone()).await;
+    assert_eq!(status, 200, "{created}");
+    let v1 = created["version"].as_str().unwrap().to_owned();
+    let (_, info) = s.get("/_matrix/client/v3/room_keys/version", token).await;
+    assert_eq!((info["version"].as_str(), info["count"].as_u64()), (Some(v1.as_str()), Some(0)), "{info}");
+    let etag0 = info["etag"].as_str().unwrap().to_owned();
+
+    let key = |index: u64, verified: bool, data: &str| json!({ "first_message_index": index, "forwarded_count": 0, "is_verified": verified, "session_data": { "ciphertext": data } });
+    let path = |room: &str, session: &str, version: &str| {
+        format!("/_matrix/client/v3/room_keys/keys/{}/{session}?version={version}", enc(room))
+    };
+    let (status, put) = s.put(&path("!r:porch.test", "s1", &v1), token, key(5, false, "first")).await;
+    assert_eq!((status, put["count"].as_u64()), (200, Some(1)), "{put}");
+    assert_ne!(put["etag"].as_str(), Some(etag0.as_str()), "the etag moves with the keys");
+    // A worse copy (later first index) is ignored, a better one replaces it.
+    s.put(&path("!r:porch.test", "s1", &v1), token, key(9, false, "worse")).await;
+    let (_, got) = s.get(&path("!r:porch.test", "s1", &v1), token).await;
+    assert_eq!(got["session_data"]["ciphertext"], "first", "{got}");
+    s.put(&path("!r:porch.test", "s1", &v1), token, key(9, true, "verified")).await;
+    let (_, got) = s.get(&path("!r:porch.test", "s1", &v1), token).await;
+    assert_eq!(got["session_data"]["ciphertext"], "verified", "a verified key beats an unverified one: {got}");
+    // Bulk upload and read-back.
+    let (status, bulk) = s
+        .put(
+            &format!("/_matrix/client/v3/room_keys/keys?version={v1}"),
+            token,
+            json!({ "rooms": { "!other:porch.test": { "sessions": { "s2": key(0, false, "two"), "s3": key(0, false, "three") } } } }),
+        )
+        .await;
+    assert_eq!((status, bulk["count"].as_u64()), (200, Some(3)), "{bulk}");
+    let (_, all) = s.get(&format!("/_matrix/client/v3/room_keys/keys?version={v1}"), token).await;
+    assert_eq!(all["rooms"]["!other:porch.test"]["sessions"].as_object().unwrap().len(), 2, "{all}");
+    let (status, _) = s.get(&path("!r:porch.test", "nope", &v1), token).await;
+    assert_eq!(status, 404);
+    let (status, _) = s.get("/_matrix/client/v3/room_keys/keys?version=bogus", token).await;
+    assert_eq!(status, 404);
+
+    // A newer version: the old one takes no more keys.
+    let (_, created) = s.post("/_matrix/client/v3/room_keys/version", token, algorithm.clone()).await;
+    let v2 = created["version"].as_str().unwrap().to_owned();
+    let (status, wrong) = s.put(&path("!r:porch.test", "s9", &v1), token, key(0, false, "late")).await;
+    assert_eq!((status, wrong["errcode"].as_str()), (403, Some("M_WRONG_ROOM_KEYS_VERSION")), "{wrong}");
+    assert_eq!(wrong["current_version"], v2.as_str());
+    // Deleting the newest makes the previous one current again, keys intact.
+    let (status, _) =
+        s.request(reqwest::Method::DELETE, &format!("/_matrix/client/v3/room_keys/version/{v2}"), token, None).await;
+    assert_eq!(status, 200);
+    let (_, info) = s.get("/_matrix/client/v3/room_keys/version", token).await;
+    assert_eq!((info["version"].as_str(), info["count"].as_u64()), (Some(v1.as_str()), Some(3)), "{info}");
+    let (status, _) = s.get(&format!("/_matrix/client/v3/room_keys/version/{v2}"), token).await;
+    assert_eq!(status, 404);
+    // Someone else sees none of it.
+    let bob = s.register("bob").await;
+    let (status, _) = s.get(&format!("/_matrix/client/v3/room_keys/keys?version={v1}"), Some(&bob.token)).await;
+    assert_eq!(status, 404, "versions are per account");
+}
+
+#[tokio::test]
+async fn relations_threads_and_bundled_aggregations() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let root = s.send_text(&alice, &room, "root").await;
+    let thread = |text: &str| json!({ "msgtype": "m.text", "body": text, "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+    let r1 = send(&s, &bob, &room, thread("reply one")).await;
+    let r2 = send(&s, &alice, &room, thread("reply two")).await;
+    let edit = send(
+        &s,
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "* root (edited)", "m.new_content": { "msgtype": "m.text", "body": "root (edited)" },
+                "m.relates_to": { "rel_type": "m.replace", "event_id": root } }),
+    )
+    .await;
+    // An edit by someone else is not an edit.
+    send(
+        &s,
+        &bob,
+        &room,
+        json!({ "msgtype": "m.text", "body": "* hijack", "m.new_content": { "msgtype": "m.text", "body": "hijack" },
+                "m.relates_to": { "rel_type": "m.replace", "event_id": root } }),
+    )
+    .await;
+
+    let base = format!("/_matrix/client/v1/rooms/{}/relations/{}", enc(&room), enc(&root));
+    let (status, threads) = s.get(&format!("{base}/m.thread"), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{threads}");
+    let ids: Vec<&str> = threads["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [r2.as_str(), r1.as_str()], "newest first: {threads}");
+    let (_, page) = s.get(&format!("{base}/m.thread?limit=1"), Some(&bob.token)).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 1);
+    let next = page["next_batch"].as_str().expect("a next page").to_owned();
+    let (_, page2) = s.get(&format!("{base}/m.thread?limit=1&from={next}"), Some(&bob.token)).await;
+    assert_eq!(page2["chunk"][0]["event_id"], r1.as_str(), "{page2}");
+    let (_, forward) = s.get(&format!("{base}/m.thread?dir=f"), Some(&bob.token)).await;
+    assert_eq!(forward["chunk"][0]["event_id"], r1.as_str(), "{forward}");
+    let (_, all) = s.get(&base, Some(&bob.token)).await;
+    assert_eq!(all["chunk"].as_array().unwrap().len(), 4, "threads and both replacements: {all}");
+    let (_, typed) = s.get(&format!("{base}/m.replace/m.room.message"), Some(&bob.token)).await;
+    assert_eq!(typed["chunk"].as_array().unwrap().len(), 2, "{typed}");
+
+    // The root carries the thread summary and alice's edit, not bob's.
+    let (_, event) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&root)), Some(&bob.token)).await;
+    let relations = &event["unsigned"]["m.relations"];
+    assert_eq!(relations["m.thread"]["count"], 2, "{event}");
+    assert_eq!(relations["m.thread"]["latest_event"]["event_id"], r2.as_str());
+    assert_eq!(relations["m.thread"]["current_user_participated"], true, "bob replied: {event}");
+    assert_eq!(relations["m.replace"]["event_id"], edit.as_str(), "{event}");
+    let carol = s.register("carol").await;
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    let (_, seen_by_carol) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&root)), Some(&carol.token)).await;
+    assert_eq!(seen_by_carol["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], false);
+
+    // /threads: all, and the ones the user took part in.
+    let (_, list) = s.get(&format!("/_matrix/client/v1/rooms/{}/threads", enc(&room)), Some(&carol.token)).await;
+    assert_eq!(list["chunk"][0]["event_id"], root.as_str(), "{list}");
+    let (_, mine) = s
+        .get(&format!("/_matrix/client/v1/rooms/{}/threads?include=participated", enc(&room)), Some(&carol.token))
+        .await;
+    assert!(mine["chunk"].as_array().unwrap().is_empty(), "carol is in no thread: {mine}");
+
+    // A redacted reply leaves the thread.
+    let (status, _) = s
+        .put(&format!("/_matrix/client/v3/rooms/{}/redact/{}/t1", enc(&room), enc(&r2)), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, after) = s.get(&format!("{base}/m.thread"), Some(&bob.token)).await;
+    assert_eq!(after["chunk"].as_array().unwrap().len(), 1, "{after}");
+    // Outsiders see nothing.
+    let dave = s.register("dave").await;
+    let (status, _) = s.get(&base, Some(&dave.token)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn search_finds_words_in_rooms_the_user_reads_only() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let shared = s.create_room(&alice, json!({ "preset": "public_chat", "name": "Garden" })).await;
+    assert_eq!(s.join(&bob, &shared).await.0, 200);
+    let private = s.create_room(&alice, json!({})).await;
+    let first = s.send_text(&alice, &shared, "The tomatoes are ripening").await;
+    let second = s.send_text(&bob, &shared, "Tomatoes again, and basil").await;
+    s.send_text(&alice, &private, "secret tomatoes").await;
+    let search = |user: &User, body: Value| {
+        let token = user.token.clone();
+        let hs = &s.hs;
+        async move { hs.post("/_matrix/client/v3/search", Some(&token), body).await }
+    };
+    let (status, found) =
+        search(&bob, json!({ "search_categories": { "room_events": { "search_term": "tomato" } } })).await;
+    assert_eq!(status, 200, "{found}");
+    let results = &found["search_categories"]["room_events"];
+    let ids: Vec<&str> =
+        results["results"].as_array().unwrap().iter().map(|r| r["result"]["event_id"].as_str().unwrap()).collect();
+    assert_eq!(results["count"], 2, "bob reads the shared room only: {found}");
+    assert!(ids.contains(&first.as_str()) && ids.contains(&second.as_str()), "{found}");
+    assert!(results["highlights"].as_array().unwrap().contains(&json!("tomatoes")), "{found}");
+
+    // Every word must match; recent order; context; grouping; paging.
+    let (_, both) =
+        search(&bob, json!({ "search_categories": { "room_events": { "search_term": "tomatoes basil" } } })).await;
+    assert_eq!(both["search_categories"]["room_events"]["count"], 1, "{both}");
+    let (_, recent) = search(
+        &bob,
+        json!({ "search_categories": { "room_events": {
+            "search_term": "tomatoes", "order_by": "recent",
+            "event_context": { "before_limit": 1, "after_limit": 1, "include_profile": true },
+            "groupings": { "group_by": [{ "key": "room_id" }] },
+            "filter": { "limit": 1 }
+        } } }),
+    )
+    .await;
+    let events = &recent["search_categories"]["room_events"];
+    assert_eq!(events["results"][0]["result"]["event_id"], second.as_str(), "newest first: {recent}");
+    assert_eq!(events["results"][0]["context"]["events_before"][0]["event_id"], first.as_str(), "{recent}");
+    assert!(events["results"][0]["context"]["profile_info"][&bob.user_id].is_object(), "{recent}");
+    assert!(events["groups"]["room_id"][&shared].is_object(), "{recent}");
+    let next = events["next_batch"].as_str().expect("a second page").to_owned();
+    let (_, page2) = s
+        .post(
+            &format!("/_matrix/client/v3/search?next_batch={next}"),
+            Some(&bob.token),
+            json!({ "search_categories": { "room_events": { "search_term": "tomatoes", "order_by": "recent", "filter": { "limit": 1 } } } }),
+        )
+        .await;
+    assert_eq!(
+        page2["search_categories"]["room_events"]["results"][0]["result"]["event_id"],
+        first.as_str(),
+        "{page2}"
+    );
+    // Room names are searched too (`content.name`), and a redaction removes a hit.
+    let (_, named) = search(
+        &bob,
+        json!({ "search_categories": { "room_events": { "search_term": "garden", "keys": ["content.name"] } } }),
+    )
+    .await;
+    assert_eq!(named["search_categories"]["room_events"]["count"], 1, "{named}");
+    s.put(
+        &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&shared), enc(&first)),
+        Some(&alice.token),
+        json!({}),
+    )
+    .await;
+    let (_, after) =
+        search(&bob, json!({ "search_categories": { "room_events": { "search_term": "ripening" } } })).await;
+    assert_eq!(after["search_categories"]["room_events"]["count"], 0, "{after}");
+    let (status, empty) =
+        search(&bob, json!({ "search_categories": { "room_events": { "search_term": "  " } } })).await;
+    assert_eq!(status, 400, "{empty}");
+}
+
+#[tokio::test]
+async fn room_upgrade_replaces_the_room_and_moves_what_belongs_to_it() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s
+        .create_room(&alice, json!({ "preset": "public_chat", "room_version": "10", "name": "Old", "room_alias_name": "club", "visibility": "public" }))
+        .await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    assert_eq!(s.join(&carol, &room).await.0, 200);
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            Some(&alice.token),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.put(
+        &format!("/_matrix/client/v3/user/{}/rooms/{}/tags/u.work", enc(&alice.user_id), enc(&room)),
+        Some(&alice.token),
+        json!({ "order": 0.5 }),
+    )
+    .await;
+
+    let upgrade = |user: &User, version: &str| {
+        let token = user.token.clone();
+        let path = format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room));
+        let hs = &s.hs;
+        let body = json!({ "new_version": version });
+        async move { hs.post(&path, Some(&token), body).await }
+    };
+    let (status, refused) = upgrade(&bob, "11").await;
+    assert_eq!((status, refused["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "bob may not: {refused}");
+    let (status, refused) = upgrade(&alice, "banana").await;
+    assert_eq!((status, refused["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")), "{refused}");
+    let (status, body) = upgrade(&alice, "11").await;
+    assert_eq!(status, 200, "{body}");
+    let new_room = body["replacement_room"].as_str().unwrap().to_owned();
+
+    let state = |room: &str, kind: &str, key: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/{kind}/{}", enc(room), enc(key));
+        let token = alice.token.clone();
+        let hs = &s.hs;
+        async move { hs.get(&path, Some(&token)).await }
+    };
+    let (_, create) = state(&new_room, "m.room.create", "").await;
+    assert_eq!(create["room_version"], "11");
+    assert_eq!(create["predecessor"]["room_id"], room.as_str(), "{create}");
+    assert_eq!(state(&new_room, "m.room.name", "").await.1["name"], "Old");
+    assert_eq!(state(&new_room, "m.room.join_rules", "").await.1["join_rule"], "public");
+    assert_eq!(state(&new_room, "m.room.member", &carol.user_id).await.1["membership"], "ban", "bans follow");
+    let (_, tombstone) = state(&room, "m.room.tombstone", "").await;
+    assert_eq!(tombstone["replacement_room"], new_room.as_str(), "{tombstone}");
+    let (_, old_power) = state(&room, "m.room.power_levels", "").await;
+    assert_eq!(
+        (old_power["events_default"].as_i64(), old_power["invite"].as_i64()),
+        (Some(50), Some(50)),
+        "{old_power}"
+    );
+    // The alias, canonical alias, directory entry and tags move.
+    let (_, alias) = s.get(&format!("/_matrix/client/v3/directory/room/{}", enc("#club:porch.test")), None).await;
+    assert_eq!(alias["room_id"], new_room.as_str(), "{alias}");
+    assert_eq!(state(&new_room, "m.room.canonical_alias", "").await.1["alias"], "#club:porch.test");
+    assert!(state(&room, "m.room.canonical_alias", "").await.1.get("alias").is_none());
+    let (_, public) = s.get("/_matrix/client/v3/publicRooms", Some(&alice.token)).await;
+    let listed: Vec<&str> =
+        public["chunk"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap()).collect();
+    assert!(listed.contains(&new_room.as_str()) && !listed.contains(&room.as_str()), "{public}");
+    let (_, tags) = s
+        .get(
+            &format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(&alice.user_id), enc(&new_room)),
+            Some(&alice.token),
+        )
+        .await;
+    assert!(tags["tags"]["u.work"].is_object(), "{tags}");
+    // Bob follows the tombstone.
+    assert_eq!(s.join(&bob, &new_room).await.0, 200);
+    // A tombstone naming its own room is refused.
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone/", enc(&new_room)),
+            Some(&alice.token),
+            json!({ "body": "x", "replacement_room": new_room }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/rooms/!nowhere:porch.test/upgrade",
+            Some(&alice.token),
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+}
+
+#[tokio::test]
+async fn deprecated_initial_sync_and_event_stream() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let hello = s.send_text(&alice, &room, "hello").await;
+
+    let (status, initial) = s.get("/_matrix/client/v3/initialSync?limit=3", Some(&bob.token)).await;
+    assert_eq!(status, 200, "{initial}");
+    let view = initial["rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == room.as_str()).expect("the room");
+    assert_eq!(view["membership"], "join");
+    let chunk = view["messages"]["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 3, "{view}");
+    assert_eq!(chunk.last().unwrap()["event_id"], hello.as_str(), "oldest first, the newest last");
+    assert!(view["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    let end = initial["end"].as_str().unwrap().to_owned();
+
+    let (status, room_view) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/initialSync", enc(&room)), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{room_view}");
+    assert_eq!(room_view["room_id"], room.as_str());
+    let outsider = s.register("carol").await;
+    let (status, _) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/initialSync", enc(&room)), Some(&outsider.token)).await;
+    assert_eq!(status, 403, "not a member and not world-readable");
+
+    // The stream from `end` long-polls until the next event.
+    let poll = {
+        let hs = Homeserver { base: s.base.clone(), http: common::client() };
+        let token = bob.token.clone();
+        tokio::spawn(async move {
+            hs.get(&format!("/_matrix/client/v3/events?from={end}&timeout=10000"), Some(&token)).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later = s.send_text(&alice, &room, "later").await;
+    let (status, events) = poll.await.unwrap();
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(events["chunk"][0]["event_id"], later.as_str(), "{events}");
+    assert_eq!(events["chunk"][0]["room_id"], room.as_str());
+    assert_ne!(events["end"], events["start"]);
+    let (status, nothing) = s
+        .get(&format!("/_matrix/client/v3/events?from={}&timeout=0", events["end"].as_str().unwrap()), Some(&bob.token))
+        .await;
+    assert_eq!((status, nothing["chunk"].as_array().map(Vec::len)), (200, Some(0)), "{nothing}");
+    let (status, bad) = s.get("/_matrix/client/v3/events?timeout=soon", Some(&bob.token)).await;
+    assert_eq!(status, 400, "{bad}");
+    let (status, one) = s.get(&format!("/_matrix/client/v3/events/{}", enc(&later)), Some(&bob.token)).await;
+    assert_eq!((status, one["content"]["body"].as_str()), (200, Some("later")));
+    let (status, _) = s.get(&format!("/_matrix/client/v3/events/{}", enc(&later)), Some(&outsider.token)).await;
+    assert_eq!(status, 404);
+    let (status, _) = s.get("/_matrix/client/v3/initialSync", None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn presence_and_the_full_shape_of_sync() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let first = s.sync(&alice, None, 0).await;
+    // Every section is there, even empty.
+    let joined = &first["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], false, "{joined}");
+    for key in ["state", "ephemeral", "account_data"] {
+        assert!(joined[key]["events"].is_array(), "{key}: {joined}");
+    }
+    assert!(first["presence"]["events"].is_array() && first["rooms"]["leave"].is_object(), "{first}");
+    let mut since = first["next_batch"].as_str().map(str::to_owned);
+
+    // Bob's status reaches alice through her sync.
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+            Some(&bob.token),
+            json!({ "presence": "unavailable", "status_msg": "lunch" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let seen = sync_until(&s, &alice, &mut since, "bob's presence", |body| {
+        body["presence"]["events"].as_array()?.iter().find(|e| e["sender"] == bob.user_id.as_str()).cloned()
+    })
+    .await;
+    assert_eq!(seen["content"]["presence"], "unavailable", "{seen}");
+    assert_eq!(seen["content"]["status_msg"], "lunch");
+    // A stranger's presence does not reach her.
+    let stranger = s.register("stranger").await;
+    s.put(
+        &format!("/_matrix/client/v3/presence/{}/status", enc(&stranger.user_id)),
+        Some(&stranger.token),
+        json!({ "presence": "online" }),
+    )
+    .await;
+    let later = s.sync(&alice, since.as_deref(), 500).await;
+    let strangers: Vec<&Value> = later["presence"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["sender"] == stranger.user_id.as_str())
+        .collect();
+    assert!(strangers.is_empty(), "{later}");
+
+    // A join with custom content keeps it; joined_members shows null avatars.
+    let carol = s.register("carol").await;
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&carol.token),
+            json!({ "foo": "bar", "displayname": "Caroline" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, member) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&carol.user_id)),
+            Some(&carol.token),
+        )
+        .await;
+    assert_eq!((member["foo"].as_str(), member["displayname"].as_str()), (Some("bar"), Some("Caroline")), "{member}");
+    assert_eq!(member["membership"], "join");
+    let (_, members) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), Some(&carol.token)).await;
+    let entry = &members["joined"][&carol.user_id];
+    assert_eq!(entry["display_name"], "Caroline", "{members}");
+    assert!(entry.get("avatar_url").is_some_and(Value::is_null), "{members}");
+    // A sync filtered to one state type shows only that type.
+    let filter = json!({ "room": { "state": { "types": ["m.room.name"] }, "timeline": { "limit": 1 } } });
+    let (_, filtered) =
+        s.get(&format!("/_matrix/client/v3/sync?filter={}", enc(&filter.to_string())), Some(&carol.token)).await;
+    let state = filtered["rooms"]["join"][&room]["state"]["events"].as_array().unwrap();
+    assert!(state.iter().all(|e| e["type"] == "m.room.name"), "{filtered}");
+    let _ = timeline;
+}

@@ -1,0 +1,385 @@
+//! Pushers and push: porch delivers notifications over HTTP to a push
+//! gateway (here one on loopback that records what it is sent and can be
+//! told to fail or reject), survives a gateway outage and a restart, and
+//! lists notifications on `/notifications`.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::State, routing::post};
+use common::{Homeserver, Options, TestServer, User, enc};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const OK: u8 = 0;
+const FAIL: u8 = 1;
+const REJECT: u8 = 2;
+
+/// What the gateway's handler shares: how to answer, and where to report.
+type GatewayState = (Arc<AtomicU8>, mpsc::UnboundedSender<(u8, Value)>);
+
+struct Gateway {
+    url: String,
+    mode: Arc<AtomicU8>,
+    received: mpsc::UnboundedReceiver<(u8, Value)>,
+}
+
+impl Gateway {
+    async fn start() -> Self {
+        let mode = Arc::new(AtomicU8::new(OK));
+        let (tx, received) = mpsc::unbounded_channel();
+        let state = (mode.clone(), tx);
+        let app = Router::new().route(
+            "/_matrix/push/v1/notify",
+            post(|State((mode, tx)): State<GatewayState>, Json(body): Json<Value>| async move {
+                let mode_now = mode.load(Ordering::SeqCst);
+                let _ = tx.send((mode_now, body.clone()));
+                match mode_now {
+                    FAIL => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, Json(json!({}))),
+                    REJECT => {
+                        let key = body["notification"]["devices"][0]["pushkey"].clone();
+                        (axum::http::StatusCode::OK, Json(json!({ "rejected": [key] })))
+                    }
+                    _ => (axum::http::StatusCode::OK, Json(json!({}))),
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app.with_state(state)).await.unwrap() });
+        Self { url, mode, received }
+    }
+
+    /// The next request the gateway got that `pick` accepts (others are skipped); panics after 30 s.
+    async fn next(&mut self, what: &str, pick: impl Fn(u8, &Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, self.received.recv()).await {
+                Ok(Some((mode, body))) if pick(mode, &body) => return body,
+                Ok(Some(_)) => continue,
+                _ => panic!("the gateway did not get {what} within 30 s"),
+            }
+        }
+    }
+}
+
+fn loopback_allowed() -> Options {
+    Options { env: vec![("PORCH_OUTBOUND__IP_RANGE_ALLOWLIST".into(), r#"["127.0.0.0/8"]"#.into())] }
+}
+
+fn pusher(url: &str, pushkey: &str, extra: Value) -> Value {
+    let mut data = json!({ "url": url, "default_payload": { "aps": { "mutable-content": 1 } } });
+    if let Value::Object(extra) = extra {
+        data.as_object_mut().unwrap().extend(extra);
+    }
+    json!({
+        "kind": "http", "app_id": "org.example.app", "pushkey": pushkey, "app_display_name": "Example",
+        "device_display_name": "Phone", "profile_tag": "tag", "lang": "en", "data": data,
+    })
+}
+
+async fn pushers(hs: &Homeserver, user: &User) -> Vec<Value> {
+    let (status, body) = hs.get("/_matrix/client/v3/pushers", Some(&user.token)).await;
+    assert_eq!(status, 200, "{body}");
+    body["pushers"].as_array().unwrap().clone()
+}
+
+async fn two_in_a_room(hs: &Homeserver) -> (User, User, String) {
+    let alice = hs.register("alice").await;
+    let bob = hs.register("bob").await;
+    let room = hs.create_room(&alice, json!({ "invite": [bob.user_id] })).await;
+    assert_eq!(hs.join(&bob, &room).await.0, 200);
+    (alice, bob, room)
+}
+
+fn is_message(body: &Value, text: &str) -> bool {
+    body["notification"]["content"]["body"] == text
+}
+
+#[tokio::test]
+async fn refused_pushers_change_nothing() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let set = |body: Value| {
+        let token = alice.token.clone();
+        let hs = &server.hs;
+        async move { hs.post("/_matrix/client/v3/pushers/set", Some(&token), body).await }
+    };
+    let cases = [
+        ("a gateway URL with another path", pusher("https://push.example.org/notify", "k1", json!({}))),
+        ("a URL that is not one", pusher("not a url", "k1", json!({}))),
+        (
+            "a gateway on loopback (the address guard)",
+            pusher("http://127.0.0.1:9/_matrix/push/v1/notify", "k1", json!({})),
+        ),
+        (
+            "an email pusher",
+            json!({
+                "kind": "email", "app_id": "m.email", "pushkey": "a@example.org", "app_display_name": "Mail",
+                "device_display_name": "Mail", "lang": "en", "data": {},
+            }),
+        ),
+        ("an over-long app id", {
+            let mut p = pusher("https://push.example.org/_matrix/push/v1/notify", "k1", json!({}));
+            p["app_id"] = json!("x".repeat(65));
+            p
+        }),
+    ];
+    for (what, body) in cases {
+        let (status, answer) = set(body).await;
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert_eq!(answer["errcode"], "M_INVALID_PARAM", "{what}: {answer}");
+    }
+    let (status, answer) = set(json!({ "kind": "http", "app_id": "a", "pushkey": "k" })).await;
+    assert_eq!(status, 400, "an http pusher without data: {answer}");
+    assert!(pushers(&server, &alice).await.is_empty(), "no refused pusher was kept");
+}
+
+#[tokio::test]
+async fn messages_and_invites_reach_the_gateway_with_counts_and_badges() {
+    let mut gateway = Gateway::start().await;
+    let server = TestServer::start_with(loopback_allowed()).await;
+    let (alice, bob, room) = two_in_a_room(&server).await;
+    let (status, body) = server
+        .post("/_matrix/client/v3/pushers/set", Some(&alice.token), pusher(&gateway.url, "alice-key", json!({})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = pushers(&server, &alice).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["pushkey"], "alice-key");
+    assert_eq!(listed[0]["data"]["url"], gateway.url.as_str());
+
+    let event_id = server.send_text(&bob, &room, "hello alice").await;
+    let body = gateway.next("the message", |_, b| is_message(b, "hello alice")).await;
+    let n = &body["notification"];
+    assert_eq!(n["event_id"], event_id.as_str());
+    assert_eq!(n["room_id"], room.as_str());
+    assert_eq!(n["type"], "m.room.message");
+    assert_eq!(n["sender"], bob.user_id.as_str());
+    assert_eq!(n["sender_display_name"], "bob");
+    assert_eq!(n["counts"]["unread"], 1, "one room with unread messages: {n}");
+    assert_eq!(n["prio"], "high", "a one-to-one message makes a sound: {n}");
+    let device = &n["devices"][0];
+    assert_eq!(device["app_id"], "org.example.app");
+    assert_eq!(device["pushkey"], "alice-key");
+    assert!(device["pushkey_ts"].as_u64().unwrap() > 1_600_000_000, "{device}");
+    assert!(device["data"].get("url").is_none(), "the URL stays with the server: {device}");
+    assert_eq!(device["data"]["default_payload"]["aps"]["mutable-content"], 1, "{device}");
+    assert_eq!(device["tweaks"]["sound"], "default", "{device}");
+
+    // Reading it clears the badge on the phone.
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event_id)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let badge = gateway.next("the badge update", |_, b| b["notification"]["counts"]["unread"] == 0).await;
+    assert_eq!(badge["notification"]["devices"][0]["pushkey"], "alice-key");
+
+    // The room's name shows in the push once it has one.
+    let (status, _) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            Some(&alice.token),
+            json!({ "name": "Plans" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    server.send_text(&bob, &room, "named now").await;
+    let body = gateway.next("the message in the named room", |_, b| is_message(b, "named now")).await;
+    assert_eq!(body["notification"]["room_name"], "Plans");
+
+    // An invite is pushed to the invitee.
+    let carol = server.register("carol").await;
+    let (status, _) = server
+        .post("/_matrix/client/v3/pushers/set", Some(&carol.token), pusher(&gateway.url, "carol-key", json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let other = server.create_room(&bob, json!({})).await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&other)),
+            Some(&bob.token),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let invite = gateway
+        .next("carol's invite", |_, b| {
+            b["notification"]["type"] == "m.room.member" && b["notification"]["room_id"] == other.as_str()
+        })
+        .await;
+    let n = &invite["notification"];
+    assert_eq!(n["membership"], "invite");
+    assert_eq!(n["user_is_target"], true);
+    assert_eq!(n["devices"][0]["pushkey"], "carol-key");
+
+    // An event-id-only pusher gets no content.
+    let (status, _) = server
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            Some(&alice.token),
+            pusher(&gateway.url, "alice-private", json!({ "format": "event_id_only" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let secret = server.send_text(&bob, &room, "secret").await;
+    let body = gateway
+        .next("the event-id-only push", |_, b| b["notification"]["devices"][0]["pushkey"] == "alice-private")
+        .await;
+    let n = &body["notification"];
+    assert_eq!(n["event_id"], secret.as_str());
+    assert_eq!(n["room_id"], room.as_str());
+    assert!(n.get("content").is_none() && n.get("sender").is_none(), "nothing but ids: {n}");
+}
+
+#[tokio::test]
+async fn delivery_survives_a_gateway_outage_and_a_restart_and_rejected_keys_go() {
+    let mut gateway = Gateway::start().await;
+    let mut server = TestServer::start_with(loopback_allowed()).await;
+    let (alice, bob, room) = two_in_a_room(&server).await;
+    let (status, _) = server
+        .post("/_matrix/client/v3/pushers/set", Some(&alice.token), pusher(&gateway.url, "alice-key", json!({})))
+        .await;
+    assert_eq!(status, 200);
+
+    // The gateway fails: porch retries, and the message arrives once it is back.
+    gateway.mode.store(FAIL, Ordering::SeqCst);
+    server.send_text(&bob, &room, "during the outage").await;
+    gateway.next("a first, failing attempt", |mode, b| mode == FAIL && is_message(b, "during the outage")).await;
+    gateway.mode.store(OK, Ordering::SeqCst);
+    gateway.next("the retried message", |mode, b| mode == OK && is_message(b, "during the outage")).await;
+
+    // Down again, and porch restarts meanwhile: the notification is not lost.
+    gateway.mode.store(FAIL, Ordering::SeqCst);
+    server.send_text(&bob, &room, "across a restart").await;
+    gateway
+        .next("a failing attempt before the restart", |mode, b| mode == FAIL && is_message(b, "across a restart"))
+        .await;
+    server.kill();
+    let restarted = TestServer::launch(&server.dir, &loopback_allowed());
+    gateway.mode.store(OK, Ordering::SeqCst);
+    gateway.next("the message after the restart", |mode, b| mode == OK && is_message(b, "across a restart")).await;
+
+    // A pushkey the gateway rejects is removed.
+    gateway.mode.store(REJECT, Ordering::SeqCst);
+    restarted.send_text(&bob, &room, "rejected").await;
+    gateway.next("the rejected push", |mode, b| mode == REJECT && is_message(b, "rejected")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pushers(&restarted, &alice).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the rejected pusher is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn notifications_are_listed_newest_first_with_read_state_and_pushers_go_with_their_device() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = two_in_a_room(&server).await;
+    let first = server.send_text(&bob, &room, "first").await;
+    let second = server.send_text(&bob, &room, format!("second, {}", "alice").as_str()).await;
+    let (status, body) = server.get("/_matrix/client/v3/notifications", Some(&alice.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let list = body["notifications"].as_array().unwrap();
+    let ids: Vec<&str> = list.iter().map(|n| n["event"]["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [second.as_str(), first.as_str()], "newest first: {body}");
+    assert!(list.iter().all(|n| n["read"] == false && n["room_id"] == room.as_str()), "{body}");
+    assert!(list[0]["actions"].as_array().is_some_and(|a| a.contains(&json!("notify"))), "{body}");
+
+    // Pages: one at a time.
+    let (_, page) = server.get("/_matrix/client/v3/notifications?limit=1", Some(&alice.token)).await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 1);
+    let next = page["next_token"].as_str().expect("a next token").to_owned();
+    let (_, page2) =
+        server.get(&format!("/_matrix/client/v3/notifications?limit=1&from={next}"), Some(&alice.token)).await;
+    assert_eq!(page2["notifications"][0]["event"]["event_id"], first.as_str(), "{page2}");
+    let (status, bad) = server.get("/_matrix/client/v3/notifications?from=nonsense", Some(&alice.token)).await;
+    assert_eq!(status, 400, "{bad}");
+
+    // Mentioning alice highlights; `only=highlight` keeps those.
+    let (status, sent) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/mention-1", enc(&room)),
+            Some(&bob.token),
+            json!({ "msgtype": "m.text", "body": "alice, look", "m.mentions": { "user_ids": [alice.user_id] } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let mention = sent["event_id"].as_str().unwrap().to_owned();
+    let (_, only) = server.get("/_matrix/client/v3/notifications?only=highlight", Some(&alice.token)).await;
+    let ids: Vec<&str> =
+        only["notifications"].as_array().unwrap().iter().map(|n| n["event"]["event_id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&mention.as_str()) && !ids.contains(&first.as_str()), "{only}");
+
+    // A read receipt marks everything up to it read.
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&second)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, after) = server.get("/_matrix/client/v3/notifications", Some(&alice.token)).await;
+    let read: Vec<(String, bool)> = after["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["event"]["event_id"].as_str().unwrap().to_owned(), n["read"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(read, [(mention, false), (second, true), (first, true)], "{after}");
+
+    // A pusher set from a device goes when that device logs out.
+    let (status, login) = server
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "correct horse battery" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let phone = login["access_token"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            Some(&phone),
+            pusher("https://push.example.org/_matrix/push/v1/notify", "phone-key", json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pushers(&server, &alice).await.len(), 1);
+    let (status, _) = server.post("/_matrix/client/v3/logout", Some(&phone), json!({})).await;
+    assert_eq!(status, 200);
+    assert!(pushers(&server, &alice).await.is_empty(), "the phone's pusher left with it");
+
+    // Deleting a pusher (kind null) works and is idempotent.
+    let (status, _) = server
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            Some(&alice.token),
+            pusher("https://push.example.org/_matrix/push/v1/notify", "desk-key", json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for _ in 0..2 {
+        let (status, body) = server
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                Some(&alice.token),
+                json!({ "kind": null, "app_id": "org.example.app", "pushkey": "desk-key" }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(pushers(&server, &alice).await.is_empty());
+}

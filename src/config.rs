@@ -27,6 +27,7 @@ pub struct Config {
     pub guests: Guests,
     pub federation: Federation,
     pub outbound: Outbound,
+    pub voip: Voip,
     pub security_levels: Vec<SecurityLevel>,
     pub default_security_level: String,
 }
@@ -210,6 +211,25 @@ pub struct Rooms {
     pub public_directory_without_auth: bool,
 }
 
+/// TURN servers handed to clients for calls (`/voip/turnServer`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Voip {
+    /// `turn:`/`turns:` URIs; empty: no TURN server is offered.
+    pub turn_uris: Vec<String>,
+    /// The TURN server's `static-auth-secret` (coturn's `use-auth-secret`):
+    /// porch then makes short-lived credentials per user.
+    pub turn_shared_secret: String,
+    /// Fixed credentials, used when there is no shared secret.
+    pub turn_username: String,
+    pub turn_password: String,
+    /// How long credentials made from the shared secret stay valid.
+    #[serde(with = "humantime_serde")]
+    pub turn_user_lifetime: Duration,
+    /// Whether guests get TURN credentials too.
+    pub turn_allow_guests: bool,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -270,8 +290,22 @@ impl Default for Config {
             guests: Guests::default(),
             federation: Federation::default(),
             outbound: Outbound::default(),
+            voip: Voip::default(),
             security_levels: default_security_levels(),
             default_security_level: "internal".to_owned(),
+        }
+    }
+}
+
+impl Default for Voip {
+    fn default() -> Self {
+        Self {
+            turn_uris: Vec::new(),
+            turn_shared_secret: String::new(),
+            turn_username: String::new(),
+            turn_password: String::new(),
+            turn_user_lifetime: Duration::from_secs(3600),
+            turn_allow_guests: false,
         }
     }
 }

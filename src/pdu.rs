@@ -30,21 +30,36 @@ struct PduFields {
 }
 
 /// Event references: ids (room versions 3+), or `[id, {hashes}]` pairs
-/// (versions 1 and 2).
+/// (versions 1 and 2). Read without buffering: PDUs are parsed on every
+/// read, and state resolution reads many.
 fn event_references<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<OwnedEventId>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Reference {
-        Id(OwnedEventId),
-        Pair(OwnedEventId, serde::de::IgnoredAny),
+    struct Reference(OwnedEventId);
+
+    impl<'de> Deserialize<'de> for Reference {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Reference;
+
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an event id, or an [event id, hashes] pair")
+                }
+
+                fn visit_str<E: serde::de::Error>(self, id: &str) -> Result<Reference, E> {
+                    OwnedEventId::try_from(id).map(Reference).map_err(E::custom)
+                }
+
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Reference, A::Error> {
+                    let id: OwnedEventId =
+                        seq.next_element()?.ok_or_else(|| serde::de::Error::custom("an empty event reference"))?;
+                    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                    Ok(Reference(id))
+                }
+            }
+            deserializer.deserialize_any(Visit)
+        }
     }
-    let references = Vec::<Reference>::deserialize(deserializer)?;
-    Ok(references
-        .into_iter()
-        .map(|r| match r {
-            Reference::Id(id) | Reference::Pair(id, _) => id,
-        })
-        .collect())
+    Ok(Vec::<Reference>::deserialize(deserializer)?.into_iter().map(|r| r.0).collect())
 }
 
 /// The id of a signed event: in room versions 1 and 2 the `event_id` its

@@ -479,3 +479,120 @@ async fn presence_and_the_full_shape_of_sync() {
     assert!(state.iter().all(|e| e["type"] == "m.room.name"), "{filtered}");
     let _ = timeline;
 }
+
+#[tokio::test]
+async fn turn_credentials_from_the_shared_secret() {
+    use base64::Engine;
+    use hmac::Mac;
+    let plain = TestServer::start().await;
+    let alice = plain.register("alice").await;
+    let (status, none) = plain.get("/_matrix/client/v3/voip/turnServer", Some(&alice.token)).await;
+    assert_eq!((status, none.clone()), (200, json!({})), "no TURN server configured: {none}");
+
+    let s = TestServer::start_with(common::Options {
+        env: vec![
+            ("PORCH_VOIP__TURN_URIS".into(), r#"["turn:turn.example.org:3478?transport=udp"]"#.into()),
+            ("PORCH_VOIP__TURN_SHARED_SECRET".into(), "s3cret".into()),
+        ],
+    })
+    .await;
+    let bob = s.register("bob").await;
+    let (status, turn) = s.get("/_matrix/client/v3/voip/turnServer", Some(&bob.token)).await;
+    assert_eq!(status, 200, "{turn}");
+    let username = turn["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, bob.user_id, "{turn}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(expiry > now && expiry <= now + 3601, "valid for the default hour: {turn}");
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+    mac.update(username.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(turn["password"], expected.as_str(), "coturn's use-auth-secret check passes");
+    assert_eq!(turn["uris"][0], "turn:turn.example.org:3478?transport=udp");
+    assert_eq!(turn["ttl"], 3600);
+    let (status, _) = s.get("/_matrix/client/v3/voip/turnServer", None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn timestamp_to_event_finds_the_nearest_visible_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let room = s.create_room(&alice, json!({})).await;
+    let first = s.send_text(&alice, &room, "first").await;
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let between = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let second = s.send_text(&alice, &room, "second").await;
+    let path =
+        |dir: &str, ts: u64| format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?dir={dir}&ts={ts}", enc(&room));
+    let (status, back) = s.get(&path("b", between), Some(&alice.token)).await;
+    assert_eq!((status, back["event_id"].as_str()), (200, Some(first.as_str())), "{back}");
+    let (_, forward) = s.get(&path("f", between), Some(&alice.token)).await;
+    assert_eq!(forward["event_id"], second.as_str(), "{forward}");
+    let (status, none) = s.get(&path("f", between + 3_600_000), Some(&alice.token)).await;
+    assert_eq!((status, none["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{none}");
+    let bob = s.register("bob").await;
+    let (status, _) = s.get(&path("b", between), Some(&bob.token)).await;
+    assert_eq!(status, 403, "not a member");
+}
+
+#[tokio::test]
+async fn reports_reach_the_admins_only() {
+    let s = TestServer::start().await;
+    let admin = s.register_admin("root").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let rude = s.send_text(&bob, &room, "rude").await;
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/report/{}", enc(&room), enc(&rude)),
+            Some(&alice.token),
+            json!({ "reason": "spam" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/report", enc(&room)),
+            Some(&alice.token),
+            json!({ "reason": "noisy" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/users/{}/report", enc(&bob.user_id)),
+            Some(&alice.token),
+            json!({ "reason": "troll" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Refusals file nothing.
+    let carol = s.register("carol").await;
+    let (status, _) = s
+        .post(&format!("/_matrix/client/v3/rooms/{}/report/{}", enc(&room), enc(&rude)), Some(&carol.token), json!({}))
+        .await;
+    assert_eq!(status, 404, "carol cannot see the event");
+    let (status, _) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/report", enc(&room)),
+            Some(&alice.token),
+            json!({ "reason": "x".repeat(5000) }),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s.get("/_porch/admin/v1/reports", Some(&alice.token)).await;
+    assert_eq!(status, 403, "reports are for admins");
+    let (status, list) = s.get("/_porch/admin/v1/reports", Some(&admin.token)).await;
+    assert_eq!(status, 200, "{list}");
+    let reports = list["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 3, "{list}");
+    assert_eq!(reports[0]["user_id"], bob.user_id.as_str(), "newest first: {list}");
+    assert_eq!(reports[2]["event_id"], rude.as_str());
+    assert_eq!(reports[2]["reason"], "spam");
+    assert_eq!(reports[2]["reporter"], alice.user_id.as_str());
+}

@@ -747,20 +747,43 @@ async fn typing_receipts_account_data_tags_and_push_rules() {
 
 #[tokio::test]
 async fn user_directory_search() {
+    // As Synapse by default: people in public rooms, and people one shares a room with.
     let s = TestServer::start().await;
     let alice = s.register("alice").await;
-    s.register("alfred").await;
-    s.register("zed").await;
-    let (status, body) = s
-        .post(
-            "/_matrix/client/v3/user_directory/search",
-            Some(&alice.token),
-            json!({ "search_term": "alf", "limit": 10 }),
+    let alfred = s.register("alfred").await;
+    let alfonso = s.register("alfonso").await;
+    s.register("alfie").await;
+    let public = s.create_room(&alfred, json!({ "preset": "public_chat" })).await;
+    let private = s.create_room(&alfonso, json!({ "invite": [alice.user_id] })).await;
+    assert_eq!(s.join(&alice, &private).await.0, 200);
+    let search = |term: &str| {
+        let (hs, token, term) = (&s.hs, alice.token.clone(), term.to_owned());
+        async move {
+            let (status, body) = hs
+                .post(
+                    "/_matrix/client/v3/user_directory/search",
+                    Some(&token),
+                    json!({ "search_term": term, "limit": 10 }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let mut ids: Vec<String> =
+                body["results"].as_array().unwrap().iter().map(|u| u["user_id"].as_str().unwrap().to_owned()).collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(search("alf").await, ["@alfonso:porch.test", "@alfred:porch.test"], "alfie shares nothing with alice");
+    // Alfred's room turning private takes him out.
+    let (status, _) = s
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.join_rules/", enc(&public)),
+            Some(&alfred.token),
+            json!({ "join_rule": "invite" }),
         )
         .await;
     assert_eq!(status, 200);
-    let ids: Vec<_> = body["results"].as_array().unwrap().iter().map(|u| u["user_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["@alfred:porch.test"]);
+    assert_eq!(search("alf").await, ["@alfonso:porch.test"]);
 }
 
 #[tokio::test]

@@ -56,6 +56,7 @@ pub fn register(r: &mut Routes) {
         .ruma::<get_event::v1::Request, _, _>(event)
         .ruma::<get_room_state_ids::v1::Request, _, _>(state_ids)
         .ruma::<get_room_state::v1::Request, _, _>(room_state)
+        .ruma::<ruma::api::federation::authorization::get_event_authorization::v1::Request, _, _>(event_auth)
         .ruma::<get_missing_events::v1::Request, _, _>(missing_events)
         .ruma::<get_backfill::v1::Request, _, _>(backfill)
         .ruma::<create_invite::v2::Request, _, _>(invite)
@@ -324,6 +325,29 @@ async fn room_state(state: AppState, req: Ruma<get_room_state::v1::Request>) -> 
             Ok(out)
         };
         Ok(get_room_state::v1::Response::new(load(chain)?, load(ids)?))
+    })
+    .await
+}
+
+/// `/event_auth`: an event's whole auth chain, for a server in the room.
+async fn event_auth(
+    state: AppState,
+    req: Ruma<ruma::api::federation::authorization::get_event_authorization::v1::Request>,
+) -> Result<ruma::api::federation::authorization::get_event_authorization::v1::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        acl::check_participant(s, &body.room_id, req.origin())?;
+        let (pdu, _) = s.rooms.get_pdu(&body.event_id)?.ok_or_else(|| Error::not_found("No such event."))?;
+        if pdu.room_id != body.room_id {
+            return Err(Error::not_found("No such event in this room."));
+        }
+        let mut chain = Vec::new();
+        for id in s.rooms.auth_chain(pdu.auth_events.iter().cloned())? {
+            if let Some((event, _)) = s.rooms.get_pdu(&id)? {
+                chain.push(event.json.clone());
+            }
+        }
+        Ok(ruma::api::federation::authorization::get_event_authorization::v1::Response::new(chain))
     })
     .await
 }

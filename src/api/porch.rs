@@ -121,7 +121,8 @@ pub fn register(r: &mut Routes) {
         .raw("/_porch/admin/v1/users/{user_id}/security_level", Method::PUT, put(admin_set_level))
         .raw("/_porch/admin/v1/guest_rooms", Method::GET, get(admin_guest_rooms))
         .raw("/_porch/admin/v1/guest_rooms/{room_id}/end", Method::POST, post(admin_end_room))
-        .raw("/_porch/admin/v1/guest_links/{link_id}", Method::DELETE, delete(admin_revoke_link));
+        .raw("/_porch/admin/v1/guest_links/{link_id}", Method::DELETE, delete(admin_revoke_link))
+        .raw("/_porch/admin/v1/reports", Method::GET, get(admin_reports));
 }
 
 #[derive(Deserialize)]
@@ -557,6 +558,27 @@ async fn admin_guest_rooms(State(state): State<AppState>, Admin(_): Admin) -> Re
     blocking(&state, move |s| {
         let rooms = guests::all_rooms(s)?.iter().map(|r| room_json(s, r, false)).collect::<Result<Vec<_>>>()?;
         Ok(Json(json!({ "guest_rooms": rooms })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct ReportsQuery {
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Reports of events, rooms and users, newest first; `before` pages.
+async fn admin_reports(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    Query(query): Query<ReportsQuery>,
+) -> Result<Json<Value>> {
+    blocking(&state, move |s| {
+        let reports = crate::service::reports::list(s, query.before, query.limit.unwrap_or(50))?;
+        let next =
+            if reports.len() == query.limit.unwrap_or(50).clamp(1, 100) { reports.last().map(|r| r.id) } else { None };
+        Ok(Json(json!({ "reports": reports, "next_before": next })))
     })
     .await
 }

@@ -1,5 +1,7 @@
 //! Room aliases, the public room directory and the user directory.
 
+use std::collections::BTreeSet;
+
 use ruma::{
     OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UInt, UserId,
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
@@ -282,4 +284,65 @@ pub fn move_to_replacement(s: &Services, old: &RoomId, new: &RoomId) -> Result<(
     }
     batch.commit()?;
     Ok(())
+}
+
+/// A user the directory shows: id, display name, avatar.
+pub type DirectoryEntry = (OwnedUserId, Option<String>, Option<ruma::OwnedMxcUri>);
+
+/// User directory search, as Synapse scopes it by default: people who share
+/// a room with the searcher, and people in public rooms (public join rule,
+/// or world-readable history); the guest policy narrows it further.
+/// Returns the matches (at most `limit`) and whether there were more.
+pub fn search_users(s: &Services, session: &Session, term: &str, limit: usize) -> Result<(Vec<DirectoryEntry>, bool)> {
+    use ruma::events::room::member::MembershipState;
+    let term = term.to_lowercase();
+    let mut rooms: BTreeSet<OwnedRoomId> = s
+        .rooms
+        .user_rooms(&session.user_id)?
+        .into_iter()
+        .filter(|(_, r)| r.membership == MembershipState::Join)
+        .map(|(room_id, _)| room_id)
+        .collect();
+    for room_id in s.rooms.all_room_ids()? {
+        if !rooms.contains(&room_id) && is_public_for_directory(s, &room_id)? {
+            rooms.insert(room_id);
+        }
+    }
+    let mut seen: BTreeSet<OwnedUserId> = BTreeSet::new();
+    let mut results = Vec::new();
+    for room_id in rooms {
+        let state = s.rooms.current_state(&room_id)?;
+        for member in s.rooms.joined_members(&room_id)? {
+            if !seen.insert(member.clone()) {
+                continue;
+            }
+            let (name, avatar) = if s.users.is_local(&member) {
+                match s.users.get(&member)? {
+                    Some(user) if !user.deactivated => (user.displayname, user.avatar_url),
+                    _ => continue,
+                }
+            } else {
+                let content = s.rooms.state_content(&state, "m.room.member", member.as_str())?.unwrap_or_default();
+                (content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned), None)
+            };
+            let matches = member.as_str().to_lowercase().contains(&term)
+                || name.as_deref().is_some_and(|n| n.to_lowercase().contains(&term));
+            if !matches || !policy::may_see_in_directory(s, session, &member)? {
+                continue;
+            }
+            if results.len() == limit {
+                return Ok((results, true));
+            }
+            results.push((member, name, avatar));
+        }
+    }
+    Ok((results, false))
+}
+
+/// Whether a room's members are listed in the user directory for everyone.
+fn is_public_for_directory(s: &Services, room_id: &RoomId) -> Result<bool> {
+    let state = s.rooms.current_state(room_id)?;
+    let join_rule = s.rooms.state_content(&state, "m.room.join_rules", "")?.unwrap_or_default();
+    let visibility = s.rooms.state_content(&state, "m.room.history_visibility", "")?.unwrap_or_default();
+    Ok(join_rule["join_rule"] == "public" || visibility["history_visibility"] == "world_readable")
 }

@@ -221,3 +221,52 @@ pub fn member_state_for(s: &Services, room_id: &RoomId, events: &[(Arc<Pdu>, Pdu
     }
     Ok(out)
 }
+
+/// Events `timestamp_to_event` looks through at most (the timeline has no
+/// time index; a room's recent history is what clients jump to).
+const MAX_TIMESTAMP_SCAN: usize = 20_000;
+
+/// `timestamp_to_event`: the last visible event at or before `ts` (going
+/// back), or the first at or after it (going forward).
+pub fn event_at_time(
+    s: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    ts: u64,
+    forward: bool,
+) -> Result<Option<(ruma::OwnedEventId, u64)>> {
+    require_member(s, room_id, user_id)?;
+    let mut best: Option<(ruma::OwnedEventId, u64)> = None;
+    let mut cursor = s.db.safe_count() as i64 + 1;
+    let mut scanned = 0;
+    'scan: loop {
+        let batch = s.rooms.timeline(room_id, cursor, false, 200)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (count, event_id) in batch {
+            cursor = count;
+            scanned += 1;
+            if scanned > MAX_TIMESTAMP_SCAN {
+                break 'scan;
+            }
+            let Some((pdu, meta)) = s.rooms.get_pdu(&event_id)? else { continue };
+            let at = u64::from(pdu.origin_server_ts.get());
+            if !may_see(s, user_id, &pdu, &meta)? {
+                continue;
+            }
+            if forward {
+                // Going back through time: the earliest event still at or after `ts`.
+                if at >= ts {
+                    best = Some((pdu.event_id.clone(), at));
+                } else if best.is_some() {
+                    break 'scan;
+                }
+            } else if at <= ts {
+                best = Some((pdu.event_id.clone(), at));
+                break 'scan;
+            }
+        }
+    }
+    Ok(best)
+}

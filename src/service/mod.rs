@@ -31,6 +31,7 @@ pub mod relations;
 pub mod remote_invite;
 pub mod remote_join;
 pub mod remote_knock;
+pub mod reports;
 pub mod room_upgrade;
 pub mod rooms;
 pub mod search;

@@ -212,6 +212,12 @@ pub async fn receive_invite(
             format!("porch does not support room version {version}."),
         ));
     }
+    // A room we hold decides by its ACL whether the inviting server counts.
+    let (room, server) = (request.room_id.clone(), origin.to_owned());
+    crate::service::blocking(s, move |s| {
+        if s.rooms.exists(&room)? { crate::service::acl::check_server(s, &room, &server) } else { Ok(()) }
+    })
+    .await?;
     let rules = Rooms::rules(&version)?;
     let mut object: CanonicalJsonObject =
         serde_json::from_str(request.event.get()).map_err(|_| Error::bad_json("The invite is not canonical JSON."))?;

@@ -118,6 +118,18 @@ impl Rooms {
 
     // ----- reads -----
 
+    /// Every room this server holds.
+    pub fn all_room_ids(&self) -> Result<Vec<OwnedRoomId>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(Cf::Rooms, b"") {
+            let (k, _) = item?;
+            if let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) {
+                out.push(room_id);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
         Ok(self.db.get_json(Cf::Rooms, room_id.as_bytes())?)
     }

@@ -63,10 +63,11 @@ pub enum Cf {
     Relations,
     ThreadRoots,
     SearchTerms,
+    Reports,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 41] = [
+    pub const ALL: [Cf; 42] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -108,6 +109,7 @@ impl Cf {
         Cf::Relations,
         Cf::ThreadRoots,
         Cf::SearchTerms,
+        Cf::Reports,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +155,7 @@ impl Cf {
             Cf::Relations => "relations",
             Cf::ThreadRoots => "thread_roots",
             Cf::SearchTerms => "search_terms",
+            Cf::Reports => "reports",
         }
     }
 }

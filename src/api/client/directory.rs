@@ -7,7 +7,6 @@ use ruma::{
         room::Visibility,
         user_directory::search_users,
     },
-    events::room::member::MembershipState,
 };
 
 use crate::{
@@ -113,49 +112,17 @@ pub async fn set_visibility(
 /// people they share rooms with; guests only the latter (policy).
 pub async fn search_users(state: AppState, req: Ruma<search_users::v3::Request>) -> Result<search_users::v3::Response> {
     blocking(&state, move |s| {
-        let session = req.session();
-        let term = req.body.search_term.to_lowercase();
         let limit = (u64::from(req.body.limit) as usize).clamp(1, 100);
-        let mut results = Vec::new();
-        let mut limited = false;
-        let mut candidates: Vec<(ruma::OwnedUserId, Option<String>, Option<ruma::OwnedMxcUri>)> = Vec::new();
-        for (user_id, user) in s.users.all()? {
-            if !user.deactivated {
-                candidates.push((user_id, user.displayname, user.avatar_url));
-            }
-        }
-        // Remote co-members, from the member events of shared rooms.
-        for (room_id, record) in s.rooms.user_rooms(&session.user_id)? {
-            if record.membership != MembershipState::Join {
-                continue;
-            }
-            for member in s.rooms.joined_members(&room_id)? {
-                if !s.users.is_local(&member) && !candidates.iter().any(|(u, _, _)| *u == member) {
-                    let content = s
-                        .rooms
-                        .current_state_pdu(&room_id, "m.room.member", member.as_str())?
-                        .map(|p| p.content_value())
-                        .unwrap_or_default();
-                    let name = content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
-                    candidates.push((member, name, None));
-                }
-            }
-        }
-        for (user_id, display_name, avatar_url) in candidates {
-            let matches = user_id.as_str().to_lowercase().contains(&term)
-                || display_name.as_deref().is_some_and(|n| n.to_lowercase().contains(&term));
-            if !matches || !crate::policy::may_see_in_directory(s, session, &user_id)? {
-                continue;
-            }
-            if results.len() == limit {
-                limited = true;
-                break;
-            }
-            let mut user = search_users::v3::User::new(user_id);
-            user.display_name = display_name;
-            user.avatar_url = avatar_url;
-            results.push(user);
-        }
+        let (found, limited) = directory::search_users(s, req.session(), &req.body.search_term, limit)?;
+        let results = found
+            .into_iter()
+            .map(|(user_id, display_name, avatar_url)| {
+                let mut user = search_users::v3::User::new(user_id);
+                user.display_name = display_name;
+                user.avatar_url = avatar_url;
+                user
+            })
+            .collect();
         Ok(search_users::v3::Response::new(results, limited))
     })
     .await

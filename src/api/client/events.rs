@@ -354,3 +354,21 @@ where
     args.push(txn_id);
     Ruma::parse(axum::extract::Request::from_parts(parts, body), args, state).await
 }
+
+pub async fn timestamp_to_event(
+    state: AppState,
+    req: Ruma<ruma::api::client::room::get_event_by_timestamp::v1::Request>,
+) -> Result<ruma::api::client::room::get_event_by_timestamp::v1::Response> {
+    blocking(&state, move |s| {
+        let body = &req.body;
+        let forward = body.dir == Direction::Forward;
+        let found =
+            history::event_at_time(s, &req.session().user_id, &body.room_id, u64::from(body.ts.get()), forward)?;
+        let (event_id, at) = found.ok_or_else(|| Error::not_found("No event in this room at that time."))?;
+        Ok(ruma::api::client::room::get_event_by_timestamp::v1::Response::new(
+            event_id,
+            ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(at)),
+        ))
+    })
+    .await
+}

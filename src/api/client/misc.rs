@@ -63,3 +63,36 @@ pub async fn protocols(_: AppState, _: Ruma<get_protocols::v3::Request>) -> Resu
 pub async fn threepids(_: AppState, _: Ruma<get_3pids::v3::Request>) -> Result<get_3pids::v3::Response> {
     Ok(get_3pids::v3::Response::new(Vec::new()))
 }
+
+/// `/voip/turnServer`: the configured TURN servers with credentials —
+/// made from the shared secret (`{expiry}:{user}`, HMAC-SHA1, as coturn's
+/// `use-auth-secret` checks them) or the fixed ones; `{}` when none.
+pub async fn turn_server(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Ruma<ruma::api::client::voip::get_turn_server_info::v3::Request>,
+) -> Result<axum::Json<serde_json::Value>> {
+    use hmac::Mac;
+    let voip = &state.settings.raw.voip;
+    let session = req.session();
+    if voip.turn_uris.is_empty() || (session.is_guest() && !voip.turn_allow_guests) {
+        return Ok(axum::Json(serde_json::json!({})));
+    }
+    let ttl = voip.turn_user_lifetime.as_secs();
+    let (username, password) = if !voip.turn_shared_secret.is_empty() {
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() + ttl)
+            .unwrap_or(ttl);
+        let username = format!("{expiry}:{}", session.user_id);
+        let mut mac =
+            hmac::Hmac::<sha1::Sha1>::new_from_slice(voip.turn_shared_secret.as_bytes()).map_err(Error::internal)?;
+        mac.update(username.as_bytes());
+        use base64::Engine;
+        (username, base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    } else {
+        (voip.turn_username.clone(), voip.turn_password.clone())
+    };
+    Ok(axum::Json(
+        serde_json::json!({ "username": username, "password": password, "uris": voip.turn_uris, "ttl": ttl }),
+    ))
+}

@@ -14,6 +14,7 @@ pub mod misc;
 pub mod profile;
 pub mod pushers;
 pub mod relations;
+pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod sync;
@@ -43,6 +44,8 @@ pub fn register(r: &mut Routes) {
         // (`m.change_password` enabled), and clients and sytest look for them.
         .raw("/_matrix/client/v3/capabilities", Method::GET, get(discovery::capabilities))
         .raw("/_matrix/client/r0/capabilities", Method::GET, get(discovery::capabilities))
+        .raw("/_matrix/client/v3/voip/turnServer", Method::GET, get(misc::turn_server))
+        .raw("/_matrix/client/r0/voip/turnServer", Method::GET, get(misc::turn_server))
         .raw("/_matrix/client/v3/search", Method::POST, axum::routing::post(search::search))
         .raw("/_matrix/client/r0/search", Method::POST, axum::routing::post(search::search))
         // accounts
@@ -71,6 +74,10 @@ pub fn register(r: &mut Routes) {
         // rooms and membership
         .ruma::<c::room::create_room::v3::Request, _, _>(rooms::create)
         .ruma::<c::room::upgrade_room::v3::Request, _, _>(rooms::upgrade)
+        .ruma::<c::room::report_content::v3::Request, _, _>(reports::event)
+        .ruma::<c::room::report_room::v3::Request, _, _>(reports::room)
+        .ruma::<c::reporting::report_user::v3::Request, _, _>(reports::user)
+        .ruma::<c::room::get_event_by_timestamp::v1::Request, _, _>(events::timestamp_to_event)
         .ruma::<c::relations::get_relating_events::v1::Request, _, _>(relations::all)
         .ruma::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(relations::by_rel_type)
         .ruma::<c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request, _, _>(

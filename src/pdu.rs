@@ -267,7 +267,12 @@ impl Pdu {
             unsigned.insert("replaces_state".into(), Value::String(replaces.to_string()));
         }
         if let Some(because) = &meta.redacted_because {
-            unsigned.insert("redacted_because".into(), serde_json::from_str(because.get()).unwrap_or_default());
+            let because: Value = serde_json::from_str(because.get()).unwrap_or_default();
+            // The redaction's id too, as Synapse gives it and clients read it.
+            if let Some(id) = because.get("event_id").cloned() {
+                unsigned.insert("redacted_by".into(), id);
+            }
+            unsigned.insert("redacted_because".into(), because);
         }
         event.insert("unsigned".into(), Value::Object(unsigned));
         Value::Object(event)

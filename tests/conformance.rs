@@ -153,10 +153,13 @@ async fn relations_threads_and_bundled_aggregations() {
     assert!(mine["chunk"].as_array().unwrap().is_empty(), "carol is in no thread: {mine}");
 
     // A redacted reply leaves the thread.
-    let (status, _) = s
+    let (status, redaction) = s
         .put(&format!("/_matrix/client/v3/rooms/{}/redact/{}/t1", enc(&room), enc(&r2)), Some(&alice.token), json!({}))
         .await;
     assert_eq!(status, 200);
+    let (_, redacted) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&r2)), Some(&bob.token)).await;
+    assert_eq!(redacted["unsigned"]["redacted_by"], redaction["event_id"], "{redacted}");
     let (_, after) = s.get(&format!("{base}/m.thread"), Some(&bob.token)).await;
     assert_eq!(after["chunk"].as_array().unwrap().len(), 1, "{after}");
     // Outsiders see nothing.

@@ -149,8 +149,11 @@ async fn invite_v1(
     axum::extract::Path(args): PathArgs,
     req: axum::extract::Request,
 ) -> Result<axum::Json<serde_json::Value>> {
-    let req = Ruma::<create_invite::v1::Request>::parse(req, args, &state).await?;
-    let mut event = req.body_object.clone().ok_or_else(|| Error::bad_json("The invite is not a JSON object."))?;
+    let (origin, mut event) = crate::api::signed_federation_body(req, &state).await?;
+    let [room_id, event_id] = args.as_slice() else { return Err(Error::invalid_param("No room or event id.")) };
+    let room_id = ruma::OwnedRoomId::try_from(room_id.as_str()).map_err(|_| Error::invalid_param("Not a room id."))?;
+    let event_id =
+        ruma::OwnedEventId::try_from(event_id.as_str()).map_err(|_| Error::invalid_param("Not an event id."))?;
     let stripped: Vec<Raw<ruma::events::AnyStrippedStateEvent>> = event
         .get("unsigned")
         .and_then(|u| u.get("invite_room_state"))
@@ -161,13 +164,13 @@ async fn invite_v1(
     }
     let event = serde_json::value::to_raw_value(&event)?;
     let v2 = create_invite::v2::Request::new(
-        req.body.room_id.clone(),
-        req.body.event_id.clone(),
+        room_id,
+        event_id,
         ruma::RoomVersionId::V1,
         event,
         stripped.into_iter().map(Into::into).collect(),
     );
-    let signed = remote_invite::receive_invite(&state, req.origin(), &v2).await?;
+    let signed = remote_invite::receive_invite(&state, &origin, &v2).await?;
     Ok(axum::Json(serde_json::json!([200, { "event": signed }])))
 }
 
@@ -238,7 +241,12 @@ async fn send_transaction(
     }
     let edus: Vec<serde_json::Value> =
         req.body.edus.iter().filter_map(|edu| serde_json::from_str(edu.json().get()).ok()).collect();
-    let results = inbound::transaction(&state, origin, req.body.transaction_id.as_str(), &req.body.pdus, &edus).await;
+    // In its own task: a sender that gives up waiting (a long state
+    // resolution) does not cancel the work, and its retry of the same
+    // transaction gets the answer when it is done.
+    let (origin, txn_id, pdus) = (origin.to_owned(), req.body.transaction_id.to_string(), req.body.pdus.clone());
+    let task = tokio::spawn(async move { inbound::transaction(&state, &origin, &txn_id, &pdus, &edus).await });
+    let results = task.await.map_err(Error::internal)?;
     Ok(send_transaction_message::v1::Response::new(results))
 }
 

@@ -159,7 +159,6 @@ where
         let keeps_body = [
             TypeId::of::<ruma::api::client::membership::join_room_by_id::v3::Request>(),
             TypeId::of::<ruma::api::client::membership::join_room_by_id_or_alias::v3::Request>(),
-            TypeId::of::<ruma::api::federation::membership::create_invite::v1::Request>(),
         ]
         .contains(&TypeId::of::<T>());
         let body_object = if keeps_body {
@@ -241,6 +240,27 @@ pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Setting
         }
     }
     client
+}
+
+/// A federation request's body and its verified origin, for a route whose
+/// body ruma's type would refuse (the v1 invite, which older servers send
+/// without the fields ruma wants).
+pub async fn signed_federation_body(
+    req: Request,
+    state: &AppState,
+) -> Result<(ruma::OwnedServerName, serde_json::Map<String, serde_json::Value>)> {
+    let (parts, body) = req.into_parts();
+    let ip = client_ip(&parts, &state.settings);
+    let limit = state.settings.raw.limits.max_request_bytes;
+    let bytes = crate::listener::read_body(body, limit, &state.settings).await?.to_vec();
+    let http_request = http::Request::from_parts(parts, &bytes[..]);
+    let limiter = || state.key_query_limiter.check(ip).map_err(Error::limit_exceeded);
+    let origin = state.federation.authenticate(&http_request, limiter).await?;
+    let object = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .ok_or_else(|| Error::bad_json("The body is not a JSON object."))?;
+    Ok((origin, object))
 }
 
 /// The session of a request to a route ruma has no type for (the

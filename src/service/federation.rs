@@ -114,6 +114,13 @@ fn parse_answer<R: OutgoingRequest>(
             let message = format!("{destination}: {}", refusal.error.unwrap_or_else(|| refusal.errcode.clone()));
             return Err(Error::new(status, refusal.errcode, message));
         }
+        // A refusal without a Matrix error body is still that refusal.
+        let errcode = match status.as_u16() {
+            403 => "M_FORBIDDEN",
+            404 => "M_NOT_FOUND",
+            _ => "M_UNKNOWN",
+        };
+        return Err(Error::new(status, errcode, format!("{destination} answered {status}.")));
     }
     let mut http_response = http::Response::builder().status(status);
     for (name, value) in headers {

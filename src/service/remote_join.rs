@@ -47,7 +47,8 @@ pub fn make_join(
         return Err(error(
             "M_INCOMPATIBLE_ROOM_VERSION",
             format!("The room has version {}, which your server does not support.", record.version),
-        ));
+        )
+        .with("room_version", serde_json::Value::String(record.version.to_string())));
     }
     crate::service::acl::check_server(s, room_id, origin)?;
     let current = s.rooms.membership(room_id, user_id)?;

@@ -119,9 +119,7 @@ type PathArgs = axum::extract::Path<Vec<String>>;
 
 /// A response's JSON body, as `[200, body]` (the v1 membership endpoints' shape).
 fn v1_answer(response: impl ruma::api::OutgoingResponseExt) -> Result<axum::Json<serde_json::Value>> {
-    let http = response.try_into_http_response::<Vec<u8>>().map_err(Error::internal)?;
-    let body: serde_json::Value = serde_json::from_slice(http.body())?;
-    Ok(axum::Json(serde_json::json!([200, body])))
+    Ok(axum::Json(serde_json::json!([200, crate::api::response_json(response)?])))
 }
 
 async fn send_join_v1(

@@ -242,6 +242,13 @@ pub fn client_ip(parts: &http::request::Parts, settings: &crate::config::Setting
     client
 }
 
+/// A ruma response's JSON body, for handlers that complete what ruma's
+/// serialisation leaves out (or wrap it, as the v1 federation forms).
+pub fn response_json(response: impl ruma::api::OutgoingResponseExt) -> Result<serde_json::Value> {
+    let http = response.try_into_http_response::<Vec<u8>>().map_err(Error::internal)?;
+    Ok(serde_json::from_slice(http.body())?)
+}
+
 /// A federation request's body and its verified origin, for a route whose
 /// body ruma's type would refuse (the v1 invite, which older servers send
 /// without the fields ruma wants).

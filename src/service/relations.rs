@@ -17,7 +17,7 @@ use crate::{
     error::{Error, Result},
     pdu::{Pdu, PduMeta},
     service::{Services, history},
-    storage::{Batch, Cf, Db, decode, key, prefix, u64_from_be},
+    storage::{Batch, Cf, Db, decode, key, prefix, sortable, u64_from_be, unsortable},
 };
 
 pub const THREAD: &str = "m.thread";
@@ -42,15 +42,6 @@ pub struct Child {
     pub kind: String,
     pub sender: OwnedUserId,
     pub ordering: i64,
-}
-
-/// Timeline orderings (negative for backfilled history) as keys that sort like them.
-fn sortable(ordering: i64) -> u64 {
-    (ordering as u64) ^ (1 << 63)
-}
-
-fn unsortable(raw: u64) -> i64 {
-    (raw ^ (1 << 63)) as i64
 }
 
 /// The relation an event declares, if any: `(rel_type, parent)`.

@@ -558,7 +558,12 @@ impl<'a> Txn<'a> {
             }
             other => Error::internal(format!("reference hash: {other}")),
         })?;
-        let event_id = crate::pdu::event_id_of(&object, &self.rules).map_err(Error::internal)?;
+        // Versions 1 and 2 carry the id; later ones are named by the hash just made.
+        let event_id = if self.rules.event_format.require_event_id {
+            crate::pdu::event_id_of(&object, &self.rules).map_err(Error::internal)?
+        } else {
+            OwnedEventId::try_from(format!("${hash}")).map_err(Error::internal)?
+        };
         let room_id = if is_create && self.rules.authorization.room_create_event_id_as_room_id {
             OwnedRoomId::try_from(format!("!{hash}")).map_err(Error::internal)?
         } else {

@@ -26,7 +26,7 @@ use crate::{
         history::{self, PageRequest},
         sync::EventFilter,
     },
-    storage::{Batch, Cf, SEP, key, u64_from_be},
+    storage::{Batch, Cf, SEP, key, sortable, u64_from_be, unsortable},
 };
 
 /// Words longer than this are not indexed (nobody searches for them).
@@ -50,10 +50,6 @@ pub fn terms(text: &str) -> BTreeSet<String> {
         .filter(|w| !w.is_empty() && w.len() <= MAX_TERM)
         .map(str::to_lowercase)
         .collect()
-}
-
-fn sortable(ordering: i64) -> u64 {
-    (ordering as u64) ^ (1 << 63)
 }
 
 /// The searchable field of an event and its text.
@@ -233,7 +229,7 @@ fn room_hits(s: &Services, room_id: &RoomId, query: &[String], keys: &[String]) 
             if tail.len() < 9 {
                 continue;
             }
-            let ordering = (u64_from_be(&tail[..8]) ^ (1 << 63)) as i64;
+            let ordering = unsortable(u64_from_be(&tail[..8]));
             let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&tail[9..]).into_owned()) else {
                 continue;
             };

@@ -397,6 +397,17 @@ pub fn prefix(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// A timeline ordering (negative for backfilled history) as a key part
+/// that sorts like it: the sign bit flipped.
+pub fn sortable(ordering: i64) -> u64 {
+    (ordering as u64) ^ (1 << 63)
+}
+
+/// The ordering a [`sortable`] key part holds.
+pub fn unsortable(raw: u64) -> i64 {
+    (raw ^ (1 << 63)) as i64
+}
+
 pub fn u64_from_be(bytes: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     let n = bytes.len().min(8);

@@ -26,7 +26,6 @@ pub async fn notifications(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: Ruma<get_notifications::v3::Request>,
 ) -> Result<axum::Json<serde_json::Value>> {
-    use ruma::api::OutgoingResponseExt;
     let response = blocking(&state, move |s| {
         let body = &req.body;
         let limit = body.limit.map_or(20, |l| usize::try_from(u64::from(l)).unwrap_or(100));
@@ -38,8 +37,7 @@ pub async fn notifications(
         Ok(response)
     })
     .await?;
-    let http = response.try_into_http_response::<Vec<u8>>().map_err(crate::error::Error::internal)?;
-    let mut body: serde_json::Value = serde_json::from_slice(http.body())?;
+    let mut body = crate::api::response_json(response)?;
     for notification in body["notifications"].as_array_mut().into_iter().flatten() {
         if let Some(object) = notification.as_object_mut() {
             object.entry("profile_tag").or_insert(serde_json::Value::Null);

@@ -24,10 +24,8 @@ pub async fn sync(
 /// The response as JSON with every section a client may look for, even
 /// when empty, as Synapse sends it.
 fn complete(response: sync_events::v3::Response) -> Result<serde_json::Value> {
-    use ruma::api::OutgoingResponseExt;
     use serde_json::{Value, json};
-    let http = response.try_into_http_response::<Vec<u8>>().map_err(Error::internal)?;
-    let mut body: Value = serde_json::from_slice(http.body())?;
+    let mut body = crate::api::response_json(response)?;
     let object = body.as_object_mut().ok_or_else(|| Error::internal("a sync response is an object"))?;
     for section in ["presence", "account_data", "to_device"] {
         object.entry(section).or_insert_with(|| json!({ "events": [] }));

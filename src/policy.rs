@@ -16,6 +16,10 @@ pub const GUEST_MARKER: &str = "dev.porch.guest";
 #[derive(Debug)]
 pub enum Action<'a> {
     ListPublicRooms,
+    /// Seeing a room's summary or its place in a space without being in it.
+    PreviewRoom {
+        room_id: &'a RoomId,
+    },
     PublishRoom,
     ManageAliases,
     ViewProfile {
@@ -78,6 +82,10 @@ fn check_account(services: &Services, user_id: &UserId, is_guest: bool, action: 
     }
     match action {
         Action::ListPublicRooms => Err(Error::forbidden("Guests cannot browse the room directory.")),
+        Action::PreviewRoom { room_id } => match services.rooms.membership(room_id, user_id)? {
+            Some(MembershipState::Invite | MembershipState::Join) => Ok(()),
+            _ => Err(Error::forbidden("Guests can only see the rooms they are in.")),
+        },
         Action::PublishRoom | Action::ManageAliases => {
             Err(Error::forbidden("Guests cannot publish rooms or manage room aliases."))
         }

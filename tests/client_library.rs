@@ -61,3 +61,36 @@ async fn matrix_nio_encrypted_chat_across_two_servers() {
     assert!(output.status.success(), "nio e2ee scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("nio e2ee federation: OK"), "{stdout}");
 }
+
+/// The js-sdk scenario's folder, with matrix-js-sdk installed from npm on first use.
+fn js_sdk_harness() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/js-sdk");
+    let lock = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("js-sdk.lock")).unwrap();
+    lock.lock().unwrap();
+    if !dir.join("node_modules/matrix-js-sdk").exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-package-lock"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm");
+        assert!(status.success(), "npm install of matrix-js-sdk failed in {}", dir.display());
+    }
+    dir
+}
+
+#[tokio::test]
+async fn matrix_js_sdk_relations_threads_search_backup_push() {
+    let harness = tokio::task::spawn_blocking(js_sdk_harness).await.unwrap();
+    let server = TestServer::start().await;
+    let output = tokio::process::Command::new("node")
+        .arg(harness.join("scenario.mjs"))
+        .arg(&server.base)
+        .current_dir(&harness)
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "js-sdk scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("js-sdk scenario: OK"), "{stdout}");
+}

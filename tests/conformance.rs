@@ -599,3 +599,226 @@ async fn reports_reach_the_admins_only() {
     assert_eq!(reports[2]["reason"], "spam");
     assert_eq!(reports[2]["reporter"], alice.user_id.as_str());
 }
+
+/// Put `child` under `space` with the given `order` and `suggested` flag.
+async fn add_child(hs: &Homeserver, user: &User, space: &str, child: &str, via: &str, order: &str, suggested: bool) {
+    let (status, body) = hs
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.space.child/{}", enc(space), enc(child)),
+            Some(&user.token),
+            json!({ "via": [via], "order": order, "suggested": suggested }),
+        )
+        .await;
+    assert_eq!(status, 200, "m.space.child: {body}");
+}
+
+fn room_ids(page: &Value) -> Vec<String> {
+    page["rooms"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn hierarchy_walks_a_space_in_order_as_the_user_may_see_it() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let space = s
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "name": "Team", "creation_content": { "type": "m.space" } }),
+        )
+        .await;
+    let public = s.create_room(&alice, json!({ "preset": "public_chat", "name": "Lobby", "topic": "hi" })).await;
+    let private = s.create_room(&alice, json!({ "preset": "private_chat", "name": "Secret" })).await;
+    let restricted = s
+        .create_room(
+            &alice,
+            json!({ "preset": "private_chat", "name": "Members", "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": { "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": space }] }
+            }] }),
+        )
+        .await;
+    let subspace = s
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "name": "Sub", "creation_content": { "type": "m.space" } }),
+        )
+        .await;
+    let deep = s.create_room(&alice, json!({ "preset": "public_chat", "name": "Deep" })).await;
+    // `order` decides, whatever the order of creation.
+    add_child(&s, &alice, &space, &subspace, "porch.test", "d", false).await;
+    add_child(&s, &alice, &space, &private, "porch.test", "c", false).await;
+    add_child(&s, &alice, &space, &restricted, "porch.test", "b", false).await;
+    add_child(&s, &alice, &space, &public, "porch.test", "a", true).await;
+    add_child(&s, &alice, &subspace, &deep, "porch.test", "a", false).await;
+    let (status, _) = s.join(&bob, &space).await;
+    assert_eq!(status, 200);
+
+    let path = |query: &str| format!("/_matrix/client/v1/rooms/{}/hierarchy?{query}", enc(&space));
+    let (status, page) = s.get(&path(""), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{page}");
+    // The private room stays hidden from bob; the restricted one shows (he is in the space).
+    assert_eq!(
+        room_ids(&page),
+        vec![space.clone(), public.clone(), restricted.clone(), subspace.clone(), deep.clone()]
+    );
+    assert!(page["next_batch"].is_null(), "{page}");
+    let root = &page["rooms"][0];
+    assert_eq!((root["room_type"].as_str(), root["name"].as_str()), (Some("m.space"), Some("Team")), "{root}");
+    assert_eq!(root["children_state"].as_array().unwrap().len(), 4, "every child event is listed: {root}");
+    assert_eq!(root["children_state"][0]["state_key"], public.as_str(), "children state in the spec's order");
+    assert_eq!(page["rooms"][1]["topic"], "hi");
+    assert_eq!(page["rooms"][2]["join_rule"], "restricted");
+    assert_eq!(page["rooms"][2]["allowed_room_ids"], json!([space]));
+    // Alice, in every room, sees the private one too.
+    let (_, page) = s.get(&path(""), Some(&alice.token)).await;
+    assert!(room_ids(&page).contains(&private), "{page}");
+
+    // max_depth and suggested_only.
+    let (_, page) = s.get(&path("max_depth=1"), Some(&bob.token)).await;
+    assert_eq!(room_ids(&page), vec![space.clone(), public.clone(), restricted.clone(), subspace.clone()]);
+    let (_, page) = s.get(&path("suggested_only=true"), Some(&bob.token)).await;
+    assert_eq!(room_ids(&page), vec![space.clone(), public.clone()]);
+
+    // Pages: the same rooms in the same order, and a token bound to its walk.
+    let (_, first) = s.get(&path("limit=2"), Some(&bob.token)).await;
+    assert_eq!(room_ids(&first), vec![space.clone(), public.clone()]);
+    let token = first["next_batch"].as_str().expect("a next page").to_owned();
+    let (_, second) = s.get(&path(&format!("limit=2&from={}", enc(&token))), Some(&bob.token)).await;
+    assert_eq!(room_ids(&second), vec![restricted.clone(), subspace.clone()]);
+    let token2 = second["next_batch"].as_str().expect("a third page").to_owned();
+    let (_, third) = s.get(&path(&format!("limit=2&from={}", enc(&token2))), Some(&bob.token)).await;
+    assert_eq!((room_ids(&third), third["next_batch"].is_null()), (vec![deep.clone()], true), "{third}");
+    let (status, wrong) =
+        s.get(&path(&format!("limit=2&suggested_only=true&from={}", enc(&token))), Some(&bob.token)).await;
+    assert_eq!((status, wrong["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{wrong}");
+
+    // A space bob may not see, and one that does not exist.
+    let (status, body) =
+        s.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&private)), Some(&bob.token)).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (status, _) = s.get("/_matrix/client/v1/rooms/!nope:porch.test/hierarchy", Some(&bob.token)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn hierarchy_asks_other_servers_for_their_rooms() {
+    let (a, a_name) = common::federating_server().await;
+    let (b, b_name) = common::federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    // A space on A with one child on each server; nobody on A is in B's rooms.
+    let space = a
+        .create_room(
+            &alice,
+            json!({ "preset": "public_chat", "name": "Team", "creation_content": { "type": "m.space" } }),
+        )
+        .await;
+    let remote_public = b.create_room(&bob, json!({ "preset": "public_chat", "name": "Over there" })).await;
+    let remote_private = b.create_room(&bob, json!({ "preset": "private_chat", "name": "Bob's secret" })).await;
+    let local = a.create_room(&alice, json!({ "preset": "public_chat", "name": "Here" })).await;
+    add_child(&a, &alice, &space, &remote_public, &b_name, "a", false).await;
+    add_child(&a, &alice, &space, &remote_private, &b_name, "b", false).await;
+    add_child(&a, &alice, &space, &local, &a_name, "c", false).await;
+
+    let (status, page) =
+        a.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&space)), Some(&alice.token)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(room_ids(&page), vec![space.clone(), remote_public.clone(), local.clone()], "{page}");
+    assert_eq!(page["rooms"][1]["name"], "Over there", "the summary comes from B: {page}");
+    assert_eq!(page["rooms"][1]["num_joined_members"], 1);
+
+    // B answers other servers itself: its public room, not its private one.
+    let (status, page) =
+        b.get(&format!("/_matrix/client/v1/rooms/{}/hierarchy", enc(&remote_public)), Some(&bob.token)).await;
+    assert_eq!((status, room_ids(&page)), (200, vec![remote_public.clone()]));
+}
+
+#[tokio::test]
+async fn login_token_signs_in_another_device_once() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let (_, types) = s.get("/_matrix/client/v3/login", None).await;
+    let token_type = types["flows"].as_array().unwrap().iter().find(|f| f["type"] == "m.login.token").cloned();
+    assert_eq!(token_type.map(|f| f["get_login_token"].clone()), Some(json!(true)), "{types}");
+
+    // The password again first (user-interactive auth).
+    let (status, flows) = s.post("/_matrix/client/v1/login/get_token", Some(&alice.token), json!({})).await;
+    assert_eq!(status, 401, "{flows}");
+    let auth = |password: &str| {
+        json!({ "auth": { "type": "m.login.password", "session": flows["session"],
+            "identifier": { "type": "m.id.user", "user": alice.user_id }, "password": password } })
+    };
+    let (status, _) = s.post("/_matrix/client/v1/login/get_token", Some(&alice.token), auth("wrong")).await;
+    assert_eq!(status, 401, "a wrong password gets no token");
+    let (status, issued) =
+        s.post("/_matrix/client/v1/login/get_token", Some(&alice.token), auth("correct horse battery")).await;
+    assert_eq!(status, 200, "{issued}");
+    assert_eq!(issued["expires_in_ms"], 120_000);
+    let login_token = issued["login_token"].as_str().unwrap().to_owned();
+
+    let login = json!({ "type": "m.login.token", "token": login_token });
+    let (status, session) = s.post("/_matrix/client/v3/login", None, login.clone()).await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["user_id"], alice.user_id.as_str());
+    assert_ne!(session["device_id"], alice.device_id.as_str(), "a new device");
+    let (_, me) = s.get("/_matrix/client/v3/account/whoami", session["access_token"].as_str()).await;
+    assert_eq!(me["user_id"], alice.user_id.as_str());
+    let (status, again) = s.post("/_matrix/client/v3/login", None, login).await;
+    assert_eq!((status, again["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "a token signs in once: {again}");
+    let (status, _) =
+        s.post("/_matrix/client/v3/login", None, json!({ "type": "m.login.token", "token": "made-up" })).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn unread_counts_per_thread_and_threaded_receipts() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    s.join(&bob, &room).await;
+    let root = s.send_text(&bob, &room, "root").await;
+    let thread = json!({ "rel_type": "m.thread", "event_id": root, "is_falling_back": true,
+        "m.in_reply_to": { "event_id": root } });
+    send(&s, &bob, &room, json!({ "msgtype": "m.text", "body": "in thread 1", "m.relates_to": thread })).await;
+    let last =
+        send(&s, &bob, &room, json!({ "msgtype": "m.text", "body": "in thread 2", "m.relates_to": thread })).await;
+
+    let threaded = enc(&json!({ "room": { "timeline": { "unread_thread_notifications": true } } }).to_string());
+    let counts = |sync: &Value| {
+        let room = &sync["rooms"]["join"][room.as_str()];
+        (room["unread_notifications"]["notification_count"].as_u64(), room["unread_thread_notifications"].clone())
+    };
+    let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?filter={threaded}"), Some(&alice.token)).await;
+    let (main, threads) = counts(&sync);
+    assert_eq!(main, Some(1), "the root is in the main timeline: {sync}");
+    assert_eq!(threads[root.as_str()]["notification_count"], 2, "{threads}");
+    // A client that does not ask for thread counts gets the sum.
+    let plain = s.sync(&alice, None, 0).await;
+    assert_eq!(counts(&plain).0, Some(3));
+    assert!(counts(&plain).1.is_null(), "no thread counts unasked");
+
+    // A receipt in the thread clears the thread only.
+    let (status, body) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&last)),
+            Some(&alice.token),
+            json!({ "thread_id": root }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, sync) = s.get(&format!("/_matrix/client/v3/sync?filter={threaded}"), Some(&alice.token)).await;
+    let (main, threads) = counts(&sync);
+    assert_eq!(main, Some(1));
+    assert!(threads.get(root.as_str()).is_none(), "{threads}");
+    // The main timeline's receipt clears the rest.
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&root)),
+        Some(&alice.token),
+        json!({ "thread_id": "main" }),
+    )
+    .await;
+    let plain = s.sync(&alice, None, 0).await;
+    assert_eq!(counts(&plain).0.unwrap_or(0), 0, "{plain}");
+}

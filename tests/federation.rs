@@ -571,26 +571,30 @@ async fn backfill_hides_what_a_joined_visibility_room_said_before_the_server_joi
 }
 
 #[tokio::test]
-async fn housekeeping_forgets_expired_openid_tokens_and_auth_sessions() {
+async fn housekeeping_forgets_expired_openid_and_login_tokens_and_auth_sessions() {
     let (s, _name, _dir) = in_process_server().await;
     let alice = ruma::OwnedUserId::try_from(format!("@alice:{}", s.settings.server_name)).unwrap();
-    let token = porch::service::openid::request_token(&s, &alice).unwrap();
+    use porch::service::tokens::{self, TokenKind};
+    let token = tokens::issue(&s, TokenKind::OpenId, &alice).unwrap();
+    let login_token = tokens::issue(&s, TokenKind::Login, &alice).unwrap();
     // A UIA session opened by a first, unauthenticated step.
     let flows: &[&[&str]] = &[&["m.login.dummy"]];
     assert!(s.uiaa.authorize(&*s, None, flows, "test", None).is_err(), "a challenge opens a session");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
 
     // Nothing is due yet.
-    assert_eq!(porch::service::openid::prune_expired(&s, now).unwrap(), 0);
+    assert_eq!(tokens::prune_expired(&s, now).unwrap(), 0);
     assert_eq!(s.uiaa.prune_expired(now).unwrap(), 0);
-    assert_eq!(porch::service::openid::user_of(&s, &token).unwrap(), alice);
+    assert_eq!(tokens::openid_user(&s, &token).unwrap(), alice);
 
     // Two hours on, both are gone.
     porch::service::housekeeping::run(&s, now + 2 * 3600 * 1000).unwrap();
-    assert_eq!(porch::service::openid::prune_expired(&s, now + 2 * 3600 * 1000).unwrap(), 0, "already pruned");
+    assert_eq!(tokens::prune_expired(&s, now + 2 * 3600 * 1000).unwrap(), 0, "already pruned");
     assert_eq!(s.uiaa.prune_expired(now + 2 * 3600 * 1000).unwrap(), 0, "already pruned");
-    let err = porch::service::openid::user_of(&s, &token).unwrap_err();
+    let err = tokens::openid_user(&s, &token).unwrap_err();
     assert_eq!(err.errcode.as_ref(), "M_UNKNOWN_TOKEN");
+    let err = tokens::redeem_login_token(&s, &login_token).unwrap_err();
+    assert_eq!(err.errcode.as_ref(), "M_FORBIDDEN", "the login token went with them");
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use ruma::{
 use crate::{
     api::{AppState, Routes, Ruma, blocking},
     error::{Error, Result},
-    service::{acl, directory, history, inbound, openid, remote_invite, remote_join, remote_knock},
+    service::{acl, directory, history, inbound, remote_invite, remote_join, remote_knock, spaces, tokens},
 };
 
 /// Servers one notary request may ask about.
@@ -78,6 +78,7 @@ pub fn register(r: &mut Routes) {
         .ruma::<prepare_knock_event::v1::Request, _, _>(make_knock)
         .ruma::<create_knock_event::v1::Request, _, _>(send_knock)
         .ruma::<get_openid_userinfo::v1::Request, _, _>(openid_userinfo)
+        .ruma::<ruma::api::federation::space::get_hierarchy::v1::Request, _, _>(hierarchy)
         .ruma::<media::get_content::v1::Request, _, _>(media_download)
         .ruma::<media::get_content_thumbnail::v1::Request, _, _>(media_thumbnail);
 }
@@ -220,8 +221,10 @@ pub async fn openid_userinfo(
     state: AppState,
     req: Ruma<get_openid_userinfo::v1::Request>,
 ) -> Result<get_openid_userinfo::v1::Response> {
-    blocking(&state, move |s| Ok(get_openid_userinfo::v1::Response::new(openid::user_of(s, &req.body.access_token)?)))
-        .await
+    blocking(&state, move |s| {
+        Ok(get_openid_userinfo::v1::Response::new(tokens::openid_user(s, &req.body.access_token)?))
+    })
+    .await
 }
 
 /// `/send`: PDUs and EDUs from another server.
@@ -605,4 +608,15 @@ async fn notary_batch(
         }
     }
     Ok(get_remote_server_keys_batch::v2::Response::new(server_keys))
+}
+
+async fn hierarchy(
+    state: AppState,
+    req: Ruma<ruma::api::federation::space::get_hierarchy::v1::Request>,
+) -> Result<ruma::api::federation::space::get_hierarchy::v1::Response> {
+    blocking(&state, move |s| {
+        acl::check_server(s, &req.body.room_id, req.origin())?;
+        spaces::for_server(s, req.origin(), &req.body.room_id, req.body.suggested_only)
+    })
+    .await
 }

@@ -138,9 +138,11 @@ pub(crate) fn create_as(s: &Services, creator: &UserId, req: CreateRoom) -> Resu
     if let Some(alias) = &alias {
         events.push(NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", json!({ "alias": alias })));
     }
+    // As Synapse: private presets let Matrix guests in, the public one
+    // says nothing (guests are then not allowed, the spec's default).
     let (join_rule, history, guest) = match preset {
-        RoomPreset::PublicChat => ("public", "shared", "forbidden"),
-        _ => ("invite", "shared", "can_join"),
+        RoomPreset::PublicChat => ("public", "shared", None),
+        _ => ("invite", "shared", Some("can_join")),
     };
     events.push(NewEvent::state(TimelineEventType::RoomJoinRules, "", json!({ "join_rule": join_rule })));
     events.push(NewEvent::state(
@@ -148,7 +150,9 @@ pub(crate) fn create_as(s: &Services, creator: &UserId, req: CreateRoom) -> Resu
         "",
         json!({ "history_visibility": history }),
     ));
-    events.push(NewEvent::state(TimelineEventType::RoomGuestAccess, "", json!({ "guest_access": guest })));
+    if let Some(guest) = guest {
+        events.push(NewEvent::state(TimelineEventType::RoomGuestAccess, "", json!({ "guest_access": guest })));
+    }
     for (kind, state_key, content) in req.initial_state {
         if kind == "m.room.create" || kind == "m.room.member" {
             return Err(Error::bad_json("initial_state may not contain m.room.create or m.room.member events."));

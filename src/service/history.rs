@@ -98,12 +98,24 @@ fn server_may_see(s: &Services, server: &ServerName, meta: &PduMeta) -> Result<b
     Ok(false)
 }
 
-/// Refuse unless the user is in the room or was (leavers keep their past).
-pub fn require_member(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<MembershipState> {
+/// Refuse unless the user may read the room: they are in it or were
+/// (leavers keep their past), or it is world-readable (to anyone but
+/// guests, who see only their own rooms).
+pub fn require_reader(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<()> {
     match s.rooms.membership(room_id, user_id)? {
-        Some(m @ (MembershipState::Join | MembershipState::Leave | MembershipState::Ban)) => Ok(m),
+        Some(MembershipState::Join | MembershipState::Leave | MembershipState::Ban) => Ok(()),
+        _ if world_readable_to(s, room_id, user_id)? => Ok(()),
         _ => Err(Error::forbidden("You are not in this room.")),
     }
+}
+
+/// Whether a room is world-readable now and the user may read rooms they
+/// are not in (the guest policy says guests may not).
+fn world_readable_to(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+    if !s.rooms.exists(room_id)? || visibility_in(s, &*s.rooms.current_state(room_id)?)? != "world_readable" {
+        return Ok(false);
+    }
+    Ok(crate::policy::check_user(s, user_id, crate::policy::Action::PreviewRoom { room_id }).is_ok())
 }
 
 /// The room state a user may read: the current state for members; for
@@ -121,10 +133,15 @@ pub fn visible_state(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result
                 .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
                 .is_some_and(|c| c["membership"] == "join");
             if !was_joined {
-                return Err(refused());
+                return if world_readable_to(s, room_id, user_id)? {
+                    s.rooms.current_state(room_id)
+                } else {
+                    Err(refused())
+                };
             }
             s.rooms.state_at(meta.state_after)
         }
+        _ if world_readable_to(s, room_id, user_id)? => s.rooms.current_state(room_id),
         _ => Err(refused()),
     }
 }
@@ -235,7 +252,7 @@ pub fn event_at_time(
     ts: u64,
     forward: bool,
 ) -> Result<Option<(ruma::OwnedEventId, u64)>> {
-    require_member(s, room_id, user_id)?;
+    require_reader(s, room_id, user_id)?;
     let mut best: Option<(ruma::OwnedEventId, u64)> = None;
     let mut cursor = s.db.safe_count() as i64 + 1;
     let mut scanned = 0;

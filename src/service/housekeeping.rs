@@ -1,5 +1,5 @@
 //! Hourly clean-up of records that expire but are not always looked up
-//! again: OpenID tokens, user-interactive auth sessions and month-old
+//! again: OpenID and login tokens, user-interactive auth sessions and month-old
 //! notifications. (Guest rooms
 //! have their own, finer-grained schedule in `guests`.)
 
@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     error::Result,
-    service::{Services, openid, push},
+    service::{Services, push, tokens},
     util,
 };
 
@@ -15,15 +15,15 @@ const EVERY: Duration = Duration::from_secs(3600);
 
 /// Prune what expired as of `now` (ms).
 pub fn run(s: &Services, now: u64) -> Result<()> {
-    let tokens = openid::prune_expired(s, now)?;
+    let expired_tokens = tokens::prune_expired(s, now)?;
     let sessions = s.uiaa.prune_expired(now)?;
     let notifications = push::prune_notifications(s, now)?;
-    if tokens + sessions + notifications > 0 {
+    if expired_tokens + sessions + notifications > 0 {
         tracing::debug!(
-            tokens,
+            tokens = expired_tokens,
             sessions,
             notifications,
-            "pruned expired OpenID tokens, auth sessions and notifications"
+            "pruned expired OpenID and login tokens, auth sessions and notifications"
         );
     }
     Ok(())

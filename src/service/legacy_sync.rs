@@ -41,7 +41,7 @@ pub fn initial_sync(s: &Services, session: &Session, limit: usize, archived: boo
                 let mut view = json!({ "room_id": room_id, "membership": "invite" });
                 if let Some((pdu, meta)) = s.rooms.get_pdu(&record.event_id)? {
                     view["inviter"] = json!(pdu.sender);
-                    view["invite"] = pdu.to_client_event(&meta, true, None);
+                    view["invite"] = v1_format(pdu.to_client_event(&meta, true, None));
                 }
                 rooms.push(view);
             }
@@ -55,6 +55,8 @@ pub fn initial_sync(s: &Services, session: &Session, limit: usize, archived: boo
                 .push(json!({ "type": item.kind, "content": serde_json::from_str::<Value>(item.content.get())? }));
         }
     }
+    // Asking for a snapshot is activity, and the user's own presence is part of it.
+    crate::service::profiles::presence_from_sync(s, user_id, ruma::presence::PresenceState::Online)?;
     let peers = crate::service::keys::room_peers(s, user_id)?;
     Ok(json!({
         "end": upto.to_string(),
@@ -119,13 +121,14 @@ fn room_view(
     let mut state_events = Vec::new();
     for event_id in state.values() {
         if let Some((pdu, meta)) = s.rooms.get_pdu(event_id)? {
-            state_events.push(pdu.to_client_event(&meta, true, None));
+            state_events.push(v1_format(pdu.to_client_event(&meta, true, None)));
         }
     }
     let filter = ruma::api::client::filter::RoomEventFilter::default();
     let request = PageRequest { from: upto as i64 + 1, forward: false, limit: limit.min(MAX_LIMIT), to: None };
     let page = history::page(s, user_id, room_id, request, &EventFilter(&filter))?;
-    let mut chunk: Vec<Value> = page.events.iter().map(|(pdu, meta)| pdu.to_client_event(meta, true, None)).collect();
+    let mut chunk: Vec<Value> =
+        page.events.iter().map(|(pdu, meta)| v1_format(pdu.to_client_event(meta, true, None))).collect();
     chunk.reverse();
     let start = match page.events.last() {
         Some((_, meta)) => format!("t{}", meta.ordering()),
@@ -151,6 +154,13 @@ fn room_view(
     }))
 }
 
+/// Events as these older views had them: `user_id` beside `sender`
+/// (clients of that era, and Matrix's test suite, read it).
+fn v1_format(mut event: Value) -> Value {
+    event["user_id"] = event["sender"].clone();
+    event
+}
+
 /// `m.presence` events for these users, as far as presence is known (with
 /// `user_id` in the content too, as these older views had it).
 fn presence_events(s: &Services, users: impl IntoIterator<Item = OwnedUserId>) -> Value {
@@ -173,16 +183,16 @@ pub fn events_after(
     room: Option<&RoomId>,
     limit: usize,
 ) -> Result<Option<(Vec<Value>, u64)>> {
+    let user_id = &session.user_id;
+    if let Some(room_id) = room {
+        history::require_reader(s, room_id, user_id)?;
+    }
     let upto = s.db.safe_count();
     if upto <= from {
         return Ok(None);
     }
-    let user_id = &session.user_id;
     let rooms: Vec<ruma::OwnedRoomId> = match room {
-        Some(room_id) => {
-            history::require_member(s, room_id, user_id)?;
-            vec![room_id.to_owned()]
-        }
+        Some(room_id) => vec![room_id.to_owned()],
         None => s
             .rooms
             .user_rooms(user_id)?
@@ -205,5 +215,5 @@ pub fn events_after(
     if events.is_empty() {
         return Ok(None);
     }
-    Ok(Some((events.iter().map(|(pdu, meta)| pdu.to_client_event(meta, true, None)).collect(), end)))
+    Ok(Some((events.iter().map(|(pdu, meta)| v1_format(pdu.to_client_event(meta, true, None))).collect(), end)))
 }

@@ -21,7 +21,6 @@ pub mod keys;
 pub mod legacy_sync;
 pub mod media;
 pub mod membership;
-pub mod openid;
 pub mod outbound;
 pub mod profiles;
 pub mod push;
@@ -35,7 +34,9 @@ pub mod reports;
 pub mod room_upgrade;
 pub mod rooms;
 pub mod search;
+pub mod spaces;
 pub mod sync;
+pub mod tokens;
 pub mod uiaa;
 pub mod users;
 
@@ -53,6 +54,8 @@ pub struct Services {
     pub media: media::Media,
     pub keys: keys::Keys,
     pub key_backup: key_backup::KeyBackup,
+    pub spaces: spaces::Spaces,
+    pub lazy_members: sync::LazyMembers,
     pub guests: guests::Guests,
     pub federation: federation::Federation,
     pub outbox: Arc<outbound::OutboxSignal>,
@@ -101,6 +104,8 @@ impl Services {
             account_data: account_data::AccountData::new(db.clone()),
             keys: keys::Keys::new(db.clone()),
             key_backup: key_backup::KeyBackup::default(),
+            spaces: spaces::Spaces::default(),
+            lazy_members: sync::LazyMembers::default(),
             guests: guests::Guests::default(),
             federation: federation::Federation::new(db.clone(), signing.clone(), &settings)?,
             push_rules: push::RulesetCache::default(),

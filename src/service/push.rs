@@ -9,7 +9,7 @@ pub mod gateway;
 pub use gateway::PushSignal;
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::push::{
         Pusher, PusherKind, get_notifications,
         set_pusher::v3::{PusherAction, PusherPostData},
@@ -18,7 +18,7 @@ use ruma::{
     serde::Raw,
 };
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -36,18 +36,38 @@ use crate::{
 
 pub const PUSH_RULES: &str = "m.push_rules";
 
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+/// A user's unread counts in a room: the main timeline's, and each
+/// thread's apart (clients that ask for thread counts show them per
+/// thread; others get the sum).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Counts {
+    /// The main timeline's (events outside any thread).
     pub notification_count: u64,
     pub highlight_count: u64,
+    /// By thread root.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub threads: BTreeMap<OwnedEventId, ThreadCounts>,
     /// Stream position of the last change, so sync reports it.
     #[serde(default)]
     pub changed_at: u64,
 }
 
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ThreadCounts {
+    pub notification_count: u64,
+    pub highlight_count: u64,
+}
+
 impl Counts {
     fn is_zero(&self) -> bool {
-        self.notification_count == 0 && self.highlight_count == 0
+        self.notification_count == 0 && self.highlight_count == 0 && self.threads.is_empty()
+    }
+
+    /// Notifications and highlights in the main timeline and every thread.
+    pub fn total(&self) -> (u64, u64) {
+        self.threads.values().fold((self.notification_count, self.highlight_count), |(n, h), t| {
+            (n + t.notification_count, h + t.highlight_count)
+        })
     }
 }
 
@@ -96,19 +116,27 @@ pub fn counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result
 /// Serialises read-modify-write of the counts.
 static COUNTS_LOCK: Mutex<()> = Mutex::new(());
 
-/// A read receipt or marker from the user: their counts for the room start again.
-pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+/// A read receipt or marker from the user: their counts start again, for
+/// the whole room (an unthreaded receipt, `thread` empty), the main
+/// timeline (`main`) or one thread (its root's id).
+pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId, thread: &str) -> Result<()> {
     let _guard = COUNTS_LOCK.lock().expect("counts lock poisoned");
-    if counts(services, user_id, room_id)?.is_zero() {
+    let mut counts = counts(services, user_id, room_id)?;
+    let changed = match thread {
+        "" => !std::mem::take(&mut counts).is_zero(),
+        "main" => {
+            let had = counts.notification_count > 0 || counts.highlight_count > 0;
+            (counts.notification_count, counts.highlight_count) = (0, 0);
+            had
+        }
+        root => OwnedEventId::try_from(root).is_ok_and(|root| counts.threads.remove(&root).is_some()),
+    };
+    if !changed {
         return Ok(());
     }
     let mut batch = services.db.batch();
-    let changed_at = batch.next_count();
-    batch.put_json(
-        Cf::NotificationCounts,
-        &key(&[user_id.as_bytes(), room_id.as_bytes()]),
-        &Counts { changed_at, ..Counts::default() },
-    );
+    counts.changed_at = batch.next_count();
+    batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &counts);
     batch.commit()?;
     // The user's phones update their badge.
     services.pushes.wake(user_id, true);
@@ -165,10 +193,20 @@ pub fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
     let changed_at = batch.next_count();
     let ts = crate::util::now_ms();
     let mut notified = Vec::new();
+    let thread_root = thread_root(&pdu);
     for (user_id, notify, highlight, actions) in changed {
         let mut counts = counts(services, &user_id, &room_id)?;
-        counts.notification_count += u64::from(notify);
-        counts.highlight_count += u64::from(highlight);
+        match &thread_root {
+            Some(root) => {
+                let thread = counts.threads.entry(root.clone()).or_default();
+                thread.notification_count += u64::from(notify);
+                thread.highlight_count += u64::from(highlight);
+            }
+            None => {
+                counts.notification_count += u64::from(notify);
+                counts.highlight_count += u64::from(highlight);
+            }
+        }
         counts.changed_at = changed_at;
         batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &counts);
         if notify {
@@ -190,6 +228,16 @@ pub fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
     Ok(())
 }
 
+/// The thread an event is part of (its `m.thread` relation's root).
+fn thread_root(pdu: &Pdu) -> Option<OwnedEventId> {
+    let content = pdu.content_value();
+    let relation = content.get("m.relates_to")?;
+    if relation.get("rel_type")?.as_str()? != "m.thread" {
+        return None;
+    }
+    OwnedEventId::try_from(relation.get("event_id")?.as_str()?).ok()
+}
+
 /// Rooms with unread notifications: the badge number sent to phones
 /// (grouped by room, as Synapse does by default).
 pub fn unread_rooms(services: &Services, user_id: &UserId) -> Result<u64> {
@@ -198,7 +246,7 @@ pub fn unread_rooms(services: &Services, user_id: &UserId) -> Result<u64> {
     for item in services.db.scan_prefix(Cf::NotificationCounts, &prefix) {
         let (_, v) = item?;
         let counts: Counts = crate::storage::decode(Cf::NotificationCounts, &v)?;
-        rooms += u64::from(counts.notification_count > 0);
+        rooms += u64::from(counts.total().0 > 0);
     }
     Ok(rooms)
 }

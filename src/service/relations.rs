@@ -275,7 +275,7 @@ pub fn threads(
     from: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<Value>, Option<String>)> {
-    history::require_member(s, room_id, user_id)?;
+    history::require_reader(s, room_id, user_id)?;
     let before = from.map(parse_token).transpose()?;
     let prefix = prefix(&[room_id.as_bytes()]);
     let mut roots: BTreeMap<i64, OwnedEventId> = BTreeMap::new();

@@ -5,7 +5,7 @@
 //! change still being written is picked up by the next call, not lost.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -220,6 +220,39 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
     Ok(Some(response))
 }
 
+/// Per device and room, the member events a lazy-loading client was sent,
+/// so incremental syncs send a timeline sender's member once (kept in
+/// memory: after a restart a member may be sent again, which is harmless).
+#[derive(Default)]
+pub struct LazyMembers(std::sync::Mutex<HashMap<DeviceRoom, HashMap<OwnedUserId, OwnedEventId>>>);
+
+type DeviceRoom = (OwnedUserId, ruma::OwnedDeviceId, ruma::OwnedRoomId);
+
+/// Device–room pairs remembered; past this the memory starts again.
+const LAZY_MEMBERS_ENTRIES: usize = 50_000;
+
+impl LazyMembers {
+    fn sent(&self, key: &DeviceRoom) -> HashMap<OwnedUserId, OwnedEventId> {
+        self.0.lock().expect("lazy members poisoned").get(key).cloned().unwrap_or_default()
+    }
+
+    /// Remember what was sent; a full view replaces what was known.
+    fn record(&self, key: DeviceRoom, replace: bool, members: Vec<(OwnedUserId, OwnedEventId)>) {
+        let mut all = self.0.lock().expect("lazy members poisoned");
+        if all.len() >= LAZY_MEMBERS_ENTRIES && !all.contains_key(&key) {
+            all.clear();
+        }
+        let known = all.entry(key).or_default();
+        if replace {
+            known.clear();
+        }
+        known.extend(members);
+    }
+}
+
+/// Events one room's timeline looks at in one sync, matching or not.
+const MAX_TIMELINE_SCAN: usize = 5_000;
+
 #[allow(clippy::too_many_arguments)]
 fn joined_room(
     services: &Services,
@@ -232,12 +265,14 @@ fn joined_room(
     ignored: &HashSet<OwnedUserId>,
     membership_changed: bool,
 ) -> Result<Option<JoinedRoom>> {
-    let limit = params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).clamp(1, 100);
+    // 0 is allowed: state only, as a client that keeps its own timeline asks.
+    let limit = params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).min(100);
     // A room joined since the token is sent whole, as in an initial sync.
     let room_since = if membership_changed { None } else { since };
     let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
     let mut limited = false;
     let mut cursor = upto as i64 + 1;
+    let mut scanned = 0usize;
     'scan: loop {
         let batch = services.rooms.timeline(room_id, cursor, false, 50)?;
         if batch.is_empty() {
@@ -246,6 +281,13 @@ fn joined_room(
         for (count, event_id) in batch {
             cursor = count;
             if room_since.is_some_and(|s| count <= s as i64) {
+                break 'scan;
+            }
+            // A filter that matches little must not walk a whole long room:
+            // past this, say there is more and let `/messages` page.
+            scanned += 1;
+            if scanned > MAX_TIMELINE_SCAN {
+                limited = true;
                 break 'scan;
             }
             let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
@@ -288,7 +330,8 @@ fn joined_room(
     };
     let current = services.rooms.current_state(room_id)?;
     let timeline_start_state = state_before_timeline.unwrap_or_else(|| (*current).clone());
-    let state_ids: Vec<OwnedEventId> = if room_since.is_none() || params.full_state {
+    let incremental = room_since.is_some() && !params.full_state;
+    let mut state_ids: Vec<OwnedEventId> = if !incremental {
         timeline_start_state.values().cloned().collect()
     } else if limited {
         let before_gap = state_at_position(services, room_id, room_since.unwrap_or(0))?;
@@ -302,29 +345,68 @@ fn joined_room(
     };
     let state_filter = EventFilter(&params.filter.room.state);
     let lazy = state_filter.lazy_load_members();
+    let redundant = matches!(
+        params.filter.room.state.lazy_load_options,
+        LazyLoadOptions::Enabled { include_redundant_members: true }
+    );
     let senders: HashSet<&UserId> =
         entries.iter().map(|(pdu, _)| &*pdu.sender).chain(std::iter::once(&*session.user_id)).collect();
+    let device_room = (session.user_id.clone(), session.device_id.clone(), room_id.to_owned());
+    if lazy && incremental {
+        // The members of this timeline's senders that this device may not
+        // have yet (all of them, if the client asks for redundant ones).
+        let sent = services.lazy_members.sent(&device_room);
+        for sender in entries.iter().map(|(pdu, _)| &pdu.sender).collect::<HashSet<_>>() {
+            let Some(id) = timeline_start_state.get(&("m.room.member".to_owned(), sender.to_string())) else {
+                continue;
+            };
+            let known = sent.get(sender) == Some(id) && !redundant;
+            if !known && !state_ids.contains(id) && !entries.iter().any(|(pdu, _)| &pdu.event_id == id) {
+                state_ids.push(id.clone());
+            }
+        }
+    }
     let mut state_events = Vec::new();
+    let mut members_sent = Vec::new();
     for event_id in state_ids {
         let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
         if !state_filter.allows(&pdu) {
             continue;
         }
+        // A full view carries only the senders' members; an incremental
+        // one carries every change across a gap, as Synapse does.
         if lazy
+            && !incremental
             && pdu.kind == ruma::events::TimelineEventType::RoomMember
             && !pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()).is_some_and(|u| senders.contains(&*u))
         {
             continue;
         }
+        if lazy
+            && pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && let Some(member) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+        {
+            members_sent.push((member, pdu.event_id.clone()));
+        }
         state_events.push(raw(&pdu.to_client_event(&meta, false, None)));
     }
 
+    if lazy {
+        for (pdu, _) in &entries {
+            if pdu.kind == ruma::events::TimelineEventType::RoomMember
+                && let Some(member) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            {
+                members_sent.push((member, pdu.event_id.clone()));
+            }
+        }
+        services.lazy_members.record(device_room, !incremental, members_sent);
+    }
     let device = Some(session.device_id.as_str());
     let mut timeline = Timeline::new();
-    timeline.limited = limited
-        || (room_since.is_none()
-            && entries.first().is_some_and(|(p, _)| p.kind != ruma::events::TimelineEventType::RoomCreate));
-    timeline.prev_batch = entries.first().map(|(_, meta)| format!("t{}", meta.ordering()));
+    timeline.limited = limited;
+    // With nothing new, going back starts from now (a bare stream position).
+    timeline.prev_batch =
+        Some(entries.first().map_or_else(|| upto.to_string(), |(_, meta)| format!("t{}", meta.ordering())));
     timeline.events = crate::service::relations::client_events(services, &session.user_id, &entries, false, device)?;
 
     let mut room = JoinedRoom::new();
@@ -333,8 +415,20 @@ fn joined_room(
     room.ephemeral = Ephemeral::new();
     room.ephemeral.events = ephemeral;
     room.account_data = RoomAccountData::new();
-    room.unread_notifications.notification_count = UInt::new(counts.notification_count);
-    room.unread_notifications.highlight_count = UInt::new(counts.highlight_count);
+    if params.filter.room.timeline.unread_thread_notifications {
+        room.unread_notifications.notification_count = UInt::new(counts.notification_count);
+        room.unread_notifications.highlight_count = UInt::new(counts.highlight_count);
+        for (root, thread) in &counts.threads {
+            let mut count = ruma::api::client::sync::sync_events::UnreadNotificationsCount::new();
+            count.notification_count = UInt::new(thread.notification_count);
+            count.highlight_count = UInt::new(thread.highlight_count);
+            room.unread_thread_notifications.insert(root.clone(), count);
+        }
+    } else {
+        let (notifications, highlights) = counts.total();
+        room.unread_notifications.notification_count = UInt::new(notifications);
+        room.unread_notifications.highlight_count = UInt::new(highlights);
+    }
     if room_since.is_none() || entries.iter().any(|(p, _)| p.kind == ruma::events::TimelineEventType::RoomMember) {
         room.summary = summary(services, room_id, &session.user_id, &current)?;
     }

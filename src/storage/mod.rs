@@ -55,6 +55,7 @@ pub enum Cf {
     Outbox,
     RemoteInvites,
     OpenIdTokens,
+    LoginTokens,
     PendingRedactions,
     Pushers,
     Notifications,
@@ -67,7 +68,7 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 42] = [
+    pub const ALL: [Cf; 43] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -101,6 +102,7 @@ impl Cf {
         Cf::Outbox,
         Cf::RemoteInvites,
         Cf::OpenIdTokens,
+        Cf::LoginTokens,
         Cf::PendingRedactions,
         Cf::Pushers,
         Cf::Notifications,
@@ -147,6 +149,7 @@ impl Cf {
             Cf::Outbox => "outbox",
             Cf::RemoteInvites => "remote_invites",
             Cf::OpenIdTokens => "openid_tokens",
+            Cf::LoginTokens => "login_tokens",
             Cf::PendingRedactions => "pending_redactions",
             Cf::Pushers => "pushers",
             Cf::Notifications => "notifications",

@@ -9,7 +9,7 @@ use ruma::{
             register::RegistrationKind, request_openid_token, whoami,
         },
         device::{delete_device, delete_devices, get_device, get_devices, update_device},
-        session::{get_login_types, login, logout, logout_all},
+        session::{get_login_token, get_login_types, login, logout, logout_all},
         uiaa::{AuthData, UserIdentifier},
     },
 };
@@ -18,7 +18,8 @@ use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
     service::{
-        Services, openid,
+        Services,
+        tokens::{self, TokenKind},
         uiaa::{self, StageChecks},
         users::AccountKind,
     },
@@ -181,6 +182,18 @@ fn remember_registration(
     })
 }
 
+/// [`register`] without the `null`s ruma writes for what it leaves out.
+pub async fn register_json(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Ruma<register::v3::Request>,
+) -> Result<axum::Json<serde_json::Value>> {
+    let mut body = crate::api::response_json(register(state, req).await?)?;
+    if let Some(object) = body.as_object_mut() {
+        object.retain(|_, value| !value.is_null());
+    }
+    Ok(axum::Json(body))
+}
+
 /// A temporary account, where `registration.allow_guests` lets anyone make one.
 fn register_guest(s: &Services, body: register::v3::Request, ip: String) -> Result<register::v3::Response> {
     if !s.settings.raw.registration.allow_guests {
@@ -224,8 +237,10 @@ pub async fn token_validity(
 }
 
 pub async fn login_types(_: AppState, _: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
-    use get_login_types::v3::{LoginType, PasswordLoginType};
-    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+    use get_login_types::v3::{LoginType, PasswordLoginType, TokenLoginType};
+    let mut token = TokenLoginType::new();
+    token.get_login_token = true;
+    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new()), LoginType::Token(token)]))
 }
 
 pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
@@ -233,27 +248,23 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<log
     let ip = req.ip.to_string();
     blocking(&state, move |s| {
         let body = req.body;
-        let login::v3::LoginInfo::Password(password) = body.login_info else {
-            return Err(Error::new(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Only password login is supported."));
+        let user_id = match body.login_info {
+            login::v3::LoginInfo::Password(password) => password_login(s, &password)?,
+            login::v3::LoginInfo::Token(login::v3::Token { token, .. }) => {
+                let user_id = tokens::redeem_login_token(s, &token)?;
+                if s.users.get(&user_id)?.is_none_or(|user| user.deactivated) {
+                    return Err(Error::user_deactivated());
+                }
+                user_id
+            }
+            _ => {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    "M_UNKNOWN",
+                    "Only password and token login are supported.",
+                ));
+            }
         };
-        // `user` is the legacy (pre-r0.4) field; clients such as matrix-nio still send it.
-        #[allow(deprecated)]
-        let legacy_user = &password.user;
-        let name = match (&password.identifier, legacy_user) {
-            (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
-            (None, Some(user)) => user.clone(),
-            _ => return Err(Error::forbidden("Invalid username or password.")),
-        };
-        let user_id = uiaa::identifier_user(s.server_name(), &name)
-            .ok_or_else(|| Error::forbidden("Invalid username or password."))?;
-        if let Some(user) = s.users.get(&user_id)?
-            && user.deactivated
-        {
-            return Err(Error::user_deactivated());
-        }
-        if !s.users.is_local(&user_id) || !s.users.check_password(&user_id, &password.password)? {
-            return Err(Error::forbidden("Invalid username or password."));
-        }
         let (device_id, token) = s.users.create_device(
             &user_id,
             body.device_id.clone(),
@@ -266,6 +277,48 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> Result<log
             response.home_server = Some(s.settings.server_name.clone());
         }
         Ok(response)
+    })
+    .await
+}
+
+/// The account a password login names, if the password is right.
+fn password_login(s: &Services, password: &login::v3::Password) -> Result<ruma::OwnedUserId> {
+    // `user` is the legacy (pre-r0.4) field; clients such as matrix-nio still send it.
+    #[allow(deprecated)]
+    let legacy_user = &password.user;
+    let name = match (&password.identifier, legacy_user) {
+        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+        (None, Some(user)) => user.clone(),
+        _ => return Err(Error::forbidden("Invalid username or password.")),
+    };
+    let user_id = uiaa::identifier_user(s.server_name(), &name)
+        .ok_or_else(|| Error::forbidden("Invalid username or password."))?;
+    if let Some(user) = s.users.get(&user_id)?
+        && user.deactivated
+    {
+        return Err(Error::user_deactivated());
+    }
+    if !s.users.is_local(&user_id) || !s.users.check_password(&user_id, &password.password)? {
+        return Err(Error::forbidden("Invalid username or password."));
+    }
+    Ok(user_id)
+}
+
+/// A single-use token that signs in another device (after the password
+/// is entered again).
+pub async fn get_login_token(
+    state: AppState,
+    req: Ruma<get_login_token::v1::Request>,
+) -> Result<get_login_token::v1::Response> {
+    blocking(&state, move |s| {
+        let session = req.session();
+        if session.user.password_hash.is_none() {
+            // Nothing to confirm it with (temporary guests have no password).
+            return Err(Error::forbidden("This account has no password, so it cannot sign in other devices."));
+        }
+        password_uia(s, req.body.auth.as_ref(), "get_login_token", &session.user_id)?;
+        let token = tokens::issue(s, TokenKind::Login, &session.user_id)?;
+        Ok(get_login_token::v1::Response::new(TokenKind::Login.lifetime(), token))
     })
     .await
 }
@@ -304,12 +357,12 @@ pub async fn request_openid_token(
         if req.body.user_id != session.user_id {
             return Err(Error::forbidden("You may only ask for tokens for yourself."));
         }
-        let token = openid::request_token(s, &session.user_id)?;
+        let token = tokens::issue(s, TokenKind::OpenId, &session.user_id)?;
         Ok(request_openid_token::v3::Response::new(
             token,
             ruma::authentication::TokenType::Bearer,
             s.settings.server_name.clone(),
-            openid::TOKEN_LIFETIME,
+            TokenKind::OpenId.lifetime(),
         ))
     })
     .await

@@ -73,7 +73,7 @@ pub async fn capabilities(
         ("m.set_displayname", true),
         ("m.set_avatar_url", true),
         ("m.3pid_changes", false),
-        ("m.get_login_token", false),
+        ("m.get_login_token", has_password),
     ] {
         body["capabilities"][name] = json!({ "enabled": enabled });
     }

@@ -72,7 +72,7 @@ fn receipt(
             let event_id = event_id.to_owned();
             s.ephemeral.set_receipt(room_id, &session.user_id, kind, thread, &event_id)?;
             outbound::receipt(s, room_id, &session.user_id, kind, thread, &event_id)?;
-            push::reset_counts(s, &session.user_id, room_id)?;
+            push::reset_counts(s, &session.user_id, room_id, thread)?;
         }
     }
     Ok(())

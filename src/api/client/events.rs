@@ -23,7 +23,7 @@ use crate::{
     pdu::TxnRef,
     service::{
         Services, backfill, events,
-        history::{self, PageRequest, require_member},
+        history::{self, PageRequest, require_reader},
         relations, remote_invite,
         rooms::NewEvent,
         sync::{EventFilter, raw},
@@ -180,7 +180,9 @@ pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Re
 pub async fn event(state: AppState, req: Ruma<get_room_event::v3::Request>) -> Result<get_room_event::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
-        require_member(s, &req.body.room_id, &session.user_id)?;
+        // As Synapse: an event one may not see is not found, whatever the reason.
+        require_reader(s, &req.body.room_id, &session.user_id)
+            .map_err(|_| Error::not_found("No such event in this room."))?;
         let (pdu, meta) = s
             .rooms
             .get_pdu(&req.body.event_id)?
@@ -243,7 +245,7 @@ fn messages_page(
 ) -> Result<(get_message_events::v3::Response, bool)> {
     let session = req.session();
     let body = &req.body;
-    require_member(s, &body.room_id, &session.user_id)?;
+    require_reader(s, &body.room_id, &session.user_id)?;
     let forward = body.dir == Direction::Forward;
     let from = match &body.from {
         Some(token) => history::parse_token(token, forward)
@@ -286,7 +288,7 @@ pub async fn context(state: AppState, req: Ruma<get_context::v3::Request>) -> Re
     blocking(&state, move |s| {
         let session = req.session();
         let body = &req.body;
-        require_member(s, &body.room_id, &session.user_id)?;
+        require_reader(s, &body.room_id, &session.user_id)?;
         let (pdu, meta) = s
             .rooms
             .get_pdu(&body.event_id)?

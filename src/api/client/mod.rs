@@ -17,6 +17,7 @@ pub mod relations;
 pub mod reports;
 pub mod rooms;
 pub mod search;
+pub mod spaces;
 pub mod sync;
 
 use axum::routing::{get, post};
@@ -49,11 +50,15 @@ pub fn register(r: &mut Routes) {
         .raw("/_matrix/client/v3/search", Method::POST, axum::routing::post(search::search))
         .raw("/_matrix/client/r0/search", Method::POST, axum::routing::post(search::search))
         // accounts
-        .ruma::<c::account::register::v3::Request, _, _>(account::register)
+        // Served through JSON: ruma writes `"device_id": null` when
+        // `inhibit_login` is set, and clients (and sytest) expect no key.
+        .raw("/_matrix/client/v3/register", Method::POST, post(account::register_json))
+        .raw("/_matrix/client/r0/register", Method::POST, post(account::register_json))
         .ruma::<c::account::get_username_availability::v3::Request, _, _>(account::username_available)
         .ruma::<c::account::check_registration_token_validity::v1::Request, _, _>(account::token_validity)
         .ruma::<c::session::get_login_types::v3::Request, _, _>(account::login_types)
         .ruma::<c::session::login::v3::Request, _, _>(account::login)
+        .ruma::<c::session::get_login_token::v1::Request, _, _>(account::get_login_token)
         .ruma::<c::session::logout::v3::Request, _, _>(account::logout)
         .ruma::<c::session::logout_all::v3::Request, _, _>(account::logout_all)
         .ruma::<c::account::whoami::v3::Request, _, _>(account::whoami)
@@ -102,6 +107,7 @@ pub fn register(r: &mut Routes) {
         .raw("/_matrix/client/r0/rooms/{room_id}/joined_members", Method::GET, get(rooms::joined_members))
         .ruma::<c::membership::joined_rooms::v3::Request, _, _>(rooms::joined_rooms)
         .ruma::<c::room::get_summary::v1::Request, _, _>(rooms::summary)
+        .ruma::<c::space::get_hierarchy::v1::Request, _, _>(spaces::hierarchy)
         // events
         .ruma::<c::message::send_message_event::v3::Request, _, _>(events::send_message)
         .ruma::<c::state::send_state_event::v3::Request, _, _>(events::send_state)

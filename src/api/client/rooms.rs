@@ -121,7 +121,7 @@ pub async fn delete_alias(state: AppState, req: Ruma<delete_alias::v3::Request>)
 
 pub async fn room_aliases(state: AppState, req: Ruma<aliases::v3::Request>) -> Result<aliases::v3::Response> {
     blocking(&state, move |s| {
-        history::require_member(s, &req.body.room_id, &req.session().user_id)?;
+        history::require_reader(s, &req.body.room_id, &req.session().user_id)?;
         Ok(aliases::v3::Response::new(directory::room_aliases(s, &req.body.room_id)?))
     })
     .await
@@ -401,7 +401,11 @@ pub async fn summary(state: AppState, req: Ruma<get_summary::v1::Request>) -> Re
         let world_readable =
             text("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable");
         let membership = match &req.session {
-            Some(session) => s.rooms.membership(&room_id, &session.user_id)?,
+            Some(session) => {
+                crate::policy::check(s, session, crate::policy::Action::PreviewRoom { room_id: &room_id })
+                    .map_err(|_| Error::not_found("This room is not known to this server."))?;
+                s.rooms.membership(&room_id, &session.user_id)?
+            }
             None => None,
         };
         let visible = world_readable

@@ -134,6 +134,11 @@ pub struct PduMeta {
     pub prev_content: Option<Box<RawJsonValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacted_because: Option<Box<RawJsonValue>>,
+    /// Another server's event the auth rules refused: kept (its state is
+    /// the state before it) so events that follow it can be placed, but
+    /// never in the timeline, and its state is not served.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
 }
 
 impl PduMeta {
@@ -149,6 +154,7 @@ impl PduMeta {
             replaces_state: None,
             prev_content: None,
             redacted_because: None,
+            rejected: false,
         }
     }
 
@@ -156,6 +162,12 @@ impl PduMeta {
     /// the event came by backfill.
     pub fn is_outlier(&self) -> bool {
         self.count == 0 && self.backfilled.is_none()
+    }
+
+    /// Whether the state at the event is known: events in the timeline,
+    /// and those kept out of it with their state (soft-failed, rejected).
+    pub fn has_state(&self) -> bool {
+        !self.is_outlier() || self.state_after != 0
     }
 
     /// The event's place in its room's timeline: the stream position for

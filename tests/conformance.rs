@@ -822,3 +822,136 @@ async fn unread_counts_per_thread_and_threaded_receipts() {
     let plain = s.sync(&alice, None, 0).await;
     assert_eq!(counts(&plain).0.unwrap_or(0), 0, "{plain}");
 }
+
+#[tokio::test]
+async fn reads_receipts_redactions_and_key_changes_as_clients_expect() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+
+    // Registration with inhibit_login: no session, and no `device_id` key at all.
+    let body = json!({ "username": "quiet", "password": "correct horse battery", "inhibit_login": true,
+        "auth": { "type": "m.login.dummy" } });
+    let (status, quiet) = s.post("/_matrix/client/v3/register", None, body).await;
+    assert_eq!(status, 200, "{quiet}");
+    assert!(quiet.get("device_id").is_none() && quiet.get("access_token").is_none(), "{quiet}");
+
+    // A world-readable room is readable by someone not in it; a shared one is not.
+    let open = s.create_room(&alice, json!({ "preset": "public_chat", "name": "Open" })).await;
+    let hv = format!("/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/", enc(&open));
+    s.put(&hv, Some(&alice.token), json!({ "history_visibility": "world_readable" })).await;
+    let (status, state) = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&open)), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{state}");
+    let closed = s.create_room(&alice, json!({ "preset": "private_chat" })).await;
+    let secret = s.send_text(&alice, &closed, "secret").await;
+    let (status, _) = s.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&closed)), Some(&bob.token)).await;
+    assert_eq!(status, 403);
+    // An event one may not see is not found, whatever the reason.
+    let (status, _) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&closed), enc(&secret)), Some(&bob.token)).await;
+    assert_eq!(status, 404);
+
+    // A redaction names an event of its own room.
+    let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/t1", enc(&open), enc(&secret));
+    let (status, body) = s.put(&path, Some(&alice.token), json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+
+    // Read receipts only move forward.
+    s.join(&bob, &open).await;
+    let first = s.send_text(&alice, &open, "one").await;
+    let second = s.send_text(&alice, &open, "two").await;
+    let receipt = |event: &str| format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&open), enc(event));
+    s.post(&receipt(&second), Some(&bob.token), json!({})).await;
+    let (status, _) = s.post(&receipt(&first), Some(&bob.token), json!({})).await;
+    assert_eq!(status, 200, "an older receipt is taken and ignored");
+    let sync = s.sync(&alice, None, 0).await;
+    let receipts = sync["rooms"]["join"][&open]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .cloned()
+        .expect("receipts");
+    assert!(receipts["content"][&second]["m.read"][&bob.user_id].is_object(), "{receipts}");
+    assert!(receipts["content"].get(&first).is_none(), "the receipt did not go back: {receipts}");
+
+    // A new member is a key change for the people they now share a room with.
+    let from = s.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    s.join(&carol, &open).await;
+    let to = s.sync(&alice, Some(&from), 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (_, changes) = s.get(&format!("/_matrix/client/v3/keys/changes?from={from}&to={to}"), Some(&alice.token)).await;
+    assert!(changes["changed"].as_array().unwrap().iter().any(|u| u == carol.user_id.as_str()), "{changes}");
+    // And one who leaves every shared room is `left`.
+    let from = to;
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&open)), Some(&carol.token), json!({})).await;
+    let to = s.sync(&alice, Some(&from), 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (_, changes) = s.get(&format!("/_matrix/client/v3/keys/changes?from={from}&to={to}"), Some(&alice.token)).await;
+    assert!(changes["left"].as_array().unwrap().iter().any(|u| u == carol.user_id.as_str()), "{changes}");
+}
+
+#[tokio::test]
+async fn sync_timelines_and_lazy_members_as_synapse_gives_them() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    // The public preset sets no guest access, as Synapse's.
+    let (status, _) =
+        s.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.guest_access/", enc(&room)), Some(&alice.token)).await;
+    assert_eq!(status, 404);
+    s.join(&bob, &room).await;
+    s.join(&carol, &room).await;
+    for i in 0..3 {
+        s.send_text(&bob, &room, &format!("bob {i}")).await;
+    }
+
+    // A timeline limit of 0: state only; and a `prev_batch` even with no events.
+    let zero = enc(&json!({ "room": { "timeline": { "limit": 0 } } }).to_string());
+    let (_, body) = s.get(&format!("/_matrix/client/v3/sync?filter={zero}"), Some(&alice.token)).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["events"].as_array().map(Vec::len), Some(0), "{joined}");
+    assert!(joined["timeline"]["prev_batch"].is_string(), "{joined}");
+    assert!(!joined["state"]["events"].as_array().unwrap().is_empty());
+
+    // Lazy-loaded members: senders only on the first view, then each new
+    // sender's member once.
+    let lazy =
+        enc(&json!({ "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 3 } } }).to_string());
+    let members = |body: &Value| -> Vec<String> {
+        let mut members: Vec<String> = body["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e["type"] == "m.room.member")
+                    .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort();
+        members
+    };
+    let (_, first) = s.get(&format!("/_matrix/client/v3/sync?filter={lazy}"), Some(&alice.token)).await;
+    let mut expected = vec![alice.user_id.clone(), bob.user_id.clone()];
+    expected.sort();
+    assert_eq!(members(&first), expected, "only the senders and oneself");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    s.send_text(&carol, &room, "carol speaks").await;
+    let (_, second) = s.get(&format!("/_matrix/client/v3/sync?filter={lazy}&since={since}"), Some(&alice.token)).await;
+    assert_eq!(members(&second), vec![carol.user_id.clone()], "carol's member, new to this device");
+    let since = second["next_batch"].as_str().unwrap().to_owned();
+    s.send_text(&carol, &room, "carol again").await;
+    let (_, third) = s.get(&format!("/_matrix/client/v3/sync?filter={lazy}&since={since}"), Some(&alice.token)).await;
+    assert!(members(&third).is_empty(), "not sent twice: {third}");
+
+    // Someone joining brings their presence, offline when unknown.
+    let dave = s.register("dave").await;
+    let since = third["next_batch"].as_str().unwrap().to_owned();
+    s.join(&dave, &room).await;
+    let (_, body) = s.get(&format!("/_matrix/client/v3/sync?since={since}"), Some(&alice.token)).await;
+    let presence = body["presence"]["events"].as_array().unwrap();
+    let dave_presence = presence.iter().find(|e| e["sender"] == dave.user_id.as_str()).expect("dave's presence");
+    assert!(dave_presence["content"]["presence"].is_string(), "{dave_presence}");
+}

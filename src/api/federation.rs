@@ -299,7 +299,7 @@ fn state_at_event(
 ) -> Result<(Vec<ruma::OwnedEventId>, Vec<ruma::OwnedEventId>)> {
     acl::check_participant(s, room_id, origin)?;
     let (_, meta) = s.rooms.get_pdu(event_id)?.ok_or_else(|| Error::not_found("No such event."))?;
-    if meta.room_id != room_id || meta.is_outlier() {
+    if meta.room_id != room_id || !meta.has_state() || meta.rejected {
         return Err(Error::not_found("This server does not know the state at that event."));
     }
     let state = s.rooms.state_at(meta.state_before)?;

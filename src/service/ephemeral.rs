@@ -61,7 +61,8 @@ impl Ephemeral {
         state: ruma::presence::PresenceState,
         status_msg: Option<String>,
     ) -> Result<()> {
-        let active = (state == ruma::presence::PresenceState::Online).then(Instant::now);
+        // Setting it is activity (`last_active_ago`), unless going offline.
+        let active = (state != ruma::presence::PresenceState::Offline).then(Instant::now);
         self.with_position(|count| {
             let mut presence = self.presence.lock().expect("presence poisoned");
             let Presence { entries, changed_at, changes } = &mut *presence;

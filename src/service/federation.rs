@@ -95,6 +95,36 @@ const MAX_KEY_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Redirects followed at most (for `.well-known`; each hop is checked by the guard).
 const MAX_REDIRECTS: usize = 5;
 
+/// A peer's 400/403/404 as the error to pass on (other statuses, such as
+/// its 401, would mislead our client: they become 502).
+fn refusal(destination: &ServerName, status: http::StatusCode, bytes: &[u8]) -> Option<Error> {
+    if !matches!(status.as_u16(), 400 | 403 | 404) {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct MatrixError {
+        errcode: String,
+        error: Option<String>,
+        /// With `M_INCOMPATIBLE_ROOM_VERSION`: the room's version, for the client.
+        room_version: Option<String>,
+    }
+    if let Ok(refusal) = serde_json::from_slice::<MatrixError>(bytes) {
+        let message = format!("{destination}: {}", refusal.error.unwrap_or_else(|| refusal.errcode.clone()));
+        let error = Error::new(status, refusal.errcode, message);
+        return Some(match refusal.room_version {
+            Some(version) => error.with("room_version", serde_json::Value::String(version)),
+            None => error,
+        });
+    }
+    // A refusal without a Matrix error body is still that refusal.
+    let errcode = match status.as_u16() {
+        403 => "M_FORBIDDEN",
+        404 => "M_NOT_FOUND",
+        _ => "M_UNKNOWN",
+    };
+    Some(Error::new(status, errcode, format!("{destination} answered {status}.")))
+}
+
 /// Another server's answer as ruma's response type; its 400/403/404
 /// refusal passed on naming it, anything else unusable as 502.
 fn parse_answer<R: OutgoingRequest>(
@@ -103,24 +133,8 @@ fn parse_answer<R: OutgoingRequest>(
     headers: &http::HeaderMap,
     bytes: &[u8],
 ) -> Result<R::IncomingResponse> {
-    if matches!(status.as_u16(), 400 | 403 | 404) {
-        // Other statuses, such as its 401, would mislead our client: 502 below.
-        #[derive(Deserialize)]
-        struct MatrixError {
-            errcode: String,
-            error: Option<String>,
-        }
-        if let Ok(refusal) = serde_json::from_slice::<MatrixError>(bytes) {
-            let message = format!("{destination}: {}", refusal.error.unwrap_or_else(|| refusal.errcode.clone()));
-            return Err(Error::new(status, refusal.errcode, message));
-        }
-        // A refusal without a Matrix error body is still that refusal.
-        let errcode = match status.as_u16() {
-            403 => "M_FORBIDDEN",
-            404 => "M_NOT_FOUND",
-            _ => "M_UNKNOWN",
-        };
-        return Err(Error::new(status, errcode, format!("{destination} answered {status}.")));
+    if let Some(refusal) = refusal(destination, status, bytes) {
+        return Err(refusal);
     }
     let mut http_response = http::Response::builder().status(status);
     for (name, value) in headers {
@@ -266,6 +280,39 @@ impl Federation {
     {
         let (status, headers, bytes) = self.send_raw(destination, request).await?;
         parse_answer::<R>(destination, status, &headers, &bytes)
+    }
+
+    /// A signed request ruma has no type for (the deprecated v1 forms):
+    /// `body` as given, the answer's JSON back.
+    pub async fn send_json(
+        &self,
+        destination: &ServerName,
+        method: http::Method,
+        path: &str,
+        body: &serde_json::value::RawValue,
+    ) -> Result<Box<serde_json::value::RawValue>> {
+        use ruma::api::auth_scheme::AuthScheme;
+        let base = self.base_url(destination).await?;
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.get().as_bytes().to_vec())
+            .map_err(Error::internal)?;
+        let input = XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), &self.signing.key_pair);
+        ServerSignatures::add_authentication(&mut request, input)
+            .map_err(|e| Error::internal(format!("signing a federation request: {e}")))?;
+        let request = reqwest::Request::try_from(request).map_err(Error::internal)?;
+        let response = self.execute(destination, request).await?;
+        let status = response.status();
+        let bytes = read_bounded(response, MAX_RESPONSE_BYTES).await.map_err(|e| unreachable(destination, e))?;
+        if let Some(refusal) = refusal(destination, status, &bytes) {
+            return Err(refusal);
+        }
+        if !status.is_success() {
+            return Err(unreachable(destination, format!("it answered {status}")));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| unreachable(destination, format!("its answer is not JSON ({e})")))
     }
 
     /// Send a transaction; the other server's answer for each PDU. Any 200
@@ -557,6 +604,11 @@ impl Federation {
         }
         if self.stored_keys(&x_matrix.origin)?.is_none() {
             new_origins()?;
+        }
+        // A body that is not canonical JSON (floats, integers past 2^53) can
+        // be neither signed nor taken: the sender's mistake, 400.
+        if !request.body().is_empty() && serde_json::from_slice::<CanonicalJsonValue>(request.body()).is_err() {
+            return Err(Error::bad_json("The request body is not canonical JSON."));
         }
         let keys = self.verify_keys(&x_matrix.origin, &[x_matrix.key.to_string()], None).await?;
         let key_map: PublicKeyMap = BTreeMap::from([(x_matrix.origin.to_string(), keys)]);

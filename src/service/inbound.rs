@@ -248,13 +248,33 @@ pub fn receive<'a>(
             }
         }
         fetch_auth_events(s, origin, room_id, version, std::slice::from_ref(&pdu)).await?;
-        check_against_auth_events(s, version, &pdu).await?;
+        if let Err(err) = check_against_auth_events(s, version, &pdu).await {
+            // Kept when the state before it is at hand, so what follows it can be placed.
+            if err.errcode == REJECTED
+                && let Some(state) = state_before(s, version, &pdu).await?
+            {
+                keep_rejected(s, room_id, &pdu, state).await?;
+            }
+            return Err(err);
+        }
 
         let state_before = match state_before(s, version, &pdu).await? {
             Some(state) => state,
             None => {
                 if fill_gaps {
                     fetch_missing_prev_events(s, origin, room_id, version, &pdu).await;
+                    // An event pushed to us whose sender will not give its
+                    // prev events is refused, as Synapse does: taking the
+                    // state for it from elsewhere would let one server set
+                    // the room's newest state.
+                    let prevs = pdu.prev_events.clone();
+                    let all_known = blocking(s, move |s| {
+                        prevs.iter().try_fold(true, |known, id| Ok(known && s.rooms.get_pdu(id)?.is_some()))
+                    })
+                    .await?;
+                    if !all_known {
+                        return Err(Error::forbidden("The sending server did not give this event's prev events."));
+                    }
                 }
                 match state_before(s, version, &pdu).await? {
                     Some(state) => state,
@@ -262,7 +282,16 @@ pub fn receive<'a>(
                 }
             }
         };
-        check_against_state(s, version, &pdu, &state_before).await?;
+        let checked = match redacts_another_room(s, &pdu).await? {
+            true => Err(rejected("The event redacts an event of another room.".to_owned())),
+            false => check_against_state(s, version, &pdu, &state_before).await,
+        };
+        if let Err(err) = checked {
+            if err.errcode == REJECTED {
+                keep_rejected(s, room_id, &pdu, state_before).await?;
+            }
+            return Err(err);
+        }
         let room_id = room_id.to_owned();
         blocking(s, move |s| {
             let placed = s.rooms.append_remote(&room_id, pdu, state_before, false)?;
@@ -274,6 +303,22 @@ pub fn receive<'a>(
         })
         .await
     })
+}
+
+/// A redaction of an event we hold in another room is refused, as Synapse
+/// does (it would never apply, and should not show in the timeline).
+async fn redacts_another_room(s: &Arc<Services>, pdu: &Arc<Pdu>) -> Result<bool> {
+    let Some(target) = pdu.redacts.clone().filter(|_| pdu.kind == ruma::events::TimelineEventType::RoomRedaction)
+    else {
+        return Ok(false);
+    };
+    let room_id = pdu.room_id.clone();
+    blocking(s, move |s| Ok(s.rooms.get_pdu(&target)?.is_some_and(|(target, _)| target.room_id != room_id))).await
+}
+
+async fn keep_rejected(s: &Arc<Services>, room_id: &RoomId, pdu: &Arc<Pdu>, state: StateMap) -> Result<()> {
+    let (room_id, pdu) = (room_id.to_owned(), pdu.clone());
+    blocking(s, move |s| s.rooms.store_rejected(&room_id, pdu, state)).await
 }
 
 /// The auth rules with `state` as the state before the event.

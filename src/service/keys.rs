@@ -455,6 +455,53 @@ pub fn published_keys(
 }
 
 /// Users sharing a room with `user_id` (and the user), for key-change tracking.
+/// Membership events one `/keys/changes` request reads per room at most.
+const MAX_CHANGES_SCAN: usize = 1_000;
+
+/// Whose device lists changed for `user_id` between two sync positions:
+/// peers whose keys changed or who came to share a room with them
+/// (`changed`), and those who no longer share one (`left`).
+pub fn changes_between(
+    s: &crate::service::Services,
+    user_id: &UserId,
+    from: u64,
+    to: u64,
+) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+    let peers = room_peers(s, user_id)?;
+    let mut changed = BTreeSet::new();
+    for peer in &peers {
+        let at = s.keys.changed_at(peer)?;
+        if at > from && at <= to {
+            changed.insert(peer.clone());
+        }
+    }
+    let mut left = BTreeSet::new();
+    for (room_id, record) in s.rooms.user_rooms(user_id)? {
+        if record.count <= from && record.membership != ruma::events::room::member::MembershipState::Join {
+            continue;
+        }
+        for (count, event_id) in s.rooms.timeline(&room_id, to as i64 + 1, false, MAX_CHANGES_SCAN)? {
+            if count <= from as i64 {
+                break;
+            }
+            let Some((pdu, _)) = s.rooms.get_pdu(&event_id)? else { continue };
+            if pdu.kind != ruma::events::TimelineEventType::RoomMember {
+                continue;
+            }
+            let Some(member) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok()) else { continue };
+            if member == user_id {
+                continue;
+            }
+            if peers.contains(&member) {
+                changed.insert(member);
+            } else {
+                left.insert(member);
+            }
+        }
+    }
+    Ok((changed.into_iter().collect(), left.into_iter().collect()))
+}
+
 pub fn room_peers(s: &crate::service::Services, user_id: &UserId) -> Result<BTreeSet<OwnedUserId>> {
     let mut peers = BTreeSet::from([user_id.to_owned()]);
     for (room_id, record) in s.rooms.user_rooms(user_id)? {

@@ -25,12 +25,19 @@ pub fn initial_sync(s: &Services, session: &Session, limit: usize, archived: boo
     let upto = s.db.safe_count();
     let user_id = &session.user_id;
     let mut rooms = Vec::new();
+    let mut receipts = Vec::new();
     for (room_id, record) in s.rooms.user_rooms(user_id)? {
         if record.forgotten || record.count > upto {
             continue;
         }
         match record.membership {
-            MembershipState::Join => rooms.push(room_view(s, user_id, &room_id, "join", limit, upto)?),
+            MembershipState::Join => {
+                rooms.push(room_view(s, user_id, &room_id, "join", limit, upto)?);
+                if let Some(mut receipt) = s.ephemeral.receipt_event(&room_id, 0, user_id)? {
+                    receipt["room_id"] = json!(room_id);
+                    receipts.push(receipt);
+                }
+            }
             MembershipState::Leave | MembershipState::Ban if archived || leave_is_visible(s, user_id, &room_id) => {
                 let membership = if record.membership == MembershipState::Ban { "ban" } else { "leave" };
                 if let Ok(view) = room_view(s, user_id, &room_id, membership, limit, upto) {
@@ -63,7 +70,7 @@ pub fn initial_sync(s: &Services, session: &Session, limit: usize, archived: boo
         "rooms": rooms,
         "presence": presence_events(s, peers),
         "account_data": account_data,
-        "receipts": [],
+        "receipts": receipts,
     }))
 }
 
@@ -81,7 +88,11 @@ pub fn room_initial_sync(s: &Services, session: &Session, room_id: &RoomId, limi
         Some(MembershipState::Join) => "join",
         Some(MembershipState::Leave) if leave_is_visible(s, user_id, room_id) => "leave",
         Some(MembershipState::Ban) if leave_is_visible(s, user_id, room_id) => "ban",
-        _ if world_readable(s, room_id)? => "leave",
+        _ if world_readable(s, room_id)?
+            && crate::policy::check(s, session, crate::policy::Action::PreviewRoom { room_id }).is_ok() =>
+        {
+            "leave"
+        }
         _ => return Err(Error::forbidden("You are not in this room.")),
     };
     let mut view = room_view(s, user_id, room_id, membership, limit, upto)?;
@@ -166,10 +177,12 @@ fn v1_format(mut event: Value) -> Value {
 fn presence_events(s: &Services, users: impl IntoIterator<Item = OwnedUserId>) -> Value {
     let mut out = Vec::new();
     for user_id in users {
-        if let Some(mut event) = crate::service::profiles::presence_event(s, &user_id) {
-            event["content"]["user_id"] = json!(user_id);
-            out.push(event);
-        }
+        // Unknown presence is offline, as Synapse shows it.
+        let mut event = crate::service::profiles::presence_event(s, &user_id).unwrap_or_else(
+            || json!({ "type": "m.presence", "sender": user_id, "content": { "presence": "offline" } }),
+        );
+        event["content"]["user_id"] = json!(user_id);
+        out.push(event);
     }
     Value::Array(out)
 }

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod ephemeral;
 pub mod events;
 pub mod federation;
+pub mod federation_v1;
 pub mod guests;
 pub mod history;
 pub mod housekeeping;

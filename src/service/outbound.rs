@@ -117,14 +117,23 @@ pub fn receipt(
     queue_edu_for_room(services, room_id, edu)
 }
 
-/// A local user's device list changed: tell the servers sharing a room with them.
-pub fn device_list_update(services: &Services, user_id: &ruma::UserId, device_id: &str, deleted: bool) -> Result<()> {
+/// A local user's device list changed: tell the servers sharing a room
+/// with them. `previous` is the user's change position before this one
+/// (its `prev_id`: a server that missed it asks for the whole list).
+pub fn device_list_update(
+    services: &Services,
+    user_id: &ruma::UserId,
+    device_id: &str,
+    deleted: bool,
+    previous: u64,
+) -> Result<()> {
     let destinations = servers_sharing_rooms(services, user_id)?;
     let stream_id = services.keys.changed_at(user_id)?;
+    let prev_id: Vec<u64> = (previous != 0 && previous != stream_id).then_some(previous).into_iter().collect();
     let edu = serde_json::json!({
         "edu_type": "m.device_list_update",
         "content": {
-            "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": [], "deleted": deleted,
+            "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": prev_id, "deleted": deleted,
         },
     });
     queue_edu(services, &destinations, edu)

@@ -56,7 +56,7 @@ pub fn presence_event(s: &Services, user_id: &UserId) -> Option<serde_json::Valu
     if let Some(at) = last_active {
         let ago = at.elapsed();
         content["last_active_ago"] = (ago.as_millis() as u64).into();
-        content["currently_active"] = (ago.as_secs() < 300).into();
+        content["currently_active"] = (presence == ruma::presence::PresenceState::Online && ago.as_secs() < 300).into();
     }
     Some(serde_json::json!({ "type": "m.presence", "sender": user_id, "content": content }))
 }

@@ -170,6 +170,10 @@ pub fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
         if user_id == pdu.sender || !services.users.is_local(&user_id) {
             continue;
         }
+        // Nothing from someone the user ignores counts or notifies.
+        if pdu.state_key.is_none() && services.account_data.ignored_users(&user_id)?.contains(&pdu.sender) {
+            continue;
+        }
         let display_name = services
             .rooms
             .state_content(&state, "m.room.member", user_id.as_str())?

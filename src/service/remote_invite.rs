@@ -129,10 +129,20 @@ pub async fn invite(
         pdu.event_id.clone(),
         version.clone(),
         pdu.json.clone(),
-        invite_state,
+        invite_state.clone(),
     );
-    let response = s.federation.send(target.server_name(), request).await?;
-    let object: CanonicalJsonObject = serde_json::from_str(response.event.get())
+    let signed_event = match s.federation.send(target.server_name(), request).await {
+        Ok(response) => response.event,
+        // The v1 form cannot name the room version: only for versions 1 and 2, as Synapse.
+        Err(err)
+            if crate::service::federation_v1::lacks_v2(&err)
+                && matches!(version, RoomVersionId::V1 | RoomVersionId::V2) =>
+        {
+            invite_v1(s, target.server_name(), room_id, &pdu, &invite_state).await?
+        }
+        Err(err) => return Err(err),
+    };
+    let object: CanonicalJsonObject = serde_json::from_str(signed_event.get())
         .map_err(|_| Error::bad_json(format!("{} sent back an invite that is not JSON", target.server_name())))?;
     let signed_by_target = matches!(object.get("signatures"), Some(CanonicalJsonValue::Object(sigs)) if sigs.contains_key(target.server_name().as_str()));
     if !signed_by_target {
@@ -144,6 +154,39 @@ pub async fn invite(
     }
     let room = room_id.to_owned();
     blocking(s, move |s| append_own(s, &room, &version, signed)).await
+}
+
+/// The invite through the deprecated v1 form: the event with the room's
+/// stripped state in `unsigned.invite_room_state`; the signed event back.
+async fn invite_v1(
+    s: &Arc<Services>,
+    server: &ServerName,
+    room_id: &RoomId,
+    pdu: &Pdu,
+    invite_state: &[RawStrippedState],
+) -> Result<Box<RawJsonValue>> {
+    use crate::service::federation_v1;
+    let mut event: serde_json::Map<String, Value> = serde_json::from_str(pdu.json.get())?;
+    let stripped: Vec<Value> = invite_state
+        .iter()
+        .filter_map(|state| match state {
+            RawStrippedState::Pdu(raw) => serde_json::from_str::<Value>(raw.get()).ok(),
+            #[allow(deprecated)]
+            RawStrippedState::Stripped(raw) => serde_json::from_str::<Value>(raw.json().get()).ok(),
+            _ => None,
+        })
+        .map(|event| json!({ "type": event["type"], "state_key": event["state_key"], "sender": event["sender"], "content": event["content"] }))
+        .collect();
+    event.entry("unsigned").or_insert_with(|| json!({}))["invite_room_state"] = Value::Array(stripped);
+    let event = serde_json::value::to_raw_value(&event)?;
+    let answer = federation_v1::invite(&s.federation, server, room_id, &pdu.event_id, &event).await?;
+    #[derive(Deserialize)]
+    struct Signed {
+        event: Box<RawJsonValue>,
+    }
+    serde_json::from_str::<Signed>(answer.get())
+        .map(|signed| signed.event)
+        .map_err(|_| Error::bad_json(format!("{server} answered its v1 invite without the signed event")))
 }
 
 /// What an invitee or knocker may see of the room before joining: the
@@ -298,7 +341,7 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
             Err(err) => tracing::info!(%room_id, %server, "could not reject the invite there: {}", err.message),
         }
     }
-    let (user, room) = (user_id.to_owned(), room_id.to_owned());
+    let (user, room, version) = (user_id.to_owned(), room_id.to_owned(), invite.version.clone());
     blocking(s, move |s| {
         let mut batch = s.db.batch();
         let count = batch.next_count();
@@ -306,10 +349,8 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
             Some(event_id) => event_id,
             None => {
                 tracing::warn!(%room, user_id = %user, "no server took the rejection; dropping the invite here only");
-                s.rooms
-                    .user_membership(&user, &room)?
-                    .map(|r| r.event_id)
-                    .ok_or_else(|| Error::internal("no invite"))?
+                let invite = s.rooms.user_membership(&user, &room)?.ok_or_else(|| Error::internal("no invite"))?;
+                out_of_band_leave(s, &mut batch, &user, &room, &invite.event_id, &version)?
             }
         };
         let record = MembershipRecord { membership: MembershipState::Leave, event_id, count, forgotten: false };
@@ -320,6 +361,46 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
         Ok(())
     })
     .await
+}
+
+/// A leave the user's client can show when the room's server could not be
+/// told (as Synapse makes one): signed here, after the invite, kept as an
+/// outlier, never sent anywhere.
+fn out_of_band_leave(
+    s: &Services,
+    batch: &mut crate::storage::Batch,
+    user: &UserId,
+    room: &RoomId,
+    invite: &ruma::EventId,
+    version: &RoomVersionId,
+) -> Result<OwnedEventId> {
+    let rules = crate::service::rooms::Rooms::rules(version)?;
+    let invite_pdu = s.rooms.get_pdu(invite)?.map(|(pdu, _)| pdu);
+    let depth = invite_pdu.as_ref().map_or(1, |pdu| u64::from(pdu.depth) + 1);
+    // Versions 1 and 2 cite an event with its reference hash.
+    let reference = |id: &ruma::EventId| -> Result<Value> {
+        if !rules.event_format.require_event_id {
+            return Ok(json!(id));
+        }
+        let pdu = invite_pdu.as_ref().ok_or_else(|| Error::internal("the invite is not stored"))?;
+        let hash = ruma::signatures::reference_hash(&pdu.canonical_object(), &rules).map_err(Error::internal)?;
+        Ok(json!([id, { "sha256": hash }]))
+    };
+    let object = json!({
+        "type": "m.room.member",
+        "state_key": user,
+        "sender": user,
+        "room_id": room,
+        "prev_events": [reference(invite)?],
+        "auth_events": [reference(invite)?],
+        "depth": depth,
+    });
+    let mut object = crate::pdu::to_canonical(object).map_err(Error::internal)?;
+    let content = serde_json::Map::from_iter([("membership".to_owned(), json!("leave"))]);
+    let (event_id, json) = crate::service::remote_join::sign_template(s, &mut object, content, &rules)?;
+    let meta = crate::pdu::PduMeta::outlier(room.to_owned());
+    batch.put_json(Cf::Pdus, event_id.as_bytes(), &StoredPdu { meta, pdu: json });
+    Ok(event_id)
 }
 
 /// The room's server withdrew a user's pending invite or refused their

@@ -18,7 +18,7 @@ use serde_json::{Value, json, value::RawValue as RawJsonValue};
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, StateMap},
-    service::{Services, blocking, inbound, membership, rooms::Placed},
+    service::{Services, blocking, federation_v1, inbound, membership, rooms::Placed},
 };
 
 /// Room versions porch can join: those it can create.
@@ -323,7 +323,15 @@ async fn join_via(
     }
     let (event_id, raw) = sign_template(s, &mut object, content, &rules)?;
     let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone());
-    let response = s.federation.send(server, request).await?.room_state;
+    let response = match s.federation.send(server, request).await {
+        Ok(response) => response.room_state,
+        Err(err) if federation_v1::lacks_v2(&err) => {
+            let state = federation_v1::send_join(&s.federation, server, room_id, &event_id, &raw).await?;
+            serde_json::from_str::<create_join_event::v2::RoomState>(state.get())
+                .map_err(|_| Error::bad_json(format!("{server} answered its v1 send_join with no room state")))?
+        }
+        Err(err) => return Err(err),
+    };
 
     // The join as the resident server signed it (restricted joins), else ours.
     let join_object: CanonicalJsonObject = match &response.event {

@@ -143,8 +143,14 @@ pub fn upgrade(s: &Services, session: &Session, room_id: &RoomId, new_version: &
     )];
     events.push(NewEvent::state("m.room.power_levels", "", Value::Object(first_power)));
     for kind in TRANSFERRED {
-        if let Some(content) = s.rooms.state_content(&state, kind, "")? {
-            events.push(NewEvent::state(*kind, "", content));
+        match s.rooms.state_content(&state, kind, "")? {
+            Some(content) => events.push(NewEvent::state(*kind, "", content)),
+            // As Synapse, the replacement starts from the private preset,
+            // which lets Matrix guests in unless the old room said otherwise.
+            None if *kind == "m.room.guest_access" => {
+                events.push(NewEvent::state(*kind, "", json!({ "guest_access": "can_join" })))
+            }
+            None => {}
         }
     }
     for ((kind, target), _) in state.iter().filter(|((kind, _), _)| kind == "m.room.member") {

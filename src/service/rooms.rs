@@ -681,6 +681,7 @@ impl<'a> Txn<'a> {
             replaces_state: None,
             prev_content: None,
             redacted_because: None,
+            rejected: false,
         };
         if let Some(state_key) = &pdu.state_key {
             let slot = (pdu.kind.to_string(), state_key.clone());
@@ -814,8 +815,11 @@ impl<'a> Txn<'a> {
             for pdu in &outgoing {
                 let mut destinations: BTreeSet<OwnedServerName> = servers.iter().cloned().collect();
                 // A membership change reaches its subject's server even if it
-                // has nobody joined (a withdrawn invite, a refused knock).
+                // has nobody joined (a withdrawn invite, a refused knock). An
+                // invite itself went there through `/invite`: a server holding
+                // no room cannot place it from a transaction.
                 if pdu.kind == TimelineEventType::RoomMember
+                    && pdu.content_value()["membership"] != "invite"
                     && let Some(target) = pdu.state_key.as_deref().and_then(|k| <&UserId>::try_from(k).ok())
                     && target.server_name() != rooms.server_name
                 {

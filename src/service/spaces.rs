@@ -99,10 +99,13 @@ struct RemoteAnswer {
     inaccessible: HashSet<OwnedRoomId>,
 }
 
+/// A remote room and whether only suggested children were asked for.
+type RemoteKey = (OwnedRoomId, bool);
+
 /// In-memory state of the spaces service: other servers' recent answers.
 #[derive(Default)]
 pub struct Spaces {
-    remote: Mutex<HashMap<(OwnedRoomId, bool), (Instant, Option<RemoteAnswer>)>>,
+    remote: Mutex<HashMap<RemoteKey, (Instant, Option<RemoteAnswer>)>>,
 }
 
 impl Spaces {
@@ -380,7 +383,7 @@ pub fn local_entry(s: &Services, room_id: &RoomId) -> Result<Option<RoomEntry>> 
         }
         let Some((pdu, _)) = s.rooms.get_pdu(event_id)? else { continue };
         let content = pdu.content_value();
-        if !content["via"].as_array().is_some_and(|via| !via.is_empty()) {
+        if content["via"].as_array().is_none_or(|via| via.is_empty()) {
             continue; // an empty or missing `via` removes the child
         }
         children_state.push(json!({

@@ -133,7 +133,15 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
             {
                 response.rooms.leave.insert(
                     room_id.clone(),
-                    left_room(services, session, &room_id, &record.event_id, since, &state_filter)?,
+                    left_room(
+                        services,
+                        session,
+                        &room_id,
+                        &record.event_id,
+                        since,
+                        (&rooms_filter, &state_filter),
+                        params,
+                    )?,
                 );
                 anything = true;
             }
@@ -250,6 +258,19 @@ impl LazyMembers {
     }
 }
 
+/// An event as its PDU (`event_format: federation`), its id added as
+/// Synapse does (from room version 3 the PDU carries none).
+fn federation_event<T>(pdu: &Pdu) -> ruma::serde::Raw<T> {
+    let mut event: Value = serde_json::from_str(pdu.json.get()).unwrap_or_default();
+    event["event_id"] = Value::String(pdu.event_id.to_string());
+    event["room_id"] = Value::String(pdu.room_id.to_string());
+    raw(&event)
+}
+
+/// Events hidden by history visibility a fresh view looks past, for the
+/// current state's events among them.
+const MAX_HIDDEN_SCAN: usize = 200;
+
 /// Events one room's timeline looks at in one sync, matching or not.
 const MAX_TIMELINE_SCAN: usize = 5_000;
 
@@ -273,6 +294,8 @@ fn joined_room(
     let mut limited = false;
     let mut cursor = upto as i64 + 1;
     let mut scanned = 0usize;
+    let mut hidden = 0usize;
+    let current_state = services.rooms.current_state(room_id)?;
     'scan: loop {
         let batch = services.rooms.timeline(room_id, cursor, false, 50)?;
         if batch.is_empty() {
@@ -295,9 +318,22 @@ fn joined_room(
             if !timeline_filter.allows(&pdu) || (ignored.contains(&pdu.sender) && pdu.state_key.is_none()) {
                 continue;
             }
-            // A fresh view reaches back before the join: history visibility applies.
+            // A fresh view reaches back before the join: history visibility
+            // applies, except to events of the current state, which show
+            // even if set while the user could not see (as Synapse; clients
+            // rely on seeing who is in the room).
             if room_since.is_none() && !crate::service::history::may_see(services, &session.user_id, &pdu, &meta)? {
-                break 'scan;
+                hidden += 1;
+                let in_current_state = pdu
+                    .state_key
+                    .as_ref()
+                    .is_some_and(|key| current_state.get(&(pdu.kind.to_string(), key.clone())) == Some(&pdu.event_id));
+                if hidden > MAX_HIDDEN_SCAN {
+                    break 'scan;
+                }
+                if !in_current_state {
+                    continue;
+                }
             }
             if entries.len() == limit {
                 limited = true;
@@ -328,9 +364,10 @@ fn joined_room(
         Some((_, meta)) => Some((*services.rooms.state_at(meta.state_before)?).clone()),
         None => None,
     };
-    let current = services.rooms.current_state(room_id)?;
+    let current = current_state;
     let timeline_start_state = state_before_timeline.unwrap_or_else(|| (*current).clone());
     let incremental = room_since.is_some() && !params.full_state;
+    let federation_format = params.filter.event_format == ruma::api::client::filter::EventFormat::Federation;
     let mut state_ids: Vec<OwnedEventId> = if !incremental {
         timeline_start_state.values().cloned().collect()
     } else if limited {
@@ -388,7 +425,10 @@ fn joined_room(
         {
             members_sent.push((member, pdu.event_id.clone()));
         }
-        state_events.push(raw(&pdu.to_client_event(&meta, false, None)));
+        state_events.push(match federation_format {
+            true => federation_event(&pdu),
+            false => raw(&pdu.to_client_event(&meta, false, None)),
+        });
     }
 
     if lazy {
@@ -403,11 +443,19 @@ fn joined_room(
     }
     let device = Some(session.device_id.as_str());
     let mut timeline = Timeline::new();
-    timeline.limited = limited;
+    // A room joined since the token: the client holds none of it, so
+    // anything before this timeline is a gap (as Synapse marks it).
+    timeline.limited = limited
+        || (membership_changed
+            && since.is_some()
+            && entries.first().is_some_and(|(p, _)| p.kind != ruma::events::TimelineEventType::RoomCreate));
     // With nothing new, going back starts from now (a bare stream position).
     timeline.prev_batch =
         Some(entries.first().map_or_else(|| upto.to_string(), |(_, meta)| format!("t{}", meta.ordering())));
-    timeline.events = crate::service::relations::client_events(services, &session.user_id, &entries, false, device)?;
+    timeline.events = match federation_format {
+        true => entries.iter().map(|(pdu, _)| federation_event(pdu)).collect(),
+        false => crate::service::relations::client_events(services, &session.user_id, &entries, false, device)?,
+    };
 
     let mut room = JoinedRoom::new();
     room.timeline = timeline;
@@ -459,6 +507,7 @@ fn presence(
     response: &Response,
 ) -> Result<Vec<Value>> {
     let mut wanted: BTreeSet<OwnedUserId> = BTreeSet::new();
+    let mut newcomers: BTreeSet<OwnedUserId> = BTreeSet::new();
     match since {
         None => wanted = crate::service::keys::room_peers(services, user_id)?,
         Some(since) => {
@@ -467,20 +516,34 @@ fn presence(
                 let peers = crate::service::keys::room_peers(services, user_id)?;
                 wanted.extend(changed.into_iter().filter(|u| peers.contains(u)));
             }
+            // Whoever joins (us, a room; others, one of ours) is new to
+            // this device: their presence is sent, offline if unknown.
             for (room_id, room) in &response.rooms.join {
-                let newly_joined = room.timeline.events.iter().any(|e| {
-                    let e: Value = serde_json::from_str(e.json().get()).unwrap_or_default();
-                    e["type"] == "m.room.member"
-                        && e["state_key"] == user_id.as_str()
-                        && e["content"]["membership"] == "join"
-                });
-                if newly_joined {
-                    wanted.extend(services.rooms.joined_members(room_id)?);
+                for event in &room.timeline.events {
+                    let event: Value = serde_json::from_str(event.json().get()).unwrap_or_default();
+                    if event["type"] != "m.room.member" || event["content"]["membership"] != "join" {
+                        continue;
+                    }
+                    match event["state_key"].as_str() {
+                        Some(member) if member == user_id.as_str() => {
+                            newcomers.extend(services.rooms.joined_members(room_id)?)
+                        }
+                        Some(member) => newcomers.extend(OwnedUserId::try_from(member).ok()),
+                        None => {}
+                    }
                 }
             }
         }
     }
-    Ok(wanted.iter().filter_map(|u| crate::service::profiles::presence_event(services, u)).collect())
+    newcomers.retain(|u| !wanted.contains(u));
+    let mut events: Vec<Value> =
+        wanted.iter().filter_map(|u| crate::service::profiles::presence_event(services, u)).collect();
+    for user in newcomers {
+        events.push(crate::service::profiles::presence_event(services, &user).unwrap_or_else(
+            || serde_json::json!({ "type": "m.presence", "sender": user, "content": { "presence": "offline" } }),
+        ));
+    }
+    Ok(events)
 }
 
 /// The room's state as of a stream position (after the last event at or before it).
@@ -560,7 +623,8 @@ fn left_room(
     room_id: &RoomId,
     leave_event: &OwnedEventId,
     since: Option<u64>,
-    state_filter: &EventFilter<'_>,
+    (timeline_filter, state_filter): (&EventFilter<'_>, &EventFilter<'_>),
+    params: &SyncParams,
 ) -> Result<LeftRoom> {
     let mut room = LeftRoom::new();
     let Some((leave, leave_meta)) = services.rooms.get_pdu(leave_event)? else { return Ok(room) };
@@ -581,9 +645,10 @@ fn left_room(
     }
     // The last events up to the leave that the user could see, and the
     // state before them (clients such as matrix-nio expect state here).
+    let limit = params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).min(100);
     let mut entries = Vec::new();
     let mut reached_since = false;
-    for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count as i64 + 1, false, 10)? {
+    for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count as i64 + 1, false, 200)? {
         if since.is_some_and(|s| count <= s as i64) {
             reached_since = true;
             break;
@@ -592,23 +657,39 @@ fn left_room(
         if !crate::service::history::may_see(services, &session.user_id, &pdu, &meta)? {
             break;
         }
+        if !timeline_filter.allows(&pdu) {
+            continue;
+        }
+        if entries.len() == limit {
+            break;
+        }
         entries.push((pdu, meta));
     }
     entries.reverse();
     let first_state = entries.first().map_or(leave_meta.state_before, |(_, meta)| meta.state_before);
     let before_timeline = services.rooms.state_at(first_state)?;
-    // An incremental sync gets what changed across a gap, not the state again.
-    let ids: Vec<OwnedEventId> = match since {
-        None => before_timeline.values().cloned().collect(),
-        Some(_) if reached_since => Vec::new(),
-        Some(since) => {
-            let at_since = state_at_position(services, room_id, since)?;
-            before_timeline
-                .iter()
-                .filter(|(slot, id)| at_since.get(*slot) != Some(*id))
-                .map(|(_, id)| id.clone())
-                .collect()
-        }
+    // An incremental sync gets what changed across a gap, not the state
+    // again; one that last saw the user outside the room (joined and left
+    // since) gets it whole, as it never had it.
+    let at_since = match since {
+        Some(since) => Some(state_at_position(services, room_id, since)?),
+        None => None,
+    };
+    let joined_at_since = match &at_since {
+        Some(at_since) => services
+            .rooms
+            .state_content(at_since, "m.room.member", session.user_id.as_str())?
+            .is_some_and(|c| c["membership"] == "join"),
+        None => false,
+    };
+    let ids: Vec<OwnedEventId> = match at_since {
+        Some(_) if joined_at_since && reached_since => Vec::new(),
+        Some(at_since) if joined_at_since => before_timeline
+            .iter()
+            .filter(|(slot, id)| at_since.get(*slot) != Some(*id))
+            .map(|(_, id)| id.clone())
+            .collect(),
+        _ => before_timeline.values().cloned().collect(),
     };
     let mut state = Vec::new();
     for event_id in ids {
@@ -621,7 +702,7 @@ fn left_room(
     let device = Some(session.device_id.as_str());
     room.timeline.events =
         crate::service::relations::client_events(services, &session.user_id, &entries, false, device)?;
-    if room.timeline.events.is_empty() {
+    if room.timeline.events.is_empty() && timeline_filter.allows(&leave) {
         room.timeline.events.push(leave_event);
     }
     room.state = State::Before(StateEvents::from(state));

@@ -259,11 +259,19 @@ impl Users {
     }
 
     /// Remove devices and their tokens; `keep` is spared.
-    pub fn remove_devices(&self, user_id: &UserId, which: Option<&[OwnedDeviceId]>, keep: Option<&str>) -> Result<()> {
+    /// Remove devices (all, those listed, all but `keep`); returns the ids removed.
+    pub fn remove_devices(
+        &self,
+        user_id: &UserId,
+        which: Option<&[OwnedDeviceId]>,
+        keep: Option<&str>,
+    ) -> Result<Vec<OwnedDeviceId>> {
         let mut batch = self.db.batch();
+        let mut removed = Vec::new();
         for (device_id, record) in self.devices(user_id)? {
             let selected = which.is_none_or(|list| list.contains(&device_id));
             if selected && keep != Some(device_id.as_str()) {
+                removed.push(device_id.clone());
                 batch.delete(Cf::AccessTokens, record.access_token.as_bytes());
                 batch.delete(Cf::Devices, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
                 crate::service::keys::forget_device(&self.db, &mut batch, user_id, device_id.as_str())?;
@@ -271,7 +279,7 @@ impl Users {
             }
         }
         batch.commit_durable()?;
-        Ok(())
+        Ok(removed)
     }
 
     pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {

@@ -326,7 +326,12 @@ pub async fn get_login_token(
 pub async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
     blocking(&state, move |s| {
         let session = req.session();
-        s.users.remove_devices(&session.user_id, Some(std::slice::from_ref(&session.device_id)), None)?;
+        crate::service::accounts::remove_devices(
+            s,
+            &session.user_id,
+            Some(std::slice::from_ref(&session.device_id)),
+            None,
+        )?;
         Ok(logout::v3::Response::new())
     })
     .await
@@ -334,7 +339,7 @@ pub async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> Result<l
 
 pub async fn logout_all(state: AppState, req: Ruma<logout_all::v3::Request>) -> Result<logout_all::v3::Response> {
     blocking(&state, move |s| {
-        s.users.remove_devices(&req.session().user_id, None, None)?;
+        crate::service::accounts::remove_devices(s, &req.session().user_id, None, None)?;
         Ok(logout_all::v3::Response::new())
     })
     .await
@@ -389,7 +394,7 @@ pub async fn change_password(
         }
         s.users.set_password(&session.user_id, &req.body.new_password)?;
         if req.body.logout_devices {
-            s.users.remove_devices(&session.user_id, None, Some(session.device_id.as_str()))?;
+            crate::service::accounts::remove_devices(s, &session.user_id, None, Some(session.device_id.as_str()))?;
         }
         Ok(change_password::v3::Response::new())
     })
@@ -463,7 +468,12 @@ pub async fn delete_device(
         // The session is bound to the devices it was started for.
         let purpose = format!("delete_devices:{}", req.body.device_id);
         password_uia(s, req.body.auth.as_ref(), &purpose, &session.user_id)?;
-        s.users.remove_devices(&session.user_id, Some(std::slice::from_ref(&req.body.device_id)), None)?;
+        crate::service::accounts::remove_devices(
+            s,
+            &session.user_id,
+            Some(std::slice::from_ref(&req.body.device_id)),
+            None,
+        )?;
         Ok(delete_device::v3::Response::new())
     })
     .await
@@ -479,7 +489,7 @@ pub async fn delete_devices(
         devices.sort_unstable();
         let purpose = format!("delete_devices:{}", devices.join(","));
         password_uia(s, req.body.auth.as_ref(), &purpose, &session.user_id)?;
-        s.users.remove_devices(&session.user_id, Some(&req.body.devices), None)?;
+        crate::service::accounts::remove_devices(s, &session.user_id, Some(&req.body.devices), None)?;
         Ok(delete_devices::v3::Response::new())
     })
     .await

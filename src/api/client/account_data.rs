@@ -170,6 +170,12 @@ pub async fn push_rules_global(
     .await
 }
 
+/// A rule written without a scope or without a rule id (`PUT /pushrules/`,
+/// `PUT /pushrules/global/{kind}/`): a client's mistake, answered 400.
+pub async fn push_rule_without_id(crate::api::Authenticated(_): crate::api::Authenticated) -> Result<()> {
+    Err(Error::invalid_param("A push rule needs a scope (`global`), a kind and a rule id in its path."))
+}
+
 /// `GET /pushrules/global/{kind}/`: the rules of one kind, as a list
 /// (an older form clients and Matrix's test suite still use).
 pub async fn push_rules_of_kind(

@@ -69,6 +69,14 @@ fn receipt(
             s.account_data.set(&session.user_id, Some(room_id), "m.fully_read", &json!({ "event_id": event_id }))?;
         }
         _ => {
+            // Receipts only move forward, as Synapse keeps them: one for an
+            // earlier event than the user's current one changes nothing.
+            if let Some(current) = s.ephemeral.receipt(room_id, &session.user_id, kind, thread)?
+                && let (Some((_, old)), Some((_, new))) = (s.rooms.get_pdu(&current)?, s.rooms.get_pdu(event_id)?)
+                && new.ordering() < old.ordering()
+            {
+                return Ok(());
+            }
             let event_id = event_id.to_owned();
             s.ephemeral.set_receipt(room_id, &session.user_id, kind, thread, &event_id)?;
             outbound::receipt(s, room_id, &session.user_id, kind, thread, &event_id)?;

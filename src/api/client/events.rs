@@ -149,11 +149,12 @@ pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Re
             return Err(Error::forbidden("You are not in this room."));
         }
         s.user_limits.check(&session.user_id, crate::service::ratelimit::UserAction::SendEvent)?;
-        let (target, _) = s
-            .rooms
-            .get_pdu(&body.event_id)?
-            .filter(|(p, _)| p.room_id == body.room_id)
-            .ok_or_else(|| Error::not_found("No such event in this room."))?;
+        let (target, _) =
+            s.rooms.get_pdu(&body.event_id)?.ok_or_else(|| Error::not_found("No such event in this room."))?;
+        if target.room_id != body.room_id {
+            // As Synapse: a redaction names an event of its own room.
+            return Err(Error::invalid_param("That event belongs to another room."));
+        }
         if target.sender != session.user_id {
             let room_state = s.rooms.state_at(room.current_state)?;
             let power = s.rooms.power_levels(&room.version, &room_state)?;

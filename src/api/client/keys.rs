@@ -46,7 +46,8 @@ pub async fn upload(state: AppState, req: Ruma<upload_keys::v3::Request>) -> Res
         let counts_now =
             s.keys.upload(&session.user_id, session.device_id.as_str(), device_keys, one_time, fallback)?;
         if s.keys.changed_at(&session.user_id)? != changed_before {
-            crate::service::outbound::device_list_update(s, &session.user_id, session.device_id.as_str(), false)?;
+            let device = session.device_id.as_str();
+            crate::service::outbound::device_list_update(s, &session.user_id, device, false, changed_before)?;
         }
         Ok(upload_keys::v3::Response::new(counts(counts_now)))
     })
@@ -201,14 +202,8 @@ pub async fn changes(
             crate::service::sync::parse_since(t).ok_or_else(|| Error::invalid_param("The token is not valid."))
         };
         let (from, to) = (parse(&req.body.from)?, parse(&req.body.to)?);
-        let mut changed = Vec::new();
-        for user_id in crate::service::keys::room_peers(s, &req.session().user_id)? {
-            let at = s.keys.changed_at(&user_id)?;
-            if at > from && at <= to {
-                changed.push(user_id);
-            }
-        }
-        Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+        let (changed, left) = crate::service::keys::changes_between(s, &req.session().user_id, from, to)?;
+        Ok(get_key_changes::v3::Response::new(changed, left))
     })
     .await
 }

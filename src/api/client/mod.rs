@@ -20,7 +20,7 @@ pub mod search;
 pub mod spaces;
 pub mod sync;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use http::Method;
 use ruma::api::client as c;
 
@@ -32,7 +32,9 @@ pub fn register(r: &mut Routes) {
     // The deprecated views before /sync (ruma has no types for most of them).
     for version in ["r0", "v3"] {
         let base = format!("/_matrix/client/{version}");
-        r.raw(&format!("{base}/pushrules/global/{{kind}}/"), Method::GET, get(account_data::push_rules_of_kind));
+        r.raw(&format!("{base}/pushrules/global/{{kind}}/"), Method::GET, get(account_data::push_rules_of_kind))
+            .raw(&format!("{base}/pushrules/global/{{kind}}/"), Method::PUT, put(account_data::push_rule_without_id))
+            .raw(&format!("{base}/pushrules/"), Method::PUT, put(account_data::push_rule_without_id));
         r.raw(&format!("{base}/initialSync"), Method::GET, get(legacy::initial_sync))
             .raw(&format!("{base}/rooms/{{room_id}}/initialSync"), Method::GET, get(legacy::room_initial_sync))
             .raw(&format!("{base}/events"), Method::GET, get(legacy::events))

@@ -57,13 +57,13 @@ impl Rooms {
     /// Whether the event is stored with its place in the DAG (not only as
     /// an outlier, whose state we do not know).
     pub fn has_state_for(&self, event_id: &EventId) -> Result<bool> {
-        Ok(self.get_pdu(event_id)?.is_some_and(|(_, meta)| !meta.is_outlier()))
+        Ok(self.get_pdu(event_id)?.is_some_and(|(_, meta)| meta.has_state()))
     }
 
     /// The room state after an event, if we know it.
     pub fn state_after_event(&self, event_id: &EventId) -> Result<Option<Arc<StateMap>>> {
         match self.get_pdu(event_id)? {
-            Some((_, meta)) if !meta.is_outlier() => Ok(Some(self.state_at(meta.state_after)?)),
+            Some((_, meta)) if meta.has_state() => Ok(Some(self.state_at(meta.state_after)?)),
             _ => Ok(None),
         }
     }
@@ -235,6 +235,23 @@ impl Rooms {
         Ok(())
     }
 
+    /// Keep an event the auth rules refused, so the events that follow it
+    /// can be placed (its state is the state before it), as Synapse does.
+    pub fn store_rejected(&self, room_id: &RoomId, pdu: Arc<Pdu>, state_before: StateMap) -> Result<()> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().expect("room lock poisoned");
+        if self.get_pdu(&pdu.event_id)?.is_some_and(|(_, meta)| meta.has_state()) {
+            return Ok(());
+        }
+        let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
+        let rules = Self::rules(&record.version)?;
+        let current = (*self.state_at(record.current_state)?).clone();
+        let depth = self.snapshot_depth(record.current_state)?;
+        let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, depth);
+        txn.stage_without_timeline(&pdu, &state_before, true)?;
+        txn.commit()
+    }
+
     /// Place an event from another server, already checked against its
     /// auth events and `state_before`: soft-fail it if the current state
     /// forbids it, else append it and move the current state on (resolving
@@ -260,7 +277,7 @@ impl Rooms {
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, depth);
         if let Err(why) = self.check_auth(&version, &pdu, &txn.state, &Default::default()) {
             tracing::info!(%room_id, event_id = %pdu.event_id, "soft-failing an event the current state forbids: {why}");
-            txn.stage_soft_failed(&pdu, &state_before)?;
+            txn.stage_without_timeline(&pdu, &state_before, false)?;
             txn.commit()?;
             return Ok(Placed::SoftFailed);
         }
@@ -625,13 +642,16 @@ impl Txn<'_> {
 
     /// Keep a soft-failed event (other servers may ask for it) without
     /// showing it or building on it.
-    fn stage_soft_failed(&mut self, pdu: &Arc<Pdu>, state_before: &StateMap) -> Result<()> {
+    /// Keep an event out of the timeline with the state before it as its
+    /// state (soft-failed, or `rejected` by the auth rules).
+    fn stage_without_timeline(&mut self, pdu: &Arc<Pdu>, state_before: &StateMap, rejected: bool) -> Result<()> {
         let base = self.record.current_state;
         let current = self.state.clone();
         let before_id = self.write_snapshot(base, &current, state_before)?;
         let mut meta = PduMeta::outlier(self.room_id.clone());
         meta.state_before = before_id;
         meta.state_after = before_id;
+        meta.rejected = rejected;
         self.batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta, pdu: pdu.json.clone() });
         Ok(())
     }

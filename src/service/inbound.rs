@@ -585,9 +585,83 @@ pub(crate) async fn state_from_remote(
 
 /// Typing, receipts, presence, device lists and to-device messages from
 /// `origin`'s users. A user of another server than `origin` is ignored.
+/// How long a device-list resync may take.
+const RESYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Fetch a remote user's devices (`/user/devices`) and cache them, if one
+/// of our users shares a room with them.
+async fn resync_device_list(s: Arc<Services>, server: ruma::OwnedServerName, user: OwnedUserId) {
+    let shares = {
+        let user = user.clone();
+        // No index of a remote user's rooms: each room is asked (a point
+        // read per room; see the storage issue for an index).
+        blocking(&s, move |s| {
+            for room_id in s.rooms.all_room_ids()? {
+                if s.rooms.is_joined(&room_id, &user)?
+                    && s.rooms.joined_members(&room_id)?.iter().any(|m| s.users.is_local(m))
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    };
+    if !matches!(shares, Ok(true)) {
+        return;
+    }
+    let asked_at = std::time::Instant::now();
+    let request = ruma::api::federation::device::get_devices::v1::Request::new(user.clone());
+    match tokio::time::timeout(RESYNC_TIMEOUT, s.federation.send(&server, request)).await {
+        Ok(Ok(answer)) if answer.user_id == user => {
+            let keys = crate::service::keys::RemoteUserKeys {
+                devices: answer.devices.into_iter().map(|device| (device.device_id, device.keys)).collect(),
+                master: answer.master_key,
+                self_signing: answer.self_signing_key,
+                stream_id: Some(u64::from(answer.stream_id)),
+            };
+            s.keys.cache_remote(&user, keys, asked_at);
+        }
+        Ok(Ok(_)) => tracing::info!(%server, %user, "device list answer for another user, ignored"),
+        Ok(Err(e)) => tracing::info!(%server, %user, "device list resync failed: {}", e.message),
+        Err(_) => tracing::info!(%server, %user, "device list resync timed out"),
+    }
+}
+
 async fn incoming_edu(s: &Arc<Services>, origin: &ServerName, edu: &Value) -> Result<()> {
     let kind = edu.get("edu_type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let content = edu.get("content").cloned().unwrap_or(Value::Null);
+    if kind == "m.device_list_update"
+        && let Some(user) = content.get("user_id").and_then(Value::as_str).and_then(|u| OwnedUserId::try_from(u).ok())
+        && user.server_name() == origin
+    {
+        let update_content = content.clone();
+        let applied = blocking(s, move |s| {
+            let update = crate::service::keys::DeviceListUpdate {
+                device_id: update_content["device_id"].as_str().unwrap_or_default(),
+                stream_id: update_content["stream_id"].as_u64().unwrap_or(0),
+                prev_ids: update_content["prev_id"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64)
+                    .collect(),
+                deleted: update_content["deleted"].as_bool().unwrap_or(false),
+                keys: update_content.get("keys").cloned(),
+                display_name: update_content["device_display_name"].as_str(),
+            };
+            s.keys.apply_remote_update(&user, &update)
+        })
+        .await?;
+        if applied {
+            return Ok(());
+        }
+        // Otherwise the whole list is fetched again at once (as Synapse
+        // resyncs), so our users' next key query has it without asking.
+        if let Ok(user) = OwnedUserId::try_from(content["user_id"].as_str().unwrap_or_default()) {
+            tokio::spawn(resync_device_list(s.clone(), origin.to_owned(), user));
+        }
+    }
     let origin = origin.to_owned();
     blocking(s, move |s| {
         let from_origin = |user: Option<&str>| -> Option<OwnedUserId> {

@@ -57,6 +57,19 @@ pub struct RemoteUserKeys {
     pub devices: BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>,
     pub master: Option<Raw<CrossSigningKey>>,
     pub self_signing: Option<Raw<CrossSigningKey>>,
+    /// The device-list stream id this is as of, when the server gave one
+    /// (`/user/devices`), so its next `m.device_list_update` can be applied.
+    pub stream_id: Option<u64>,
+}
+
+/// One `m.device_list_update` from the user's own server.
+pub struct DeviceListUpdate<'a> {
+    pub device_id: &'a str,
+    pub stream_id: u64,
+    pub prev_ids: Vec<u64>,
+    pub deleted: bool,
+    pub keys: Option<Value>,
+    pub display_name: Option<&'a str>,
 }
 
 /// Cached remote keys are dropped when their server says they changed, and
@@ -101,6 +114,40 @@ impl Keys {
     pub fn mark_changed(batch: &mut Batch<'_>, user_id: &UserId) {
         let count = batch.next_count();
         batch.put(Cf::KeyChanges, user_id.as_bytes(), &count.to_be_bytes());
+    }
+
+    /// Apply an update that follows what we hold (its `prev_id` is our
+    /// stream id) to the cached list; `false` when it does not, and the
+    /// whole list must be fetched again.
+    pub fn apply_remote_update(&self, user_id: &UserId, update: &DeviceListUpdate<'_>) -> Result<bool> {
+        {
+            let mut cache = self.remote.lock().expect("remote keys poisoned");
+            let Some((at, keys)) = cache.get_mut(user_id) else { return Ok(false) };
+            let follows = keys
+                .stream_id
+                .is_some_and(|held| !update.prev_ids.is_empty() && update.prev_ids.iter().all(|p| *p == held));
+            if !follows || at.elapsed() >= REMOTE_KEYS_FOR {
+                return Ok(false);
+            }
+            let device_id = OwnedDeviceId::from(update.device_id);
+            if update.deleted {
+                keys.devices.remove(&device_id);
+            } else if let Some(mut device_keys) = update.keys.clone().filter(Value::is_object) {
+                if let Some(name) = update.display_name {
+                    device_keys["unsigned"]["device_display_name"] = Value::String(name.to_owned());
+                }
+                keys.devices.insert(device_id, Raw::from_json(serde_json::value::to_raw_value(&device_keys)?));
+            } else {
+                return Ok(false);
+            }
+            keys.stream_id = Some(update.stream_id);
+            *at = Instant::now();
+        }
+        // Our clients still re-query (sync names the user as changed).
+        let mut batch = self.db.batch();
+        Self::mark_changed(&mut batch, user_id);
+        batch.commit()?;
+        Ok(true)
     }
 
     /// Another server told us a user's keys changed: our clients re-query them.

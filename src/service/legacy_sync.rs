@@ -99,7 +99,8 @@ pub fn room_initial_sync(s: &Services, session: &Session, room_id: &RoomId, limi
     if membership == "leave" && s.rooms.membership(room_id, user_id)?.is_none() {
         view.as_object_mut().expect("object").remove("membership");
     }
-    let members: Vec<OwnedUserId> = s.rooms.joined_members(room_id)?;
+    // Presence is for those still in the room (a leaver sees none).
+    let members: Vec<OwnedUserId> = if membership == "join" { s.rooms.joined_members(room_id)? } else { Vec::new() };
     view["presence"] = presence_events(s, members);
     Ok(view)
 }
@@ -215,18 +216,43 @@ pub fn events_after(
             .collect(),
     };
     let filter = ruma::api::client::filter::RoomEventFilter::default();
-    let mut events = Vec::new();
-    for room_id in rooms {
+    // Room events, and the user's account data (tags included), each at its
+    // stream position; receipts changed since `from` come last.
+    let mut events: Vec<(u64, Value)> = Vec::new();
+    for room_id in &rooms {
         let request = PageRequest { from: from as i64, forward: true, limit, to: Some(upto as i64) };
-        let page = history::page(s, user_id, &room_id, request, &EventFilter(&filter))?;
-        events.extend(page.events);
+        let page = history::page(s, user_id, room_id, request, &EventFilter(&filter))?;
+        events.extend(
+            page.events.iter().map(|(pdu, meta)| (meta.count, v1_format(pdu.to_client_event(meta, true, None)))),
+        );
     }
-    events.sort_by_key(|(_, meta)| meta.count);
+    if room.is_none() {
+        for item in s.account_data.changed_since(user_id, from)? {
+            if item.count > upto {
+                continue;
+            }
+            let mut event = json!({ "type": item.kind, "content": serde_json::from_str::<Value>(item.content.get())? });
+            if let Some(room_id) = &item.room_id {
+                event["room_id"] = json!(room_id);
+            }
+            events.push((item.count, event));
+        }
+    }
+    events.sort_by_key(|(count, _)| *count);
     events.truncate(limit);
     // Stop where the last event shown is, so nothing after it is skipped.
-    let end = if events.len() == limit { events.last().map_or(upto, |(_, meta)| meta.count) } else { upto };
+    let end = if events.len() == limit { events.last().map_or(upto, |(count, _)| *count) } else { upto };
+    let mut events: Vec<Value> = events.into_iter().map(|(_, event)| event).collect();
+    if end == upto {
+        for room_id in &rooms {
+            if let Some(mut receipt) = s.ephemeral.receipt_event(room_id, from, user_id)? {
+                receipt["room_id"] = json!(room_id);
+                events.push(receipt);
+            }
+        }
+    }
     if events.is_empty() {
         return Ok(None);
     }
-    Ok(Some((events.iter().map(|(pdu, meta)| v1_format(pdu.to_client_event(meta, true, None))).collect(), end)))
+    Ok(Some((events, end)))
 }

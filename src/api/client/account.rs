@@ -448,9 +448,14 @@ pub async fn update_device(
     req: Ruma<update_device::v3::Request>,
 ) -> Result<update_device::v3::Response> {
     blocking(&state, move |s| {
-        if !s.users.update_device(&req.session().user_id, req.body.device_id.as_str(), req.body.display_name.clone())? {
+        let user_id = &req.session().user_id;
+        let device_id = req.body.device_id.as_str();
+        let before = s.keys.changed_at(user_id)?;
+        if !s.users.update_device(user_id, device_id, req.body.display_name.clone())? {
             return Err(Error::not_found("No such device."));
         }
+        // Its display name is part of what other servers show of the device.
+        crate::service::outbound::device_list_update(s, user_id, device_id, false, before)?;
         Ok(update_device::v3::Response::new())
     })
     .await

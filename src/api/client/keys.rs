@@ -137,6 +137,7 @@ pub async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> Result<
                         devices: device_keys,
                         master: answer.master_keys.remove(&user_id),
                         self_signing: answer.self_signing_keys.remove(&user_id),
+                        stream_id: None,
                     };
                     if devices.is_empty() && user_id.server_name() == server {
                         state.keys.cache_remote(&user_id, keys.clone(), asked_at);

@@ -181,3 +181,80 @@ async fn cross_signing_keys_and_signatures() {
         .await;
     assert!(body["device_keys"][&alice.user_id].get(&alice.device_id).is_none(), "{body}");
 }
+
+/// Another server's user renames and deletes devices: our user's sync
+/// names them as changed each time, and a key query shows the list as it is.
+#[tokio::test]
+async fn device_changes_on_another_server_reach_local_users() {
+    let (a, _) = common::federating_server().await;
+    let (b, b_name) = common::federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    // A second device for bob, to delete later.
+    let (status, second) = b
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" },
+                "password": "correct horse battery", "device_id": "SECOND" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let room = b.create_room(&bob, json!({ "preset": "public_chat" })).await;
+    let path = format!("/_matrix/client/v3/join/{}?server_name={}", common::enc(&room), common::enc(&b_name));
+    let (status, body) = a.post(&path, Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    for (token, device) in
+        [(bob.token.as_str(), bob.device_id.as_str()), (second["access_token"].as_str().unwrap(), "SECOND")]
+    {
+        let (status, _) = b
+            .post(
+                "/_matrix/client/v3/keys/upload",
+                Some(token),
+                json!({ "device_keys": device_keys(&bob.user_id, device, device) }),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let query = async || {
+        let (_, body) = a
+            .post(
+                "/_matrix/client/v3/keys/query",
+                Some(&alice.token),
+                json!({ "device_keys": { bob.user_id.clone(): [] } }),
+            )
+            .await;
+        body["device_keys"][&bob.user_id].as_object().cloned().unwrap_or_default()
+    };
+    let mut since = Some(a.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned());
+    assert_eq!(query().await.len(), 2, "both devices");
+
+    // A rename reaches alice's sync (the name itself stays on bob's server,
+    // as Synapse keeps device names from other servers by default).
+    let (status, _) = b
+        .put(
+            &format!("/_matrix/client/v3/devices/{}", bob.device_id),
+            Some(&bob.token),
+            json!({ "display_name": "Bob's phone" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let in_changed = |body: &serde_json::Value| {
+        body["device_lists"]["changed"].as_array()?.iter().any(|u| u == bob.user_id.as_str()).then_some(())
+    };
+    common::sync_until(&a, &alice, &mut since, "bob's rename", in_changed).await;
+
+    // Deleting the second device: announced, and gone from the query.
+    let (status, _) = b.post("/_matrix/client/v3/logout", second["access_token"].as_str(), json!({})).await;
+    assert_eq!(status, 200);
+    common::sync_until(&a, &alice, &mut since, "bob's deleted device", in_changed).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let devices = query().await;
+        if devices.len() == 1 && devices.contains_key(&bob.device_id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the deleted device stayed: {devices:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -279,13 +279,18 @@ impl Keys {
             return Err(Error::invalid_param("Upload a master key first: the other cross-signing keys hang off it."));
         }
         let mut batch = self.db.batch();
+        // The user-signing key is the user's own business: only a new master
+        // or self-signing key is a change others must hear of (as Synapse).
+        let public = keys.iter().any(|(kind, _)| *kind != USER_SIGNING);
         for (kind, value) in keys {
             if value.get("user_id").and_then(|v| v.as_str()) != Some(user_id.as_str()) {
                 return Err(Error::invalid_param("Cross-signing keys must name your own user id."));
             }
             batch.put_json(Cf::CrossSigningKeys, &key(&[user_id.as_bytes(), kind.as_bytes()]), &value);
         }
-        Self::mark_changed(&mut batch, user_id);
+        if public {
+            Self::mark_changed(&mut batch, user_id);
+        }
         batch.commit()?;
         Ok(())
     }

@@ -139,6 +139,21 @@ pub fn device_list_update(
     queue_edu(services, &destinations, edu)
 }
 
+/// A local user's master or self-signing key changed: tell the servers
+/// sharing a room with them (`m.signing_key_update`).
+pub fn signing_key_update(services: &Services, user_id: &ruma::UserId) -> Result<()> {
+    let destinations = servers_sharing_rooms(services, user_id)?;
+    let mut content = serde_json::json!({ "user_id": user_id });
+    for (kind, field) in
+        [(crate::service::keys::MASTER, "master_key"), (crate::service::keys::SELF_SIGNING, "self_signing_key")]
+    {
+        if let Some(key) = services.keys.cross_signing_key(user_id, kind)? {
+            content[field] = key;
+        }
+    }
+    queue_edu(services, &destinations, serde_json::json!({ "edu_type": "m.signing_key_update", "content": content }))
+}
+
 /// To-device messages for other servers' users (`messages`: per server,
 /// user → device or `*` → content), one `m.direct_to_device` EDU per
 /// server, queued in `batch`. Returns the servers to wake once it commits.

@@ -238,7 +238,11 @@ pub async fn upload_signing(
         if let Some(k) = &body.user_signing_key {
             keys.push((USER_SIGNING, value(k)?));
         }
+        let public = keys.iter().any(|(kind, _)| *kind != USER_SIGNING);
         s.keys.set_cross_signing_keys(&session.user_id, keys)?;
+        if public {
+            crate::service::outbound::signing_key_update(s, &session.user_id)?;
+        }
         Ok(upload_signing_keys::v3::Response::new())
     })
     .await
@@ -257,9 +261,17 @@ pub async fn upload_signatures(
                 continue;
             }
             for (key_id, object) in keys {
+                let before = s.keys.changed_at(&owner)?;
                 // Failures for one key do not stop the others.
                 if let Err(err) = s.keys.add_signatures(&owner, &key_id, &object, &session.user_id) {
                     tracing::debug!(%owner, key_id, "signature upload skipped: {err}");
+                    continue;
+                }
+                // Other servers hear of the newly signed device or key.
+                if s.users.device(&owner, &key_id)?.is_some() {
+                    crate::service::outbound::device_list_update(s, &owner, &key_id, false, before)?;
+                } else {
+                    crate::service::outbound::signing_key_update(s, &owner)?;
                 }
             }
         }

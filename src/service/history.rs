@@ -110,9 +110,10 @@ pub fn require_reader(s: &Services, room_id: &RoomId, user_id: &UserId) -> Resul
 }
 
 /// Whether a room is world-readable now and the user may read rooms they
-/// are not in (the guest policy says guests may not).
-fn world_readable_to(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
-    if !s.rooms.exists(room_id)? || visibility_in(s, &*s.rooms.current_state(room_id)?)? != "world_readable" {
+/// are not in (the guest policy says guests may not). A room this server
+/// does not hold has no state, so it is not.
+pub fn world_readable_to(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+    if visibility_in(s, &*s.rooms.current_state(room_id)?)? != "world_readable" {
         return Ok(false);
     }
     Ok(crate::policy::check_user(s, user_id, crate::policy::Action::PreviewRoom { room_id }).is_ok())

@@ -269,7 +269,12 @@ pub fn receive<'a>(
                     // the room's newest state.
                     let prevs = pdu.prev_events.clone();
                     let all_known = blocking(s, move |s| {
-                        prevs.iter().try_fold(true, |known, id| Ok(known && s.rooms.get_pdu(id)?.is_some()))
+                        for id in &prevs {
+                            if s.rooms.get_pdu(id)?.is_none() {
+                                return Ok(false);
+                            }
+                        }
+                        Ok(true)
                     })
                     .await?;
                     if !all_known {
@@ -583,8 +588,6 @@ pub(crate) async fn state_from_remote(
     blocking(s, move |s| s.rooms.resolve(&version, states)).await
 }
 
-/// Typing, receipts, presence, device lists and to-device messages from
-/// `origin`'s users. A user of another server than `origin` is ignored.
 /// How long a device-list resync may take.
 const RESYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -628,6 +631,8 @@ async fn resync_device_list(s: Arc<Services>, server: ruma::OwnedServerName, use
     }
 }
 
+/// Typing, receipts, presence, device lists and to-device messages from
+/// `origin`'s users. A user of another server than `origin` is ignored.
 async fn incoming_edu(s: &Arc<Services>, origin: &ServerName, edu: &Value) -> Result<()> {
     let kind = edu.get("edu_type").and_then(Value::as_str).unwrap_or_default().to_owned();
     let content = edu.get("content").cloned().unwrap_or(Value::Null);
@@ -635,7 +640,7 @@ async fn incoming_edu(s: &Arc<Services>, origin: &ServerName, edu: &Value) -> Re
         && let Some(user) = content.get("user_id").and_then(Value::as_str).and_then(|u| OwnedUserId::try_from(u).ok())
         && user.server_name() == origin
     {
-        let update_content = content.clone();
+        let (update_content, updated) = (content.clone(), user.clone());
         let applied = blocking(s, move |s| {
             let update = crate::service::keys::DeviceListUpdate {
                 device_id: update_content["device_id"].as_str().unwrap_or_default(),
@@ -650,7 +655,7 @@ async fn incoming_edu(s: &Arc<Services>, origin: &ServerName, edu: &Value) -> Re
                 keys: update_content.get("keys").cloned(),
                 display_name: update_content["device_display_name"].as_str(),
             };
-            s.keys.apply_remote_update(&user, &update)
+            s.keys.apply_remote_update(&updated, &update)
         })
         .await?;
         if applied {
@@ -658,9 +663,7 @@ async fn incoming_edu(s: &Arc<Services>, origin: &ServerName, edu: &Value) -> Re
         }
         // Otherwise the whole list is fetched again at once (as Synapse
         // resyncs), so our users' next key query has it without asking.
-        if let Ok(user) = OwnedUserId::try_from(content["user_id"].as_str().unwrap_or_default()) {
-            tokio::spawn(resync_device_list(s.clone(), origin.to_owned(), user));
-        }
+        tokio::spawn(resync_device_list(s.clone(), origin.to_owned(), user));
     }
     let origin = origin.to_owned();
     blocking(s, move |s| {

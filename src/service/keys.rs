@@ -506,7 +506,23 @@ pub fn published_keys(
     })
 }
 
-/// Users sharing a room with `user_id` (and the user), for key-change tracking.
+/// Those of `users` whose keys changed after position `from`, up to `to`.
+pub fn keys_changed_between(
+    s: &crate::service::Services,
+    users: &BTreeSet<OwnedUserId>,
+    from: u64,
+    to: u64,
+) -> Result<BTreeSet<OwnedUserId>> {
+    let mut changed = BTreeSet::new();
+    for user in users {
+        let at = s.keys.changed_at(user)?;
+        if at > from && at <= to {
+            changed.insert(user.clone());
+        }
+    }
+    Ok(changed)
+}
+
 /// Membership events one `/keys/changes` request reads per room at most.
 const MAX_CHANGES_SCAN: usize = 1_000;
 
@@ -520,13 +536,7 @@ pub fn changes_between(
     to: u64,
 ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
     let peers = room_peers(s, user_id)?;
-    let mut changed = BTreeSet::new();
-    for peer in &peers {
-        let at = s.keys.changed_at(peer)?;
-        if at > from && at <= to {
-            changed.insert(peer.clone());
-        }
-    }
+    let mut changed = keys_changed_between(s, &peers, from, to)?;
     let mut left = BTreeSet::new();
     for (room_id, record) in s.rooms.user_rooms(user_id)? {
         if record.count <= from && record.membership != ruma::events::room::member::MembershipState::Join {
@@ -554,6 +564,7 @@ pub fn changes_between(
     Ok((changed.into_iter().collect(), left.into_iter().collect()))
 }
 
+/// Users sharing a room with `user_id` (and the user), for key-change tracking.
 pub fn room_peers(s: &crate::service::Services, user_id: &UserId) -> Result<BTreeSet<OwnedUserId>> {
     let mut peers = BTreeSet::from([user_id.to_owned()]);
     for (room_id, record) in s.rooms.user_rooms(user_id)? {

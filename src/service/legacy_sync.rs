@@ -88,11 +88,7 @@ pub fn room_initial_sync(s: &Services, session: &Session, room_id: &RoomId, limi
         Some(MembershipState::Join) => "join",
         Some(MembershipState::Leave) if leave_is_visible(s, user_id, room_id) => "leave",
         Some(MembershipState::Ban) if leave_is_visible(s, user_id, room_id) => "ban",
-        _ if world_readable(s, room_id)?
-            && crate::policy::check(s, session, crate::policy::Action::PreviewRoom { room_id }).is_ok() =>
-        {
-            "leave"
-        }
+        _ if history::world_readable_to(s, room_id, user_id)? => "leave",
         _ => return Err(Error::forbidden("You are not in this room.")),
     };
     let mut view = room_view(s, user_id, room_id, membership, limit, upto)?;
@@ -103,16 +99,6 @@ pub fn room_initial_sync(s: &Services, session: &Session, room_id: &RoomId, limi
     let members: Vec<OwnedUserId> = if membership == "join" { s.rooms.joined_members(room_id)? } else { Vec::new() };
     view["presence"] = presence_events(s, members);
     Ok(view)
-}
-
-fn world_readable(s: &Services, room_id: &RoomId) -> Result<bool> {
-    if !s.rooms.exists(room_id)? {
-        return Ok(false);
-    }
-    let state = s.rooms.current_state(room_id)?;
-    Ok(s.rooms
-        .state_content(&state, "m.room.history_visibility", "")?
-        .is_some_and(|c| c["history_visibility"] == "world_readable"))
 }
 
 /// One room as the deprecated views show it: its state, the latest
@@ -178,10 +164,7 @@ fn v1_format(mut event: Value) -> Value {
 fn presence_events(s: &Services, users: impl IntoIterator<Item = OwnedUserId>) -> Value {
     let mut out = Vec::new();
     for user_id in users {
-        // Unknown presence is offline, as Synapse shows it.
-        let mut event = crate::service::profiles::presence_event(s, &user_id).unwrap_or_else(
-            || json!({ "type": "m.presence", "sender": user_id, "content": { "presence": "offline" } }),
-        );
+        let mut event = crate::service::profiles::presence_event_or_offline(s, &user_id);
         event["content"]["user_id"] = json!(user_id);
         out.push(event);
     }

@@ -61,6 +61,14 @@ pub fn presence_event(s: &Services, user_id: &UserId) -> Option<serde_json::Valu
     Some(serde_json::json!({ "type": "m.presence", "sender": user_id, "content": content }))
 }
 
+/// [`presence_event`], or `offline` for someone whose presence is not
+/// known here (as Synapse shows them).
+pub fn presence_event_or_offline(s: &Services, user_id: &UserId) -> serde_json::Value {
+    presence_event(s, user_id).unwrap_or_else(
+        || serde_json::json!({ "type": "m.presence", "sender": user_id, "content": { "presence": "offline" } }),
+    )
+}
+
 /// `/sync?set_presence=…`: syncing marks a user online (unless they chose
 /// `unavailable`, which a sync does not override), `offline` keeps them
 /// from showing online; `unavailable` sets it.

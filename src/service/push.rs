@@ -234,12 +234,7 @@ pub fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
 
 /// The thread an event is part of (its `m.thread` relation's root).
 fn thread_root(pdu: &Pdu) -> Option<OwnedEventId> {
-    let content = pdu.content_value();
-    let relation = content.get("m.relates_to")?;
-    if relation.get("rel_type")?.as_str()? != "m.thread" {
-        return None;
-    }
-    OwnedEventId::try_from(relation.get("event_id")?.as_str()?).ok()
+    crate::service::relations::relation_of(pdu).filter(|(rel_type, _)| rel_type == "m.thread").map(|(_, root)| root)
 }
 
 /// Rooms with unread notifications: the badge number sent to phones

@@ -86,7 +86,7 @@ impl RoomEntry {
 }
 
 fn raw_events<T>(events: Vec<Value>) -> Vec<Raw<T>> {
-    events.into_iter().filter_map(|event| serde_json::value::to_raw_value(&event).ok().map(Raw::from_json)).collect()
+    events.iter().map(crate::service::sync::raw).collect()
 }
 
 /// What another server said about one of its rooms.

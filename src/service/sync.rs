@@ -90,7 +90,6 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
     let mut response = Response::new(upto.to_string());
     let room_filter = &params.filter.room;
     let rooms_filter = EventFilter(&room_filter.timeline);
-    let state_filter = EventFilter(&room_filter.state);
     let ignored = services.account_data.ignored_users(user_id)?;
     let mut anything = false;
 
@@ -131,18 +130,10 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
             MembershipState::Leave | MembershipState::Ban
                 if changed && (since.is_some() || room_filter.include_leave) =>
             {
-                response.rooms.leave.insert(
-                    room_id.clone(),
-                    left_room(
-                        services,
-                        session,
-                        &room_id,
-                        &record.event_id,
-                        since,
-                        (&rooms_filter, &state_filter),
-                        params,
-                    )?,
-                );
+                response
+                    .rooms
+                    .leave
+                    .insert(room_id.clone(), left_room(services, session, &room_id, &record.event_id, since, params)?);
                 anything = true;
             }
             _ => {}
@@ -199,13 +190,8 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
             .collect(),
     );
     if let Some(since) = since {
-        let mut changed: BTreeSet<OwnedUserId> = BTreeSet::new();
-        for peer in crate::service::keys::room_peers(services, user_id)? {
-            let at = services.keys.changed_at(&peer)?;
-            if at > since && at <= upto {
-                changed.insert(peer);
-            }
-        }
+        let peers = crate::service::keys::room_peers(services, user_id)?;
+        let mut changed = crate::service::keys::keys_changed_between(services, &peers, since, upto)?;
         // People who joined a room with us since the token are new to our device lists.
         for room in response.rooms.join.values() {
             for event in &room.timeline.events {
@@ -267,6 +253,13 @@ fn federation_event<T>(pdu: &Pdu) -> ruma::serde::Raw<T> {
     raw(&event)
 }
 
+/// Events in one room's timeline: the filter's limit (0 allowed: state
+/// only, as a client that keeps its own timeline asks), 10 by default, 100
+/// at most.
+fn timeline_limit(params: &SyncParams) -> usize {
+    params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).min(100)
+}
+
 /// Events hidden by history visibility a fresh view looks past, for the
 /// current state's events among them.
 const MAX_HIDDEN_SCAN: usize = 200;
@@ -286,8 +279,7 @@ fn joined_room(
     ignored: &HashSet<OwnedUserId>,
     membership_changed: bool,
 ) -> Result<Option<JoinedRoom>> {
-    // 0 is allowed: state only, as a client that keeps its own timeline asks.
-    let limit = params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).min(100);
+    let limit = timeline_limit(params);
     // A room joined since the token is sent whole, as in an initial sync.
     let room_since = if membership_changed { None } else { since };
     let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
@@ -539,9 +531,7 @@ fn presence(
     let mut events: Vec<Value> =
         wanted.iter().filter_map(|u| crate::service::profiles::presence_event(services, u)).collect();
     for user in newcomers {
-        events.push(crate::service::profiles::presence_event(services, &user).unwrap_or_else(
-            || serde_json::json!({ "type": "m.presence", "sender": user, "content": { "presence": "offline" } }),
-        ));
+        events.push(crate::service::profiles::presence_event_or_offline(services, &user));
     }
     Ok(events)
 }
@@ -623,9 +613,10 @@ fn left_room(
     room_id: &RoomId,
     leave_event: &OwnedEventId,
     since: Option<u64>,
-    (timeline_filter, state_filter): (&EventFilter<'_>, &EventFilter<'_>),
     params: &SyncParams,
 ) -> Result<LeftRoom> {
+    let (timeline_filter, state_filter) =
+        (EventFilter(&params.filter.room.timeline), EventFilter(&params.filter.room.state));
     let mut room = LeftRoom::new();
     let Some((leave, leave_meta)) = services.rooms.get_pdu(leave_event)? else { return Ok(room) };
     let leave_json = leave.to_client_event(&leave_meta, false, None);
@@ -645,7 +636,7 @@ fn left_room(
     }
     // The last events up to the leave that the user could see, and the
     // state before them (clients such as matrix-nio expect state here).
-    let limit = params.filter.room.timeline.limit.map(|l| u64::from(l) as usize).unwrap_or(10).min(100);
+    let limit = timeline_limit(params);
     let mut entries = Vec::new();
     let mut reached_since = false;
     for (count, event_id) in services.rooms.timeline(room_id, leave_meta.count as i64 + 1, false, 200)? {

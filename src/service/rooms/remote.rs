@@ -640,10 +640,9 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Keep a soft-failed event (other servers may ask for it) without
-    /// showing it or building on it.
-    /// Keep an event out of the timeline with the state before it as its
-    /// state (soft-failed, or `rejected` by the auth rules).
+    /// Keep an event out of the timeline, with the state before it as its
+    /// state: soft-failed (other servers may ask for it), or `rejected` by
+    /// the auth rules. Events that follow it can be placed on it.
     fn stage_without_timeline(&mut self, pdu: &Arc<Pdu>, state_before: &StateMap, rejected: bool) -> Result<()> {
         let base = self.record.current_state;
         let current = self.state.clone();

@@ -346,6 +346,65 @@ async fn room_upgrade_replaces_the_room_and_moves_what_belongs_to_it() {
 }
 
 #[tokio::test]
+async fn upgrading_a_private_room_invites_its_people_to_the_replacement() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let dave = s.register("dave").await;
+    let room = s
+        .create_room(&alice, json!({ "preset": "private_chat", "invite": [bob.user_id, carol.user_id] }))
+        .await;
+    assert_eq!(s.join(&bob, &room).await.0, 200);
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    let (status, body) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room)),
+            Some(&alice.token),
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let new_room = body["replacement_room"].as_str().unwrap().to_owned();
+    let membership = |user: &User| {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&new_room), enc(&user.user_id));
+        let token = alice.token.clone();
+        let hs = &s.hs;
+        async move { hs.get(&path, Some(&token)).await.1["membership"].as_str().map(str::to_owned) }
+    };
+    // The member and the pending invitee are invited; an outsider is not.
+    assert_eq!(membership(&bob).await.as_deref(), Some("invite"));
+    assert_eq!(membership(&carol).await.as_deref(), Some("invite"));
+    assert_eq!(membership(&dave).await, None);
+    // Bob's running client sees the invite and can follow the tombstone.
+    let sync = s.sync(&bob, Some(&since), 0).await;
+    assert!(sync["rooms"]["invite"][new_room.as_str()].is_object(), "{sync}");
+    assert_eq!(s.join(&bob, &new_room).await.0, 200);
+    assert_eq!(s.join(&dave, &new_room).await.0, 403, "still private");
+
+    // A public room's upgrade invites nobody: anyone may follow.
+    let public = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(s.join(&dave, &public).await.0, 200);
+    let (status, body) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&public)),
+            Some(&alice.token),
+            json!({ "new_version": "11" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let replacement = body["replacement_room"].as_str().unwrap();
+    let (_, member) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(replacement), enc(&dave.user_id)),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(member["errcode"], "M_NOT_FOUND", "{member}");
+}
+
+#[tokio::test]
 async fn deprecated_initial_sync_and_event_stream() {
     let s = TestServer::start().await;
     let alice = s.register("alice").await;

@@ -80,6 +80,19 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         rooms: usize,
     },
+    /// Full-text search: M messages spread over R rooms, then timed
+    /// `/search` queries for common, rare and two-word terms.
+    Search {
+        /// Rooms the searching user is in.
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Messages sent in all, eight words each, from a 1,000-word vocabulary.
+        #[arg(long, default_value_t = 5000)]
+        messages: usize,
+        /// Queries timed per kind.
+        #[arg(long, default_value_t = 50)]
+        queries: usize,
+    },
     /// N concurrent joins through one porch guest link.
     GuestBurst {
         /// Concurrent join requests.
@@ -126,6 +139,7 @@ async fn run(cli: Cli) -> Result<()> {
         Scenario::Send { clients, messages } => send(&api, clients, messages).await?,
         Scenario::Latency { samples } => latency(&api, samples).await?,
         Scenario::InitialSync { rooms } => initial_sync(&api, rooms).await?,
+        Scenario::Search { rooms, messages, queries } => search(&api, rooms, messages, queries).await?,
         Scenario::GuestBurst { guests, link_token } => guest_burst(&api, guests, &link_token).await?,
     };
     if cli.json {
@@ -411,6 +425,81 @@ async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
     let report = json!({
         "scenario": "initial-sync", "rooms": rooms, "runs": 3,
         "median_ms": median, "max_ms": max, "response_bytes": bytes,
+    });
+    Ok((human, report))
+}
+
+/// Word `rank` of the search vocabulary: distinct, pronounceable, never an English word.
+fn vocabulary_word(rank: usize) -> String {
+    const SYLLABLES: [&str; 16] = ["ka", "lo", "mi", "ru", "ze", "po", "ta", "ni", "su", "ve", "do", "qa", "fi", "go", "xu", "be"];
+    let (a, b, c) = (rank % 16, (rank / 16) % 16, (rank / 256) % 16);
+    format!("{}{}{}x", SYLLABLES[a], SYLLABLES[b], SYLLABLES[c])
+}
+
+/// A vocabulary rank drawn so that low ranks are common (roughly Zipf's law,
+/// as in real text): rank ~ 1000^u - 1 for uniform u.
+fn zipf_rank(rng: &mut impl Rng) -> usize {
+    let u: f64 = rng.r#gen();
+    ((1000f64.powf(u) - 1.0) as usize).min(999)
+}
+
+async fn search(api: &Api, rooms: usize, messages: usize, queries: usize) -> Result<Report> {
+    let rooms = rooms.max(1);
+    let user = api.register("search").await?;
+    let mut room_ids = Vec::with_capacity(rooms);
+    for _ in 0..rooms {
+        room_ids.push(api.create_room(&user).await?);
+    }
+    let room_ids = std::sync::Arc::new(room_ids);
+    let start = Instant::now();
+    let workers = (0..SETUP_WORKERS.min(messages))
+        .map(|w| {
+            let (api, user, room_ids) = (api.clone(), user.clone(), room_ids.clone());
+            tokio::spawn(async move {
+                for m in (w..messages).step_by(SETUP_WORKERS) {
+                    let text = {
+                        let mut rng = rand::thread_rng();
+                        (0..8).map(|_| vocabulary_word(zipf_rank(&mut rng))).collect::<Vec<_>>().join(" ")
+                    };
+                    api.send_text(&user, &room_ids[m % room_ids.len()], &format!("s{m}"), &text).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .collect();
+    join_all(workers).await?;
+    let send_rate = messages as f64 / start.elapsed().as_secs_f64();
+
+    let kinds: [(&str, fn(usize) -> String, &str); 4] = [
+        ("common word", |i| vocabulary_word(i % 3), "rank"),
+        ("rare word", |i| vocabulary_word(900 + i % 100), "rank"),
+        ("two words", |i| format!("{} {}", vocabulary_word(i % 5), vocabulary_word(10 + i % 20)), "rank"),
+        ("common word, recent first", |i| vocabulary_word(i % 3), "recent"),
+    ];
+    let mut human = format!(
+        "search: {messages} messages in {rooms} rooms, sent at {send_rate:.0} msg/s (indexed as they are stored)"
+    );
+    let mut figures = Vec::new();
+    for (name, term, order) in kinds {
+        let mut times = Vec::with_capacity(queries);
+        let mut hits = 0u64;
+        for i in 0..queries {
+            let body = json!({ "search_categories": { "room_events": {
+                "search_term": term(i), "order_by": order, "filter": { "limit": 10 },
+            } } });
+            let sent = Instant::now();
+            let found = api.call(Method::POST, &format!("{V3}/search"), Some(&user), Some(&body)).await?;
+            times.push(millis(sent.elapsed()));
+            hits += found["search_categories"]["room_events"]["count"].as_u64().unwrap_or(0);
+        }
+        let lat = Latency::of(times);
+        let mean_hits = hits / queries.max(1) as u64;
+        human.push_str(&format!("\n  {name}: ~{mean_hits} matches, first page of 10 in {lat}"));
+        figures.push(json!({ "query": name, "order_by": order, "mean_matches": mean_hits, "latency_ms": lat.json() }));
+    }
+    let report = json!({
+        "scenario": "search", "rooms": rooms, "messages": messages, "queries_per_kind": queries,
+        "send_msgs_per_s": send_rate, "queries": figures,
     });
     Ok((human, report))
 }

@@ -5,18 +5,24 @@
 //! room muted (`events_default` and `invite` raised), local aliases, the
 //! canonical alias and the directory entry moved, and the upgrader's tags,
 //! room push rules and direct-chat marking carried to the new room (every
-//! other local member gets theirs when they join it).
+//! other local member gets theirs when they join it). When the old room let
+//! nobody in uninvited (join rule `invite` or `knock`), its members and
+//! invitees are invited to the replacement, so they can follow the
+//! tombstone; Synapse leaves them stranded there.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
-use ruma::{OwnedRoomId, RoomId, RoomVersionId, UserId, events::StateEventType};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::StateEventType};
 use serde_json::{Map, Value, json};
 
 use crate::{
     config::SUPPORTED_ROOM_VERSIONS,
     error::{Error, Result},
     policy::{self, Action},
-    service::{Services, directory, membership, rooms::NewEvent, users::Session},
+    service::{Services, blocking, directory, membership, remote_invite, rooms::NewEvent, users::Session},
 };
 
 /// State copied into the replacement room, as the spec lists it.
@@ -58,7 +64,53 @@ impl Drop for Upgrading {
     }
 }
 
-pub fn upgrade(s: &Services, session: &Session, room_id: &RoomId, new_version: &str) -> Result<OwnedRoomId> {
+/// Upgrade a room, then invite the old room's people when it was private:
+/// this server's users at once, other servers' users in the background (each
+/// invite is a round trip to their server, and the upgrade is done already).
+pub async fn upgrade_room(
+    s: &Arc<Services>,
+    session: &Session,
+    room_id: &RoomId,
+    new_version: &str,
+) -> Result<OwnedRoomId> {
+    let (checked, old, version) = (session.clone(), room_id.to_owned(), new_version.to_owned());
+    let (new_room, remote) = blocking(s, move |s| {
+        let (new_room, invitees) = upgrade(s, &checked, &old, &version)?;
+        let mut remote = Vec::new();
+        for target in invitees {
+            if s.users.is_local(&target) {
+                if let Err(err) = membership::invite_as(s, &new_room, &checked.user_id, &target, None, false) {
+                    tracing::info!(room = %new_room, %target, "not invited to the replacement room: {err}");
+                }
+            } else {
+                remote.push(target);
+            }
+        }
+        Ok((new_room, remote))
+    })
+    .await?;
+    if !remote.is_empty() {
+        let (s, sender, room) = (s.clone(), session.user_id.clone(), new_room.clone());
+        tokio::spawn(async move {
+            for target in remote {
+                if let Err(err) = remote_invite::invite_user_as(&s, &room, &sender, &target, None, false).await {
+                    tracing::info!(%room, %target, "not invited to the replacement room: {err}");
+                }
+            }
+        });
+    }
+    Ok(new_room)
+}
+
+/// The upgrade itself: the replacement room and who should be invited to
+/// it (empty unless the old room was invite- or knock-only and the upgrader
+/// may invite).
+fn upgrade(
+    s: &Services,
+    session: &Session,
+    room_id: &RoomId,
+    new_version: &str,
+) -> Result<(OwnedRoomId, Vec<OwnedUserId>)> {
     let version = RoomVersionId::try_from(new_version)
         .ok()
         .filter(|v| SUPPORTED_ROOM_VERSIONS.contains(v))
@@ -190,7 +242,23 @@ pub fn upgrade(s: &Services, session: &Session, room_id: &RoomId, new_version: &
     }
     carry_user_state(s, user_id, room_id, &new_room)?;
     tracing::info!(old = %room_id, new = %new_room, %version, by = %user_id, "upgraded a room");
-    Ok(new_room)
+    let private = matches!(membership::join_rule(s, &state)?.as_str(), "invite" | "knock");
+    let may_invite = private && policy::check(s, session, Action::Invite).is_ok() && {
+        let new_state = s.rooms.current_state(&new_room)?;
+        s.rooms.power_levels(&version, &new_state)?.user_can_invite(user_id)
+    };
+    let mut invitees = Vec::new();
+    if may_invite {
+        for ((kind, target), _) in state.iter().filter(|((kind, _), _)| kind == "m.room.member") {
+            let Ok(target) = UserId::parse(target.as_str()) else { continue };
+            let membership = s.rooms.state_content(&state, kind, target.as_str())?;
+            let membership = membership.as_ref().and_then(|c| c["membership"].as_str());
+            if target != *user_id && matches!(membership, Some("join" | "invite")) {
+                invitees.push(target);
+            }
+        }
+    }
+    Ok((new_room, invitees))
 }
 
 /// The level the initial state needs: enough for every state event sent.

@@ -435,11 +435,9 @@ pub async fn summary(state: AppState, req: Ruma<get_summary::v1::Request>) -> Re
 }
 
 pub async fn upgrade(state: AppState, req: Ruma<upgrade_room::v3::Request>) -> Result<upgrade_room::v3::Response> {
-    blocking(&state, move |s| {
-        let body = &req.body;
-        let new_room =
-            crate::service::room_upgrade::upgrade(s, req.session(), &body.room_id, body.new_version.as_str())?;
-        Ok(upgrade_room::v3::Response::new(new_room))
-    })
-    .await
+    let body = &req.body;
+    let new_room =
+        crate::service::room_upgrade::upgrade_room(&state, req.session(), &body.room_id, body.new_version.as_str())
+            .await?;
+    Ok(upgrade_room::v3::Response::new(new_room))
 }

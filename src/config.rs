@@ -28,8 +28,41 @@ pub struct Config {
     pub federation: Federation,
     pub outbound: Outbound,
     pub voip: Voip,
+    pub email: Email,
     pub security_levels: Vec<SecurityLevel>,
     pub default_security_level: String,
+}
+
+/// Outgoing mail (email invitations).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Email {
+    /// `smtp://[user:password@]host[:port]` (STARTTLS when the server offers
+    /// it; `?tls=required` insists, `?tls=none` never), or `smtps://…` (TLS
+    /// from the first byte, port 465). Empty: mails are written to the log
+    /// and kept in the admin API's outbox instead of being sent.
+    pub smtp_url: String,
+    /// The sender, e.g. `Example Chat <chat@example.org>`.
+    pub from: String,
+    /// Language of the mails: `en` or `fr`.
+    pub language: String,
+    /// A PEM CA certificate to trust for the mail server besides the system's.
+    pub trusted_ca: String,
+    /// The longest wait between tries while the mail server cannot be reached.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_interval: Duration,
+}
+
+impl Default for Email {
+    fn default() -> Self {
+        Self {
+            smtp_url: String::new(),
+            from: String::new(),
+            language: "en".to_owned(),
+            trusted_ca: String::new(),
+            max_retry_interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Guest rooms, links and guest accounts (see the guest-rooms contract).
@@ -51,9 +84,17 @@ pub struct Guests {
     /// How long an ended guest room's history is kept before it is purged.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
-    /// Most external (email-invited) accounts at once; 0: no limit.
+    /// Most external (email-invited) accounts at once, pending invitations
+    /// included; 0: no limit.
     pub max_external_users: u64,
+    /// Domains email invitations may go to (`example.org` also covers its
+    /// subdomains); empty: any.
     pub allowed_email_domains: Vec<String>,
+    /// How long an email invitation stays valid unless the admin says otherwise.
+    #[serde(with = "humantime_serde")]
+    pub invitation_default_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub invitation_max_lifetime: Duration,
     /// A room whose members may join every guest room without a link; empty: none.
     pub team_room: String,
     /// Redemption tries per client address: steady rate and burst.
@@ -74,6 +115,8 @@ impl Default for Guests {
             history_retention: Duration::from_secs(30 * DAY),
             max_external_users: 0,
             allowed_email_domains: Vec::new(),
+            invitation_default_lifetime: Duration::from_secs(7 * DAY),
+            invitation_max_lifetime: Duration::from_secs(90 * DAY),
             team_room: String::new(),
             redeem_per_second: 0.5,
             redeem_burst: 20,
@@ -291,6 +334,7 @@ impl Default for Config {
             federation: Federation::default(),
             outbound: Outbound::default(),
             voip: Voip::default(),
+            email: Email::default(),
             security_levels: default_security_levels(),
             default_security_level: "internal".to_owned(),
         }
@@ -543,6 +587,37 @@ impl Config {
                     ))
                 })?;
             }
+        }
+        if self.guests.invitation_default_lifetime > self.guests.invitation_max_lifetime
+            || self.guests.invitation_default_lifetime.is_zero()
+        {
+            return Err(ConfigError(
+                "config keys `guests.invitation_default_lifetime` and `guests.invitation_max_lifetime` must be above zero, the default no longer than the maximum; fix them".to_owned(),
+            ));
+        }
+        if let Some(domain) = self.guests.allowed_email_domains.iter().find(|d| !crate::service::mail::valid_domain(d)) {
+            return Err(ConfigError(format!(
+                "config key `guests.allowed_email_domains` holds `{domain}`, which is not a domain name; write names like \"example.org\""
+            )));
+        }
+        if !self.email.smtp_url.is_empty() {
+            crate::service::mail::SmtpTarget::parse(&self.email.smtp_url).map_err(|why| {
+                ConfigError(format!(
+                    "config key `email.smtp_url` is not usable: {why}; write it like \"smtp://user:password@mail.example.org:587\" or \"smtps://mail.example.org\""
+                ))
+            })?;
+        }
+        if !self.email.from.is_empty() && self.email.from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(ConfigError(format!(
+                "config key `email.from` is `{}`, which is not a mail address; write it like \"Example Chat <chat@example.org>\"",
+                self.email.from
+            )));
+        }
+        if !matches!(self.email.language.as_str(), "en" | "fr") {
+            return Err(ConfigError(format!(
+                "config key `email.language` is `{}`; porch writes mails in `en` or `fr`",
+                self.email.language
+            )));
         }
         if self.registration.tokens.iter().any(|t| !valid_registration_token(t)) {
             return Err(ConfigError(

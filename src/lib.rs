@@ -45,6 +45,7 @@ pub async fn serve_on(
     service::housekeeping::spawn(services.clone());
     tokio::spawn(service::outbound::run(services.clone()));
     tokio::spawn(service::push::gateway::run(services.clone()));
+    tokio::spawn(service::mail::run(services.clone()));
     let (stop_federation, mut federation_stopped) = tokio::sync::watch::channel(false);
     let listen = &services.settings.raw.listen;
     let timeouts = crate::listener::Timeouts { headers: listen.header_timeout, body: listen.body_timeout };

@@ -41,6 +41,10 @@ pub enum Action<'a> {
     EndRoom,
     /// A room as createRoom would make it.
     CreateRoom(&'a crate::service::create_room::CreateRoom),
+    /// Inviting a person by email to rooms of this server, making an
+    /// external account when they accept: server admins only, since
+    /// external accounts count against the server's quota.
+    InviteByEmail,
     /// A state event other than `m.room.member` (memberships have their own actions).
     SendState {
         room_id: &'a RoomId,
@@ -65,6 +69,9 @@ const GUEST_CREATION_CONTENT: &[&str] = &["m.federate"];
 
 /// Refuse `action` for this session if the policy says no.
 pub fn check(services: &Services, session: &Session, action: Action<'_>) -> Result<()> {
+    if matches!(action, Action::InviteByEmail) && (!session.user.is_admin || session.is_guest()) {
+        return Err(Error::forbidden("Only server administrators may invite people by email."));
+    }
     check_account(services, &session.user_id, session.is_guest(), action)
 }
 
@@ -96,7 +103,7 @@ fn check_account(services: &Services, user_id: &UserId, is_guest: bool, action: 
                 Err(Error::forbidden("Guests can only see the profiles of people in their rooms."))
             }
         }
-        Action::Invite | Action::Kick | Action::Ban | Action::Unban => {
+        Action::Invite | Action::InviteByEmail | Action::Kick | Action::Ban | Action::Unban => {
             Err(Error::forbidden("Guests cannot invite, kick, ban or unban anyone."))
         }
         Action::LeaveOrProfile => Ok(()),

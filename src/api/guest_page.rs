@@ -15,7 +15,7 @@ const SCRIPT: &str = include_str!("guest_page/app.js");
 const STYLE: &str = include_str!("guest_page/style.css");
 
 /// The page must not be framed, and runs only its own script.
-const SECURITY_HEADERS: [(header::HeaderName, &str); 3] = [
+pub(crate) const SECURITY_HEADERS: [(header::HeaderName, &str); 3] = [
     (header::CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
     (header::X_FRAME_OPTIONS, "DENY"),
     (header::REFERRER_POLICY, "no-referrer"),

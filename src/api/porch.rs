@@ -98,11 +98,11 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-fn parse_room(room_id: &str) -> Result<OwnedRoomId> {
+pub(crate) fn parse_room(room_id: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param(format!("`{room_id}` is not a room id.")))
 }
 
-fn parse_user(user_id: &str) -> Result<OwnedUserId> {
+pub(crate) fn parse_user(user_id: &str) -> Result<OwnedUserId> {
     OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param(format!("`{user_id}` is not a user id.")))
 }
 
@@ -273,7 +273,7 @@ async fn end_room(
 
 /// Unknown tokens count against the address's redemption budget, so tokens
 /// cannot be guessed at speed.
-fn charge(state: &AppState, ip: std::net::IpAddr) -> Result<()> {
+pub(crate) fn charge(state: &AppState, ip: std::net::IpAddr) -> Result<()> {
     state.redeem_limiter.check(ip).map_err(Error::limit_exceeded)
 }
 
@@ -366,8 +366,8 @@ async fn admin_stats(State(state): State<AppState>, Admin(_): Admin) -> Result<J
             "users": { "member": member, "external": external, "temporary": temporary },
             "guest_rooms": { "active": active_rooms.len(), "ended": rooms.len() - active_rooms.len() },
             "links": { "active": active_links },
-            // Email invitations are not built yet: none can be pending.
-            "invitations": { "pending": 0 },
+            "invitations": { "pending": crate::service::invitations::pending_count(s)? },
+            "limits": { "max_external_users": s.settings.raw.guests.max_external_users },
         })))
     })
     .await
@@ -378,8 +378,8 @@ struct UsersQuery {
     kind: Option<String>,
 }
 
-fn user_json(user_id: &OwnedUserId, user: &crate::service::users::UserRecord, s: &Services) -> Value {
-    json!({
+pub(crate) fn user_json(user_id: &OwnedUserId, user: &crate::service::users::UserRecord, s: &Services) -> Value {
+    let mut out = json!({
         "user_id": user_id,
         "kind": user.kind.as_str(),
         "is_admin": user.is_admin,
@@ -387,7 +387,27 @@ fn user_json(user_id: &OwnedUserId, user: &crate::service::users::UserRecord, s:
         "displayname": user.displayname,
         "created_at": user.created_at,
         "security_level": user.security_level.clone().unwrap_or_else(|| s.settings.raw.default_security_level.clone()),
-    })
+    });
+    if user.kind == AccountKind::External {
+        // What an admin managing outsiders needs: where they came from, where they are.
+        out["email"] = json!(user.email);
+        let rooms: Vec<Value> = s
+            .rooms
+            .user_rooms(user_id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, m)| m.membership == ruma::events::room::member::MembershipState::Join)
+            .map(|(room_id, _)| {
+                let state = s.rooms.current_state(&room_id).ok();
+                let name = state
+                    .and_then(|st| s.rooms.state_content(&st, "m.room.name", "").ok().flatten())
+                    .and_then(|c| c["name"].as_str().map(str::to_owned));
+                json!({ "room_id": room_id, "name": name })
+            })
+            .collect();
+        out["rooms"] = Value::Array(rooms);
+    }
+    out
 }
 
 async fn admin_users(
@@ -472,7 +492,7 @@ async fn admin_create_user(
     .await
 }
 
-fn local_user(s: &Services, user_id: &str) -> Result<(OwnedUserId, crate::service::users::UserRecord)> {
+pub(crate) fn local_user(s: &Services, user_id: &str) -> Result<(OwnedUserId, crate::service::users::UserRecord)> {
     let user_id = parse_user(user_id)?;
     let user = s
         .users
@@ -556,7 +576,7 @@ async fn admin_set_level(
 
 async fn admin_guest_rooms(State(state): State<AppState>, Admin(_): Admin) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let rooms = guests::all_rooms(s)?.iter().map(|r| room_json(s, r, false)).collect::<Result<Vec<_>>>()?;
+        let rooms = guests::all_rooms(s)?.iter().map(|r| room_json(s, r, true)).collect::<Result<Vec<_>>>()?;
         Ok(Json(json!({ "guest_rooms": rooms })))
     })
     .await

@@ -703,6 +703,7 @@ pub fn run_due(s: &Services) -> Result<()> {
             save_room(s, &GuestRoom { purged: true, ..record })?;
         }
     }
+    crate::service::invitations::withdraw_expired(s)?;
     // Reading every account is not for every tick: a quarter of the TTL is
     // precise enough (between 1 s and 1 min).
     let ttl = s.settings.raw.guests.temporary_ttl.as_millis() as u64;

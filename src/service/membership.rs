@@ -47,6 +47,18 @@ fn member_event(target: &UserId, content: Map<String, Value>) -> NewEvent {
     NewEvent::state(TimelineEventType::RoomMember, target.as_str(), Value::Object(content))
 }
 
+/// Append `target`'s member event with `content`, sent by `sender` (who
+/// the caller decided may).
+pub(crate) fn append_member(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    content: Map<String, Value>,
+) -> Result<OwnedEventId> {
+    Ok(services.rooms.append(room_id, sender, member_event(target, content))?.event_id.clone())
+}
+
 /// A signed-in user joins a room this server knows, if the guest policy allows.
 /// `extra`: other keys of the join request's body, kept in the member
 /// event (a per-room display name among them), as Synapse keeps them.

@@ -17,9 +17,11 @@ pub mod guests;
 pub mod history;
 pub mod housekeeping;
 pub mod inbound;
+pub mod invitations;
 pub mod key_backup;
 pub mod keys;
 pub mod legacy_sync;
+pub mod mail;
 pub mod media;
 pub mod membership;
 pub mod outbound;
@@ -58,6 +60,7 @@ pub struct Services {
     pub spaces: spaces::Spaces,
     pub lazy_members: sync::LazyMembers,
     pub guests: guests::Guests,
+    pub mail: mail::Mailer,
     pub federation: federation::Federation,
     pub outbox: Arc<outbound::OutboxSignal>,
     pub inbound: inbound::Inbound,
@@ -108,6 +111,7 @@ impl Services {
             spaces: spaces::Spaces::default(),
             lazy_members: sync::LazyMembers::default(),
             guests: guests::Guests::default(),
+            mail: mail::Mailer::new(&settings)?,
             federation: federation::Federation::new(db.clone(), signing.clone(), &settings)?,
             push_rules: push::RulesetCache::default(),
             pushes: push::PushSignal::default(),

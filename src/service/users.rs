@@ -49,6 +49,9 @@ pub struct UserRecord {
     /// Set by an admin; `None`: the server's default level.
     #[serde(default)]
     pub security_level: Option<String>,
+    /// The address an email invitation reached them at (external accounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,6 +161,7 @@ impl Users {
             avatar_url: None,
             created_at: util::now_ms(),
             security_level: None,
+            email: None,
         };
         let _guard = self.create_lock.lock().expect("create lock poisoned");
         if self.exists(user_id)? {

@@ -65,10 +65,13 @@ pub enum Cf {
     ThreadRoots,
     SearchTerms,
     Reports,
+    Invitations,
+    InvitationTokens,
+    Mails,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 43] = [
+    pub const ALL: [Cf; 46] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -112,6 +115,9 @@ impl Cf {
         Cf::ThreadRoots,
         Cf::SearchTerms,
         Cf::Reports,
+        Cf::Invitations,
+        Cf::InvitationTokens,
+        Cf::Mails,
     ];
 
     pub fn name(self) -> &'static str {
@@ -159,6 +165,9 @@ impl Cf {
             Cf::ThreadRoots => "thread_roots",
             Cf::SearchTerms => "search_terms",
             Cf::Reports => "reports",
+            Cf::Invitations => "invitations",
+            Cf::InvitationTokens => "invitation_tokens",
+            Cf::Mails => "mails",
         }
     }
 }

@@ -36,7 +36,7 @@ impl std::ops::Deref for TestServer {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     pub env: Vec<(String, String)>,
 }
@@ -231,16 +231,24 @@ impl Homeserver {
     }
 
     pub async fn send_text(&self, user: &User, room_id: &str, text: &str) -> String {
-        let txn = uuid_like();
-        let (status, resp) = self
-            .put(
-                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id)),
-                Some(&user.token),
-                json!({ "msgtype": "m.text", "body": text }),
-            )
-            .await;
+        let (status, resp) = self.try_send_text(user, room_id, text).await;
         assert_eq!(status, 200, "send: {resp}");
         resp["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Send a text message and return the answer, whatever it is.
+    pub async fn try_send_text(&self, user: &User, room_id: &str, text: &str) -> (u16, Value) {
+        let txn = uuid_like();
+        self.put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id)),
+            Some(&user.token),
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await
+    }
+
+    pub async fn send_text_status(&self, user: &User, room_id: &str, text: &str) -> u16 {
+        self.try_send_text(user, room_id, text).await.0
     }
 
     pub async fn join(&self, user: &User, room: &str) -> (u16, Value) {

@@ -1,7 +1,7 @@
 //! Configuration: a TOML file (optional) overlaid by `PORCH_<SECTION>__<KEY>`
 //! environment variables, validated once at start-up.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use figment::{
     Figment,
@@ -447,6 +447,9 @@ pub struct Settings {
     pub sync_timeout_max: Duration,
     /// `listen.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<crate::service::address_guard::IpRange>,
+    /// The client listener's address once bound (its port when `listen.client`
+    /// asks for port 0), for links made without a configured public address.
+    pub bound_client_addr: Arc<std::sync::OnceLock<SocketAddr>>,
 }
 
 impl Config {
@@ -632,6 +635,7 @@ impl Config {
             client_addr,
             federation_addr,
             default_room_version,
+            bound_client_addr: Arc::default(),
             raw: self,
         })
     }
@@ -670,7 +674,7 @@ impl Settings {
 
     pub fn client_base_url(&self) -> String {
         if self.raw.well_known.client.is_empty() {
-            format!("http://{}", self.client_addr)
+            format!("http://{}", self.bound_client_addr.get().unwrap_or(&self.client_addr))
         } else {
             self.raw.well_known.client.trim_end_matches('/').to_owned()
         }

@@ -40,6 +40,7 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let _ = services.settings.bound_client_addr.set(addr);
     api::client::sync::spawn_typing_expiry(services.clone());
     service::guests::spawn_scheduler(services.clone());
     service::housekeeping::spawn(services.clone());

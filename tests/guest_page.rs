@@ -8,39 +8,11 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
-
 use common::{enc, federating_server, sync_until, timeline};
-use serde_json::{Value, json};
-
-/// A folder with playwright-core installed, made once per target directory.
-fn browser_harness() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
-    lock.lock().unwrap();
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    for file in ["package.json", "guest_page.mjs"] {
-        std::fs::copy(source.join(file), dir.join(file)).unwrap();
-    }
-    if !dir.join("node_modules/playwright-core").exists() {
-        let status = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm");
-        assert!(status.success(), "npm install of playwright-core failed in {}", dir.display());
-    }
-    dir
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn guest_page_in_headless_chromium() {
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
-        "install Debian's chromium (or set CHROMIUM)"
-    );
-    let harness = tokio::task::spawn_blocking(browser_harness).await.unwrap();
     let (s, _) = federating_server().await;
     let (other, _) = federating_server().await;
     let remy = other.register("remy").await;
@@ -75,17 +47,7 @@ async fn guest_page_in_headless_chromium() {
         "login": { "user": "bob", "password": "correct horse battery" }, "shots": env!("CARGO_TARGET_TMPDIR"),
         "remoteUser": remy.user_id, "unreachableUser": format!("@nobody:localhost:{}", common::free_port()),
     });
-    let output = tokio::process::Command::new("node")
-        .arg(harness.join("guest_page.mjs"))
-        .arg(scenario.to_string())
-        .output()
-        .await
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "browser scenario failed\nstdout: {stdout}\nstderr: {stderr}");
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("scenario prints JSON");
-    assert_eq!(seen["ok"], true, "{seen}");
+    let seen = common::browser_scenario("guest_page.mjs", scenario).await;
     assert_eq!(seen["banner"], "Internal");
     assert_eq!((seen["passwordJoin"].as_bool(), seen["signedIn"].as_bool()), (Some(true), Some(true)), "{seen}");
 

@@ -416,3 +416,99 @@ async fn a_mail_waits_for_the_smtp_server_across_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn the_invitation_page_in_headless_chromium() {
+    let port = free_port();
+    let mut sink = SmtpSink::start(port).await;
+    let s = TestServer::start_with(mail_options(port, &[])).await;
+    let admin = s.register_admin("boss").await;
+    s.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&admin.user_id)),
+        Some(&admin.token),
+        json!({ "displayname": "Berta Boss" }),
+    )
+    .await;
+    let bob = s.register("bob").await;
+    let plans = private_room(&s, &admin, "Plans").await;
+    let budget = private_room(&s, &admin, "Budget").await;
+    s.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)), Some(&admin.token), json!({ "user_id": bob.user_id })).await;
+    assert_eq!(s.join(&bob, &plans).await.0, 200);
+    let bob_since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (status, created) = invite(&s, &admin, json!({ "email": "ana@example.org", "rooms": [plans, budget] })).await;
+    assert_eq!(status, 200, "{created}");
+    // The page is opened from the link in the mail, as the person would.
+    let link = link_in(sink.next().await["text"].as_str().unwrap());
+
+    let seen = common::browser_scenario(
+        "invite_page.mjs",
+        json!({
+            "link": link, "base": s.base, "memberToken": bob.token, "firstRoom": plans,
+            "inviterName": "Berta Boss", "roomNames": ["Plans", "Budget"], "shots": env!("CARGO_TARGET_TMPDIR"),
+        }),
+    )
+    .await;
+    assert_eq!(seen["roomList"].as_array().map(Vec::len), Some(2), "{seen}");
+
+    // What the page did is what the server holds: an external account, in both rooms.
+    let (_, users) = s.get("/_porch/admin/v1/users?kind=external", Some(&admin.token)).await;
+    let ana = &users["users"][0];
+    assert_eq!((ana["email"].as_str(), ana["rooms"].as_array().map(Vec::len)), (Some("ana@example.org"), Some(2)), "{users}");
+    let ana_id = ana["user_id"].as_str().unwrap();
+    let sync = s.sync(&bob, Some(&bob_since), 0).await;
+    let from_ana: Vec<_> =
+        timeline(&sync, &plans).into_iter().filter(|e| e["sender"] == ana_id && e["type"] == "m.room.message").collect();
+    assert_eq!(from_ana.len(), 1, "{sync}");
+    assert_eq!(from_ana[0]["content"]["body"], "hello Plans from the browser");
+    let st = stats(&s, &admin).await;
+    assert_eq!((st["users"]["external"].as_u64(), st["invitations"]["pending"].as_u64()), (Some(1), Some(0)), "{st}");
+}
+
+#[tokio::test]
+async fn the_admin_console_in_headless_chromium() {
+    // No SMTP server: the mail goes to the outbox, and the console shows the link.
+    let s = TestServer::start_with(Options {
+        env: vec![("PORCH_GUESTS__MAX_EXTERNAL_USERS".into(), "100".into())],
+    })
+    .await;
+    let admin = s.register_admin("boss").await;
+    s.register("bob").await;
+    let plans = private_room(&s, &admin, "Plans").await;
+    let (visit, _, link_id) = s.guest_room(&admin, json!({ "name": "Visit" })).await;
+    // One external user already, for the dashboard's "1 / 100".
+    let (_, first) = invite(&s, &admin, json!({ "email": "ana@example.org", "rooms": [plans] })).await;
+    let (status, ana) = accept(&s, &token_of(first["link"].as_str().unwrap()), "ana", "a long enough password").await;
+    assert_eq!(status, 200, "{ana}");
+
+    let seen = common::browser_scenario(
+        "admin_console.mjs",
+        json!({
+            "base": s.base,
+            "admin": { "user": "boss", "password": "admin password 1" },
+            "member": { "user": "bob", "password": "correct horse battery" },
+            "email": "carol@example.org", "roomName": "Plans", "guestRoomName": "Visit",
+            "externalUser": ana["user_id"], "shots": env!("CARGO_TARGET_TMPDIR"),
+        }),
+    )
+    .await;
+
+    // The console acted through the admin API: the invitation was made, then revoked.
+    let carol = invitations(&s, &admin).await.into_iter().find(|i| i["email"] == "carol@example.org").expect("listed");
+    assert_eq!(carol["status"], "revoked", "{carol}");
+    assert_eq!(carol["message"], "See you there");
+    let lifetime = carol["expires_at"].as_u64().unwrap() - carol["created_at"].as_u64().unwrap();
+    assert_eq!(lifetime, 30 * 24 * 3600 * 1000, "the chosen expiry");
+    assert_eq!(marker(&s, &admin, &plans, carol["id"].as_str().unwrap()).await.1, json!({}), "marker withdrawn");
+    let (status, _) = s.get(&format!("/_porch/client/v1/invitations/{}", enc(&token_of(seen["link"].as_str().unwrap()))), None).await;
+    assert_eq!(status, 404, "the revoked link no longer works");
+    let (_, outbox) = s.get("/_porch/admin/v1/outbox", Some(&admin.token)).await;
+    assert!(outbox["mails"].as_array().unwrap().iter().any(|m| m["to"] == "carol@example.org"), "{outbox}");
+    // The refusal made nothing: carol's is the only new invitation.
+    assert_eq!(invitations(&s, &admin).await.len(), 2);
+
+    let (_, rooms) = s.get("/_porch/admin/v1/guest_rooms", Some(&admin.token)).await;
+    let room = rooms["guest_rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == visit.as_str()).unwrap().clone();
+    assert_eq!(room["ended"], true, "{room}");
+    let link = room["links"].as_array().unwrap().iter().find(|l| l["id"] == link_id.as_str()).unwrap().clone();
+    assert_eq!(link["revoked"], true, "{link}");
+}

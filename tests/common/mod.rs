@@ -438,3 +438,48 @@ pub async fn in_process_server_with(
     }
     (services, format!("localhost:{port}"), dir)
 }
+
+/// A folder with playwright-core and the drivers of `tests/browser`, made
+/// once per target directory (the npm install) and refreshed per run.
+pub fn browser_harness() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    if !dir.join("node_modules/playwright-core").exists() {
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm");
+        assert!(status.success(), "npm install of playwright-core failed in {}", dir.display());
+    }
+    dir
+}
+
+/// Run `tests/browser/{script}` in headless Chromium with `scenario`; the
+/// JSON line it printed, after checking that it reports success.
+pub async fn browser_scenario(script: &str, scenario: Value) -> Value {
+    assert!(
+        Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
+        "install Debian's chromium (or set CHROMIUM)"
+    );
+    let harness = tokio::task::spawn_blocking(browser_harness).await.unwrap();
+    let output = tokio::process::Command::new("node")
+        .arg(harness.join(script))
+        .arg(scenario.to_string())
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "browser scenario {script} failed\nstdout: {stdout}\nstderr: {stderr}");
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("the scenario prints JSON");
+    assert_eq!(seen["ok"], true, "{seen}");
+    seen
+}

@@ -44,11 +44,17 @@ struct SmtpSink {
 
 impl SmtpSink {
     async fn start(port: u16) -> Self {
+        Self::start_with(port, &[]).await
+    }
+
+    /// `args`: the script's options (`--tls CERT KEY`, `--auth USER PASSWORD`).
+    async fn start_with(port: u16, args: &[&str]) -> Self {
         let python = tokio::task::spawn_blocking(smtp_python).await.unwrap();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/smtp_sink.py");
         let mut child = tokio::process::Command::new(python)
             .arg(script)
             .arg(port.to_string())
+            .args(args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -511,4 +517,50 @@ async fn the_admin_console_in_headless_chromium() {
     assert_eq!(room["ended"], true, "{room}");
     let link = room["links"].as_array().unwrap().iter().find(|l| l["id"] == link_id.as_str()).unwrap().clone();
     assert_eq!(link["revoked"], true, "{link}");
+}
+
+#[tokio::test]
+async fn starttls_and_a_login_to_the_mail_server() {
+    // A mail server that insists on STARTTLS and AUTH, with a certificate
+    // only `email.trusted_ca` vouches for.
+    let certs = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let mut sink = SmtpSink::start_with(
+        port,
+        &["--tls", cert.to_str().unwrap(), key.to_str().unwrap(), "--auth", "mailer", "s@cret pass"],
+    )
+    .await;
+    let with_password = |password: &str| {
+        let url = format!("smtp://mailer:{password}@127.0.0.1:{port}?tls=required");
+        mail_options(port, &[("PORCH_EMAIL__SMTP_URL", url.as_str()), ("PORCH_EMAIL__TRUSTED_CA", cert.to_str().unwrap())])
+    };
+
+    // A wrong password: the delivery fails and says why; nothing arrives.
+    let mut s = TestServer::start_with(with_password("wrong")).await;
+    let admin = s.register_admin("boss").await;
+    let room = private_room(&s, &admin, "Plans").await;
+    let (status, created) = invite(&s, &admin, json!({ "email": "ana@example.org", "rooms": [room] })).await;
+    assert_eq!(status, 200, "{created}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let delivery = invitations(&s, &admin).await[0]["delivery"].clone();
+        if delivery["state"] == "failing" {
+            assert!(delivery["last_error"].is_string(), "{delivery}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no failing delivery reported: {delivery}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(500), sink.mails.recv()).await.is_err(), "a mail got through");
+
+    // The right one (its @ escaped in the URL): the queued mail goes out over TLS.
+    s.kill();
+    let _restarted = TestServer::launch(&s.dir, &with_password("s%40cret%20pass"));
+    let mail = sink.next().await;
+    assert_eq!((mail["tls"].as_bool(), mail["login"].as_str()), (Some(true), Some("mailer")), "{mail}");
+    assert_eq!(link_in(mail["text"].as_str().unwrap()), created["link"].as_str().unwrap());
 }

@@ -1,16 +1,20 @@
 """A real SMTP server (aiosmtpd) on loopback for porch's mail tests.
 
-Usage: python smtp_sink.py PORT
-Prints "listening" once ready, then one JSON line per message received:
-{"mail_from", "rcpt_tos", "subject", "text", "html"}.
+Usage: python smtp_sink.py PORT [--tls CERT KEY] [--auth USER PASSWORD]
+--tls requires STARTTLS with that certificate; --auth requires AUTH (over
+TLS) with those credentials. Prints "listening" once ready, then one JSON
+line per message received: {"mail_from", "rcpt_tos", "subject", "from",
+"text", "html", "tls", "login"}.
 """
 import asyncio
 import email
 import email.policy
 import json
+import ssl
 import sys
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
@@ -18,6 +22,7 @@ class Sink:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         text = message.get_body(preferencelist=("plain",))
         html = message.get_body(preferencelist=("html",))
+        login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         print(
             json.dumps(
                 {
@@ -27,6 +32,8 @@ class Sink:
                     "from": str(message["from"]),
                     "text": text.get_content() if text else None,
                     "html": html.get_content() if html else None,
+                    "tls": session.ssl is not None,
+                    "login": login,
                 }
             ),
             flush=True,
@@ -34,8 +41,30 @@ class Sink:
         return "250 OK"
 
 
+class Credentials:
+    def __init__(self, user, password):
+        self.user, self.password = user.encode(), password.encode()
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (self.user, self.password)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+
 async def main():
-    controller = Controller(Sink(), hostname="127.0.0.1", port=int(sys.argv[1]))
+    args = sys.argv[1:]
+    port = int(args.pop(0))
+    options = {}
+    while args:
+        flag = args.pop(0)
+        if flag == "--tls":
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(args.pop(0), args.pop(0))
+            options.update(tls_context=context, require_starttls=True)
+        elif flag == "--auth":
+            options.update(authenticator=Credentials(args.pop(0), args.pop(0)), auth_required=True)
+        else:
+            sys.exit(f"unknown option {flag}")
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, **options)
     controller.start()
     print("listening", flush=True)
     try:

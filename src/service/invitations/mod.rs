@@ -671,14 +671,14 @@ fn invitation_mail(s: &Services, invitation: &Invitation, link: &str) -> Result<
             format!("{inviter} vous invite à rejoindre ces salons sur {server} :"),
             "Ouvrez ce lien pour choisir votre nom d'utilisateur et votre mot de passe :".to_owned(),
             format!("Ensuite, vous pourrez aussi utiliser n'importe quelle application Matrix (Element, par exemple) avec l'adresse de serveur {homeserver}."),
-            format!("Cette invitation est valable {days} jour(s)."),
+            format!("Cette invitation est valable {days} jour{}.", if days > 1 { "s" } else { "" }),
         )
     } else {
         (
             format!("{inviter} invited you to these rooms on {server}:"),
             "Open this link to choose your username and password:".to_owned(),
             format!("Afterwards you can also use any Matrix app (Element, for example) with the server address {homeserver}."),
-            format!("This invitation is valid for {days} day(s)."),
+            format!("This invitation is valid for {days} day{}.", if days > 1 { "s" } else { "" }),
         )
     };
     let mut text = format!("{intro}\n\n");

@@ -302,6 +302,13 @@ pub async fn run(s: Arc<Services>) {
 }
 
 /// Try one mail; the time of its next try if it should be tried again.
+/// Whether the server refused this mail itself (a bad address, say) rather
+/// than porch's login: authentication failures are the admin's to fix in the
+/// config, so those mails wait and go out once the login works.
+fn refused_for_good(error: &lettre::transport::smtp::Error) -> bool {
+    error.is_permanent() && !matches!(error.status().map(u16::from), Some(530 | 534 | 535 | 538))
+}
+
 async fn attempt(s: &Arc<Services>, mut mail: Mail) -> Option<u64> {
     let transport = s.mail.transport.as_ref()?;
     // Read again: it may have been cancelled since the queue was read.
@@ -315,7 +322,7 @@ async fn attempt(s: &Arc<Services>, mut mail: Mail) -> Option<u64> {
         _ => return None,
     }
     let result = match build(&s.mail.from, &mail) {
-        Ok(message) => transport.send(message).await.map_err(|e| (e.is_permanent(), e.to_string())),
+        Ok(message) => transport.send(message).await.map_err(|e| (refused_for_good(&e), e.to_string())),
         Err(why) => Err((true, why)),
     };
     mail.attempts += 1;

@@ -598,7 +598,8 @@ impl Config {
                 "config keys `guests.invitation_default_lifetime` and `guests.invitation_max_lifetime` must be above zero, the default no longer than the maximum; fix them".to_owned(),
             ));
         }
-        if let Some(domain) = self.guests.allowed_email_domains.iter().find(|d| !crate::service::mail::valid_domain(d)) {
+        if let Some(domain) = self.guests.allowed_email_domains.iter().find(|d| !crate::service::mail::valid_domain(d))
+        {
             return Err(ConfigError(format!(
                 "config key `guests.allowed_email_domains` holds `{domain}`, which is not a domain name; write names like \"example.org\""
             )));

@@ -352,9 +352,7 @@ async fn upgrading_a_private_room_invites_its_people_to_the_replacement() {
     let bob = s.register("bob").await;
     let carol = s.register("carol").await;
     let dave = s.register("dave").await;
-    let room = s
-        .create_room(&alice, json!({ "preset": "private_chat", "invite": [bob.user_id, carol.user_id] }))
-        .await;
+    let room = s.create_room(&alice, json!({ "preset": "private_chat", "invite": [bob.user_id, carol.user_id] })).await;
     assert_eq!(s.join(&bob, &room).await.0, 200);
     let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
 

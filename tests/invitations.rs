@@ -144,7 +144,12 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
     let bob = s.register("bob").await;
     let plans = private_room(&s, &admin, "Plans").await;
     let budget = private_room(&s, &admin, "Budget").await;
-    s.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)), Some(&admin.token), json!({ "user_id": bob.user_id })).await;
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)),
+        Some(&admin.token),
+        json!({ "user_id": bob.user_id }),
+    )
+    .await;
     assert_eq!(s.join(&bob, &plans).await.0, 200);
     let mut bob_since = Some(s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned());
 
@@ -213,7 +218,10 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
     assert_eq!(whoami["is_guest"], true, "external accounts are marked: {whoami}");
     // The membership replaces the marker: a third-party-signed invite, then the join.
     let (_, member) = s
-        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&plans), enc(&ana.user_id)), Some(&bob.token))
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&plans), enc(&ana.user_id)),
+            Some(&bob.token),
+        )
         .await;
     assert_eq!(member["membership"], "join", "{member}");
     let invite_event = sync_until(&s, &bob, &mut bob_since, "ana's invite", |sync| {
@@ -230,7 +238,10 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
         assert_eq!(s.send_text_status(&ana, room, &format!("hello {room}")).await, 200);
     }
     sync_until(&s, &bob, &mut bob_since, "ana's message", |sync| {
-        timeline(sync, &plans).into_iter().find(|e| e["sender"] == ana.user_id.as_str() && e["type"] == "m.room.message").cloned()
+        timeline(sync, &plans)
+            .into_iter()
+            .find(|e| e["sender"] == ana.user_id.as_str() && e["type"] == "m.room.message")
+            .cloned()
     })
     .await;
     let st = stats(&s, &admin).await;
@@ -254,7 +265,11 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
     assert_eq!(s.request(reqwest::Method::DELETE, &path, Some(&admin.token), None).await.0, 200);
     assert_eq!(s.send_text_status(&ana, &budget, "still here?").await, 403);
     let (status, added) = s
-        .post(&format!("/_porch/admin/v1/users/{}/rooms", enc(&ana.user_id)), Some(&admin.token), json!({ "rooms": [budget] }))
+        .post(
+            &format!("/_porch/admin/v1/users/{}/rooms", enc(&ana.user_id)),
+            Some(&admin.token),
+            json!({ "rooms": [budget] }),
+        )
         .await;
     assert_eq!(status, 200, "{added}");
     assert_eq!(s.send_text_status(&ana, &budget, "back again").await, 200);
@@ -266,17 +281,22 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
     assert_eq!(direct["invited_user_id"], ana.user_id.as_str(), "{direct}");
     assert!(direct["link"].is_null());
     let mut ana_since = None;
-    sync_until(&s, &ana, &mut ana_since, "the direct invite", |sync| sync["rooms"]["invite"].get(&third).cloned()).await;
+    sync_until(&s, &ana, &mut ana_since, "the direct invite", |sync| sync["rooms"]["invite"].get(&third).cloned())
+        .await;
     let notice = sink.next().await;
     assert!(notice["text"].as_str().unwrap().contains(&ana.user_id), "{notice}");
     assert_eq!(stats(&s, &admin).await["users"]["external"], 1);
 
     // Deactivation takes them out everywhere.
-    let (status, _) =
-        s.post(&format!("/_porch/admin/v1/users/{}/deactivate", enc(&ana.user_id)), Some(&admin.token), json!({})).await;
+    let (status, _) = s
+        .post(&format!("/_porch/admin/v1/users/{}/deactivate", enc(&ana.user_id)), Some(&admin.token), json!({}))
+        .await;
     assert_eq!(status, 200);
     let (_, member) = s
-        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&plans), enc(&ana.user_id)), Some(&bob.token))
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&plans), enc(&ana.user_id)),
+            Some(&bob.token),
+        )
         .await;
     assert_eq!(member["membership"], "leave", "{member}");
     assert_eq!(stats(&s, &admin).await["users"]["external"], 0);
@@ -370,7 +390,8 @@ async fn refusals_change_nothing_and_the_quota_holds() {
     assert_eq!(stats(&s, &admin).await["invitations"]["pending"], 0);
 
     // An expired invitation is refused, and its marker leaves by itself.
-    let (status, short) = invite(&s, &admin, json!({ "email": "cy@example.org", "rooms": [room], "expires_in_ms": 300 })).await;
+    let (status, short) =
+        invite(&s, &admin, json!({ "email": "cy@example.org", "rooms": [room], "expires_in_ms": 300 })).await;
     assert_eq!(status, 200, "{short}");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let short_token = token_of(short["link"].as_str().unwrap());
@@ -438,7 +459,12 @@ async fn the_invitation_page_in_headless_chromium() {
     let bob = s.register("bob").await;
     let plans = private_room(&s, &admin, "Plans").await;
     let budget = private_room(&s, &admin, "Budget").await;
-    s.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)), Some(&admin.token), json!({ "user_id": bob.user_id })).await;
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)),
+        Some(&admin.token),
+        json!({ "user_id": bob.user_id }),
+    )
+    .await;
     assert_eq!(s.join(&bob, &plans).await.0, 200);
     let bob_since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let (status, created) = invite(&s, &admin, json!({ "email": "ana@example.org", "rooms": [plans, budget] })).await;
@@ -459,11 +485,17 @@ async fn the_invitation_page_in_headless_chromium() {
     // What the page did is what the server holds: an external account, in both rooms.
     let (_, users) = s.get("/_porch/admin/v1/users?kind=external", Some(&admin.token)).await;
     let ana = &users["users"][0];
-    assert_eq!((ana["email"].as_str(), ana["rooms"].as_array().map(Vec::len)), (Some("ana@example.org"), Some(2)), "{users}");
+    assert_eq!(
+        (ana["email"].as_str(), ana["rooms"].as_array().map(Vec::len)),
+        (Some("ana@example.org"), Some(2)),
+        "{users}"
+    );
     let ana_id = ana["user_id"].as_str().unwrap();
     let sync = s.sync(&bob, Some(&bob_since), 0).await;
-    let from_ana: Vec<_> =
-        timeline(&sync, &plans).into_iter().filter(|e| e["sender"] == ana_id && e["type"] == "m.room.message").collect();
+    let from_ana: Vec<_> = timeline(&sync, &plans)
+        .into_iter()
+        .filter(|e| e["sender"] == ana_id && e["type"] == "m.room.message")
+        .collect();
     assert_eq!(from_ana.len(), 1, "{sync}");
     assert_eq!(from_ana[0]["content"]["body"], "hello Plans from the browser");
     let st = stats(&s, &admin).await;
@@ -473,10 +505,8 @@ async fn the_invitation_page_in_headless_chromium() {
 #[tokio::test]
 async fn the_admin_console_in_headless_chromium() {
     // No SMTP server: the mail goes to the outbox, and the console shows the link.
-    let s = TestServer::start_with(Options {
-        env: vec![("PORCH_GUESTS__MAX_EXTERNAL_USERS".into(), "100".into())],
-    })
-    .await;
+    let s =
+        TestServer::start_with(Options { env: vec![("PORCH_GUESTS__MAX_EXTERNAL_USERS".into(), "100".into())] }).await;
     let admin = s.register_admin("boss").await;
     s.register("bob").await;
     let plans = private_room(&s, &admin, "Plans").await;
@@ -505,7 +535,8 @@ async fn the_admin_console_in_headless_chromium() {
     let lifetime = carol["expires_at"].as_u64().unwrap() - carol["created_at"].as_u64().unwrap();
     assert_eq!(lifetime, 30 * 24 * 3600 * 1000, "the chosen expiry");
     assert_eq!(marker(&s, &admin, &plans, carol["id"].as_str().unwrap()).await.1, json!({}), "marker withdrawn");
-    let (status, _) = s.get(&format!("/_porch/client/v1/invitations/{}", enc(&token_of(seen["link"].as_str().unwrap()))), None).await;
+    let (status, _) =
+        s.get(&format!("/_porch/client/v1/invitations/{}", enc(&token_of(seen["link"].as_str().unwrap()))), None).await;
     assert_eq!(status, 404, "the revoked link no longer works");
     let (_, outbox) = s.get("/_porch/admin/v1/outbox", Some(&admin.token)).await;
     assert!(outbox["mails"].as_array().unwrap().iter().any(|m| m["to"] == "carol@example.org"), "{outbox}");
@@ -513,7 +544,8 @@ async fn the_admin_console_in_headless_chromium() {
     assert_eq!(invitations(&s, &admin).await.len(), 2);
 
     let (_, rooms) = s.get("/_porch/admin/v1/guest_rooms", Some(&admin.token)).await;
-    let room = rooms["guest_rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == visit.as_str()).unwrap().clone();
+    let room =
+        rooms["guest_rooms"].as_array().unwrap().iter().find(|r| r["room_id"] == visit.as_str()).unwrap().clone();
     assert_eq!(room["ended"], true, "{room}");
     let link = room["links"].as_array().unwrap().iter().find(|l| l["id"] == link_id.as_str()).unwrap().clone();
     assert_eq!(link["revoked"], true, "{link}");
@@ -536,7 +568,10 @@ async fn starttls_and_a_login_to_the_mail_server() {
     .await;
     let with_password = |password: &str| {
         let url = format!("smtp://mailer:{password}@127.0.0.1:{port}?tls=required");
-        mail_options(port, &[("PORCH_EMAIL__SMTP_URL", url.as_str()), ("PORCH_EMAIL__TRUSTED_CA", cert.to_str().unwrap())])
+        mail_options(
+            port,
+            &[("PORCH_EMAIL__SMTP_URL", url.as_str()), ("PORCH_EMAIL__TRUSTED_CA", cert.to_str().unwrap())],
+        )
     };
 
     // A wrong password: the delivery fails and says why; nothing arrives.

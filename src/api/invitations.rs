@@ -45,10 +45,18 @@ struct CreateBody {
     message: Option<String>,
 }
 
-async fn create(State(state): State<AppState>, Admin(session): Admin, Body(body): Body<CreateBody>) -> Result<Json<Value>> {
+async fn create(
+    State(state): State<AppState>,
+    Admin(session): Admin,
+    Body(body): Body<CreateBody>,
+) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let request =
-            NewInvitation { email: body.email, rooms: body.rooms, expires_in_ms: body.expires_in_ms, message: body.message };
+        let request = NewInvitation {
+            email: body.email,
+            rooms: body.rooms,
+            expires_in_ms: body.expires_in_ms,
+            message: body.message,
+        };
         let created = invitations::create(s, &session, request)?;
         let mut out = invitations::to_json(s, &created.invitation)?;
         out["link"] = json!(created.link);
@@ -80,7 +88,9 @@ async fn outbox(State(state): State<AppState>, Admin(_): Admin) -> Result<Json<V
     blocking(&state, move |s| {
         let mails: Vec<Value> = mail::outbox(s)?
             .into_iter()
-            .map(|m| json!({ "id": m.id, "to": m.to, "subject": m.subject, "text": m.text, "created_at": m.created_at }))
+            .map(
+                |m| json!({ "id": m.id, "to": m.to, "subject": m.subject, "text": m.text, "created_at": m.created_at }),
+            )
             .collect();
         Ok(Json(json!({ "mails": mails })))
     })
@@ -161,8 +171,7 @@ async fn accept(
 ) -> Result<Json<Value>> {
     charge(&state, ip)?;
     blocking(&state, move |s| {
-        let accepted =
-            invitations::accept(s, &token, &body.username, &body.password, body.display_name.as_deref())?;
+        let accepted = invitations::accept(s, &token, &body.username, &body.password, body.display_name.as_deref())?;
         Ok(Json(json!({
             "user_id": accepted.user_id,
             "access_token": accepted.access_token,

@@ -4,7 +4,6 @@
 
 pub mod client;
 pub mod federation;
-pub mod guest_page;
 pub mod invitations;
 pub mod pages;
 pub mod porch;
@@ -489,7 +488,6 @@ pub fn router(state: AppState) -> Router {
     client::register(&mut routes);
     synapse_admin::register(&mut routes);
     porch::register(&mut routes);
-    guest_page::register(&mut routes);
     invitations::register(&mut routes);
     pages::register(&mut routes);
     let max_body = state.settings.raw.limits.max_request_bytes.max(state.settings.raw.limits.max_upload_bytes);

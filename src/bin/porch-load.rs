@@ -431,7 +431,8 @@ async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
 
 /// Word `rank` of the search vocabulary: distinct, pronounceable, never an English word.
 fn vocabulary_word(rank: usize) -> String {
-    const SYLLABLES: [&str; 16] = ["ka", "lo", "mi", "ru", "ze", "po", "ta", "ni", "su", "ve", "do", "qa", "fi", "go", "xu", "be"];
+    const SYLLABLES: [&str; 16] =
+        ["ka", "lo", "mi", "ru", "ze", "po", "ta", "ni", "su", "ve", "do", "qa", "fi", "go", "xu", "be"];
     let (a, b, c) = (rank % 16, (rank / 16) % 16, (rank / 256) % 16);
     format!("{}{}{}x", SYLLABLES[a], SYLLABLES[b], SYLLABLES[c])
 }
@@ -470,7 +471,9 @@ async fn search(api: &Api, rooms: usize, messages: usize, queries: usize) -> Res
     join_all(workers).await?;
     let send_rate = messages as f64 / start.elapsed().as_secs_f64();
 
-    let kinds: [(&str, fn(usize) -> String, &str); 4] = [
+    /// A kind of query: its name, the i-th search term, the ordering.
+    type QueryKind = (&'static str, fn(usize) -> String, &'static str);
+    let kinds: [QueryKind; 4] = [
         ("common word", |i| vocabulary_word(i % 3), "rank"),
         ("rare word", |i| vocabulary_word(900 + i % 100), "rank"),
         ("two words", |i| format!("{} {}", vocabulary_word(i % 5), vocabulary_word(10 + i % 20)), "rank"),

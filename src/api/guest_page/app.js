@@ -3,7 +3,6 @@
 "use strict";
 
 const token = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
-const $ = (id) => document.getElementById(id);
 const storageKey = `porch-guest:${token}`;
 let session = JSON.parse(sessionStorage.getItem(storageKey) || "null");
 let preview = null;
@@ -18,25 +17,7 @@ const MESSAGES = {
   M_LIMIT_EXCEEDED: "Too many tries from your network. Wait a moment and try again.",
 };
 
-function show(id, visible) { $(id).hidden = !visible; }
-
-function say(text) {
-  $("message").textContent = text;
-  show("message", Boolean(text));
-}
-
-async function api(method, path, body, accessToken) {
-  const headers = { "Content-Type": "application/json" };
-  if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    const error = new Error(MESSAGES[data.errcode] || data.error || `The server answered ${response.status}.`);
-    error.errcode = data.errcode;
-    throw error;
-  }
-  return data;
-}
+const api = (method, path, body, accessToken) => callApi(MESSAGES, method, path, body, accessToken);
 
 function showBanner(level) {
   if (!level || !level.label) return;
@@ -154,17 +135,7 @@ function renderMembers() {
   const here = [...members.values()].filter((m) => m.membership === "join").length;
   $("room-meta").textContent = `${here} ${here === 1 ? "person" : "people"} here · on ${preview.server_name}`;
   for (const [userId, member] of [...members.entries()].sort((a, b) => a[1].name.localeCompare(b[1].name))) {
-    if (member.membership !== "join") continue;
-    const item = document.createElement("li");
-    item.textContent = member.name;
-    item.title = userId;
-    if (member.guest) {
-      const badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = "guest";
-      item.append(badge);
-    }
-    list.append(item);
+    if (member.membership === "join") list.append(memberItem(userId, member));
   }
 }
 
@@ -174,11 +145,7 @@ function nameOf(userId) {
 
 function applyState(event) {
   if (event.type === "m.room.member") {
-    members.set(event.state_key, {
-      name: event.content.displayname || event.state_key,
-      membership: event.content.membership,
-      guest: event.content["dev.porch.guest"] === true,
-    });
+    members.set(event.state_key, memberFrom(event));
   } else if (event.type === "dev.porch.security_level") {
     showBanner(event.content);
   } else if (event.type === "m.room.name") {
@@ -189,15 +156,7 @@ function applyState(event) {
 function appendEvent(event) {
   if (event.state_key !== undefined) applyState(event);
   if (event.type !== "m.room.message" || typeof event.content.body !== "string") return;
-  const item = document.createElement("li");
-  const sender = document.createElement("span");
-  sender.className = "sender";
-  sender.textContent = nameOf(event.sender);
-  const body = document.createElement("span");
-  body.textContent = event.content.body;
-  if (event.content.msgtype === "m.notice") body.className = "notice";
-  item.append(sender, body);
-  $("timeline").append(item);
+  $("timeline").append(messageItem(nameOf(event.sender), event.content));
   $("timeline").scrollTop = $("timeline").scrollHeight;
 }
 

@@ -4,7 +4,6 @@
 "use strict";
 
 const token = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
-const $ = (id) => document.getElementById(id);
 const storageKey = `porch-invite:${token}`;
 let session = JSON.parse(sessionStorage.getItem(storageKey) || "null");
 let preview = null;
@@ -22,27 +21,8 @@ const MESSAGES = {
   M_LIMIT_EXCEEDED: "Too many tries from your network. Wait a moment and try again.",
 };
 
-function show(id, visible) { $(id).hidden = !visible; }
-
-function say(text) {
-  $("message").textContent = text;
-  show("message", Boolean(text));
-}
-
-async function api(method, path, body, accessToken) {
-  const headers = { "Content-Type": "application/json" };
-  if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    // The server's own words for the password rules say what to change.
-    const known = data.errcode === "M_WEAK_PASSWORD" ? null : MESSAGES[data.errcode];
-    const error = new Error(known || data.error || `The server answered ${response.status}.`);
-    error.errcode = data.errcode;
-    throw error;
-  }
-  return data;
-}
+// M_WEAK_PASSWORD is not in MESSAGES: the server's own words for its password rules say what to change.
+const api = (method, path, body, accessToken) => callApi(MESSAGES, method, path, body, accessToken);
 
 function nameOfInviter(inviter) {
   return inviter.displayname || inviter.user_id;
@@ -183,15 +163,7 @@ function renderTimeline() {
   const room = roomEntry(currentRoom);
   $("room-title").textContent = roomLabel(currentRoom);
   for (const event of room.events) {
-    const item = document.createElement("li");
-    const sender = document.createElement("span");
-    sender.className = "sender";
-    sender.textContent = (room.members.get(event.sender) || {}).name || event.sender;
-    const body = document.createElement("span");
-    body.textContent = event.content.body;
-    if (event.content.msgtype === "m.notice") body.className = "notice";
-    item.append(sender, body);
-    timeline.append(item);
+    timeline.append(messageItem((room.members.get(event.sender) || {}).name || event.sender, event.content));
   }
   timeline.scrollTop = timeline.scrollHeight;
 }
@@ -203,18 +175,7 @@ function renderMembers() {
   const members = [...roomEntry(currentRoom).members.entries()]
     .filter(([, m]) => m.membership === "join")
     .sort((a, b) => a[1].name.localeCompare(b[1].name));
-  for (const [userId, member] of members) {
-    const item = document.createElement("li");
-    item.textContent = member.name;
-    item.title = userId;
-    if (member.guest) {
-      const badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = "guest";
-      item.append(badge);
-    }
-    list.append(item);
-  }
+  for (const [userId, member] of members) list.append(memberItem(userId, member));
 }
 
 function openRoom(roomId) {
@@ -228,11 +189,7 @@ function openRoom(roomId) {
 
 function applyState(room, event) {
   if (event.type === "m.room.member") {
-    room.members.set(event.state_key, {
-      name: event.content.displayname || event.state_key,
-      membership: event.content.membership,
-      guest: event.content["dev.porch.guest"] === true,
-    });
+    room.members.set(event.state_key, memberFrom(event));
   } else if (event.type === "m.room.name") {
     room.name = event.content.name || null;
   }

@@ -144,10 +144,7 @@ fn may_invite_to(s: &Services, inviter: &UserId, room_id: &RoomId) -> Result<()>
 /// Active external accounts plus pending invitations (for the quota).
 fn external_in_use(s: &Services, now: u64) -> Result<u64> {
     let accounts = s.users.all()?.iter().filter(|(_, u)| u.kind == AccountKind::External && !u.deactivated).count();
-    let pending = data::all(&s.db)?
-        .iter()
-        .filter(|i| !i.existing_account && i.status(now) == Status::Pending)
-        .count();
+    let pending = data::all(&s.db)?.iter().filter(|i| !i.existing_account && i.status(now) == Status::Pending).count();
     Ok((accounts + pending) as u64)
 }
 
@@ -275,8 +272,11 @@ pub fn create(s: &Services, session: &Session, req: NewInvitation) -> Result<Cre
     // The markers first: if one cannot be placed, the others are taken back.
     let mut placed: Vec<&RoomId> = Vec::new();
     for room_id in &rooms {
-        match s.rooms.append(room_id, &session.user_id, NewEvent::state(MARKER, invitation.id.as_str(), marker(s, &email)))
-        {
+        match s.rooms.append(
+            room_id,
+            &session.user_id,
+            NewEvent::state(MARKER, invitation.id.as_str(), marker(s, &email)),
+        ) {
             Ok(_) => placed.push(room_id),
             Err(err) => {
                 for done in placed {
@@ -398,7 +398,9 @@ pub fn revoke(s: &Services, id: &str) -> Result<Invitation> {
     let _guard = LOCK.lock().expect("invitation lock poisoned");
     let mut invitation = get(s, id)?;
     match invitation.status(util::now_ms()) {
-        Status::Accepted => return Err(Error::invalid_param("This invitation was accepted; deactivate the account instead.")),
+        Status::Accepted => {
+            return Err(Error::invalid_param("This invitation was accepted; deactivate the account instead."));
+        }
         Status::Revoked => return Ok(invitation),
         Status::Pending | Status::Expired => {}
     }
@@ -670,14 +672,18 @@ fn invitation_mail(s: &Services, invitation: &Invitation, link: &str) -> Result<
         (
             format!("{inviter} vous invite à rejoindre ces salons sur {server} :"),
             "Ouvrez ce lien pour choisir votre nom d'utilisateur et votre mot de passe :".to_owned(),
-            format!("Ensuite, vous pourrez aussi utiliser n'importe quelle application Matrix (Element, par exemple) avec l'adresse de serveur {homeserver}."),
+            format!(
+                "Ensuite, vous pourrez aussi utiliser n'importe quelle application Matrix (Element, par exemple) avec l'adresse de serveur {homeserver}."
+            ),
             format!("Cette invitation est valable {days} jour{}.", if days > 1 { "s" } else { "" }),
         )
     } else {
         (
             format!("{inviter} invited you to these rooms on {server}:"),
             "Open this link to choose your username and password:".to_owned(),
-            format!("Afterwards you can also use any Matrix app (Element, for example) with the server address {homeserver}."),
+            format!(
+                "Afterwards you can also use any Matrix app (Element, for example) with the server address {homeserver}."
+            ),
             format!("This invitation is valid for {days} day{}.", if days > 1 { "s" } else { "" }),
         )
     };
@@ -721,14 +727,21 @@ fn existing_account_mail(s: &Services, invitation: &Invitation, user_id: &UserId
     let (subject, body) = if french {
         (
             format!("{inviter} vous invite à discuter sur {server}"),
-            format!("{inviter} a invité votre compte {user_id} dans ces salons : {rooms}. Ouvrez votre application Matrix pour accepter."),
+            format!(
+                "{inviter} a invité votre compte {user_id} dans ces salons : {rooms}. Ouvrez votre application Matrix pour accepter."
+            ),
         )
     } else {
         (
             format!("{inviter} invited you to chat on {server}"),
-            format!("{inviter} invited your account {user_id} to these rooms: {rooms}. Open your Matrix app to accept."),
+            format!(
+                "{inviter} invited your account {user_id} to these rooms: {rooms}. Open your Matrix app to accept."
+            ),
         )
     };
-    let html = format!("<!doctype html><html><body style=\"font-family:sans-serif\"><p>{}</p></body></html>", mail::escape_html(&body));
+    let html = format!(
+        "<!doctype html><html><body style=\"font-family:sans-serif\"><p>{}</p></body></html>",
+        mail::escape_html(&body)
+    );
     Ok(Outgoing { to: invitation.email.clone(), subject, text: format!("{body}\n"), html })
 }

@@ -291,9 +291,8 @@ pub async fn run(s: Arc<Services>) {
                 next_wake = Some(next_wake.map_or(retry_at, |n| n.min(retry_at)));
             }
         }
-        let sleep = next_wake.map_or(Duration::from_secs(3600), |at| {
-            Duration::from_millis(at.saturating_sub(util::now_ms()).max(50))
-        });
+        let sleep = next_wake
+            .map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(util::now_ms()).max(50)));
         tokio::select! {
             _ = s.mail.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}

@@ -160,33 +160,20 @@ function appendEvent(event) {
   $("timeline").scrollTop = $("timeline").scrollHeight;
 }
 
-async function syncLoop() {
-  const filter = encodeURIComponent(JSON.stringify({ room: { rooms: [session.roomId], timeline: { limit: 50 } } }));
-  let since = null;
-  while (session) {
-    const query = `filter=${filter}&timeout=${since ? 30000 : 0}${since ? `&since=${encodeURIComponent(since)}` : ""}`;
-    let data;
-    try {
-      data = await api("GET", `/_matrix/client/v3/sync?${query}`, undefined, session.accessToken);
-    } catch (error) {
-      if (error.errcode === "M_UNKNOWN_TOKEN") {
-        endSession("You are no longer in this conversation.");
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, 2000));
-      continue;
-    }
-    since = data.next_batch;
+function syncLoop() {
+  const gone = () => endSession("You are no longer in this conversation.");
+  syncWhile(() => session, session.accessToken, { room: { rooms: [session.roomId], timeline: { limit: 50 } } }, (data) => {
     const room = ((data.rooms || {}).join || {})[session.roomId];
     if (room) {
       for (const event of (room.state || {}).events || []) applyState(event);
       for (const event of (room.timeline || {}).events || []) appendEvent(event);
       renderMembers();
     } else if (((data.rooms || {}).leave || {})[session.roomId]) {
-      endSession("You are no longer in this conversation.");
-      return;
+      gone();
+      return false;
     }
-  }
+    return true;
+  }, gone);
 }
 
 function startChat() {

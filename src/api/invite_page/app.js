@@ -209,25 +209,9 @@ function applyRoom(roomId, data) {
   if (room.events.length > 500) room.events.splice(0, room.events.length - 500);
 }
 
-async function syncLoop() {
-  const filter = encodeURIComponent(JSON.stringify({ room: { timeline: { limit: 50 } } }));
-  let since = null;
-  while (session) {
-    const query = `filter=${filter}&timeout=${since ? 30000 : 0}${since ? `&since=${encodeURIComponent(since)}` : ""}`;
-    let data;
-    try {
-      data = await api("GET", `/_matrix/client/v3/sync?${query}`, undefined, session.accessToken);
-    } catch (error) {
-      if (error.errcode === "M_UNKNOWN_TOKEN") {
-        endSession("You have been signed out.");
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, 2000));
-      continue;
-    }
-    since = data.next_batch;
-    const joined = (data.rooms || {}).join || {};
-    for (const [roomId, room] of Object.entries(joined)) applyRoom(roomId, room);
+function syncLoop() {
+  syncWhile(() => session, session.accessToken, { room: { timeline: { limit: 50 } } }, (data) => {
+    for (const [roomId, room] of Object.entries((data.rooms || {}).join || {})) applyRoom(roomId, room);
     for (const roomId of Object.keys((data.rooms || {}).leave || {})) {
       rooms.delete(roomId);
       if (currentRoom === roomId) currentRoom = null;
@@ -236,7 +220,7 @@ async function syncLoop() {
     renderRoomList();
     renderTimeline();
     renderMembers();
-  }
+  }, () => endSession("You have been signed out."));
 }
 
 function startChat() {

@@ -61,3 +61,27 @@ function memberFrom(event) {
     guest: event.content["dev.porch.guest"] === true,
   };
 }
+
+// Long-poll /sync with `filter` while `active()` holds, giving each answer to
+// `onSync` (which returns false to stop); a revoked token calls `onSignedOut`,
+// other failures are retried after two seconds.
+async function syncWhile(active, accessToken, filter, onSync, onSignedOut) {
+  const encoded = encodeURIComponent(JSON.stringify(filter));
+  let since = null;
+  while (active()) {
+    const query = `filter=${encoded}&timeout=${since ? 30000 : 0}${since ? `&since=${encodeURIComponent(since)}` : ""}`;
+    let data;
+    try {
+      data = await callApi({}, "GET", `/_matrix/client/v3/sync?${query}`, undefined, accessToken);
+    } catch (error) {
+      if (error.errcode === "M_UNKNOWN_TOKEN") {
+        onSignedOut();
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      continue;
+    }
+    since = data.next_batch;
+    if (onSync(data) === false) return;
+  }
+}

@@ -551,15 +551,21 @@ async fn the_admin_console_in_headless_chromium() {
     assert_eq!(link["revoked"], true, "{link}");
 }
 
-#[tokio::test]
-async fn starttls_and_a_login_to_the_mail_server() {
-    // A mail server that insists on STARTTLS and AUTH, with a certificate
-    // only `email.trusted_ca` vouches for.
+/// A certificate for 127.0.0.1 that only `email.trusted_ca` vouches for:
+/// the folder holding it, and the paths of the certificate and its key.
+fn mail_server_certificate() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let certs = tempfile::tempdir().unwrap();
     let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
     std::fs::write(&cert, made.cert.pem()).unwrap();
     std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (certs, cert, key)
+}
+
+#[tokio::test]
+async fn starttls_and_a_login_to_the_mail_server() {
+    // A mail server that insists on STARTTLS and AUTH.
+    let (_certs, cert, key) = mail_server_certificate();
     let port = free_port();
     let mut sink = SmtpSink::start_with(
         port,
@@ -597,5 +603,25 @@ async fn starttls_and_a_login_to_the_mail_server() {
     let _restarted = TestServer::launch(&s.dir, &with_password("s%40cret%20pass"));
     let mail = sink.next().await;
     assert_eq!((mail["tls"].as_bool(), mail["login"].as_str()), (Some(true), Some("mailer")), "{mail}");
+    assert_eq!(link_in(mail["text"].as_str().unwrap()), created["link"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn smtps_speaks_tls_from_the_first_byte() {
+    let (_certs, cert, key) = mail_server_certificate();
+    let port = free_port();
+    let mut sink = SmtpSink::start_with(port, &["--smtps", cert.to_str().unwrap(), key.to_str().unwrap()]).await;
+    let url = format!("smtps://127.0.0.1:{port}");
+    let s = TestServer::start_with(mail_options(
+        port,
+        &[("PORCH_EMAIL__SMTP_URL", url.as_str()), ("PORCH_EMAIL__TRUSTED_CA", cert.to_str().unwrap())],
+    ))
+    .await;
+    let admin = s.register_admin("boss").await;
+    let room = private_room(&s, &admin, "Plans").await;
+    let (status, created) = invite(&s, &admin, json!({ "email": "ana@example.org", "rooms": [room] })).await;
+    assert_eq!(status, 200, "{created}");
+    let mail = sink.next().await;
+    assert_eq!(mail["tls"], true, "{mail}");
     assert_eq!(link_in(mail["text"].as_str().unwrap()), created["link"].as_str().unwrap());
 }

@@ -1,8 +1,9 @@
 """A real SMTP server (aiosmtpd) on loopback for porch's mail tests.
 
-Usage: python smtp_sink.py PORT [--tls CERT KEY] [--auth USER PASSWORD]
---tls requires STARTTLS with that certificate; --auth requires AUTH (over
-TLS) with those credentials. Prints "listening" once ready, then one JSON
+Usage: python smtp_sink.py PORT [--tls CERT KEY | --smtps CERT KEY] [--auth USER PASSWORD]
+--tls requires STARTTLS with that certificate; --smtps speaks TLS from the
+first byte (port 465's way); --auth requires AUTH (over TLS) with those
+credentials. Prints "listening" once ready, then one JSON
 line per message received: {"mail_from", "rcpt_tos", "subject", "from",
 "text", "html", "tls", "login"}.
 """
@@ -32,7 +33,8 @@ class Sink:
                     "from": str(message["from"]),
                     "text": text.get_content() if text else None,
                     "html": html.get_content() if html else None,
-                    "tls": session.ssl is not None,
+                    # STARTTLS sets session.ssl; implicit TLS shows on the transport.
+                    "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
                     "login": login,
                 }
             ),
@@ -60,6 +62,10 @@ async def main():
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(args.pop(0), args.pop(0))
             options.update(tls_context=context, require_starttls=True)
+        elif flag == "--smtps":
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(args.pop(0), args.pop(0))
+            options.update(ssl_context=context)
         elif flag == "--auth":
             options.update(authenticator=Credentials(args.pop(0), args.pop(0)), auth_required=True)
         else:

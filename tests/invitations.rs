@@ -625,3 +625,19 @@ async fn smtps_speaks_tls_from_the_first_byte() {
     assert_eq!(mail["tls"], true, "{mail}");
     assert_eq!(link_in(mail["text"].as_str().unwrap()), created["link"].as_str().unwrap());
 }
+
+#[tokio::test]
+async fn mails_speak_the_servers_language() {
+    let s = TestServer::start_with(Options { env: vec![("PORCH_EMAIL__LANGUAGE".into(), "fr".into())] }).await;
+    let admin = s.register_admin("boss").await;
+    let room = private_room(&s, &admin, "Projets").await;
+    let (status, created) =
+        invite(&s, &admin, json!({ "email": "ana@example.org", "rooms": [room], "expires_in_ms": 86_400_000 })).await;
+    assert_eq!(status, 200, "{created}");
+    let (_, outbox) = s.get("/_porch/admin/v1/outbox", Some(&admin.token)).await;
+    let mail = &outbox["mails"][0];
+    assert_eq!(mail["subject"], "boss vous invite à discuter sur porch.test", "{mail}");
+    let text = mail["text"].as_str().unwrap();
+    assert!(text.contains("  - Projets") && text.contains("valable 1 jour."), "{text}");
+    assert_eq!(link_in(text), created["link"].as_str().unwrap());
+}

@@ -25,3 +25,9 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
         .unwrap_or(false)
 }
+
+/// A room id from a request, or the client's error naming what was sent.
+pub fn parse_room_id(raw: &str) -> crate::error::Result<ruma::OwnedRoomId> {
+    ruma::OwnedRoomId::try_from(raw)
+        .map_err(|_| crate::error::Error::invalid_param(format!("`{raw}` is not a room id.")))
+}

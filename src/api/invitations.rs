@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::{
     api::{
         AppState, Routes, blocking,
-        porch::{Admin, Body, ClientIp, charge, local_user, parse_room},
+        porch::{Admin, Body, ClientIp, charge, local_user},
     },
     error::Result,
     service::{
@@ -127,7 +127,7 @@ async fn remove_room(
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
         let (user_id, _) = local_user(s, &user_id)?;
-        invitations::remove_from_room(s, &session, &user_id, &parse_room(&room_id)?)?;
+        invitations::remove_from_room(s, &session, &user_id, &crate::util::parse_room_id(&room_id)?)?;
         Ok(Json(json!({})))
     })
     .await

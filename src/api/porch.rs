@@ -9,7 +9,7 @@ use axum::{
     routing::{delete, get, post, put},
 };
 use http::{Method, request::Parts};
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::OwnedUserId;
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
@@ -98,11 +98,7 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-pub(crate) fn parse_room(room_id: &str) -> Result<OwnedRoomId> {
-    OwnedRoomId::try_from(room_id).map_err(|_| Error::invalid_param(format!("`{room_id}` is not a room id.")))
-}
-
-pub(crate) fn parse_user(user_id: &str) -> Result<OwnedUserId> {
+fn parse_user(user_id: &str) -> Result<OwnedUserId> {
     OwnedUserId::try_from(user_id).map_err(|_| Error::invalid_param(format!("`{user_id}` is not a user id.")))
 }
 
@@ -156,7 +152,7 @@ async fn create_guest_room(
 
 fn room_json(s: &Services, record: &guests::GuestRoom, with_links: bool) -> Result<Value> {
     let state = s.rooms.current_state(&record.room_id)?;
-    let name = s.rooms.state_content(&state, "m.room.name", "")?.and_then(|c| c["name"].as_str().map(str::to_owned));
+    let name = s.rooms.name_in(&state)?;
     let level = s.rooms.state_content(&state, guests::SECURITY_LEVEL_EVENT, "")?.unwrap_or_default();
     let mut out = json!({
         "room_id": record.room_id,
@@ -203,7 +199,7 @@ async fn guest_room_details(
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let record = guests::managed_room(s, &session, &parse_room(&room_id)?)?;
+        let record = guests::managed_room(s, &session, &crate::util::parse_room_id(&room_id)?)?;
         Ok(Json(room_json(s, &record, true)?))
     })
     .await
@@ -215,7 +211,7 @@ async fn list_links(
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let record = guests::managed_room(s, &session, &parse_room(&room_id)?)?;
+        let record = guests::managed_room(s, &session, &crate::util::parse_room_id(&room_id)?)?;
         Ok(Json(
             json!({ "links": guests::links_of(s, &record.room_id)?.iter().map(|l| l.to_json(s)).collect::<Vec<_>>() }),
         ))
@@ -230,7 +226,7 @@ async fn create_link(
     Body(options): Body<LinkOptions>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let link = guests::create_link(s, &session, &parse_room(&room_id)?, options)?;
+        let link = guests::create_link(s, &session, &crate::util::parse_room_id(&room_id)?, options)?;
         Ok(Json(link.to_json(s)))
     })
     .await
@@ -242,7 +238,7 @@ async fn revoke_link(
     Path((room_id, link_id)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let record = guests::managed_room(s, &session, &parse_room(&room_id)?)?;
+        let record = guests::managed_room(s, &session, &crate::util::parse_room_id(&room_id)?)?;
         let link = guests::link(s, &link_id)?
             .filter(|l| l.room_id == record.room_id)
             .ok_or_else(|| Error::not_found("No link with this id in this room."))?;
@@ -258,7 +254,7 @@ async fn end_room(
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let room_id = parse_room(&room_id)?;
+        let room_id = crate::util::parse_room_id(&room_id)?;
         let record = guests::room(s, &room_id)?.ok_or_else(|| Error::not_found("No guest room with this id."))?;
         if !guests::may_end(s, &session, &record)? {
             return Err(Error::forbidden(
@@ -357,10 +353,7 @@ async fn admin_stats(State(state): State<AppState>, Admin(_): Admin) -> Result<J
         let now = crate::util::now_ms();
         let mut active_links = 0;
         for room in &active_rooms {
-            active_links += guests::links_of(s, &room.room_id)?
-                .iter()
-                .filter(|l| !l.revoked && l.expires_at > now && l.max_uses.is_none_or(|m| l.uses < m))
-                .count();
+            active_links += guests::links_of(s, &room.room_id)?.iter().filter(|l| l.is_active(now)).count();
         }
         Ok(Json(json!({
             "users": { "member": member, "external": external, "temporary": temporary },
@@ -397,13 +390,7 @@ pub(crate) fn user_json(user_id: &OwnedUserId, user: &crate::service::users::Use
             .unwrap_or_default()
             .into_iter()
             .filter(|(_, m)| m.membership == ruma::events::room::member::MembershipState::Join)
-            .map(|(room_id, _)| {
-                let state = s.rooms.current_state(&room_id).ok();
-                let name = state
-                    .and_then(|st| s.rooms.state_content(&st, "m.room.name", "").ok().flatten())
-                    .and_then(|c| c["name"].as_str().map(str::to_owned));
-                json!({ "room_id": room_id, "name": name })
-            })
+            .map(|(room_id, _)| json!({ "name": s.rooms.name(&room_id).ok().flatten(), "room_id": room_id }))
             .collect();
         out["rooms"] = Value::Array(rooms);
     }
@@ -451,13 +438,7 @@ async fn admin_create_user(
     Body(body): Body<CreateUserBody>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        if body.password.chars().count() < 8 {
-            return Err(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                "M_WEAK_PASSWORD",
-                "Passwords need at least 8 characters.",
-            ));
-        }
+        crate::service::users::check_new_password(&body.password)?;
         if let Some(level) = &body.security_level
             && s.settings.security_level(level).is_none()
         {
@@ -609,7 +590,7 @@ async fn admin_end_room(
     Path(room_id): Path<String>,
 ) -> Result<Json<Value>> {
     blocking(&state, move |s| {
-        let record = guests::end(s, &parse_room(&room_id)?)?;
+        let record = guests::end(s, &crate::util::parse_room_id(&room_id)?)?;
         Ok(Json(json!({ "room_id": record.room_id, "ended": record.ended, "ended_at": record.ended_at })))
     })
     .await

@@ -63,6 +63,11 @@ pub struct Link {
 }
 
 impl Link {
+    /// Whether the link can still be used: not revoked, expired or used up.
+    pub fn is_active(&self, now: u64) -> bool {
+        !self.revoked && self.expires_at > now && self.max_uses.is_none_or(|max| self.uses < max)
+    }
+
     /// The link as its managers see it (the password hash never leaves).
     /// Each person who used it is listed with their membership now, so a
     /// user of another server shows `invite` until they accept.
@@ -88,6 +93,7 @@ impl Link {
             "uses": self.uses,
             "requires_password": self.password_hash.is_some(),
             "revoked": self.revoked,
+            "active": self.is_active(crate::util::now_ms()),
             "joined": joined,
         })
     }

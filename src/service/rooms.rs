@@ -210,6 +210,16 @@ impl Rooms {
         Ok(self.state_pdu(state, kind, state_key)?.map(|pdu| pdu.content_value()))
     }
 
+    /// The room's name (`m.room.name`) in `state`, if it has one.
+    pub fn name_in(&self, state: &StateMap) -> Result<Option<String>> {
+        Ok(self.state_content(state, "m.room.name", "")?.and_then(|c| c["name"].as_str().map(str::to_owned)))
+    }
+
+    /// The room's name now, if it has one.
+    pub fn name(&self, room_id: &RoomId) -> Result<Option<String>> {
+        self.name_in(&*self.current_state(room_id)?)
+    }
+
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipState>> {
         Ok(self.db.get_json(Cf::RoomMembers, &key(&[room_id.as_bytes(), user_id.as_bytes()]))?)
     }

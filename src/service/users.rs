@@ -313,3 +313,16 @@ impl Users {
         Ok(out)
     }
 }
+
+/// The rule for passwords an admin or an invitation sets for a new account
+/// here: at least 8 characters.
+pub fn check_new_password(password: &str) -> Result<()> {
+    if password.chars().count() < 8 {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_WEAK_PASSWORD",
+            "Passwords need at least 8 characters.",
+        ));
+    }
+    Ok(())
+}

@@ -199,10 +199,6 @@ function renderExternalUsers(users) {
   }
 }
 
-function linkIsActive(link) {
-  return !link.revoked && link.expires_at > Date.now() && (link.max_uses == null || link.uses < link.max_uses);
-}
-
 function renderGuestRooms(guestRooms) {
   const tbody = $("guest-rooms");
   tbody.replaceChildren();
@@ -215,7 +211,7 @@ function renderGuestRooms(guestRooms) {
     const guests = el("td", String((room.guests || []).length));
     const links = el("ul");
     for (const link of room.links || []) {
-      const active = !room.ended && linkIsActive(link);
+      const active = !room.ended && link.active;
       const item = el("li", `${link.uses}${link.max_uses == null ? "" : ` / ${link.max_uses}`} uses, until ${date(link.expires_at)} `);
       item.append(badge(link.revoked ? "revoked" : active ? "active" : "expired"));
       if (active) {

@@ -31,7 +31,7 @@ use crate::{
         mail::{self, Outgoing},
         membership,
         rooms::NewEvent,
-        users::{AccountKind, Session},
+        users::{self, AccountKind, Session},
     },
     util,
 };
@@ -109,11 +109,6 @@ fn link_for(s: &Services, token: &str) -> String {
     format!("{}/invite/{token}", s.settings.guest_base_url())
 }
 
-fn room_name(s: &Services, room_id: &RoomId) -> Result<Option<String>> {
-    let state = s.rooms.current_state(room_id)?;
-    Ok(s.rooms.state_content(&state, "m.room.name", "")?.and_then(|c| c["name"].as_str().map(str::to_owned)))
-}
-
 fn display_name(s: &Services, user_id: &UserId) -> Result<String> {
     Ok(s.users.get(user_id)?.and_then(|u| u.displayname).unwrap_or_else(|| user_id.to_string()))
 }
@@ -141,11 +136,11 @@ fn may_invite_to(s: &Services, inviter: &UserId, room_id: &RoomId) -> Result<()>
     Ok(())
 }
 
-/// Active external accounts plus pending invitations (for the quota).
-fn external_in_use(s: &Services, now: u64) -> Result<u64> {
+/// Active external accounts plus pending invitations (for the quota; an
+/// invitation of an existing account is accepted at once, so never pending).
+fn external_in_use(s: &Services) -> Result<u64> {
     let accounts = s.users.all()?.iter().filter(|(_, u)| u.kind == AccountKind::External && !u.deactivated).count();
-    let pending = data::all(&s.db)?.iter().filter(|i| !i.existing_account && i.status(now) == Status::Pending).count();
-    Ok((accounts + pending) as u64)
+    Ok((accounts + pending_count(s)?) as u64)
 }
 
 fn quota_error(max: u64) -> Error {
@@ -197,8 +192,7 @@ pub fn create(s: &Services, session: &Session, req: NewInvitation) -> Result<Cre
     }
     let mut rooms: Vec<OwnedRoomId> = Vec::new();
     for room in &req.rooms {
-        let room_id = OwnedRoomId::try_from(room.as_str())
-            .map_err(|_| Error::invalid_param(format!("`{room}` is not a room id.")))?;
+        let room_id = util::parse_room_id(room)?;
         if !rooms.contains(&room_id) {
             may_invite_to(s, &session.user_id, &room_id)?;
             rooms.push(room_id);
@@ -226,7 +220,7 @@ pub fn create(s: &Services, session: &Session, req: NewInvitation) -> Result<Cre
     let existing = local_account_with_email(s, &email)?;
     if existing.is_none() {
         let max = guests_config.max_external_users;
-        if max > 0 && external_in_use(s, now)? >= max {
+        if max > 0 && external_in_use(s)? >= max {
             return Err(quota_error(max));
         }
     }
@@ -361,7 +355,7 @@ pub fn to_json(s: &Services, invitation: &Invitation) -> Result<Value> {
     let now = util::now_ms();
     let mut rooms = Vec::new();
     for room_id in &invitation.rooms {
-        rooms.push(json!({ "room_id": room_id, "name": room_name(s, room_id)? }));
+        rooms.push(json!({ "room_id": room_id, "name": s.rooms.name(room_id)? }));
     }
     let delivery = match invitation.mail_id.as_deref().map(|id| mail::get(s, id)).transpose()?.flatten() {
         Some(m) => {
@@ -495,18 +489,6 @@ pub struct Accepted {
     pub rooms: Vec<OwnedRoomId>,
 }
 
-/// Passwords for accounts made here: at least 8 characters.
-pub fn check_new_password(password: &str) -> Result<()> {
-    if password.chars().count() < 8 {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            "M_WEAK_PASSWORD",
-            "Passwords need at least 8 characters.",
-        ));
-    }
-    Ok(())
-}
-
 /// Redeem an invitation: an `external` account with the address on it,
 /// brought into each room the inviter may still invite to. Refused (and
 /// nothing made) when the invitation cannot be used, the quota is full,
@@ -520,14 +502,14 @@ pub fn accept(
 ) -> Result<Accepted> {
     let _guard = LOCK.lock().expect("invitation lock poisoned");
     let mut invitation = usable(s, token)?;
-    check_new_password(password)?;
+    users::check_new_password(password)?;
     let user_id = s.users.local_user_id(username.trim())?;
     if s.users.exists(&user_id)? {
         return Err(Error::user_in_use());
     }
     let max = s.settings.raw.guests.max_external_users;
     // This invitation is counted among the pending ones already.
-    if max > 0 && external_in_use(s, util::now_ms())? > max {
+    if max > 0 && external_in_use(s)? > max {
         return Err(quota_error(max));
     }
     let (open, closed): (Vec<OwnedRoomId>, Vec<OwnedRoomId>) =
@@ -612,7 +594,7 @@ pub fn invitable_rooms(s: &Services, session: &Session) -> Result<Vec<Value>> {
     for (room_id, record) in s.rooms.user_rooms(&session.user_id)? {
         if record.membership == MembershipState::Join && may_invite_to(s, &session.user_id, &room_id).is_ok() {
             let guest_room = guests::room(s, &room_id)?.is_some();
-            rooms.push(json!({ "room_id": room_id, "name": room_name(s, &room_id)?, "guest_room": guest_room }));
+            rooms.push(json!({ "room_id": room_id, "name": s.rooms.name(&room_id)?, "guest_room": guest_room }));
         }
     }
     Ok(rooms)
@@ -628,8 +610,7 @@ pub fn add_to_rooms(s: &Services, session: &Session, user_id: &UserId, rooms: &[
     }
     let mut room_ids = Vec::new();
     for room in rooms {
-        let room_id = OwnedRoomId::try_from(room.as_str())
-            .map_err(|_| Error::invalid_param(format!("`{room}` is not a room id.")))?;
+        let room_id = util::parse_room_id(room)?;
         may_invite_to(s, &session.user_id, &room_id)?;
         room_ids.push(room_id);
     }
@@ -653,7 +634,7 @@ pub fn remove_from_room(s: &Services, session: &Session, user_id: &UserId, room_
 }
 
 fn lines_for_rooms(s: &Services, rooms: &[OwnedRoomId]) -> Result<Vec<String>> {
-    rooms.iter().map(|r| Ok(room_name(s, r)?.unwrap_or_else(|| r.to_string()))).collect()
+    rooms.iter().map(|r| Ok(s.rooms.name(r)?.unwrap_or_else(|| r.to_string()))).collect()
 }
 
 fn invitation_mail(s: &Services, invitation: &Invitation, link: &str) -> Result<Outgoing> {

@@ -102,6 +102,22 @@ async fn private_room(s: &TestServer, admin: &User, name: &str) -> String {
     s.create_room(admin, json!({ "preset": "private_chat", "name": name })).await
 }
 
+/// The admin's two private rooms, "Plans" (which the member bob joined) and
+/// "Budget"; bob and the rooms' ids.
+async fn plans_with_bob_and_budget(s: &TestServer, admin: &User) -> (User, String, String) {
+    let bob = s.register("bob").await;
+    let plans = private_room(s, admin, "Plans").await;
+    let budget = private_room(s, admin, "Budget").await;
+    s.post(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)),
+        Some(&admin.token),
+        json!({ "user_id": bob.user_id }),
+    )
+    .await;
+    assert_eq!(s.join(&bob, &plans).await.0, 200);
+    (bob, plans, budget)
+}
+
 async fn invite(s: &TestServer, admin: &User, body: Value) -> (u16, Value) {
     s.post("/_porch/admin/v1/invitations", Some(&admin.token), body).await
 }
@@ -141,16 +157,7 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
     let mut sink = SmtpSink::start(port).await;
     let s = TestServer::start_with(mail_options(port, &[("PORCH_GUESTS__MAX_EXTERNAL_USERS", "5")])).await;
     let admin = s.register_admin("boss").await;
-    let bob = s.register("bob").await;
-    let plans = private_room(&s, &admin, "Plans").await;
-    let budget = private_room(&s, &admin, "Budget").await;
-    s.post(
-        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)),
-        Some(&admin.token),
-        json!({ "user_id": bob.user_id }),
-    )
-    .await;
-    assert_eq!(s.join(&bob, &plans).await.0, 200);
+    let (bob, plans, budget) = plans_with_bob_and_budget(&s, &admin).await;
     let mut bob_since = Some(s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned());
 
     let (status, rooms) = s.get("/_porch/admin/v1/invitable_rooms", Some(&admin.token)).await;
@@ -456,16 +463,7 @@ async fn the_invitation_page_in_headless_chromium() {
         json!({ "displayname": "Berta Boss" }),
     )
     .await;
-    let bob = s.register("bob").await;
-    let plans = private_room(&s, &admin, "Plans").await;
-    let budget = private_room(&s, &admin, "Budget").await;
-    s.post(
-        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&plans)),
-        Some(&admin.token),
-        json!({ "user_id": bob.user_id }),
-    )
-    .await;
-    assert_eq!(s.join(&bob, &plans).await.0, 200);
+    let (bob, plans, budget) = plans_with_bob_and_budget(&s, &admin).await;
     let bob_since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let (status, created) = invite(&s, &admin, json!({ "email": "ana@example.org", "rooms": [plans, budget] })).await;
     assert_eq!(status, 200, "{created}");

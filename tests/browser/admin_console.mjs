@@ -5,19 +5,11 @@
 //
 // Usage: node admin_console.mjs '{"base": …, "admin": {"user", "password"}, "member": {"user", "password"},
 //   "email": …, "roomName": …, "guestRoomName": …, "externalUser": …, "shots": DIR}'
-import { chromium } from "playwright-core";
+import { expect, scenario } from "./scenario.mjs";
 
 const { base, admin, member, email, roomName, guestRoomName, externalUser, shots } = JSON.parse(process.argv[2]);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const expect = (condition, what) => {
-  if (!condition) throw new Error(`expectation failed: ${what}`);
-};
 const text = async (page, selector) => ((await page.locator(selector).textContent()) || "").trim();
-const result = {};
-try {
+await scenario(async (browser, result) => {
   const page = await browser.newPage();
   page.on("dialog", (dialog) => dialog.accept());
 
@@ -88,12 +80,4 @@ try {
   // A reload keeps the session for the tab.
   await page.reload();
   await page.locator("#dashboard").waitFor({ state: "visible", timeout: 15000 });
-  result.ok = true;
-} catch (error) {
-  result.ok = false;
-  result.error = String(error && error.stack ? error.stack : error);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  console.log(JSON.stringify(result));
-}
+});

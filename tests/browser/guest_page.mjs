@@ -6,19 +6,11 @@
 // Usage: node guest_page.mjs '{"base": …, "token": …, "expiredToken": …, "passwordToken": …,
 //   "endedToken": …, "memberToken": …, "roomId": …, "login": {"user": …, "password": …},
 //   "remoteUser": …, "unreachableUser": …, "shots": DIR}'
-import { chromium } from "playwright-core";
+import { expect, scenario } from "./scenario.mjs";
 
 const { base, token, expiredToken, passwordToken, endedToken, memberToken, roomId, login, remoteUser, unreachableUser, shots } =
   JSON.parse(process.argv[2]);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const expect = (condition, what) => {
-  if (!condition) throw new Error(`expectation failed: ${what}`);
-};
-const result = {};
-try {
+await scenario(async (browser, result) => {
   const page = await browser.newPage();
   await page.goto(`${base}/guest/${token}`);
   await page.locator("#room-name", { hasText: "Visit" }).waitFor({ timeout: 15000 });
@@ -108,14 +100,4 @@ try {
   expect(result.invitedMessage.includes(remoteUser), `names the invited user: ${result.invitedMessage}`);
   expect(await remote.locator("#join").isHidden(), "the join options are gone once invited");
   await remote.screenshot({ path: `${shots}/guest-page-invited.png`, fullPage: true });
-
-  result.ok = true;
-  console.log(JSON.stringify(result));
-} catch (error) {
-  result.ok = false;
-  result.error = String(error);
-  console.log(JSON.stringify(result));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});

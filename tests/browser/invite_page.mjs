@@ -5,18 +5,10 @@
 //
 // Usage: node invite_page.mjs '{"link": …, "base": …, "memberToken": …, "firstRoom": …,
 //   "inviterName": …, "roomNames": […], "shots": DIR}'
-import { chromium } from "playwright-core";
+import { expect, scenario } from "./scenario.mjs";
 
 const { link, base, memberToken, firstRoom, inviterName, roomNames, shots } = JSON.parse(process.argv[2]);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const expect = (condition, what) => {
-  if (!condition) throw new Error(`expectation failed: ${what}`);
-};
-const result = {};
-try {
+await scenario(async (browser, result) => {
   const page = await browser.newPage();
   await page.goto(link);
   await page.locator("#invitation").waitFor({ state: "visible", timeout: 15000 });
@@ -78,12 +70,4 @@ try {
   result.usedMessage = (await again.locator("#message").textContent()).trim();
   expect(/used already/i.test(result.usedMessage), `used link message: ${result.usedMessage}`);
   expect(await again.locator("#accept-form").isHidden(), "no form for a used link");
-  result.ok = true;
-} catch (error) {
-  result.ok = false;
-  result.error = String(error && error.stack ? error.stack : error);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  console.log(JSON.stringify(result));
-}
+});

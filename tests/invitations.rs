@@ -167,7 +167,7 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
     let (status, created) = invite(
         &s,
         &admin,
-        json!({ "email": " Ana@Example.ORG ", "rooms": [plans, budget], "message": "Welcome aboard" }),
+        json!({ "email": " Ana@Example.ORG ", "rooms": [plans, budget], "message": "Welcome aboard <b>now</b>" }),
     )
     .await;
     assert_eq!(status, 200, "{created}");
@@ -185,7 +185,10 @@ async fn from_the_invitation_mail_to_an_external_user_in_both_rooms() {
     }
     let link = link_in(text);
     assert_eq!(link, created["link"].as_str().unwrap());
-    assert!(mail["html"].as_str().unwrap().contains(&format!("href=\"{link}\"")), "{mail}");
+    let html = mail["html"].as_str().unwrap();
+    assert!(html.contains(&format!("href=\"{link}\"")), "{mail}");
+    // What the inviter typed is text in the HTML part, never markup.
+    assert!(html.contains("Welcome aboard &lt;b&gt;now&lt;/b&gt;") && !html.contains("<b>now"), "{html}");
     let token = token_of(&link);
 
     // Bob sees the pending invitation as Element would: a third-party invite.

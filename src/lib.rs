@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod password;
 pub mod pdu;
 pub mod policy;
 pub mod service;

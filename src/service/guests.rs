@@ -331,7 +331,7 @@ fn new_link(s: &Services, room_id: &RoomId, creator: &UserId, options: LinkOptio
         expires_at: now + lifetime,
         max_uses: options.max_uses,
         uses: 0,
-        password_hash: options.password.as_deref().map(util::hash_password).transpose().map_err(Error::internal)?,
+        password_hash: options.password.as_deref().map(crate::password::hash).transpose().map_err(Error::internal)?,
         revoked: false,
         joins: Vec::new(),
     };
@@ -439,7 +439,7 @@ fn checked_link(s: &Services, token: &str, password: Option<&str>) -> Result<Lin
                     "This link needs a password.",
                 ));
             }
-            Some(given) if !util::verify_password(given, hash) => {
+            Some(given) if !crate::password::verify(given, hash) => {
                 return Err(Error::forbidden("The password is wrong."));
             }
             _ => {}

@@ -139,7 +139,7 @@ impl Users {
         is_admin: bool,
         displayname: Option<String>,
     ) -> Result<UserRecord> {
-        let password_hash = password.map(util::hash_password).transpose().map_err(Error::internal)?;
+        let password_hash = password.map(crate::password::hash).transpose().map_err(Error::internal)?;
         self.create_hashed(user_id, password_hash, kind, is_admin, displayname)
     }
 
@@ -187,7 +187,7 @@ impl Users {
     pub fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
         Ok(match self.get(user_id)? {
             Some(UserRecord { password_hash: Some(hash), deactivated: false, .. }) => {
-                util::verify_password(password, &hash)
+                crate::password::verify(password, &hash)
             }
             _ => false,
         })
@@ -288,7 +288,7 @@ impl Users {
 
     pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
         let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user."))?;
-        record.password_hash = Some(util::hash_password(password).map_err(Error::internal)?);
+        record.password_hash = Some(crate::password::hash(password).map_err(Error::internal)?);
         self.save(user_id, &record)
     }
 

@@ -108,7 +108,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> Resu
                     .unwrap_or_else(|| crate::util::random_string(12).to_lowercase());
                 let user_id = s.users.local_user_id(&localpart)?;
                 let password_hash = match password {
-                    Some(password) => Some(crate::util::hash_password(&password).map_err(Error::internal)?),
+                    Some(password) => Some(crate::password::hash(&password).map_err(Error::internal)?),
                     None => pending.password_hash.take(),
                 };
                 let Some(password_hash) = password_hash else {
@@ -170,7 +170,7 @@ fn remember_registration(
         if let Some(password) = password
             && pending.password_hash.is_none()
         {
-            pending.password_hash = Some(crate::util::hash_password(password).map_err(Error::internal)?);
+            pending.password_hash = Some(crate::password::hash(password).map_err(Error::internal)?);
         }
         pending.username = username.or(pending.username.take());
         pending.device_id = body.device_id.clone().or(pending.device_id.take());

@@ -422,7 +422,7 @@ impl Rooms {
                 let pdu = txn.build(sender, event)?;
                 pdus.push(txn.stage(pdu)?);
             }
-            txn.commit()?;
+            txn.commit()?.wait_durable()?;
             return Ok((room_id, pdus));
         }
         Err(Error::room_in_use("Could not find a free room id; try again."))
@@ -436,7 +436,7 @@ impl Rooms {
     /// Append several events in order, atomically.
     pub fn append_all(&self, room_id: &RoomId, events: Vec<(OwnedUserId, NewEvent)>) -> Result<Vec<Arc<Pdu>>> {
         let lock = self.room_lock(room_id);
-        let _guard = lock.lock().expect("room lock poisoned");
+        let guard = lock.lock().expect("room lock poisoned");
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room does not exist on this server."))?;
         let rules = Self::rules(&record.version)?;
         let state = (*self.state_at(record.current_state)?).clone();
@@ -451,7 +451,10 @@ impl Rooms {
             let pdu = txn.build(&sender, event)?;
             out.push(txn.stage(pdu)?);
         }
-        txn.commit()?;
+        let committed = txn.commit()?;
+        // The next writer to this room builds on our events while we wait for the disk.
+        drop(guard);
+        committed.wait_durable()?;
         Ok(out)
     }
 
@@ -814,7 +817,10 @@ impl<'a> Txn<'a> {
         Ok(())
     }
 
-    fn commit(self) -> Result<()> {
+    /// Write the batch; the caller then releases the room lock and waits
+    /// with [`Committed::wait_durable`], so that writers to other rooms and
+    /// the next writer to this one share the fsync.
+    fn commit(self) -> Result<Committed<'a>> {
         let Txn { rooms, mut batch, room_id, record, pending, redacted, outgoing, members_changed, .. } = self;
         batch.put_json(Cf::Rooms, room_id.as_bytes(), &record);
         // Our events go to every server in the room before the change (a
@@ -840,12 +846,9 @@ impl<'a> Txn<'a> {
                 woken.extend(destinations);
             }
         }
-        batch.commit_durable()?;
+        let unsynced = batch.commit_unsynced()?;
         if members_changed {
             rooms.servers.lock().expect("server cache poisoned").remove(&room_id);
-        }
-        for server in &woken {
-            rooms.outbox.wake(server);
         }
         // After the write: a reader racing the commit may have cached the
         // unredacted copy, so redaction targets are evicted only now.
@@ -857,6 +860,27 @@ impl<'a> Txn<'a> {
             cache.remove(target);
         }
         cache.extend(pending.into_iter().filter(|(id, _)| !redacted.contains(id)));
+        Ok(Committed { rooms, unsynced, woken })
+    }
+}
+
+/// A room transaction written but not yet fsynced.
+#[must_use = "acknowledge the events only after `wait_durable`"]
+pub(crate) struct Committed<'a> {
+    rooms: &'a Rooms,
+    unsynced: crate::storage::Unsynced<'a>,
+    /// Servers with new events queued for them.
+    woken: BTreeSet<OwnedServerName>,
+}
+
+impl Committed<'_> {
+    /// Once the events are on disk, the other servers may hear of them.
+    pub(crate) fn wait_durable(self) -> Result<()> {
+        let Committed { rooms, unsynced, woken } = self;
+        unsynced.wait_durable()?;
+        for server in &woken {
+            rooms.outbox.wake(server);
+        }
         Ok(())
     }
 }

@@ -196,6 +196,10 @@ pub struct Db {
     /// change would be skipped.
     in_flight: Mutex<BTreeSet<u64>>,
     sync_writes: bool,
+    /// The highest RocksDB sequence number known to be in the fsynced WAL.
+    synced: AtomicU64,
+    /// Held by the one writer whose fsync covers everyone waiting behind it.
+    sync_leader: Mutex<()>,
     /// Publishes `safe_count` whenever it may have moved, to wake syncs.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -222,7 +226,16 @@ impl Db {
             .map(|v| u64_from_be(&v))
             .unwrap_or(0);
         let (changes, _) = tokio::sync::watch::channel(count);
-        Ok(Self { db, count: AtomicU64::new(count), in_flight: Mutex::new(BTreeSet::new()), sync_writes, changes })
+        let synced = AtomicU64::new(db.latest_sequence_number());
+        Ok(Self {
+            db,
+            count: AtomicU64::new(count),
+            in_flight: Mutex::new(BTreeSet::new()),
+            sync_writes,
+            synced,
+            sync_leader: Mutex::new(()),
+            changes,
+        })
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -316,6 +329,26 @@ impl Db {
         self.publish();
     }
 
+    /// Return once every write up to RocksDB sequence `sequence` is in the
+    /// fsynced WAL (with `database.sync_writes`). Group commit: writers that
+    /// arrive while an fsync runs wait for it, and the first of them then
+    /// syncs for all of them at once, so N concurrent writers pay about two
+    /// fsyncs, not N.
+    fn sync_to(&self, sequence: u64) -> StorageResult<()> {
+        if !self.sync_writes || self.synced.load(Ordering::Acquire) >= sequence {
+            return Ok(());
+        }
+        let _leader = self.sync_leader.lock().expect("sync leader lock poisoned");
+        if self.synced.load(Ordering::Acquire) >= sequence {
+            return Ok(());
+        }
+        // Everything written so far, ours included, is covered by this fsync.
+        let covered = self.db.latest_sequence_number();
+        self.db.flush_wal(true)?;
+        self.synced.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Wake everything waiting for the stream to move.
     pub fn publish(&self) {
         self.changes.send_replace(self.safe_count());
@@ -334,7 +367,7 @@ pub struct Batch<'a> {
     reserved: Vec<u64>,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         self.inner.put_cf(self.db.cf(cf), key, value);
     }
@@ -361,13 +394,26 @@ impl Batch<'_> {
     }
 
     /// Write and fsync the write-ahead log when `database.sync_writes` is on:
-    /// used for anything acknowledged to a client as durable (events).
+    /// used for anything acknowledged to a client as durable.
     pub fn commit_durable(self) -> StorageResult<()> {
-        let sync = self.db.sync_writes;
-        self.write(sync)
+        self.commit_unsynced()?.wait_durable()
+    }
+
+    /// Write now (readers see it) and fsync in [`Unsynced::wait_durable`],
+    /// which a writer calls after releasing its locks so that concurrent
+    /// writers share one fsync. The batch's stream positions stay in flight
+    /// until then: no sync reports the change before it is on disk.
+    pub fn commit_unsynced(mut self) -> StorageResult<Unsynced<'a>> {
+        self.write_inner(false)?;
+        let sequence = self.db.db.latest_sequence_number();
+        Ok(Unsynced { db: self.db, sequence, reserved: std::mem::take(&mut self.reserved) })
     }
 
     fn write(mut self, sync: bool) -> StorageResult<()> {
+        self.write_inner(sync)
+    }
+
+    fn write_inner(&mut self, sync: bool) -> StorageResult<()> {
         let mut inner = std::mem::take(&mut self.inner);
         if let Some(highest) = self.reserved.iter().max() {
             inner.merge_cf(self.db.cf(Cf::Meta), COUNT_KEY, highest.to_be_bytes());
@@ -376,6 +422,27 @@ impl Batch<'_> {
         opts.set_sync(sync);
         self.db.db.write_opt(inner, &opts)?;
         Ok(())
+    }
+}
+
+/// A written batch whose fsync is still to come (see [`Batch::commit_unsynced`]).
+#[must_use = "acknowledge the write only after `wait_durable`"]
+pub struct Unsynced<'a> {
+    db: &'a Db,
+    sequence: u64,
+    reserved: Vec<u64>,
+}
+
+impl Unsynced<'_> {
+    pub fn wait_durable(self) -> StorageResult<()> {
+        self.db.sync_to(self.sequence)
+    }
+}
+
+impl Drop for Unsynced<'_> {
+    /// Durable or not (an error is the caller's to report), the positions are released.
+    fn drop(&mut self) {
+        self.db.release_counts(&self.reserved);
     }
 }
 

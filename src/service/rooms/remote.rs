@@ -249,7 +249,7 @@ impl Rooms {
         let depth = self.snapshot_depth(record.current_state)?;
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, depth);
         txn.stage_without_timeline(&pdu, &state_before, true)?;
-        txn.commit()
+        txn.commit()?.wait_durable()
     }
 
     /// Place an event from another server, already checked against its
@@ -278,14 +278,14 @@ impl Rooms {
         if let Err(why) = self.check_auth(&version, &pdu, &txn.state, &Default::default()) {
             tracing::info!(%room_id, event_id = %pdu.event_id, "soft-failing an event the current state forbids: {why}");
             txn.stage_without_timeline(&pdu, &state_before, false)?;
-            txn.commit()?;
+            txn.commit()?.wait_durable()?;
             return Ok(Placed::SoftFailed);
         }
         txn.stage_remote(pdu.clone(), state_before)?;
         if broadcast {
             txn.outgoing.push(pdu.clone());
         }
-        txn.commit()?;
+        txn.commit()?.wait_durable()?;
         Ok(Placed::Timeline(pdu))
     }
 
@@ -312,7 +312,7 @@ impl Rooms {
             let after = txn.stage_backfilled(pdu, &state_before, lowest + (total - index) as u64, &staged)?;
             staged.insert(event_id, after);
         }
-        txn.commit()?;
+        txn.commit()?.wait_durable()?;
         Ok(total)
     }
 
@@ -348,7 +348,7 @@ impl Rooms {
         txn.record.extremities = join.prev_events.clone();
         txn.stage_remote(join.clone(), state)?;
         txn.outgoing.clear();
-        txn.commit()?;
+        txn.commit()?.wait_durable()?;
         Ok(join)
     }
 

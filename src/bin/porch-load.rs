@@ -53,6 +53,10 @@ struct Cli {
     /// Print one JSON object on stdout (the human report goes to stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// Process id of the server (on this machine): its resident memory is
+    /// read from /proc before and after the scenario and reported.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -92,6 +96,16 @@ enum Scenario {
         /// Queries timed per kind.
         #[arg(long, default_value_t = 50)]
         queries: usize,
+    },
+    /// N accounts registered with a password, C at a time, then each
+    /// logged in once: the cost of password hashing, and what it leaves in memory.
+    Accounts {
+        /// Accounts registered (and then logged in).
+        #[arg(long, default_value_t = 200)]
+        accounts: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// N concurrent joins through one porch guest link.
     GuestBurst {
@@ -135,13 +149,20 @@ async fn run(cli: Cli) -> Result<()> {
         secret: cli.shared_secret,
         prefix: format!("load{}_", random_lowercase(8)),
     };
-    let (human, report) = match cli.scenario {
+    let rss_before = cli.server_pid.map(resident_mb).transpose()?;
+    let (mut human, mut report) = match cli.scenario {
         Scenario::Send { clients, messages } => send(&api, clients, messages).await?,
         Scenario::Latency { samples } => latency(&api, samples).await?,
         Scenario::InitialSync { rooms } => initial_sync(&api, rooms).await?,
         Scenario::Search { rooms, messages, queries } => search(&api, rooms, messages, queries).await?,
         Scenario::GuestBurst { guests, link_token } => guest_burst(&api, guests, &link_token).await?,
+        Scenario::Accounts { accounts: count, concurrency } => accounts(&api, count, concurrency).await?,
     };
+    if let (Some(pid), Some(before)) = (cli.server_pid, rss_before) {
+        let after = resident_mb(pid)?;
+        human.push_str(&format!("\n  server RSS {before:.0} MB before, {after:.0} MB after"));
+        report["server_rss_mb"] = json!({ "before": before, "after": after });
+    }
     if cli.json {
         eprintln!("{human}");
         println!("{report}");
@@ -156,6 +177,7 @@ async fn run(cli: Cli) -> Result<()> {
 struct User {
     user_id: String,
     token: String,
+    password: String,
 }
 
 /// The HTTP client plus what every request needs. Cheap to clone.
@@ -238,7 +260,19 @@ impl Api {
             }
         };
         let (user_id, token) = (str_field(&resp, "user_id")?, str_field(&resp, "access_token")?);
-        Ok(User { user_id, token })
+        Ok(User { user_id, token, password })
+    }
+
+    /// A password login on a new device (the session is not kept).
+    async fn login(&self, name: &str, user: &User) -> Result<()> {
+        let username = format!("{}{name}", self.prefix);
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": username },
+            "password": user.password,
+        });
+        self.call(Method::POST, &format!("{V3}/login"), None, Some(&body)).await?;
+        Ok(())
     }
 
     /// Register `count` users concurrently.
@@ -551,6 +585,70 @@ async fn guest_burst(api: &Api, guests: usize, link_token: &str) -> Result<Repor
 }
 
 /// Await every task in order, failing on the first error or panic.
+/// Register `count` accounts, `concurrency` at a time, then log each in once.
+async fn accounts(api: &Api, count: usize, concurrency: usize) -> Result<Report> {
+    if count == 0 || concurrency == 0 {
+        bail!("--accounts and --concurrency must be at least 1");
+    }
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let start = Instant::now();
+    let tasks = (0..count)
+        .map(|i| {
+            let (api, limit) = (api.clone(), limit.clone());
+            tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await?;
+                let name = format!("a{i}");
+                let sent = Instant::now();
+                let user = api.register(&name).await?;
+                Ok::<_, anyhow::Error>((name, user, millis(sent.elapsed())))
+            })
+        })
+        .collect();
+    let registered = join_all(tasks).await?;
+    let register_s = start.elapsed().as_secs_f64();
+    let register_lat = Latency::of(registered.iter().map(|(_, _, ms)| *ms).collect());
+
+    let start = Instant::now();
+    let tasks = registered
+        .into_iter()
+        .map(|(name, user, _)| {
+            let (api, limit) = (api.clone(), limit.clone());
+            tokio::spawn(async move {
+                let _permit = limit.acquire_owned().await?;
+                let sent = Instant::now();
+                api.login(&name, &user).await?;
+                Ok::<_, anyhow::Error>(millis(sent.elapsed()))
+            })
+        })
+        .collect();
+    let login_lat = Latency::of(join_all(tasks).await?);
+    let login_s = start.elapsed().as_secs_f64();
+    let human = format!(
+        "accounts: {count} registered in {register_s:.2} s ({:.1}/s), {concurrency} at a time\n  \
+         register latency {register_lat}\n  {count} logins in {login_s:.2} s ({:.1}/s)\n  login latency {login_lat}",
+        count as f64 / register_s.max(f64::EPSILON),
+        count as f64 / login_s.max(f64::EPSILON),
+    );
+    let report = json!({
+        "scenario": "accounts", "accounts": count, "concurrency": concurrency,
+        "register_s": register_s, "register_latency_ms": register_lat.json(),
+        "login_s": login_s, "login_latency_ms": login_lat.json(),
+    });
+    Ok((human, report))
+}
+
+/// Resident memory of a local process, in MB, from /proc.
+fn resident_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status: is --server-pid a running process here?"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("/proc/{pid}/status has no VmRSS line"))?;
+    Ok(kib / 1024.0)
+}
+
 async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<Result<T>>>) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(tasks.len());
     for task in tasks {

@@ -84,6 +84,19 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         rooms: usize,
     },
+    /// S senders in one room while the room's member count grows: the
+    /// send rate at each size (idle members are added between rounds).
+    RoomSize {
+        /// Concurrent senders, members themselves.
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        /// Messages each sender sends per round.
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Member counts to measure at, comma-separated (senders included).
+        #[arg(long, value_delimiter = ',', default_value = "8,32,128,512")]
+        members: Vec<usize>,
+    },
     /// Full-text search: M messages spread over R rooms, then timed
     /// `/search` queries for common, rare and two-word terms.
     Search {
@@ -154,6 +167,7 @@ async fn run(cli: Cli) -> Result<()> {
         Scenario::Send { clients, messages } => send(&api, clients, messages).await?,
         Scenario::Latency { samples } => latency(&api, samples).await?,
         Scenario::InitialSync { rooms } => initial_sync(&api, rooms).await?,
+        Scenario::RoomSize { senders, messages, members } => room_size(&api, senders, messages, &members).await?,
         Scenario::Search { rooms, messages, queries } => search(&api, rooms, messages, queries).await?,
         Scenario::GuestBurst { guests, link_token } => guest_burst(&api, guests, &link_token).await?,
         Scenario::Accounts { accounts: count, concurrency } => accounts(&api, count, concurrency).await?,
@@ -299,6 +313,19 @@ impl Api {
         Ok(())
     }
 
+    /// All of `users` join the room, concurrently.
+    async fn join_many(&self, users: &[User], room_id: &str) -> Result<()> {
+        let joins = users
+            .iter()
+            .map(|user| {
+                let (api, user, room_id) = (self.clone(), user.clone(), room_id.to_owned());
+                tokio::spawn(async move { api.join(&user, &room_id).await })
+            })
+            .collect();
+        join_all(joins).await?;
+        Ok(())
+    }
+
     async fn send_text(&self, user: &User, room_id: &str, txn_id: &str, text: &str) -> Result<()> {
         let (room, txn) = (encode(room_id), encode(txn_id));
         let path = format!("{V3}/rooms/{room}/send/m.room.message/{txn}");
@@ -325,35 +352,8 @@ async fn send(api: &Api, clients: usize, messages: usize) -> Result<Report> {
     }
     let users = api.register_many(clients).await?;
     let room_id = api.create_room(&users[0]).await?;
-    let joins = users[1..]
-        .iter()
-        .map(|user| {
-            let (api, user, room_id) = (api.clone(), user.clone(), room_id.clone());
-            tokio::spawn(async move { api.join(&user, &room_id).await })
-        })
-        .collect();
-    join_all(joins).await?;
-
-    let start = Instant::now();
-    let senders = users
-        .into_iter()
-        .enumerate()
-        .map(|(c, user)| {
-            let (api, room_id) = (api.clone(), room_id.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(messages);
-                for m in 0..messages {
-                    let (txn, text) = (format!("c{c}m{m}"), format!("message {m} from client {c}"));
-                    let sent = Instant::now();
-                    api.send_text(&user, &room_id, &txn, &text).await?;
-                    latencies.push(millis(sent.elapsed()));
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            })
-        })
-        .collect();
-    let latencies: Vec<f64> = join_all(senders).await?.into_iter().flatten().collect();
-    let elapsed = start.elapsed().as_secs_f64();
+    api.join_many(&users[1..], &room_id).await?;
+    let (latencies, elapsed) = send_burst(api, &users, &room_id, messages, "").await?;
     let total = latencies.len();
     let rate = total as f64 / elapsed.max(f64::EPSILON);
     let lat = Latency::of(latencies);
@@ -366,6 +366,58 @@ async fn send(api: &Api, clients: usize, messages: usize) -> Result<Report> {
         "total_messages": total, "elapsed_s": elapsed, "messages_per_s": rate,
         "latency_ms": lat.json(),
     });
+    Ok((human, report))
+}
+
+/// Every user sends `messages` messages into the room at once; their
+/// per-request latencies and the wall time.
+async fn send_burst(api: &Api, users: &[User], room_id: &str, messages: usize, round: &str) -> Result<(Vec<f64>, f64)> {
+    let start = Instant::now();
+    let senders = users
+        .iter()
+        .enumerate()
+        .map(|(c, user)| {
+            let (api, user, room_id, round) = (api.clone(), user.clone(), room_id.to_owned(), round.to_owned());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(messages);
+                for m in 0..messages {
+                    let (txn, text) = (format!("{round}c{c}m{m}"), format!("message {m} from client {c}"));
+                    let sent = Instant::now();
+                    api.send_text(&user, &room_id, &txn, &text).await?;
+                    latencies.push(millis(sent.elapsed()));
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let latencies: Vec<f64> = join_all(senders).await?.into_iter().flatten().collect();
+    Ok((latencies, start.elapsed().as_secs_f64()))
+}
+
+async fn room_size(api: &Api, senders: usize, messages: usize, sizes: &[usize]) -> Result<Report> {
+    if senders == 0 || sizes.iter().any(|&n| n < senders) || !sizes.is_sorted() {
+        bail!("--members must be ascending and each at least --senders");
+    }
+    let users = api.register_many(sizes.last().copied().unwrap_or(senders)).await?;
+    let room_id = api.create_room(&users[0]).await?;
+    let mut joined = 1;
+    let mut human = format!("room-size: {senders} senders x {messages} messages per round");
+    let mut rounds = Vec::new();
+    let mut first_rate = None;
+    for &size in sizes {
+        api.join_many(&users[joined..size], &room_id).await?;
+        joined = size;
+        let (latencies, elapsed) = send_burst(api, &users[..senders], &room_id, messages, &format!("r{size}")).await?;
+        let rate = latencies.len() as f64 / elapsed.max(f64::EPSILON);
+        let ratio = rate / *first_rate.get_or_insert(rate);
+        let lat = Latency::of(latencies);
+        human.push_str(&format!("\n  {size} members: {rate:.1} msg/s (x{ratio:.2}), latency {lat}"));
+        rounds.push(
+            json!({ "members": size, "messages_per_s": rate, "ratio_to_first": ratio, "latency_ms": lat.json() }),
+        );
+    }
+    let report =
+        json!({ "scenario": "room-size", "senders": senders, "messages_per_sender": messages, "rounds": rounds });
     Ok((human, report))
 }
 

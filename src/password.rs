@@ -80,11 +80,7 @@ fn zeroizing(password: &str) -> zeroize::Zeroizing<Vec<u8>> {
 fn hash_with(password: &[u8], memory: &mut [Block]) -> Result<String, password_hash::Error> {
     let argon2 = Argon2::default();
     let salt = password_hash::SaltString::generate(&mut rand::thread_rng());
-    let mut salt_bytes = [0u8; 64];
-    let salt_bytes = salt.as_salt().decode_b64(&mut salt_bytes)?;
-    let output = password_hash::Output::init_with(Params::DEFAULT_OUTPUT_LEN, |out| {
-        Ok(argon2.hash_password_into_with_memory(password, salt_bytes, out, &mut *memory)?)
-    })?;
+    let output = compute(&argon2, password, salt.as_salt(), Params::DEFAULT_OUTPUT_LEN, memory)?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::default().into()),
@@ -105,8 +101,6 @@ fn verify_with(password: &[u8], phc: &str, memory: &mut [Block]) -> Result<bool,
     let params = Params::try_from(&parsed)?;
     let blocks = params.block_count();
     let argon2 = Argon2::new(algorithm, version, params);
-    let mut salt_bytes = [0u8; 64];
-    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
     // A hash made at a higher cost than today's default gets its own memory
     // for this one check; the thread's own stays at the default size.
     let mut larger;
@@ -116,11 +110,24 @@ fn verify_with(password: &[u8], phc: &str, memory: &mut [Block]) -> Result<bool,
     } else {
         memory
     };
-    let actual = password_hash::Output::init_with(expected.len(), |out| {
-        Ok(argon2.hash_password_into_with_memory(password, salt_bytes, out, &mut *memory)?)
-    })?;
+    let actual = compute(&argon2, password, salt, expected.len(), memory)?;
     // `Output`'s equality is constant-time.
     Ok(actual == expected)
+}
+
+/// The argon2 output of `password` with `salt`, in the given memory.
+fn compute(
+    argon2: &Argon2,
+    password: &[u8],
+    salt: password_hash::Salt,
+    len: usize,
+    memory: &mut [Block],
+) -> Result<password_hash::Output, password_hash::Error> {
+    let mut salt_bytes = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+    password_hash::Output::init_with(len, |out| {
+        Ok(argon2.hash_password_into_with_memory(password, salt_bytes, out, &mut *memory)?)
+    })
 }
 
 #[cfg(test)]

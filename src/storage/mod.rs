@@ -389,7 +389,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Write without forcing the log to disk (survives a process crash, not a power cut).
-    pub fn commit(self) -> StorageResult<()> {
+    pub fn commit(mut self) -> StorageResult<()> {
         self.write(false)
     }
 
@@ -404,16 +404,12 @@ impl<'a> Batch<'a> {
     /// writers share one fsync. The batch's stream positions stay in flight
     /// until then: no sync reports the change before it is on disk.
     pub fn commit_unsynced(mut self) -> StorageResult<Unsynced<'a>> {
-        self.write_inner(false)?;
+        self.write(false)?;
         let sequence = self.db.db.latest_sequence_number();
         Ok(Unsynced { db: self.db, sequence, reserved: std::mem::take(&mut self.reserved) })
     }
 
-    fn write(mut self, sync: bool) -> StorageResult<()> {
-        self.write_inner(sync)
-    }
-
-    fn write_inner(&mut self, sync: bool) -> StorageResult<()> {
+    fn write(&mut self, sync: bool) -> StorageResult<()> {
         let mut inner = std::mem::take(&mut self.inner);
         if let Some(highest) = self.reserved.iter().max() {
             inner.merge_cf(self.db.cf(Cf::Meta), COUNT_KEY, highest.to_be_bytes());

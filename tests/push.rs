@@ -383,3 +383,104 @@ async fn notifications_are_listed_newest_first_with_read_state_and_pushers_go_wi
     }
     assert!(pushers(&server, &alice).await.is_empty());
 }
+
+/// The room's unread counts in a sync response: (notifications, highlights).
+fn unread(sync: &Value, room: &str) -> Option<(u64, u64)> {
+    let counts = &sync["rooms"]["join"][room]["unread_notifications"];
+    Some((counts["notification_count"].as_u64()?, counts["highlight_count"].as_u64()?))
+}
+
+/// Counts are computed when a member reads them, not for every member when
+/// an event is sent: each member's counts are still exact, counted once
+/// however often they sync, only from their join on, and without what
+/// ignored users send. A member away for more than one catch-up step
+/// (2,000 events) gets them all.
+#[tokio::test]
+async fn counts_are_computed_when_read_and_are_exact_for_each_member() {
+    let unlimited = Options {
+        env: vec![
+            ("PORCH_RATE_LIMITS__EVENTS_PER_SECOND".into(), "100000".into()),
+            ("PORCH_RATE_LIMITS__EVENTS_BURST".into(), "100000".into()),
+        ],
+    };
+    let server = TestServer::start_with(unlimited).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = server.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    for user in [&bob, &carol] {
+        assert_eq!(server.join(user, &room).await.0, 200);
+    }
+    let first = server.sync(&carol, None, 0).await;
+    assert_eq!(unread(&first, &room), Some((0, 0)), "{first}");
+    let mut carol_since = first["next_batch"].as_str().map(str::to_owned);
+
+    server.send_text(&alice, &room, "one").await;
+    let after_one = server.sync(&carol, carol_since.as_deref(), 0).await;
+    assert_eq!(unread(&after_one, &room), Some((1, 0)), "the sync that shows the event counts it: {after_one}");
+    carol_since = after_one["next_batch"].as_str().map(str::to_owned);
+    // Syncing again counts nothing twice.
+    assert_eq!(unread(&server.sync(&carol, None, 0).await, &room), Some((1, 0)));
+
+    // Dave joins now: what came before is not his to count.
+    let dave = server.register("dave").await;
+    assert_eq!(server.join(&dave, &room).await.0, 200);
+    // Bob ignores alice; carol is mentioned.
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&bob.user_id)),
+            Some(&bob.token),
+            json!({ "ignored_users": { (alice.user_id.clone()): {} } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.send_text(&alice, &room, "two").await;
+    let (status, body) = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/mention", enc(&room)),
+            Some(&alice.token),
+            json!({ "msgtype": "m.text", "body": "three, carol", "m.mentions": { "user_ids": [carol.user_id] } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let carol_now = server.sync(&carol, carol_since.as_deref(), 0).await;
+    assert_eq!(unread(&carol_now, &room), Some((3, 1)), "{carol_now}");
+    assert_eq!(unread(&server.sync(&dave, None, 0).await, &room), Some((2, 0)), "dave counts from his join");
+    // (Applied when counted: alice's "one", from before, is not counted either.)
+    assert_eq!(unread(&server.sync(&bob, None, 0).await, &room), Some((0, 0)), "bob ignores alice");
+
+    // A receipt clears carol's counts; what follows counts again.
+    let last = server.send_text(&alice, &room, "four").await;
+    let (status, _) = server
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&last)),
+            Some(&carol.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(unread(&server.sync(&carol, None, 0).await, &room), Some((0, 0)));
+    server.send_text(&alice, &room, "five").await;
+    assert_eq!(unread(&server.sync(&carol, None, 0).await, &room), Some((1, 0)));
+
+    // Dave stays away for more than one catch-up step.
+    let token = alice.token.clone();
+    let base = server.hs.base.clone();
+    let room_path = enc(&room);
+    let client = server.hs.http.clone();
+    for i in 0..2_050 {
+        let response = client
+            .put(format!("{base}/_matrix/client/v3/rooms/{room_path}/send/m.room.message/burst-{i}"))
+            .bearer_auth(&token)
+            .json(&json!({ "msgtype": "m.text", "body": format!("burst {i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        unread(&server.sync(&dave, None, 0).await, &room),
+        Some((4 + 2_050, 0)),
+        "dave's four since his join, and the burst"
+    );
+}

@@ -1,6 +1,7 @@
 //! Events a signed-in user sends: messages and state. The guest policy,
-//! the per-user limit and an event's side effects (push, `!guest` room
-//! commands) live here, so every path that sends gets them.
+//! the per-user limit and an event's side effects (`!guest` room commands)
+//! live here, so every path that sends gets them; push rules are applied
+//! by `push` to whatever the room's timeline holds.
 
 use ruma::{
     OwnedEventId, RoomId,
@@ -15,7 +16,6 @@ use crate::{
     service::{
         Services,
         membership::{self, Moderation},
-        push,
         ratelimit::UserAction,
         rooms::NewEvent,
         users::Session,
@@ -39,7 +39,6 @@ pub fn send_message(
     let mut event = NewEvent::message(event_type, content);
     event.txn = txn;
     let pdu = s.rooms.append(room_id, &session.user_id, event)?;
-    push::on_event(s, &pdu)?;
     answer_command(s, session, &pdu)?;
     Ok(pdu)
 }
@@ -79,7 +78,6 @@ pub fn send_state(
         return Ok(current.event_id.clone());
     }
     let pdu = s.rooms.append(room_id, &session.user_id, NewEvent::state(event_type, state_key, content))?;
-    push::on_event(s, &pdu)?;
     Ok(pdu.event_id.clone())
 }
 

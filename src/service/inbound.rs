@@ -28,7 +28,7 @@ use serde_json::{Value, value::RawValue as RawJsonValue};
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, StateMap},
-    service::{Services, blocking, push, rooms::Placed},
+    service::{Services, blocking, rooms::Placed},
 };
 
 /// Events fetched to fill one gap at most (auth events or missing state).
@@ -301,7 +301,6 @@ pub fn receive<'a>(
         blocking(s, move |s| {
             let placed = s.rooms.append_remote(&room_id, pdu, state_before, false)?;
             if let Placed::Timeline(pdu) = &placed {
-                push::on_event(s, pdu)?;
                 crate::service::room_upgrade::on_tombstone(s, pdu)?;
             }
             Ok(placed)

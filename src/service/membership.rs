@@ -246,8 +246,6 @@ pub(crate) fn invite_as(
         content.insert("is_direct".into(), Value::Bool(true));
     }
     let pdu = services.rooms.append(room_id, sender, member_event(target, content))?;
-    // The default rules notify the invitee.
-    crate::service::push::on_event(services, &pdu)?;
     Ok(pdu.event_id.clone())
 }
 

@@ -36,6 +36,7 @@ pub mod remote_knock;
 pub mod reports;
 pub mod room_upgrade;
 pub mod rooms;
+pub mod schema;
 pub mod search;
 pub mod spaces;
 pub mod sync;
@@ -95,6 +96,7 @@ impl Services {
                 settings.raw.database.path.display()
             )
         })?);
+        schema::migrate(&db)?;
         let signing = Arc::new(SigningKey::load_or_create(&db)?);
         let server_name = settings.server_name.clone();
         let limits = &settings.raw.rate_limits;

@@ -1,9 +1,15 @@
 //! Push rules (stored as the `m.push_rules` account data, server defaults
 //! until the user changes them), the unread notification counts sync
-//! reports and the notifications `/notifications` lists, computed when an
-//! event is appended; pushers and delivery to push gateways.
+//! reports and the notifications `/notifications` lists; pushers and
+//! delivery to push gateways.
+//!
+//! Rules are applied lazily: a user's events in a room are evaluated when
+//! their counts are read (sync, `/notifications`, a receipt) or, for users
+//! with pushers, by the gateway's dispatcher just after the events are
+//! written. Sending an event costs nothing per member, and a member who
+//! never syncs costs nothing at all.
 
-mod data;
+pub(crate) mod data;
 pub mod gateway;
 
 pub use gateway::PushSignal;
@@ -14,6 +20,7 @@ use ruma::{
         Pusher, PusherKind, get_notifications,
         set_pusher::v3::{PusherAction, PusherPostData},
     },
+    events::room::member::MembershipState,
     push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
@@ -31,7 +38,7 @@ use crate::{
     error::{Error, Result},
     pdu::Pdu,
     service::{Services, users::Session},
-    storage::{Cf, key},
+    storage::{Batch, Cf, key},
 };
 
 pub const PUSH_RULES: &str = "m.push_rules";
@@ -50,6 +57,10 @@ pub struct Counts {
     /// Stream position of the last change, so sync reports it.
     #[serde(default)]
     pub changed_at: u64,
+    /// Every event of the room up to this position has been evaluated
+    /// for the user (see [`counts_at`]).
+    #[serde(default)]
+    pub through: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -106,24 +117,64 @@ pub fn save_ruleset(services: &Services, user_id: &UserId, ruleset: &Ruleset) ->
     Ok(())
 }
 
-pub fn counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
-    Ok(services
-        .db
-        .get_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]))?
-        .unwrap_or_default())
+/// The user's counts in the room as stored, without evaluating anything new.
+fn stored_counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
+    Ok(services.db.get_json(Cf::NotificationCounts, &counts_key(user_id, room_id))?.unwrap_or_default())
 }
 
-/// Serialises read-modify-write of the counts.
-static COUNTS_LOCK: Mutex<()> = Mutex::new(());
+fn counts_key(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
+    key(&[user_id.as_bytes(), room_id.as_bytes()])
+}
+
+/// The user's counts in the room with every event up to stream position
+/// `upto` (at most the safe position, so every such event is written)
+/// evaluated against their push rules: what sync reports. Events are
+/// evaluated here, for the users who ask, not for every member when an
+/// event is sent, so a message costs the same in a room of 8 or of 5,000.
+pub fn counts_at(services: &Services, user_id: &UserId, room_id: &RoomId, upto: u64) -> Result<Counts> {
+    Ok(catch_up_and_write(services, user_id, room_id, upto)?.0)
+}
+
+/// [`catch_up`] on the stored counts, writing the result: the counts and
+/// how many new notifications there are (their pushers are woken).
+fn catch_up_and_write(services: &Services, user_id: &UserId, room_id: &RoomId, upto: u64) -> Result<(Counts, usize)> {
+    let _guard = counts_lock(user_id, room_id);
+    let mut counts = stored_counts(services, user_id, room_id)?;
+    let mut batch = services.db.batch();
+    let Some(notified) = catch_up(services, user_id, room_id, &mut counts, upto, &mut batch)? else {
+        return Ok((counts, 0));
+    };
+    batch.commit()?;
+    if notified > 0 {
+        services.pushes.wake(user_id, false);
+    }
+    Ok((counts, notified))
+}
+
+/// Stripes of locks over (user, room): one read-modify-write of a user's
+/// counts at a time, without a lock every sender shares.
+fn counts_lock(user_id: &UserId, room_id: &RoomId) -> std::sync::MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    static STRIPES: [Mutex<()>; 64] = [const { Mutex::new(()) }; 64];
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (user_id, room_id).hash(&mut hasher);
+    STRIPES[(hasher.finish() % 64) as usize].lock().expect("counts lock poisoned")
+}
 
 /// A read receipt or marker from the user: their counts start again, for
 /// the whole room (an unthreaded receipt, `thread` empty), the main
 /// timeline (`main`) or one thread (its root's id).
 pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId, thread: &str) -> Result<()> {
-    let _guard = COUNTS_LOCK.lock().expect("counts lock poisoned");
-    let mut counts = counts(services, user_id, room_id)?;
+    let _guard = counts_lock(user_id, room_id);
+    let mut counts = stored_counts(services, user_id, room_id)?;
+    let mut batch = services.db.batch();
+    // What arrived before the receipt is read with it.
+    let evaluated = catch_up(services, user_id, room_id, &mut counts, services.db.safe_count(), &mut batch)?;
     let changed = match thread {
-        "" => !std::mem::take(&mut counts).is_zero(),
+        "" => {
+            let through = counts.through;
+            !std::mem::replace(&mut counts, Counts { through, ..Counts::default() }).is_zero()
+        }
         "main" => {
             let had = counts.notification_count > 0 || counts.highlight_count > 0;
             (counts.notification_count, counts.highlight_count) = (0, 0);
@@ -132,104 +183,226 @@ pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId, thr
         root => OwnedEventId::try_from(root).is_ok_and(|root| counts.threads.remove(&root).is_some()),
     };
     if !changed {
+        if let Some(notified) = evaluated {
+            batch.commit()?;
+            if notified > 0 {
+                services.pushes.wake(user_id, false);
+            }
+        }
         return Ok(());
     }
-    let mut batch = services.db.batch();
     counts.changed_at = batch.next_count();
-    batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &counts);
+    batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), &counts);
     batch.commit()?;
     // The user's phones update their badge.
     services.pushes.wake(user_id, true);
     Ok(())
 }
 
-/// Evaluate every local member's push rules against a new event and bump
-/// their unread counts. Runs on a blocking thread (the rule evaluation is
-/// driven to completion there; it does no I/O).
-pub fn on_event(services: &Services, pdu: &Pdu) -> Result<()> {
-    let room_id: OwnedRoomId = pdu.room_id.clone();
-    let Some(record) = services.rooms.room(&room_id)? else { return Ok(()) };
-    let Some((pdu, meta)) = services.rooms.get_pdu(&pdu.event_id)? else { return Ok(()) };
-    let mut members = services.rooms.joined_members(&room_id)?;
-    let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
-    // An invitee is not a member yet, but the invite is for them.
-    if pdu.kind == ruma::events::TimelineEventType::RoomMember
-        && pdu.content_value().get("membership").and_then(|m| m.as_str()) == Some("invite")
-        && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
-        && !members.contains(&target)
-    {
-        members.push(target);
-    }
-    let state = services.rooms.state_at(meta.state_after)?;
-    let power_levels = services.rooms.power_levels(&record.version, &state)?;
-    let raw: Raw<ruma::events::AnySyncTimelineEvent> =
-        Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event(&meta, false, None))?);
-    let runtime = tokio::runtime::Handle::current();
-    let mut changed = Vec::new();
-    for user_id in members {
-        if user_id == pdu.sender || !services.users.is_local(&user_id) {
-            continue;
-        }
-        // Nothing from someone the user ignores counts or notifies.
-        if pdu.state_key.is_none() && services.account_data.ignored_users(&user_id)?.contains(&pdu.sender) {
-            continue;
-        }
-        let display_name = services
-            .rooms
-            .state_content(&state, "m.room.member", user_id.as_str())?
-            .and_then(|c| c.get("displayname").and_then(|d| d.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| user_id.localpart().to_owned());
-        let mut ctx = PushConditionRoomCtx::new(room_id.clone(), member_count, user_id.clone(), display_name);
-        ctx.power_levels = Some(PushConditionPowerLevelsCtx::from(power_levels.clone()));
-        let rules = ruleset(services, &user_id)?;
-        let actions = runtime.block_on(rules.get_actions(&raw, &ctx));
-        let notify = actions.iter().any(|a| a.should_notify());
-        let highlight = actions.iter().any(|a| a.is_highlight());
-        if notify || highlight {
-            changed.push((user_id, notify, highlight, actions.to_vec()));
+/// Bring every room of the user up to `upto` (before listing
+/// `/notifications`, or before a push gateway hears of them).
+pub fn catch_up_user(services: &Services, user_id: &UserId, upto: u64) -> Result<usize> {
+    let mut notified = 0;
+    for (room_id, record) in services.rooms.user_rooms(user_id)? {
+        if matches!(record.membership, MembershipState::Join | MembershipState::Invite) {
+            notified += catch_up_room(services, user_id, &room_id, upto)?;
         }
     }
-    if changed.is_empty() {
-        return Ok(());
+    Ok(notified)
+}
+
+/// Bring one room of the user up to `upto`; how many new notifications.
+pub fn catch_up_room(services: &Services, user_id: &UserId, room_id: &RoomId, upto: u64) -> Result<usize> {
+    Ok(catch_up_and_write(services, user_id, room_id, upto)?.1)
+}
+
+/// The most events evaluated per write (a user back after months in a
+/// busy room is caught up in steps, each written whole).
+const CATCH_UP_STEP: usize = 2_000;
+
+/// Evaluate the room's events after `counts.through` up to `upto` against
+/// the user's rules, adding to `counts` and staging the counts and the
+/// notifications in `batch` (committing it between steps). `None` when
+/// nothing needed writing; else how many notifications were made. The
+/// caller holds [`counts_lock`].
+fn catch_up<'a>(
+    services: &'a Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    counts: &mut Counts,
+    upto: u64,
+    batch: &mut Batch<'a>,
+) -> Result<Option<usize>> {
+    if !services.users.is_local(user_id) {
+        return Ok(None);
     }
-    let _guard = COUNTS_LOCK.lock().expect("counts lock poisoned");
-    let mut batch = services.db.batch();
-    let changed_at = batch.next_count();
-    let ts = crate::util::now_ms();
-    let mut notified = Vec::new();
-    let thread_root = thread_root(&pdu);
-    for (user_id, notify, highlight, actions) in changed {
-        let mut counts = counts(services, &user_id, &room_id)?;
-        match &thread_root {
-            Some(root) => {
-                let thread = counts.threads.entry(root.clone()).or_default();
-                thread.notification_count += u64::from(notify);
-                thread.highlight_count += u64::from(highlight);
+    let floor = data::counts_floor(&services.db)?;
+    let mut evaluator = None;
+    let mut notified = None;
+    loop {
+        let from = counts.through.max(floor);
+        if from >= upto {
+            return Ok(notified);
+        }
+        let mut events = services.rooms.timeline(room_id, from as i64, true, CATCH_UP_STEP)?;
+        let full_step = events.len() == CATCH_UP_STEP;
+        events.retain(|(ordering, _)| *ordering > 0 && *ordering as u64 <= upto);
+        let Some(&(last, _)) = events.last() else { return Ok(notified) };
+        let evaluator = match &mut evaluator {
+            Some(evaluator) => evaluator,
+            None => match Evaluator::new(services, user_id, room_id)? {
+                Some(made) => evaluator.insert(made),
+                // Never in the room: nothing here is theirs.
+                None => return Ok(notified),
+            },
+        };
+        if notified.is_some() {
+            // The previous step is written whole before the next begins.
+            std::mem::replace(batch, services.db.batch()).commit()?;
+        }
+        let mut made = 0;
+        for (ordering, event_id) in events {
+            if (ordering as u64) < evaluator.since {
+                continue;
             }
-            None => {
-                counts.notification_count += u64::from(notify);
-                counts.highlight_count += u64::from(highlight);
+            let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
+            let Some(actions) = evaluator.actions(&pdu, &meta)? else { continue };
+            let notify = actions.iter().any(|a| a.should_notify());
+            let highlight = actions.iter().any(|a| a.is_highlight());
+            if !notify && !highlight {
+                continue;
+            }
+            match thread_root(&pdu) {
+                Some(root) => {
+                    let thread = counts.threads.entry(root).or_default();
+                    thread.notification_count += u64::from(notify);
+                    thread.highlight_count += u64::from(highlight);
+                }
+                None => {
+                    counts.notification_count += u64::from(notify);
+                    counts.highlight_count += u64::from(highlight);
+                }
+            }
+            counts.changed_at = meta.count;
+            if notify {
+                let record = NotificationRecord {
+                    event_id: pdu.event_id.clone(),
+                    room_id: room_id.to_owned(),
+                    actions: serde_json::to_value(&actions)?,
+                    // A remote server's clock is not trusted past ours.
+                    ts: u64::from(pdu.origin_server_ts.get()).min(evaluator.now),
+                    highlight,
+                };
+                data::put_notification(batch, user_id, meta.count, &record);
+                made += 1;
             }
         }
-        counts.changed_at = changed_at;
-        batch.put_json(Cf::NotificationCounts, &key(&[user_id.as_bytes(), room_id.as_bytes()]), &counts);
-        if notify {
-            let record = NotificationRecord {
-                event_id: pdu.event_id.clone(),
-                room_id: room_id.clone(),
-                actions: serde_json::to_value(&actions)?,
-                ts,
-                highlight,
+        // Events past `upto` may still be in flight: a full step stops at
+        // its last event, anything shorter covered everything to `upto`.
+        counts.through = if full_step { last as u64 } else { upto };
+        batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), counts);
+        notified = Some(notified.unwrap_or(0) + made);
+    }
+}
+
+/// One user's push rules applied to a run of events in one room: what
+/// does not change between events (rules, ignored users, member count)
+/// is read once, the power levels and the user's display name again only
+/// when the state they come from changed.
+struct Evaluator<'a> {
+    services: &'a Services,
+    user_id: &'a UserId,
+    room_id: &'a RoomId,
+    version: ruma::RoomVersionId,
+    /// Position of the user's latest join or invite: earlier events are not theirs.
+    since: u64,
+    now: u64,
+    rules: Arc<Ruleset>,
+    ignored: std::collections::HashSet<OwnedUserId>,
+    member_count: UInt,
+    /// The power levels event the context was made from, and the context.
+    power_levels: Option<(Option<OwnedEventId>, PushConditionPowerLevelsCtx)>,
+    /// The user's member event, their membership by it and their name.
+    member: Option<(Option<OwnedEventId>, Option<MembershipState>, String)>,
+}
+
+impl<'a> Evaluator<'a> {
+    /// `None` when the user never had a membership in the room.
+    fn new(services: &'a Services, user_id: &'a UserId, room_id: &'a RoomId) -> Result<Option<Self>> {
+        let Some(membership) = services.rooms.user_membership(user_id, room_id)? else { return Ok(None) };
+        let since = match membership.membership {
+            MembershipState::Join | MembershipState::Invite => membership.count,
+            // Gone: what came after is not theirs.
+            _ => u64::MAX,
+        };
+        let Some(record) = services.rooms.room(room_id)? else { return Ok(None) };
+        let member_count = services.rooms.joined_members(room_id)?.len() as u64;
+        Ok(Some(Self {
+            services,
+            user_id,
+            room_id,
+            version: record.version,
+            since,
+            now: crate::util::now_ms(),
+            rules: ruleset(services, user_id)?,
+            ignored: services.account_data.ignored_users(user_id)?,
+            member_count: UInt::try_from(member_count).unwrap_or(UInt::MAX),
+            power_levels: None,
+            member: None,
+        }))
+    }
+
+    /// The actions the user's rules give `pdu`, or `None` when it is not
+    /// for them: their own, from someone they ignore, or sent while they
+    /// were not in the room (unless it is their invite).
+    fn actions(&mut self, pdu: &Pdu, meta: &crate::pdu::PduMeta) -> Result<Option<Vec<ruma::push::Action>>> {
+        if pdu.sender == self.user_id || (pdu.state_key.is_none() && self.ignored.contains(&pdu.sender)) {
+            return Ok(None);
+        }
+        let rooms = &self.services.rooms;
+        let state = rooms.state_at(meta.state_after)?;
+        let member_event = state.get(&("m.room.member".to_owned(), self.user_id.to_string())).cloned();
+        if self.member.as_ref().is_none_or(|(id, _, _)| *id != member_event) {
+            let content = match &member_event {
+                Some(id) => rooms.get_pdu(id)?.map(|(member, _)| member.content_value()),
+                None => None,
             };
-            data::put_notification(&mut batch, &user_id, changed_at, &record);
-            notified.push(user_id);
+            let field = |name: &str| content.as_ref().and_then(|c| c.get(name)).and_then(|v| v.as_str());
+            let membership = field("membership").map(MembershipState::from);
+            let name = field("displayname").map_or_else(|| self.user_id.localpart().to_owned(), str::to_owned);
+            self.member = Some((member_event.clone(), membership, name));
         }
+        let Some((_, membership, display_name)) = &self.member else { return Ok(None) };
+        let invites_user = *membership == Some(MembershipState::Invite) && member_event.as_ref() == Some(&pdu.event_id);
+        if *membership != Some(MembershipState::Join) && !invites_user {
+            return Ok(None);
+        }
+        let mut ctx = PushConditionRoomCtx::new(
+            self.room_id.to_owned(),
+            self.member_count,
+            self.user_id.to_owned(),
+            display_name.clone(),
+        );
+        let power_event = state.get(&("m.room.power_levels".to_owned(), String::new())).cloned();
+        if self.power_levels.as_ref().is_none_or(|(id, _)| *id != power_event) {
+            let levels = rooms.power_levels(&self.version, &state)?;
+            self.power_levels = Some((power_event, PushConditionPowerLevelsCtx::from(levels)));
+        }
+        ctx.power_levels = self.power_levels.as_ref().map(|(_, levels)| levels.clone());
+        let raw: Raw<ruma::events::AnySyncTimelineEvent> =
+            Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event(meta, false, None))?);
+        Ok(Some(poll_ready(self.rules.get_actions(&raw, &ctx)).map(<[_]>::to_vec).unwrap_or_default()))
     }
-    batch.commit()?;
-    for user_id in notified {
-        services.pushes.wake(&user_id, false);
+}
+
+/// Drive a future that does no I/O (push rule evaluation) to its end here,
+/// on whatever thread this is; `None` if it would wait.
+fn poll_ready<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    match future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
-    Ok(())
 }
 
 /// The thread an event is part of (its `m.thread` relation's root).
@@ -376,6 +549,7 @@ pub fn notifications(
         None => None,
     };
     let limit = limit.clamp(1, 100);
+    catch_up_user(services, user_id, services.db.safe_count())?;
     let mut out = Vec::new();
     let mut read_marks: HashMap<OwnedRoomId, u64> = HashMap::new();
     let tag = data::pushers(&services.db, user_id)?

@@ -96,6 +96,45 @@ pub struct Rooms {
     /// Per room, the other servers with joined members: where our events go.
     servers: Mutex<HashMap<OwnedRoomId, Arc<BTreeSet<OwnedServerName>>>>,
     outbox: Arc<OutboxSignal>,
+    pub appended: Appended,
+}
+
+/// Rooms whose live timeline grew, each with the highest position written,
+/// for work done after the write (push rules for users with pushers). A
+/// room is marked before its positions are released, so whoever sees a
+/// position as safe finds its room here or already taken care of.
+#[derive(Default)]
+pub struct Appended {
+    rooms: Mutex<HashMap<OwnedRoomId, u64>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Appended {
+    fn mark(&self, room_id: &RoomId, position: u64) {
+        let mut rooms = self.rooms.lock().expect("appended rooms poisoned");
+        let highest = rooms.entry(room_id.to_owned()).or_default();
+        *highest = (*highest).max(position);
+        drop(rooms);
+        self.notify.notify_one();
+    }
+
+    /// The rooms marked, with their highest positions.
+    pub fn pending(&self) -> Vec<(OwnedRoomId, u64)> {
+        self.rooms.lock().expect("appended rooms poisoned").iter().map(|(r, p)| (r.clone(), *p)).collect()
+    }
+
+    /// The room was handled up to `upto`: unmarked unless it has more.
+    pub fn handled(&self, room_id: &RoomId, upto: u64) {
+        let mut rooms = self.rooms.lock().expect("appended rooms poisoned");
+        if rooms.get(room_id).is_some_and(|highest| *highest <= upto) {
+            rooms.remove(room_id);
+        }
+    }
+
+    /// Until a room is marked (at once if one was since the last call).
+    pub async fn marked(&self) {
+        self.notify.notified().await;
+    }
 }
 
 impl Rooms {
@@ -109,6 +148,7 @@ impl Rooms {
             locks: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(HashMap::new()),
+            appended: Appended::default(),
         }
     }
 
@@ -402,7 +442,7 @@ impl Rooms {
                 depth: 0,
                 last_count: 0,
             };
-            let mut txn = Txn::new(self, placeholder.clone(), record, rules.clone(), StateMap::new(), 0);
+            let mut txn = Txn::new(self, placeholder.clone(), record, rules.clone(), Arc::default(), 0);
             let (create, _) =
                 txn.build(sender, NewEvent::state(TimelineEventType::RoomCreate, "", create_content.clone()))?;
             if txn.rules.authorization.room_create_event_id_as_room_id {
@@ -439,7 +479,7 @@ impl Rooms {
         let guard = lock.lock().expect("room lock poisoned");
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room does not exist on this server."))?;
         let rules = Self::rules(&record.version)?;
-        let state = (*self.state_at(record.current_state)?).clone();
+        let state = self.state_at(record.current_state)?;
         let depth = self.snapshot_depth(record.current_state)?;
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, state, depth);
         let mut out = Vec::new();
@@ -465,7 +505,7 @@ impl Rooms {
         let _guard = lock.lock().expect("room lock poisoned");
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room does not exist on this server."))?;
         let rules = Self::rules(&record.version)?;
-        let state = (*self.state_at(record.current_state)?).clone();
+        let state = self.state_at(record.current_state)?;
         let version = record.version.clone();
         let txn = Txn::new(self, room_id.to_owned(), record, rules, state, 0);
         let (pdu, _) = txn.build(sender, event)?;
@@ -497,7 +537,9 @@ struct Txn<'a> {
     room_id: OwnedRoomId,
     record: RoomRecord,
     rules: RoomVersionRules,
-    state: StateMap,
+    /// Shared with the state cache until a state event changes it: a
+    /// message copies nothing, however many members the room has.
+    state: Arc<StateMap>,
     snapshot_depth: u32,
     /// Changes since the last stored full or delta snapshot in this txn.
     pending: HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>,
@@ -511,6 +553,8 @@ struct Txn<'a> {
     outgoing: Vec<Arc<Pdu>>,
     /// Whether a member event was staged (the server list may change).
     members_changed: bool,
+    /// The highest live timeline position staged.
+    last_live: Option<u64>,
 }
 
 impl<'a> Txn<'a> {
@@ -519,7 +563,7 @@ impl<'a> Txn<'a> {
         room_id: OwnedRoomId,
         record: RoomRecord,
         rules: RoomVersionRules,
-        state: StateMap,
+        state: Arc<StateMap>,
         snapshot_depth: u32,
     ) -> Self {
         Self {
@@ -536,6 +580,7 @@ impl<'a> Txn<'a> {
             snapshot_depths: HashMap::new(),
             outgoing: Vec::new(),
             members_changed: false,
+            last_live: None,
         }
     }
 
@@ -704,7 +749,7 @@ impl<'a> Txn<'a> {
                 }
                 meta.replaces_state = Some(old);
             }
-            self.state.insert(slot.clone(), pdu.event_id.clone());
+            Arc::make_mut(&mut self.state).insert(slot.clone(), pdu.event_id.clone());
             let snapshot_id = self.batch.next_count();
             let snapshot = if self.snapshot_depth >= MAX_SNAPSHOT_CHAIN || state_before == 0 {
                 self.snapshot_depth = 0;
@@ -724,11 +769,7 @@ impl<'a> Txn<'a> {
             self.batch.put_json(Cf::StateSnapshots, &snapshot_id.to_be_bytes(), &snapshot);
             meta.state_after = snapshot_id;
             self.record.current_state = snapshot_id;
-            self.rooms
-                .state_cache
-                .lock()
-                .expect("state cache poisoned")
-                .insert(snapshot_id, Arc::new(self.state.clone()));
+            self.rooms.state_cache.lock().expect("state cache poisoned").insert(snapshot_id, self.state.clone());
 
             if pdu.kind == TimelineEventType::RoomMember {
                 self.index_membership(&pdu, state_key, count)?;
@@ -757,6 +798,9 @@ impl<'a> Txn<'a> {
         crate::service::relations::stage_index(&self.rooms.db, &mut self.batch, pdu, meta.ordering())?;
         crate::service::search::stage_index(&mut self.batch, pdu, meta.ordering());
         self.batch.put(Cf::Timeline, &timeline_key(&self.room_id, meta.ordering()), pdu.event_id.as_bytes());
+        if meta.ordering() > 0 {
+            self.last_live = self.last_live.max(Some(meta.count));
+        }
         self.batch.put_json(
             Cf::Pdus,
             pdu.event_id.as_bytes(),
@@ -821,7 +865,8 @@ impl<'a> Txn<'a> {
     /// with [`Committed::wait_durable`], so that writers to other rooms and
     /// the next writer to this one share the fsync.
     fn commit(self) -> Result<Committed<'a>> {
-        let Txn { rooms, mut batch, room_id, record, pending, redacted, outgoing, members_changed, .. } = self;
+        let Txn { rooms, mut batch, room_id, record, pending, redacted, outgoing, members_changed, last_live, .. } =
+            self;
         batch.put_json(Cf::Rooms, room_id.as_bytes(), &record);
         // Our events go to every server in the room before the change (a
         // kicked server hears of its kick), in the same batch as the event.
@@ -845,6 +890,9 @@ impl<'a> Txn<'a> {
                 outbound::queue(&mut batch, &destinations, &OutboxItem::Pdu(pdu.event_id.clone()));
                 woken.extend(destinations);
             }
+        }
+        if let Some(position) = last_live {
+            rooms.appended.mark(&room_id, position);
         }
         let unsynced = batch.commit_unsynced()?;
         if members_changed {

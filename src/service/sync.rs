@@ -344,7 +344,7 @@ fn joined_room(
     if let Some(receipts) = services.ephemeral.receipt_event(room_id, ephemeral_since, &session.user_id)? {
         ephemeral.push(raw(&receipts));
     }
-    let counts = push::counts(services, &session.user_id, room_id)?;
+    let counts = push::counts_at(services, &session.user_id, room_id, upto)?;
     let counts_changed = room_since.is_some_and(|s| counts.changed_at > s && counts.changed_at <= upto);
     if room_since.is_some() && entries.is_empty() && ephemeral.is_empty() && !counts_changed && !params.full_state {
         return Ok(None);

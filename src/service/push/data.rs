@@ -2,7 +2,10 @@
 //! families and their key formats, owned here.
 //!
 //! - `pushers`: user ‖ app_id ‖ pushkey → [`PusherRecord`]
-//! - `notifications`: user ‖ u64be position → [`NotificationRecord`]
+//! - `notifications`: user ‖ u64be position of the event → [`NotificationRecord`]
+//! - `meta` `notification_counts_floor` → u64be: events before it were
+//!   evaluated when sent (databases from before counts were computed
+//!   lazily, schema version 1); absent on newer databases.
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -86,6 +89,17 @@ pub fn mark_pushed(db: &Db, user_id: &UserId, app_id: &str, pushkey: &str, posit
     record.last_pushed = position;
     db.put_json(Cf::Pushers, &pusher_key(user_id, app_id, pushkey), &record)?;
     Ok(())
+}
+
+const COUNTS_FLOOR_KEY: &[u8] = b"notification_counts_floor";
+
+/// Events at or below this position need no evaluation (see the module doc).
+pub fn counts_floor(db: &Db) -> Result<u64> {
+    Ok(db.get(Cf::Meta, COUNTS_FLOOR_KEY)?.map_or(0, |v| u64_from_be(&v)))
+}
+
+pub fn set_counts_floor(batch: &mut Batch<'_>, position: u64) {
+    batch.put(Cf::Meta, COUNTS_FLOOR_KEY, &position.to_be_bytes());
 }
 
 pub fn put_notification(batch: &mut Batch<'_>, user_id: &UserId, position: u64, record: &NotificationRecord) {

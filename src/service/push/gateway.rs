@@ -1,6 +1,9 @@
 //! Delivery to push gateways (`POST {url}` with the push gateway API's
 //! `notification`), off the request path: one task per user with pushers,
 //! woken when a notification is stored or a read receipt clears counts.
+//! The dispatcher applies the push rules of users with pushers to every
+//! room's new events as soon as they are written (everyone else's wait
+//! until they read their counts).
 //!
 //! Each pusher remembers the position of the last notification it
 //! delivered, so delivery resumes after a restart; a gateway that fails is
@@ -14,9 +17,9 @@ use std::{
     time::Duration,
 };
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::data::{self, NotificationRecord, PusherRecord};
 use crate::{
@@ -40,15 +43,35 @@ struct Wanted {
 
 /// Who needs delivery, and who has pushers at all (so events for users
 /// without any cost nothing here).
-#[derive(Default)]
 pub struct PushSignal {
     pending: Mutex<HashMap<OwnedUserId, Wanted>>,
     running: Mutex<HashSet<OwnedUserId>>,
     with_pushers: Mutex<HashSet<OwnedUserId>>,
     notify: Notify,
+    /// The position up to which the dispatcher has applied every pusher
+    /// holder's rules in every room. Delivery stops there: a notification
+    /// stored later for an earlier event (a sync caught up one room first)
+    /// is then never behind a pusher's mark.
+    dispatched: watch::Sender<u64>,
+}
+
+impl Default for PushSignal {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::default(),
+            running: Mutex::default(),
+            with_pushers: Mutex::default(),
+            notify: Notify::new(),
+            dispatched: watch::channel(0).0,
+        }
+    }
 }
 
 impl PushSignal {
+    fn any_pushers(&self) -> bool {
+        !self.with_pushers.lock().expect("push signal poisoned").is_empty()
+    }
+
     pub fn has_pushers(&self, user_id: &UserId) -> bool {
         self.with_pushers.lock().expect("push signal poisoned").contains(user_id)
     }
@@ -93,6 +116,7 @@ pub async fn run(services: Arc<Services>) {
         }
         Err(err) => tracing::warn!("cannot read the pushers to resume delivery: {err}"),
     }
+    tokio::spawn(dispatch(services.clone()));
     loop {
         let notified = services.pushes.notify.notified();
         let users: Vec<OwnedUserId> =
@@ -103,6 +127,67 @@ pub async fn run(services: Arc<Services>) {
             }
         }
         notified.await;
+    }
+}
+
+/// Runs for the server's life: applies the rules of the users with pushers
+/// to each room's new events, then moves [`PushSignal::dispatched`] on.
+async fn dispatch(services: Arc<Services>) {
+    // Whatever was written before a restart, for everyone with a pusher.
+    let upto = services.db.safe_count();
+    let users: Vec<OwnedUserId> =
+        services.pushes.with_pushers.lock().expect("push signal poisoned").iter().cloned().collect();
+    let resumed = blocking(&services, move |s| {
+        for user_id in users {
+            super::catch_up_user(s, &user_id, upto)?;
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(err) = resumed {
+        tracing::warn!("cannot apply push rules to the events written before the restart: {err}");
+    }
+    services.pushes.dispatched.send_replace(upto);
+    let mut positions = services.db.subscribe();
+    loop {
+        let upto = services.db.safe_count();
+        let rooms = services.rooms.appended.pending();
+        if !rooms.is_empty() && services.pushes.any_pushers() {
+            let marked = rooms.clone();
+            let applied = blocking(&services, move |s| {
+                for (room_id, _) in &marked {
+                    for (user_id, membership) in s.rooms.members(room_id)? {
+                        if matches!(membership, MembershipState::Join | MembershipState::Invite)
+                            && s.pushes.has_pushers(&user_id)
+                            && s.users.is_local(&user_id)
+                        {
+                            super::catch_up_room(s, &user_id, room_id, upto)?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(err) = applied {
+                // The rooms stay marked: the next round tries again.
+                tracing::warn!("cannot apply push rules to new events: {err}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        for (room_id, _) in &rooms {
+            services.rooms.appended.handled(room_id, upto);
+        }
+        services.pushes.dispatched.send_replace(upto);
+        if rooms.iter().any(|(_, highest)| *highest > upto) {
+            // Some were still being written: go again once they are.
+            tokio::select! {
+                () = services.rooms.appended.marked() => {}
+                _ = positions.changed() => {}
+            }
+        } else {
+            services.rooms.appended.marked().await;
+        }
     }
 }
 
@@ -132,6 +217,11 @@ async fn deliver_for(services: Arc<Services>, http: reqwest::Client, user_id: Ow
                 wanted.badge = false;
                 backoff = Duration::from_secs(1);
             }
+            Ok(Progress::Ahead(dispatched)) => {
+                wanted.badge = false;
+                let mut moved = services.pushes.dispatched.subscribe();
+                let _ = tokio::time::timeout(Duration::from_secs(30), moved.wait_for(|at| *at > dispatched)).await;
+            }
             Ok(Progress::Failing) | Err(_) => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -145,6 +235,8 @@ enum Progress {
     Done,
     /// A batch went out; there may be more.
     More,
+    /// Stored notifications wait for the dispatcher to pass this position.
+    Ahead(u64),
     /// A gateway failed; try again after a pause.
     Failing,
 }
@@ -161,9 +253,16 @@ async fn deliver_once(
     for pusher in pushers {
         let Some(url) = pusher_url(&pusher) else { continue };
         let (user, after) = (user_id.to_owned(), pusher.last_pushed);
-        let pending = blocking(services, move |s| data::notifications_after(&s.db, &user, after, BATCH)).await?;
+        let dispatched = *services.pushes.dispatched.borrow();
+        let mut pending = blocking(services, move |s| data::notifications_after(&s.db, &user, after, BATCH)).await?;
         if pending.len() == BATCH {
             progress = Progress::More;
+        }
+        if pending.last().is_some_and(|(position, _)| *position > dispatched) {
+            pending.retain(|(position, _)| *position <= dispatched);
+            if matches!(progress, Progress::Done) || pending.is_empty() {
+                progress = Progress::Ahead(dispatched);
+            }
         }
         let mut failed = false;
         for (position, notification) in pending {

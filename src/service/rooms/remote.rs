@@ -245,7 +245,7 @@ impl Rooms {
         }
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         let rules = Self::rules(&record.version)?;
-        let current = (*self.state_at(record.current_state)?).clone();
+        let current = self.state_at(record.current_state)?;
         let depth = self.snapshot_depth(record.current_state)?;
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, depth);
         txn.stage_without_timeline(&pdu, &state_before, true)?;
@@ -271,7 +271,7 @@ impl Rooms {
         }
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         let rules = Self::rules(&record.version)?;
-        let current = (*self.state_at(record.current_state)?).clone();
+        let current = self.state_at(record.current_state)?;
         let depth = self.snapshot_depth(record.current_state)?;
         let version = record.version.clone();
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, depth);
@@ -296,7 +296,7 @@ impl Rooms {
         let _guard = lock.lock().expect("room lock poisoned");
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         let rules = Self::rules(&record.version)?;
-        let current = (*self.state_at(record.current_state)?).clone();
+        let current = self.state_at(record.current_state)?;
         let depth = self.snapshot_depth(record.current_state)?;
         let lowest = match self.oldest_event(room_id)? {
             Some((ordering, _)) if ordering < 0 => ordering.unsigned_abs(),
@@ -339,7 +339,7 @@ impl Rooms {
                 RoomRecord { version: version.clone(), current_state: 0, extremities: Vec::new(), depth, last_count: 0 }
             }
         };
-        let current = (*self.state_at(record.current_state)?).clone();
+        let current = self.state_at(record.current_state)?;
         let snapshot_depth = self.snapshot_depth(record.current_state)?;
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, snapshot_depth);
         // The joined state replaces whatever we knew (we were not in the room).
@@ -364,7 +364,7 @@ impl Rooms {
         let _guard = lock.lock().expect("room lock poisoned");
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         let rules = Self::rules(&record.version)?;
-        let state = (*self.state_at(record.current_state)?).clone();
+        let state = self.state_at(record.current_state)?;
         let version = record.version.clone();
         let txn = Txn::new(self, room_id.to_owned(), record, rules, state, 0);
         let object = txn.template(sender, NewEvent::state(TimelineEventType::RoomMember, sender.as_str(), content))?;
@@ -475,7 +475,7 @@ impl Txn<'_> {
     /// Make `state` the room's current state, re-indexing the memberships
     /// that changed. `all_members` re-indexes every member (a join's import).
     fn set_current(&mut self, state: StateMap, count: u64, all_members: bool) -> Result<()> {
-        if state == self.state && self.record.current_state != 0 {
+        if state == *self.state && self.record.current_state != 0 {
             return Ok(());
         }
         let base = self.record.current_state;
@@ -490,7 +490,7 @@ impl Txn<'_> {
             }
         }
         self.snapshot_depth = self.depth_of(id)?;
-        self.state = state;
+        self.state = Arc::new(state);
         self.record.current_state = id;
         Ok(())
     }
@@ -501,7 +501,7 @@ impl Txn<'_> {
     fn stage_remote(&mut self, pdu: Arc<Pdu>, state_before: StateMap) -> Result<()> {
         let count = self.batch.next_count();
         let version = self.record.version.clone();
-        let before_id = if state_before == self.state && self.record.current_state != 0 {
+        let before_id = if state_before == *self.state && self.record.current_state != 0 {
             self.record.current_state
         } else {
             let base = self.record.current_state;
@@ -522,7 +522,7 @@ impl Txn<'_> {
                 .lock()
                 .expect("pdu cache poisoned")
                 .insert(pdu.event_id.clone(), (pdu.clone(), meta.clone()));
-            let current = Arc::new(self.state.clone());
+            let current = self.state.clone();
             self.rooms.resolve(&version, vec![current, Arc::new(state_after)])?
         };
         if pdu.kind == TimelineEventType::RoomRedaction

@@ -78,6 +78,17 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         samples: usize,
     },
+    /// N idle users long-poll /sync, each in a room of their own, while
+    /// messages are sent one at a time in a busy room: the delivery
+    /// latency there, and (with --server-pid) the server's CPU per message.
+    IdleSyncers {
+        /// Idle long-polling users.
+        #[arg(long, default_value_t = 1000)]
+        syncers: usize,
+        /// Messages sent (one at a time) in the busy room.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
     /// Time a fresh initial /sync for a user in R rooms.
     InitialSync {
         /// Rooms the user is in, each with two messages.
@@ -166,6 +177,7 @@ async fn run(cli: Cli) -> Result<()> {
     let (mut human, mut report) = match cli.scenario {
         Scenario::Send { clients, messages } => send(&api, clients, messages).await?,
         Scenario::Latency { samples } => latency(&api, samples).await?,
+        Scenario::IdleSyncers { syncers, samples } => idle_syncers(&api, syncers, samples, cli.server_pid).await?,
         Scenario::InitialSync { rooms } => initial_sync(&api, rooms).await?,
         Scenario::RoomSize { senders, messages, members } => room_size(&api, senders, messages, &members).await?,
         Scenario::Search { rooms, messages, queries } => search(&api, rooms, messages, queries).await?,
@@ -423,7 +435,79 @@ async fn room_size(api: &Api, senders: usize, messages: usize, sizes: &[usize]) 
 
 async fn latency(api: &Api, samples: usize) -> Result<Report> {
     let users = api.register_many(2).await?;
-    let (sender, receiver) = (users[0].clone(), users[1].clone());
+    let latencies = deliveries(api, &users[0], &users[1], samples).await?;
+    let lat = Latency::of(latencies);
+    let human = format!("latency: {samples} messages, send to /sync delivery {lat}");
+    let report = json!({ "scenario": "latency", "samples": samples, "latency_ms": lat.json() });
+    Ok((human, report))
+}
+
+async fn idle_syncers(api: &Api, syncers: usize, samples: usize, server_pid: Option<u32>) -> Result<Report> {
+    let users = api.register_many(syncers + 2).await?;
+    let (idle, busy) = users.split_at(syncers);
+    // Each idle user in a room of their own, long-polling from its start.
+    let mut creators = Vec::new();
+    for chunk in idle.chunks(idle.len().div_ceil(SETUP_WORKERS).max(1)) {
+        let (api, chunk) = (api.clone(), chunk.to_vec());
+        creators.push(tokio::spawn(async move {
+            let mut polls = Vec::new();
+            for user in chunk {
+                api.create_room(&user).await?;
+                let initial: Value = serde_json::from_str(&api.sync(&user, None, 0).await?)?;
+                let mut since = str_field(&initial, "next_batch")?;
+                let api = api.clone();
+                polls.push(tokio::spawn(async move {
+                    loop {
+                        let text = api.sync(&user, Some(since.as_str()), 30_000).await?;
+                        since = str_field(&serde_json::from_str(&text)?, "next_batch")?;
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), anyhow::Error>(())
+                }));
+            }
+            Ok::<_, anyhow::Error>(polls)
+        }));
+    }
+    let polls: Vec<_> = join_all(creators).await?.into_iter().flatten().collect();
+    // Let every long poll reach the server and settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before = server_pid.map(cpu_seconds).transpose()?;
+    let started = Instant::now();
+    let latencies = deliveries(api, &busy[0], &busy[1], samples).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = match (server_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_seconds(pid)? - before),
+        _ => None,
+    };
+    let still_polling = polls.iter().filter(|p| !p.is_finished()).count();
+    for poll in &polls {
+        poll.abort();
+    }
+    if still_polling < syncers {
+        bail!("{} of the {syncers} idle /sync loops failed", syncers - still_polling);
+    }
+    let lat = Latency::of(latencies);
+    let mut human = format!(
+        "idle-syncers: {syncers} idle long-polling users, {samples} messages in a busy room in {elapsed:.1} s
+           send to /sync delivery {lat}"
+    );
+    let mut report =
+        json!({ "scenario": "idle-syncers", "syncers": syncers, "samples": samples, "latency_ms": lat.json() });
+    if let Some(cpu) = cpu {
+        let per_message = cpu * 1000.0 / samples.max(1) as f64;
+        human.push_str(&format!(
+            "
+  server CPU {cpu:.2} s, {per_message:.2} ms per message"
+        ));
+        report["server_cpu_ms_per_message"] = json!(per_message);
+    }
+    Ok((human, report))
+}
+
+/// `samples` messages from `sender`, one at a time, each timed until it
+/// shows in the long-polling `/sync` of `receiver` (who joins the room).
+async fn deliveries(api: &Api, sender: &User, receiver: &User, samples: usize) -> Result<Vec<f64>> {
+    let (sender, receiver) = (sender.clone(), receiver.clone());
     let room_id = api.create_room(&sender).await?;
     api.join(&receiver, &room_id).await?;
     let initial: Value = serde_json::from_str(&api.sync(&receiver, None, 0).await?)?;
@@ -467,11 +551,7 @@ async fn latency(api: &Api, samples: usize) -> Result<Report> {
         latencies.push(millis(arrived.saturating_duration_since(sent)));
     }
     receiver_task.abort();
-
-    let lat = Latency::of(latencies);
-    let human = format!("latency: {samples} messages, send to /sync delivery {lat}");
-    let report = json!({ "scenario": "latency", "samples": samples, "latency_ms": lat.json() });
-    Ok((human, report))
+    Ok(latencies)
 }
 
 async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
@@ -687,6 +767,22 @@ async fn accounts(api: &Api, count: usize, concurrency: usize) -> Result<Report>
         "login_s": login_s, "login_latency_ms": login_lat.json(),
     });
     Ok((human, report))
+}
+
+/// CPU time (user and system) a local process has used, in seconds, from
+/// /proc (whose clock ticks are 1/100 s on Linux).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat: is --server-pid a running process here?"))?;
+    // The command name (field 2) may hold spaces: count from after it.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| anyhow!("/proc/{pid}/stat is unreadable"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15, i.e. 12 and 13 after the name.
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok((user + system) / 100.0),
+        _ => bail!("/proc/{pid}/stat has no CPU times"),
+    }
 }
 
 /// Resident memory of a local process, in MB, from /proc.

@@ -49,7 +49,8 @@ impl AccountData {
 
     pub fn set(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str, content: &Value) -> Result<u64> {
         let mut batch = self.db.batch();
-        let count = batch.next_count();
+        let count = batch.next_count_quiet();
+        batch.wake_user(user_id);
         let content = RawJsonValue::from_string(serde_json::to_string(content)?)?;
         batch.put_json(Cf::AccountData, &Self::entry_key(user_id, room_id, kind), &Entry { count, content });
         batch.commit()?;

@@ -63,7 +63,7 @@ impl Ephemeral {
     ) -> Result<()> {
         // Setting it is activity (`last_active_ago`), unless going offline.
         let active = (state != ruma::presence::PresenceState::Offline).then(Instant::now);
-        self.with_position(|count| {
+        self.with_position(None, |count| {
             let mut presence = self.presence.lock().expect("presence poisoned");
             let Presence { entries, changed_at, changes } = &mut *presence;
             // Other servers push presence at will: the map stays bounded, and
@@ -99,16 +99,23 @@ impl Ephemeral {
 
     /// Apply an in-memory change under a fresh stream position. The change is
     /// made before the position is released, so no sync can pass it unseen.
-    fn with_position<T>(&self, change: impl FnOnce(u64) -> T) -> Result<T> {
+    /// With `room`, only that room's members' syncs wake.
+    fn with_position<T>(&self, room: Option<&RoomId>, change: impl FnOnce(u64) -> T) -> Result<T> {
         let mut batch = self.db.batch();
-        let count = batch.next_count();
+        let count = match room {
+            Some(room_id) => {
+                batch.wake_room(room_id);
+                batch.next_count_quiet()
+            }
+            None => batch.next_count(),
+        };
         let out = change(count);
         batch.commit()?;
         Ok(out)
     }
 
     pub fn set_typing(&self, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) -> Result<()> {
-        self.with_position(|count| {
+        self.with_position(Some(room_id), |count| {
             let mut typing = self.typing.lock().expect("typing poisoned");
             let room = typing.entry(room_id.to_owned()).or_default();
             match timeout {
@@ -135,7 +142,7 @@ impl Ephemeral {
         if !any_expired {
             return Ok(false);
         }
-        self.with_position(|count| {
+        self.with_position(None, |count| {
             let mut typing = self.typing.lock().expect("typing poisoned");
             for room in typing.values_mut() {
                 let before = room.users.len();
@@ -169,7 +176,8 @@ impl Ephemeral {
         event_id: &OwnedEventId,
     ) -> Result<()> {
         let mut batch = self.db.batch();
-        let count = batch.next_count();
+        let count = batch.next_count_quiet();
+        batch.wake_room(room_id);
         let record = StoredReceipt { event_id: event_id.clone(), ts: crate::util::now_ms(), count };
         batch.put_json(
             Cf::Receipts,

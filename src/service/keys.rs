@@ -414,7 +414,8 @@ impl Keys {
         kind: &str,
         content: &Value,
     ) {
-        let count = batch.next_count();
+        let count = batch.next_count_quiet();
+        batch.wake_user(target);
         let k = [&prefix(&[target.as_bytes(), device_id.as_bytes()])[..], &count.to_be_bytes()].concat();
         batch.put_json(
             Cf::ToDevice,

@@ -112,6 +112,7 @@ pub fn ruleset(services: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
 }
 
 pub fn save_ruleset(services: &Services, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
+    settle(services, user_id)?;
     services.account_data.set(user_id, None, PUSH_RULES, &json!({ "global": ruleset }))?;
     services.push_rules.0.lock().expect("ruleset cache poisoned").insert(user_id.to_owned(), Arc::new(ruleset.clone()));
     Ok(())
@@ -191,11 +192,19 @@ pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId, thr
         }
         return Ok(());
     }
-    counts.changed_at = batch.next_count();
+    counts.changed_at = batch.next_count_quiet();
+    batch.wake_user(user_id);
     batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), &counts);
     batch.commit()?;
     // The user's phones update their badge.
     services.pushes.wake(user_id, true);
+    Ok(())
+}
+
+/// Before the user's rules or ignore list change: what was sent until now
+/// is evaluated with the ones it was sent under.
+pub fn settle(services: &Services, user_id: &UserId) -> Result<()> {
+    catch_up_user(services, user_id, services.db.safe_count())?;
     Ok(())
 }
 
@@ -305,10 +314,11 @@ fn catch_up<'a>(
     }
 }
 
-/// One user's push rules applied to a run of events in one room: what
-/// does not change between events (rules, ignored users, member count)
-/// is read once, the power levels and the user's display name again only
-/// when the state they come from changed.
+/// One user's push rules applied to a run of events in one room, each as
+/// it was when sent: the member count, power levels and the user's name
+/// come from the state at the event (read again only when it changed);
+/// the rules and the ignore list are the user's now, which are the ones
+/// the events were sent under ([`settle`] runs before they change).
 struct Evaluator<'a> {
     services: &'a Services,
     user_id: &'a UserId,
@@ -319,7 +329,8 @@ struct Evaluator<'a> {
     now: u64,
     rules: Arc<Ruleset>,
     ignored: std::collections::HashSet<OwnedUserId>,
-    member_count: UInt,
+    /// The state snapshot the joined member count is for, and the count.
+    member_count: Option<(u64, UInt)>,
     /// The power levels event the context was made from, and the context.
     power_levels: Option<(Option<OwnedEventId>, PushConditionPowerLevelsCtx)>,
     /// The user's member event, their membership by it and their name.
@@ -336,7 +347,6 @@ impl<'a> Evaluator<'a> {
             _ => u64::MAX,
         };
         let Some(record) = services.rooms.room(room_id)? else { return Ok(None) };
-        let member_count = services.rooms.joined_members(room_id)?.len() as u64;
         Ok(Some(Self {
             services,
             user_id,
@@ -346,7 +356,7 @@ impl<'a> Evaluator<'a> {
             now: crate::util::now_ms(),
             rules: ruleset(services, user_id)?,
             ignored: services.account_data.ignored_users(user_id)?,
-            member_count: UInt::try_from(member_count).unwrap_or(UInt::MAX),
+            member_count: None,
             power_levels: None,
             member: None,
         }))
@@ -377,9 +387,14 @@ impl<'a> Evaluator<'a> {
         if *membership != Some(MembershipState::Join) && !invites_user {
             return Ok(None);
         }
+        if self.member_count.is_none_or(|(snapshot, _)| snapshot != meta.state_after) {
+            let count = rooms.joined_count_at(meta.state_after, &state)?;
+            self.member_count = Some((meta.state_after, UInt::try_from(count).unwrap_or(UInt::MAX)));
+        }
+        let member_count = self.member_count.map_or(UInt::MIN, |(_, count)| count);
         let mut ctx = PushConditionRoomCtx::new(
             self.room_id.to_owned(),
-            self.member_count,
+            member_count,
             self.user_id.to_owned(),
             display_name.clone(),
         );

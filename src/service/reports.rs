@@ -38,7 +38,7 @@ fn store(s: &Services, mut report: Report) -> Result<u64> {
     }
     s.user_limits.check(&report.reporter, crate::service::ratelimit::UserAction::SendEvent)?;
     let mut batch = s.db.batch();
-    let id = batch.next_count();
+    let id = batch.next_count_quiet();
     report.id = id;
     batch.put_json(Cf::Reports, &id.to_be_bytes(), &report);
     batch.commit()?;

@@ -93,6 +93,8 @@ pub struct Rooms {
     locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     pdu_cache: Mutex<HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>>,
     state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+    /// Joined members by state snapshot (push rules' member count).
+    joined_counts: Mutex<HashMap<u64, u64>>,
     /// Per room, the other servers with joined members: where our events go.
     servers: Mutex<HashMap<OwnedRoomId, Arc<BTreeSet<OwnedServerName>>>>,
     outbox: Arc<OutboxSignal>,
@@ -148,6 +150,7 @@ impl Rooms {
             locks: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(HashMap::new()),
+            joined_counts: Mutex::new(HashMap::new()),
             appended: Appended::default(),
         }
     }
@@ -224,6 +227,33 @@ impl Rooms {
         }
         cache.insert(snapshot, state.clone());
         Ok(state)
+    }
+
+    /// How many members were joined in state snapshot `snapshot` (`state`).
+    pub fn joined_count_at(&self, snapshot: u64, state: &StateMap) -> Result<u64> {
+        if let Some(hit) = self.joined_counts.lock().expect("joined counts poisoned").get(&snapshot) {
+            return Ok(*hit);
+        }
+        #[derive(Deserialize)]
+        struct Content {
+            membership: MembershipState,
+        }
+        let mut joined = 0;
+        let members = ("m.room.member".to_owned(), String::new());
+        for (_, event_id) in state.range(members..).take_while(|((kind, _), _)| kind == "m.room.member") {
+            if let Some((pdu, _)) = self.get_pdu(event_id)?
+                && serde_json::from_str::<Content>(pdu.content.get())
+                    .is_ok_and(|c| c.membership == MembershipState::Join)
+            {
+                joined += 1;
+            }
+        }
+        let mut cache = self.joined_counts.lock().expect("joined counts poisoned");
+        if cache.len() > CACHE_LIMIT / 10 {
+            cache.clear();
+        }
+        cache.insert(snapshot, joined);
+        Ok(joined)
     }
 
     pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
@@ -727,7 +757,8 @@ impl<'a> Txn<'a> {
 
     /// Put an authorised event into the batch and move the working state on.
     fn stage(&mut self, (pdu, txn): (Arc<Pdu>, Option<TxnRef>)) -> Result<Arc<Pdu>> {
-        let count = self.batch.next_count();
+        let count = self.batch.next_count_quiet();
+        self.batch.wake_room(&self.room_id);
         let state_before = self.record.current_state;
         let mut meta = PduMeta {
             room_id: self.room_id.clone(),
@@ -750,7 +781,7 @@ impl<'a> Txn<'a> {
                 meta.replaces_state = Some(old);
             }
             Arc::make_mut(&mut self.state).insert(slot.clone(), pdu.event_id.clone());
-            let snapshot_id = self.batch.next_count();
+            let snapshot_id = self.batch.next_count_quiet();
             let snapshot = if self.snapshot_depth >= MAX_SNAPSHOT_CHAIN || state_before == 0 {
                 self.snapshot_depth = 0;
                 Snapshot {
@@ -818,6 +849,8 @@ impl<'a> Txn<'a> {
         let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
         self.batch.put_json(Cf::RoomMembers, &key(&[self.room_id.as_bytes(), user_id.as_bytes()]), &content.membership);
         if user_id.server_name() == self.rooms.server_name {
+            // Their sync may not be watching this room yet (a join, an invite).
+            self.batch.wake_user(&user_id);
             let user_key = key(&[user_id.as_bytes(), self.room_id.as_bytes()]);
             // A profile change (join to join) is not a membership change: keep
             // the position of the transition, so sync does not resend the room.

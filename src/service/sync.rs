@@ -83,6 +83,20 @@ pub struct SyncParams {
 }
 
 /// The events of a sync for one user, or `None` if nothing is new.
+/// The rooms whose changes a waiting sync of the user must wake for (a
+/// change of membership wakes the user itself).
+pub fn watched_rooms(services: &Services, user_id: &UserId) -> Result<Vec<ruma::OwnedRoomId>> {
+    Ok(services
+        .rooms
+        .user_rooms(user_id)?
+        .into_iter()
+        .filter(|(_, record)| {
+            matches!(record.membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
+        })
+        .map(|(room_id, _)| room_id)
+        .collect())
+}
+
 pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Result<Option<Response>> {
     let upto = services.db.safe_count();
     let user_id = &session.user_id;

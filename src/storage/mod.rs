@@ -5,14 +5,20 @@
 //! Keys join their parts with [`SEP`] (0xFF), a byte that never occurs in
 //! UTF-8, so prefixes of Matrix identifiers cannot collide.
 
+mod waiters;
+
+pub use waiters::{Audience, Registration, Waiters};
+
 use std::{
     collections::BTreeSet,
     path::Path,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
+
+use ruma::{RoomId, UserId};
 
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use serde::{Serialize, de::DeserializeOwned};
@@ -187,6 +193,24 @@ pub type Entry = StorageResult<(Box<[u8]>, Box<[u8]>)>;
 
 const COUNT_KEY: &[u8] = b"stream_count";
 
+#[derive(Default)]
+struct InFlight {
+    positions: BTreeSet<u64>,
+    /// Released batches' audiences by their highest position, woken once
+    /// every position up to it is released (a lower one may still be in
+    /// flight, and a sync woken before could not report the change yet).
+    wakes: Vec<(u64, Audience)>,
+}
+
+impl InFlight {
+    fn safe(&self, current: u64) -> u64 {
+        match self.positions.first() {
+            Some(lowest) => lowest - 1,
+            None => current,
+        }
+    }
+}
+
 pub struct Db {
     db: DB,
     /// The stream position: every change that sync must see takes the next one.
@@ -194,7 +218,9 @@ pub struct Db {
     /// Positions handed out whose batch is not written yet: readers must not
     /// report a position past the lowest of these, or a slower writer's
     /// change would be skipped.
-    in_flight: Mutex<BTreeSet<u64>>,
+    in_flight: Mutex<InFlight>,
+    /// The syncs waiting for changes, woken by audience.
+    waiters: Arc<Waiters>,
     sync_writes: bool,
     /// The highest RocksDB sequence number known to be in the fsynced WAL.
     synced: AtomicU64,
@@ -230,7 +256,8 @@ impl Db {
         Ok(Self {
             db,
             count: AtomicU64::new(count),
-            in_flight: Mutex::new(BTreeSet::new()),
+            in_flight: Mutex::new(InFlight::default()),
+            waiters: Arc::new(Waiters::default()),
             sync_writes,
             synced,
             sync_leader: Mutex::new(()),
@@ -268,7 +295,7 @@ impl Db {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { db: self, inner: WriteBatch::default(), reserved: Vec::new() }
+        Batch { db: self, inner: WriteBatch::default(), reserved: Vec::new(), audience: Audience::default() }
     }
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
@@ -302,31 +329,40 @@ impl Db {
     /// The highest position below which every change is written: what
     /// sync may report as `next_batch`.
     pub fn safe_count(&self) -> u64 {
-        let in_flight = self.in_flight.lock().expect("in-flight set poisoned");
-        match in_flight.first() {
-            Some(lowest) => lowest - 1,
-            None => self.current_count(),
-        }
+        self.in_flight.lock().expect("in-flight set poisoned").safe(self.current_count())
     }
 
     fn reserve_count(&self) -> u64 {
         let mut in_flight = self.in_flight.lock().expect("in-flight set poisoned");
         let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        in_flight.insert(count);
+        in_flight.positions.insert(count);
         count
     }
 
-    fn release_counts(&self, counts: &[u64]) {
-        if counts.is_empty() {
-            return;
-        }
-        {
+    fn release_counts(&self, counts: &[u64], audience: Audience) {
+        let Some(highest) = counts.iter().max().copied() else { return };
+        let ready = {
             let mut in_flight = self.in_flight.lock().expect("in-flight set poisoned");
             for count in counts {
-                in_flight.remove(count);
+                in_flight.positions.remove(count);
             }
+            if !audience.is_empty() {
+                in_flight.wakes.push((highest, audience));
+            }
+            let safe = in_flight.safe(self.current_count());
+            let (ready, waiting) = std::mem::take(&mut in_flight.wakes).into_iter().partition(|(at, _)| *at <= safe);
+            in_flight.wakes = waiting;
+            ready
+        };
+        for (_, audience) in &ready {
+            self.waiters.wake(audience);
         }
         self.publish();
+    }
+
+    /// Where syncs wait for the changes that concern them.
+    pub fn waiters(&self) -> &Arc<Waiters> {
+        &self.waiters
     }
 
     /// Return once every write up to RocksDB sequence `sequence` is in the
@@ -365,6 +401,8 @@ pub struct Batch<'a> {
     db: &'a Db,
     inner: WriteBatch,
     reserved: Vec<u64>,
+    /// Whose syncs wake when the batch's positions are released.
+    audience: Audience,
 }
 
 impl<'a> Batch<'a> {
@@ -382,10 +420,34 @@ impl<'a> Batch<'a> {
     }
 
     /// Take the next stream position; it is persisted with this batch.
+    /// Every waiting sync wakes for it: a change that concerns only some
+    /// takes [`Self::next_count_quiet`] and names them.
     pub fn next_count(&mut self) -> u64 {
+        self.audience.everyone = true;
+        self.next_count_quiet()
+    }
+
+    /// The next stream position, waking only the syncs named with
+    /// [`Self::wake_room`] and [`Self::wake_user`] (none for positions
+    /// used as ids that no sync reports).
+    pub fn next_count_quiet(&mut self) -> u64 {
         let count = self.db.reserve_count();
         self.reserved.push(count);
         count
+    }
+
+    /// The batch changes what the room's members see.
+    pub fn wake_room(&mut self, room_id: &RoomId) {
+        if !self.audience.rooms.iter().any(|r| r == room_id) {
+            self.audience.rooms.push(room_id.to_owned());
+        }
+    }
+
+    /// The batch changes what this user sees.
+    pub fn wake_user(&mut self, user_id: &UserId) {
+        if !self.audience.users.iter().any(|u| u == user_id) {
+            self.audience.users.push(user_id.to_owned());
+        }
     }
 
     /// Write without forcing the log to disk (survives a process crash, not a power cut).
@@ -406,7 +468,12 @@ impl<'a> Batch<'a> {
     pub fn commit_unsynced(mut self) -> StorageResult<Unsynced<'a>> {
         self.write(false)?;
         let sequence = self.db.db.latest_sequence_number();
-        Ok(Unsynced { db: self.db, sequence, reserved: std::mem::take(&mut self.reserved) })
+        Ok(Unsynced {
+            db: self.db,
+            sequence,
+            reserved: std::mem::take(&mut self.reserved),
+            audience: std::mem::take(&mut self.audience),
+        })
     }
 
     fn write(&mut self, sync: bool) -> StorageResult<()> {
@@ -427,6 +494,7 @@ pub struct Unsynced<'a> {
     db: &'a Db,
     sequence: u64,
     reserved: Vec<u64>,
+    audience: Audience,
 }
 
 impl Unsynced<'_> {
@@ -438,14 +506,14 @@ impl Unsynced<'_> {
 impl Drop for Unsynced<'_> {
     /// Durable or not (an error is the caller's to report), the positions are released.
     fn drop(&mut self) {
-        self.db.release_counts(&self.reserved);
+        self.db.release_counts(&self.reserved, std::mem::take(&mut self.audience));
     }
 }
 
 impl Drop for Batch<'_> {
     /// Written or abandoned, the batch's positions are no longer in flight.
     fn drop(&mut self) {
-        self.db.release_counts(&self.reserved);
+        self.db.release_counts(&self.reserved, std::mem::take(&mut self.audience));
     }
 }
 
@@ -504,6 +572,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), false).unwrap();
         (dir, db)
+    }
+
+    #[test]
+    fn a_sync_is_woken_for_its_rooms_only_once_the_change_is_safe_to_report() {
+        let (_dir, db) = open();
+        let (alice, ours, other) = (
+            ruma::owned_user_id!("@alice:example.org"),
+            ruma::owned_room_id!("!ours:example.org"),
+            ruma::owned_room_id!("!other:example.org"),
+        );
+        let mut waiting = db.waiters().register(&alice, vec![ours.clone()]);
+        waiting.mark_seen();
+        let woken = |w: &mut Registration| {
+            let woke = futures_util::FutureExt::now_or_never(w.changed()).is_some();
+            w.mark_seen();
+            woke
+        };
+        // A slower writer holds a lower position while ours is released.
+        let mut slow = db.batch();
+        slow.next_count_quiet();
+        slow.wake_room(&other);
+        let mut ours_batch = db.batch();
+        ours_batch.next_count_quiet();
+        ours_batch.wake_room(&ours);
+        ours_batch.commit().unwrap();
+        assert!(!woken(&mut waiting), "woken while its sync could not yet report the change");
+        slow.commit().unwrap();
+        assert!(woken(&mut waiting), "woken once everything up to the change is written");
+        // Another room's change and a quiet position wake nobody; a plain one wakes everyone.
+        let mut batch = db.batch();
+        batch.next_count_quiet();
+        batch.wake_room(&other);
+        batch.commit().unwrap();
+        let mut batch = db.batch();
+        batch.next_count_quiet();
+        batch.commit().unwrap();
+        assert!(!woken(&mut waiting));
+        let mut batch = db.batch();
+        batch.next_count();
+        batch.commit().unwrap();
+        assert!(woken(&mut waiting));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub async fn set_global(
         let kind = req.body.event_type.to_string();
         let content = object(req.body.data.json())?;
         writable(&kind, &content)?;
+        if kind == "m.ignored_user_list" {
+            push::settle(s, &req.body.user_id)?;
+        }
         s.account_data.set(&req.body.user_id, None, &kind, &content)?;
         Ok(set_global_account_data::v3::Response::new())
     })

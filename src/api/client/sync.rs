@@ -87,16 +87,19 @@ async fn long_poll(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resu
     let params = std::sync::Arc::new(SyncParams { since, full_state: body.full_state, filter });
     let timeout = body.timeout.unwrap_or_default().min(state.settings.sync_timeout_max);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut changes = state.db.subscribe();
+    // Woken only by changes for this user or the rooms they are in.
+    let user = session.user_id.clone();
+    let rooms = blocking(&state, move |s| sync_service::watched_rooms(s, &user)).await?;
+    let mut waiting = state.db.waiters().register(&session.user_id, rooms);
     loop {
-        changes.borrow_and_update();
+        waiting.mark_seen();
         let (p, sess) = (params.clone(), session.clone());
         if let Some(response) = blocking(&state, move |s| sync_service::build(s, &sess, &p)).await? {
             return Ok(response);
         }
-        // Nothing new: wait for the stream to move, or give up at the deadline.
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => continue,
+        // Nothing new: wait for a change, or give up at the deadline.
+        match tokio::time::timeout_at(deadline, waiting.changed()).await {
+            Ok(()) => continue,
             // Nothing new: answer with the same position, so nothing that
             // became visible meanwhile can be skipped.
             _ => return Ok(sync_events::v3::Response::new(since.unwrap_or(0).to_string())),

@@ -343,7 +343,7 @@ impl Rooms {
         let snapshot_depth = self.snapshot_depth(record.current_state)?;
         let mut txn = Txn::new(self, room_id.to_owned(), record, rules, current, snapshot_depth);
         // The joined state replaces whatever we knew (we were not in the room).
-        let count = txn.batch.next_count();
+        let count = txn.batch.next_count_quiet();
         txn.set_current(state.clone(), count, true)?;
         txn.record.extremities = join.prev_events.clone();
         txn.stage_remote(join.clone(), state)?;
@@ -446,7 +446,7 @@ impl Txn<'_> {
     /// Store `state` as a snapshot based on `base` (a delta when the chain
     /// is short and nothing was removed) and return its id.
     fn write_snapshot(&mut self, base: u64, base_state: &StateMap, state: &StateMap) -> Result<u64> {
-        let id = self.batch.next_count();
+        let id = self.batch.next_count_quiet();
         let base_depth = if base == 0 { MAX_CHAIN } else { self.depth_of(base)? };
         let removed = base_state.keys().any(|k| !state.contains_key(k));
         let snapshot = if base == 0 || removed || base_depth >= MAX_CHAIN {
@@ -499,7 +499,8 @@ impl Txn<'_> {
     /// becomes the state after it, or the resolution of both when the
     /// event does not build on every forward extremity.
     fn stage_remote(&mut self, pdu: Arc<Pdu>, state_before: StateMap) -> Result<()> {
-        let count = self.batch.next_count();
+        let count = self.batch.next_count_quiet();
+        self.batch.wake_room(&self.room_id);
         let version = self.record.version.clone();
         let before_id = if state_before == *self.state && self.record.current_state != 0 {
             self.record.current_state

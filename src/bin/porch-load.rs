@@ -53,8 +53,8 @@ struct Cli {
     /// Print one JSON object on stdout (the human report goes to stderr).
     #[arg(long, global = true)]
     json: bool,
-    /// Process id of the server (on this machine): its resident memory is
-    /// read from /proc before and after the scenario and reported.
+    /// Process id of the server (on this machine): its resident memory and
+    /// CPU time are read from /proc before and after the scenario and reported.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
     #[command(subcommand)]
@@ -88,6 +88,10 @@ enum Scenario {
         /// Messages sent (one at a time) in the busy room.
         #[arg(long, default_value_t = 200)]
         samples: usize,
+        /// Make the idle users and their rooms but do not long-poll: the
+        /// cost of a larger database apart from that of waiting syncs.
+        #[arg(long)]
+        no_poll: bool,
     },
     /// Time a fresh initial /sync for a user in R rooms.
     InitialSync {
@@ -174,20 +178,25 @@ async fn run(cli: Cli) -> Result<()> {
         prefix: format!("load{}_", random_lowercase(8)),
     };
     let rss_before = cli.server_pid.map(resident_mb).transpose()?;
+    let cpu_before = cli.server_pid.map(cpu_seconds).transpose()?;
     let (mut human, mut report) = match cli.scenario {
         Scenario::Send { clients, messages } => send(&api, clients, messages).await?,
         Scenario::Latency { samples } => latency(&api, samples).await?,
-        Scenario::IdleSyncers { syncers, samples } => idle_syncers(&api, syncers, samples, cli.server_pid).await?,
+        Scenario::IdleSyncers { syncers, samples, no_poll } => {
+            idle_syncers(&api, syncers, samples, !no_poll, cli.server_pid).await?
+        }
         Scenario::InitialSync { rooms } => initial_sync(&api, rooms).await?,
         Scenario::RoomSize { senders, messages, members } => room_size(&api, senders, messages, &members).await?,
         Scenario::Search { rooms, messages, queries } => search(&api, rooms, messages, queries).await?,
         Scenario::GuestBurst { guests, link_token } => guest_burst(&api, guests, &link_token).await?,
         Scenario::Accounts { accounts: count, concurrency } => accounts(&api, count, concurrency).await?,
     };
-    if let (Some(pid), Some(before)) = (cli.server_pid, rss_before) {
+    if let (Some(pid), Some(before), Some(cpu_before)) = (cli.server_pid, rss_before, cpu_before) {
         let after = resident_mb(pid)?;
-        human.push_str(&format!("\n  server RSS {before:.0} MB before, {after:.0} MB after"));
+        let cpu = cpu_seconds(pid)? - cpu_before;
+        human.push_str(&format!("\n  server RSS {before:.0} MB before, {after:.0} MB after; CPU {cpu:.2} s in all"));
         report["server_rss_mb"] = json!({ "before": before, "after": after });
+        report["server_cpu_s"] = json!(cpu);
     }
     if cli.json {
         eprintln!("{human}");
@@ -442,7 +451,13 @@ async fn latency(api: &Api, samples: usize) -> Result<Report> {
     Ok((human, report))
 }
 
-async fn idle_syncers(api: &Api, syncers: usize, samples: usize, server_pid: Option<u32>) -> Result<Report> {
+async fn idle_syncers(
+    api: &Api,
+    syncers: usize,
+    samples: usize,
+    poll: bool,
+    server_pid: Option<u32>,
+) -> Result<Report> {
     let users = api.register_many(syncers + 2).await?;
     let (idle, busy) = users.split_at(syncers);
     // Each idle user in a room of their own, long-polling from its start.
@@ -453,6 +468,9 @@ async fn idle_syncers(api: &Api, syncers: usize, samples: usize, server_pid: Opt
             let mut polls = Vec::new();
             for user in chunk {
                 api.create_room(&user).await?;
+                if !poll {
+                    continue;
+                }
                 let initial: Value = serde_json::from_str(&api.sync(&user, None, 0).await?)?;
                 let mut since = str_field(&initial, "next_batch")?;
                 let api = api.clone();
@@ -469,8 +487,10 @@ async fn idle_syncers(api: &Api, syncers: usize, samples: usize, server_pid: Opt
         }));
     }
     let polls: Vec<_> = join_all(creators).await?.into_iter().flatten().collect();
-    // Let every long poll reach the server and settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let every long poll reach the server, and the set-up's writes settle
+    // (compaction would be counted as the messages' CPU).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    eprintln!("idle-syncers: {} long polls waiting; measuring", polls.len());
     let cpu_before = server_pid.map(cpu_seconds).transpose()?;
     let started = Instant::now();
     let latencies = deliveries(api, &busy[0], &busy[1], samples).await?;
@@ -483,16 +503,20 @@ async fn idle_syncers(api: &Api, syncers: usize, samples: usize, server_pid: Opt
     for poll in &polls {
         poll.abort();
     }
-    if still_polling < syncers {
+    if poll && still_polling < syncers {
         bail!("{} of the {syncers} idle /sync loops failed", syncers - still_polling);
     }
     let lat = Latency::of(latencies);
     let mut human = format!(
-        "idle-syncers: {syncers} idle long-polling users, {samples} messages in a busy room in {elapsed:.1} s
-           send to /sync delivery {lat}"
+        "idle-syncers: {syncers} idle long-polling users, {samples} messages in a busy room in {elapsed:.1} s\n  \
+         send to /sync delivery {lat}"
     );
-    let mut report =
-        json!({ "scenario": "idle-syncers", "syncers": syncers, "samples": samples, "latency_ms": lat.json() });
+    if !poll {
+        human.push_str("\n  (users and rooms made, none long-polling)");
+    }
+    let mut report = json!({
+        "scenario": "idle-syncers", "syncers": syncers, "polling": poll, "samples": samples, "latency_ms": lat.json(),
+    });
     if let Some(cpu) = cpu {
         let per_message = cpu * 1000.0 / samples.max(1) as f64;
         human.push_str(&format!(

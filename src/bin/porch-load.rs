@@ -93,7 +93,8 @@ enum Scenario {
         #[arg(long)]
         no_poll: bool,
     },
-    /// Time a fresh initial /sync for a user in R rooms.
+    /// Time a fresh initial /sync for a user in R rooms, then incremental
+    /// ones, each after a new message in one of the rooms.
     InitialSync {
         /// Rooms the user is in, each with two messages.
         #[arg(long, default_value_t = 50)]
@@ -148,6 +149,8 @@ enum Scenario {
 
 /// How many times one request is retried after 429 responses.
 const MAX_RATE_LIMIT_RETRIES: u32 = 50;
+/// Incremental syncs timed in `initial-sync`.
+const INCREMENTAL_SAMPLES: usize = 50;
 /// Workers used to create rooms in `initial-sync`.
 const SETUP_WORKERS: usize = 8;
 /// Prefix of the client-server API paths.
@@ -585,36 +588,52 @@ async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
         .map(|w| {
             let (api, user) = (api.clone(), user.clone());
             tokio::spawn(async move {
+                let mut made = Vec::new();
                 for r in (w..rooms).step_by(SETUP_WORKERS) {
                     let room_id = api.create_room(&user).await?;
                     for m in 0..2 {
                         let text = format!("message {m} in room {r}");
                         api.send_text(&user, &room_id, &format!("r{r}m{m}"), &text).await?;
                     }
+                    made.push(room_id);
                 }
-                Ok::<_, anyhow::Error>(())
+                Ok::<_, anyhow::Error>(made)
             })
         })
         .collect();
-    join_all(workers).await?;
+    let room_ids: Vec<String> = join_all(workers).await?.into_iter().flatten().collect();
 
     let mut times = Vec::new();
     let mut bytes = 0;
+    let mut since = String::new();
     for _ in 0..3 {
         let start = Instant::now();
-        bytes = api.sync(&user, None, 0).await?.len();
+        let body = api.sync(&user, None, 0).await?;
         times.push(millis(start.elapsed()));
+        bytes = body.len();
+        since = str_field(&serde_json::from_str(&body)?, "next_batch")?;
     }
     let lat = Latency::of(times);
     let (median, max) = (lat.p50, lat.max);
+    // Then incremental syncs, each after one new message in one of the rooms.
+    let mut incremental = Vec::new();
+    for (i, room_id) in room_ids.iter().cycle().take(INCREMENTAL_SAMPLES.min(room_ids.len() * 4)).enumerate() {
+        api.send_text(&user, room_id, &format!("inc{i}"), &format!("incremental {i}")).await?;
+        let start = Instant::now();
+        let body = api.sync(&user, Some(&since), 0).await?;
+        incremental.push(millis(start.elapsed()));
+        since = str_field(&serde_json::from_str(&body)?, "next_batch")?;
+    }
+    let inc = Latency::of(incremental);
     let human = format!(
         "initial-sync: {} in {rooms} rooms, fresh /sync median {median:.1} ms, \
-         max {max:.1} ms, {bytes} bytes",
+         max {max:.1} ms, {bytes} bytes\n  incremental /sync after one new message: {inc}",
         user.user_id
     );
     let report = json!({
         "scenario": "initial-sync", "rooms": rooms, "runs": 3,
         "median_ms": median, "max_ms": max, "response_bytes": bytes,
+        "incremental_ms": inc.json(),
     });
     Ok((human, report))
 }

@@ -46,11 +46,43 @@ pub struct Ephemeral {
     db: Arc<Db>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
     presence: Mutex<Presence>,
+    /// By room, the position of its latest receipt (rooms read since the
+    /// start, or with a receipt since): an incremental sync skips a room
+    /// whose receipts did not move without reading them.
+    latest_receipts: Mutex<HashMap<OwnedRoomId, u64>>,
 }
 
 impl Ephemeral {
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db, typing: Mutex::new(HashMap::new()), presence: Mutex::new(Presence::default()) }
+        Self {
+            db,
+            typing: Mutex::new(HashMap::new()),
+            presence: Mutex::new(Presence::default()),
+            latest_receipts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the room's typing or receipts changed after `since`.
+    pub fn changed_since(&self, room_id: &RoomId, since: u64) -> Result<bool> {
+        if self.typing.lock().expect("typing poisoned").get(room_id).is_some_and(|t| t.changed_at > since) {
+            return Ok(true);
+        }
+        let known = self.latest_receipts.lock().expect("receipts poisoned").get(room_id).copied();
+        let latest = match known {
+            Some(latest) => latest,
+            None => {
+                let mut latest = 0;
+                for item in self.db.scan_prefix(Cf::Receipts, &prefix(&[room_id.as_bytes()])) {
+                    let (_, v) = item?;
+                    latest = latest.max(decode::<StoredReceipt>(Cf::Receipts, &v)?.count);
+                }
+                let mut cache = self.latest_receipts.lock().expect("receipts poisoned");
+                let entry = cache.entry(room_id.to_owned()).or_insert(latest);
+                *entry = (*entry).max(latest);
+                *entry
+            }
+        };
+        Ok(latest > since)
     }
 
     /// Presence is kept in memory: it describes the moment, not history.
@@ -178,6 +210,11 @@ impl Ephemeral {
         let mut batch = self.db.batch();
         let count = batch.next_count_quiet();
         batch.wake_room(room_id);
+        // Known before the position is released, so no sync can miss it.
+        let mut latest = self.latest_receipts.lock().expect("receipts poisoned");
+        let entry = latest.entry(room_id.to_owned()).or_default();
+        *entry = (*entry).max(count);
+        drop(latest);
         let record = StoredReceipt { event_id: event_id.clone(), ts: crate::util::now_ms(), count };
         batch.put_json(
             Cf::Receipts,

@@ -152,6 +152,20 @@ fn catch_up_and_write(services: &Services, user_id: &UserId, room_id: &RoomId, u
     Ok((counts, notified))
 }
 
+/// The user's counts in the room did not change after `since`, and every
+/// event up to `last_event` has been evaluated for them.
+pub fn counts_settled(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    since: u64,
+    last_event: u64,
+) -> Result<bool> {
+    let counts = stored_counts(services, user_id, room_id)?;
+    let evaluated = counts.through.max(data::counts_floor(&services.db)?);
+    Ok(counts.changed_at <= since && evaluated >= last_event)
+}
+
 /// Stripes of locks over (user, room): one read-modify-write of a user's
 /// counts at a time, without a lock every sender shares.
 fn counts_lock(user_id: &UserId, room_id: &RoomId) -> std::sync::MutexGuard<'static, ()> {

@@ -281,6 +281,18 @@ const MAX_HIDDEN_SCAN: usize = 200;
 /// Events one room's timeline looks at in one sync, matching or not.
 const MAX_TIMELINE_SCAN: usize = 5_000;
 
+/// Nothing in the room to report after `since`: no event, typing, receipt
+/// or change of counts, and every event evaluated for the user's counts.
+/// A few point reads, so an incremental sync costs what changed, not the
+/// number of rooms.
+fn unchanged_since(services: &Services, user_id: &UserId, room_id: &RoomId, since: u64) -> Result<bool> {
+    let Some(room) = services.rooms.room(room_id)? else { return Ok(false) };
+    if room.last_count > since || services.ephemeral.changed_since(room_id, since)? {
+        return Ok(false);
+    }
+    push::counts_settled(services, user_id, room_id, since, room.last_count)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn joined_room(
     services: &Services,
@@ -296,6 +308,12 @@ fn joined_room(
     let limit = timeline_limit(params);
     // A room joined since the token is sent whole, as in an initial sync.
     let room_since = if membership_changed { None } else { since };
+    if let Some(since) = room_since
+        && !params.full_state
+        && unchanged_since(services, &session.user_id, room_id, since)?
+    {
+        return Ok(None);
+    }
     let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
     let mut limited = false;
     let mut cursor = upto as i64 + 1;

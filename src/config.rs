@@ -233,6 +233,8 @@ pub struct Database {
     pub path: PathBuf,
     /// fsync the write-ahead log on every event append.
     pub sync_writes: bool,
+    /// Memory for the caches of events, room state and push rules (MiB).
+    pub cache_mb: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -368,7 +370,7 @@ impl Default for Listen {
 
 impl Default for Database {
     fn default() -> Self {
-        Self { path: PathBuf::from("porch-data"), sync_writes: true }
+        Self { path: PathBuf::from("porch-data"), sync_writes: true, cache_mb: 64 }
     }
 }
 

@@ -5,6 +5,7 @@
 //! what guests may do; `pdu` and `signing` are the event format and keys.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod listener;

@@ -101,9 +101,10 @@ impl Services {
         let server_name = settings.server_name.clone();
         let limits = &settings.raw.rate_limits;
         let outbox = Arc::new(outbound::OutboxSignal::default());
+        let cache_bytes = settings.raw.database.cache_mb.saturating_mul(1 << 20);
         Ok(Arc::new(Self {
             users: users::Users::new(db.clone(), server_name.clone()),
-            rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone(), outbox.clone()),
+            rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone(), outbox.clone(), cache_bytes),
             outbox,
             inbound: inbound::Inbound::default(),
             backfills: backfill::Backfills::default(),
@@ -115,7 +116,7 @@ impl Services {
             guests: guests::Guests::default(),
             mail: mail::Mailer::new(&settings)?,
             federation: federation::Federation::new(db.clone(), signing.clone(), &settings)?,
-            push_rules: push::RulesetCache::default(),
+            push_rules: push::RulesetCache::new(cache_bytes / 20),
             pushes: push::PushSignal::default(),
             redeem_limiter: ratelimit::RateLimiter::new(
                 settings.raw.guests.redeem_per_second,

@@ -35,6 +35,7 @@ use serde_json::json;
 use data::NotificationRecord;
 
 use crate::{
+    cache::ByteCache,
     error::{Error, Result},
     pdu::Pdu,
     service::{Services, users::Session},
@@ -82,10 +83,21 @@ impl Counts {
     }
 }
 
-/// Parsed rulesets by user: every new event is checked against every local
-/// member's rules, so they are not re-read and re-parsed each time.
-#[derive(Default)]
-pub struct RulesetCache(Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>);
+/// Parsed rulesets by user, so they are not re-read and re-parsed for
+/// every event evaluated.
+pub struct RulesetCache(ByteCache<OwnedUserId, Arc<Ruleset>>);
+
+impl RulesetCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        Self(ByteCache::new(budget_bytes))
+    }
+
+    fn insert(&self, user_id: &UserId, ruleset: Arc<Ruleset>) {
+        // Parsed, a ruleset takes about three times its JSON.
+        let weight = serde_json::to_vec(&*ruleset).map_or(4096, |json| json.len() * 3);
+        self.0.insert(user_id.to_owned(), ruleset, weight);
+    }
+}
 
 /// The user's ruleset: stored, or the spec's defaults.
 pub fn ruleset(services: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
@@ -93,8 +105,8 @@ pub fn ruleset(services: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
     struct Content {
         global: Ruleset,
     }
-    if let Some(hit) = services.push_rules.0.lock().expect("ruleset cache poisoned").get(user_id) {
-        return Ok(hit.clone());
+    if let Some(hit) = services.push_rules.0.get(user_id) {
+        return Ok(hit);
     }
     let ruleset = match services.account_data.get(user_id, None, PUSH_RULES)? {
         Some(raw) => serde_json::from_str::<Content>(raw.get())
@@ -103,18 +115,14 @@ pub fn ruleset(services: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
         None => Ruleset::server_default(user_id),
     };
     let ruleset = Arc::new(ruleset);
-    let mut cache = services.push_rules.0.lock().expect("ruleset cache poisoned");
-    if cache.len() > 10_000 {
-        cache.clear();
-    }
-    cache.insert(user_id.to_owned(), ruleset.clone());
+    services.push_rules.insert(user_id, ruleset.clone());
     Ok(ruleset)
 }
 
 pub fn save_ruleset(services: &Services, user_id: &UserId, ruleset: &Ruleset) -> Result<()> {
     settle(services, user_id)?;
     services.account_data.set(user_id, None, PUSH_RULES, &json!({ "global": ruleset }))?;
-    services.push_rules.0.lock().expect("ruleset cache poisoned").insert(user_id.to_owned(), Arc::new(ruleset.clone()));
+    services.push_rules.insert(user_id, Arc::new(ruleset.clone()));
     Ok(())
 }
 

@@ -29,6 +29,7 @@ use serde_json::{Value, value::RawValue as RawJsonValue};
 
 pub use self::remote::Placed;
 use crate::{
+    cache::ByteCache,
     error::{Error, Result},
     pdu::{Pdu, PduMeta, StateMap, StoredPdu, TxnRef, to_canonical},
     service::outbound::{self, OutboxItem, OutboxSignal},
@@ -38,7 +39,6 @@ use crate::{
 
 /// A snapshot is stored in full after this many deltas.
 const MAX_SNAPSHOT_CHAIN: u32 = 16;
-const CACHE_LIMIT: usize = 20_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoomRecord {
@@ -91,10 +91,12 @@ pub struct Rooms {
     server_name: OwnedServerName,
     signing: Arc<SigningKey>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
-    pdu_cache: Mutex<HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>>,
-    state_cache: Mutex<HashMap<u64, Arc<StateMap>>>,
+    /// Half of `database.cache_mb`.
+    pdu_cache: ByteCache<OwnedEventId, (Arc<Pdu>, PduMeta)>,
+    /// Two fifths of `database.cache_mb`.
+    state_cache: ByteCache<u64, Arc<StateMap>>,
     /// Joined members by state snapshot (push rules' member count).
-    joined_counts: Mutex<HashMap<u64, u64>>,
+    joined_counts: ByteCache<u64, u64>,
     /// Per room, the other servers with joined members: where our events go.
     servers: Mutex<HashMap<OwnedRoomId, Arc<BTreeSet<OwnedServerName>>>>,
     outbox: Arc<OutboxSignal>,
@@ -140,7 +142,13 @@ impl Appended {
 }
 
 impl Rooms {
-    pub fn new(db: Arc<Db>, server_name: OwnedServerName, signing: Arc<SigningKey>, outbox: Arc<OutboxSignal>) -> Self {
+    pub fn new(
+        db: Arc<Db>,
+        server_name: OwnedServerName,
+        signing: Arc<SigningKey>,
+        outbox: Arc<OutboxSignal>,
+        cache_bytes: usize,
+    ) -> Self {
         Self {
             db,
             server_name,
@@ -148,9 +156,9 @@ impl Rooms {
             servers: Mutex::new(HashMap::new()),
             outbox,
             locks: Mutex::new(HashMap::new()),
-            pdu_cache: Mutex::new(HashMap::new()),
-            state_cache: Mutex::new(HashMap::new()),
-            joined_counts: Mutex::new(HashMap::new()),
+            pdu_cache: ByteCache::new(cache_bytes / 2),
+            state_cache: ByteCache::new(cache_bytes / 5 * 2),
+            joined_counts: ByteCache::new(cache_bytes / 20),
             appended: Appended::default(),
         }
     }
@@ -182,27 +190,29 @@ impl Rooms {
     }
 
     pub fn get_pdu(&self, event_id: &EventId) -> Result<Option<(Arc<Pdu>, PduMeta)>> {
-        if let Some(hit) = self.pdu_cache.lock().expect("pdu cache poisoned").get(event_id) {
-            return Ok(Some(hit.clone()));
+        if let Some(hit) = self.pdu_cache.get(event_id) {
+            return Ok(Some(hit));
         }
         let Some(stored) = self.db.get_json::<StoredPdu>(Cf::Pdus, event_id.as_bytes())? else {
             return Ok(None);
         };
         let pdu = Arc::new(Pdu::from_stored(event_id.to_owned(), &stored)?);
-        let mut cache = self.pdu_cache.lock().expect("pdu cache poisoned");
-        if cache.len() > CACHE_LIMIT {
-            cache.clear();
-        }
-        cache.insert(event_id.to_owned(), (pdu.clone(), stored.meta.clone()));
+        self.cache_pdu(pdu.clone(), stored.meta.clone());
         Ok(Some((pdu, stored.meta)))
+    }
+
+    fn cache_pdu(&self, pdu: Arc<Pdu>, meta: PduMeta) {
+        // The JSON twice (as text and parsed), and the meta.
+        let weight = pdu.json.get().len() * 2 + 512;
+        self.pdu_cache.insert(pdu.event_id.clone(), (pdu, meta), weight);
     }
 
     pub fn state_at(&self, snapshot: u64) -> Result<Arc<StateMap>> {
         if snapshot == 0 {
             return Ok(Arc::new(StateMap::new()));
         }
-        if let Some(hit) = self.state_cache.lock().expect("state cache poisoned").get(&snapshot) {
-            return Ok(hit.clone());
+        if let Some(hit) = self.state_cache.get(&snapshot) {
+            return Ok(hit);
         }
         let mut chain = Vec::new();
         let mut next = Some(snapshot);
@@ -221,18 +231,20 @@ impl Rooms {
             }
         }
         let state = Arc::new(state);
-        let mut cache = self.state_cache.lock().expect("state cache poisoned");
-        if cache.len() > CACHE_LIMIT / 10 {
-            cache.clear();
-        }
-        cache.insert(snapshot, state.clone());
+        self.cache_state(snapshot, state.clone());
         Ok(state)
+    }
+
+    fn cache_state(&self, snapshot: u64, state: Arc<StateMap>) {
+        let weight: usize =
+            state.iter().map(|((kind, key), id)| kind.len() + key.len() + id.as_str().len() + 96).sum::<usize>() + 64;
+        self.state_cache.insert(snapshot, state, weight);
     }
 
     /// How many members were joined in state snapshot `snapshot` (`state`).
     pub fn joined_count_at(&self, snapshot: u64, state: &StateMap) -> Result<u64> {
-        if let Some(hit) = self.joined_counts.lock().expect("joined counts poisoned").get(&snapshot) {
-            return Ok(*hit);
+        if let Some(hit) = self.joined_counts.get(&snapshot) {
+            return Ok(hit);
         }
         #[derive(Deserialize)]
         struct Content {
@@ -248,11 +260,7 @@ impl Rooms {
                 joined += 1;
             }
         }
-        let mut cache = self.joined_counts.lock().expect("joined counts poisoned");
-        if cache.len() > CACHE_LIMIT / 10 {
-            cache.clear();
-        }
-        cache.insert(snapshot, joined);
+        self.joined_counts.insert(snapshot, joined, 64);
         Ok(joined)
     }
 
@@ -432,10 +440,9 @@ impl Rooms {
         crate::service::relations::stage_purge(&self.db, &mut batch, room_id, &purged)?;
         crate::service::search::stage_purge_room(&self.db, &mut batch, room_id)?;
         batch.commit()?;
-        let mut cache = self.pdu_cache.lock().expect("pdu cache poisoned");
         for event_id in purged {
             if let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&event_id).into_owned()) {
-                cache.remove(&event_id);
+                self.pdu_cache.remove(&event_id);
             }
         }
         tracing::info!(%room_id, "purged room history");
@@ -800,7 +807,7 @@ impl<'a> Txn<'a> {
             self.batch.put_json(Cf::StateSnapshots, &snapshot_id.to_be_bytes(), &snapshot);
             meta.state_after = snapshot_id;
             self.record.current_state = snapshot_id;
-            self.rooms.state_cache.lock().expect("state cache poisoned").insert(snapshot_id, self.state.clone());
+            self.rooms.cache_state(snapshot_id, self.state.clone());
 
             if pdu.kind == TimelineEventType::RoomMember {
                 self.index_membership(&pdu, state_key, count)?;
@@ -933,14 +940,12 @@ impl<'a> Txn<'a> {
         }
         // After the write: a reader racing the commit may have cached the
         // unredacted copy, so redaction targets are evicted only now.
-        let mut cache = rooms.pdu_cache.lock().expect("pdu cache poisoned");
-        if cache.len() > CACHE_LIMIT {
-            cache.clear();
-        }
         for target in &redacted {
-            cache.remove(target);
+            rooms.pdu_cache.remove(target);
         }
-        cache.extend(pending.into_iter().filter(|(id, _)| !redacted.contains(id)));
+        for (_, (pdu, meta)) in pending.into_iter().filter(|(id, _)| !redacted.contains(id)) {
+            rooms.cache_pdu(pdu, meta);
+        }
         Ok(Committed { rooms, unsynced, woken })
     }
 }

@@ -468,7 +468,7 @@ impl Txn<'_> {
         };
         self.batch.put_json(Cf::StateSnapshots, &id.to_be_bytes(), &snapshot);
         self.snapshot_depths.insert(id, snapshot.depth);
-        self.rooms.state_cache.lock().expect("state cache poisoned").insert(id, Arc::new(state.clone()));
+        self.rooms.cache_state(id, Arc::new(state.clone()));
         Ok(id)
     }
 
@@ -518,11 +518,7 @@ impl Txn<'_> {
             state_after
         } else {
             // State resolution reads events through the cache.
-            self.rooms
-                .pdu_cache
-                .lock()
-                .expect("pdu cache poisoned")
-                .insert(pdu.event_id.clone(), (pdu.clone(), meta.clone()));
+            self.rooms.cache_pdu(pdu.clone(), meta.clone());
             let current = self.state.clone();
             self.rooms.resolve(&version, vec![current, Arc::new(state_after)])?
         };

@@ -3,6 +3,11 @@
 //! rejecting an invite to a room we do not hold (`make_leave` /
 //! `send_leave` through the inviting server), and other servers' users
 //! leaving our rooms the same way.
+//!
+//! Owns the `remote_invites` column family: invite (or knock) event id →
+//! [`RemoteInvite`], a pending invite to, or knock on, a room porch does not
+//! hold. The events themselves and the users' membership records go through
+//! [`rooms::data`](crate::service::rooms::data).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -22,10 +27,10 @@ use crate::{
         Services, blocking, inbound,
         membership::{self, member_content},
         remote_join::SUPPORTED_VERSIONS,
-        rooms::{MembershipRecord, NewEvent, Placed, Rooms},
+        rooms::{MembershipRecord, NewEvent, Placed, Rooms, data as rooms_data},
         users::Session,
     },
-    storage::{Cf, key},
+    storage::{Batch, Cf, Db},
 };
 
 /// An invite from another server to a room this server does not hold.
@@ -40,7 +45,20 @@ pub struct RemoteInvite {
 }
 
 pub fn remote_invite(s: &Services, event_id: &ruma::EventId) -> Result<Option<RemoteInvite>> {
-    Ok(s.db.get_json(Cf::RemoteInvites, event_id.as_bytes())?)
+    pending_invite_record(&s.db, event_id)
+}
+
+/// The pending invite or knock stored under its event id.
+pub(crate) fn pending_invite_record(db: &Db, event_id: &ruma::EventId) -> Result<Option<RemoteInvite>> {
+    Ok(db.get_json(Cf::RemoteInvites, event_id.as_bytes())?)
+}
+
+pub(crate) fn put_pending(batch: &mut Batch<'_>, event_id: &ruma::EventId, invite: &RemoteInvite) {
+    batch.put_json(Cf::RemoteInvites, event_id.as_bytes(), invite);
+}
+
+pub(crate) fn delete_pending(batch: &mut Batch<'_>, event_id: &ruma::EventId) {
+    batch.delete(Cf::RemoteInvites, event_id.as_bytes());
 }
 
 /// The remote invite (or knock) a local user holds for a room, if any.
@@ -306,15 +324,15 @@ pub async fn receive_invite(
         let mut batch = s.db.batch();
         let count = batch.next_count();
         let meta = crate::pdu::PduMeta::outlier(room_id.clone());
-        batch.put_json(Cf::Pdus, event_id.as_bytes(), &StoredPdu { meta, pdu: stored });
-        batch.put_json(Cf::RemoteInvites, event_id.as_bytes(), &invite);
+        rooms_data::put_pdu(&mut batch, &event_id, &StoredPdu { meta, pdu: stored });
+        put_pending(&mut batch, &event_id, &invite);
         let record = MembershipRecord {
             membership: MembershipState::Invite,
             event_id: event_id.clone(),
             count,
             forgotten: false,
         };
-        batch.put_json(Cf::UserRooms, &key(&[target.as_bytes(), room_id.as_bytes()]), &record);
+        rooms_data::put_user_membership(&mut batch, &target, &room_id, &record);
         batch.commit()?;
         tracing::info!(%room_id, user_id = %target, inviter = %pdu.sender, "invited from another server");
         Ok(())
@@ -354,9 +372,9 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
             }
         };
         let record = MembershipRecord { membership: MembershipState::Leave, event_id, count, forgotten: false };
-        batch.put_json(Cf::UserRooms, &key(&[user.as_bytes(), room.as_bytes()]), &record);
+        rooms_data::put_user_membership(&mut batch, &user, &room, &record);
         // The stripped state is no longer shown once the invite is gone.
-        batch.delete(Cf::RemoteInvites, pending_id.as_bytes());
+        delete_pending(&mut batch, &pending_id);
         batch.commit()?;
         Ok(())
     })
@@ -399,7 +417,7 @@ fn out_of_band_leave(
     let content = serde_json::Map::from_iter([("membership".to_owned(), json!("leave"))]);
     let (event_id, json) = crate::service::remote_join::sign_template(s, &mut object, content, &rules)?;
     let meta = crate::pdu::PduMeta::outlier(room.to_owned());
-    batch.put_json(Cf::Pdus, event_id.as_bytes(), &StoredPdu { meta, pdu: json });
+    rooms_data::put_pdu(batch, &event_id, &StoredPdu { meta, pdu: json });
     Ok(event_id)
 }
 
@@ -412,15 +430,15 @@ pub fn withdrawn(s: &Services, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
     let mut batch = s.db.batch();
     let count = batch.next_count();
     let meta = crate::pdu::PduMeta::outlier(room_id.to_owned());
-    batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta, pdu: pdu.json.clone() });
-    batch.delete(Cf::RemoteInvites, pending_id.as_bytes());
+    rooms_data::put_pdu(&mut batch, &pdu.event_id, &StoredPdu { meta, pdu: pdu.json.clone() });
+    delete_pending(&mut batch, &pending_id);
     let record = MembershipRecord {
         membership: membership.unwrap_or(MembershipState::Leave),
         event_id: pdu.event_id.clone(),
         count,
         forgotten: false,
     };
-    batch.put_json(Cf::UserRooms, &key(&[user.as_bytes(), room_id.as_bytes()]), &record);
+    rooms_data::put_user_membership(&mut batch, &user, room_id, &record);
     batch.commit()?;
     tracing::info!(%room_id, user_id = %user, by = %pdu.sender, "a pending invite or knock was withdrawn or refused");
     Ok(())
@@ -453,7 +471,10 @@ async fn leave_via(
     let (room, id) = (room_id.to_owned(), event_id.clone());
     blocking(s, move |s| {
         let meta = crate::pdu::PduMeta::outlier(room);
-        s.db.put_json(Cf::Pdus, id.as_bytes(), &StoredPdu { meta, pdu: raw })?;
+        // A write of its own, as `Db::put_json` makes it.
+        let mut batch = s.db.batch();
+        rooms_data::put_pdu(&mut batch, &id, &StoredPdu { meta, pdu: raw });
+        batch.commit()?;
         Ok(())
     })
     .await?;

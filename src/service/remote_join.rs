@@ -251,8 +251,13 @@ pub async fn join(
             Ok(event_id) => {
                 // The invite is answered: its stripped state is no longer needed.
                 if let Some((invite_id, _)) = invite {
-                    blocking(s, move |s| Ok(s.db.delete(crate::storage::Cf::RemoteInvites, invite_id.as_bytes())?))
-                        .await?;
+                    blocking(s, move |s| {
+                        // A write of its own, as `Db::delete` makes it.
+                        let mut batch = s.db.batch();
+                        crate::service::remote_invite::delete_pending(&mut batch, &invite_id);
+                        Ok(batch.commit()?)
+                    })
+                    .await?;
                 }
                 return Ok(event_id);
             }

@@ -21,9 +21,8 @@ use crate::{
         membership::member_content,
         remote_invite::{self, RemoteInvite},
         remote_join::{SUPPORTED_VERSIONS, sign_template},
-        rooms::{MembershipRecord, Rooms},
+        rooms::{MembershipRecord, Rooms, data as rooms_data},
     },
-    storage::{Cf, key},
 };
 
 /// The knock template for a user of `origin` (`make_knock`).
@@ -137,10 +136,10 @@ async fn knock_via(
     blocking(s, move |s| {
         let mut batch = s.db.batch();
         let count = batch.next_count();
-        batch.put_json(Cf::Pdus, event_id.as_bytes(), &StoredPdu { meta: PduMeta::outlier(room.clone()), pdu: raw });
-        batch.put_json(Cf::RemoteInvites, event_id.as_bytes(), &pending);
+        rooms_data::put_pdu(&mut batch, &event_id, &StoredPdu { meta: PduMeta::outlier(room.clone()), pdu: raw });
+        remote_invite::put_pending(&mut batch, &event_id, &pending);
         let record = MembershipRecord { membership: MembershipState::Knock, event_id, count, forgotten: false };
-        batch.put_json(Cf::UserRooms, &key(&[user.as_bytes(), room.as_bytes()]), &record);
+        rooms_data::put_user_membership(&mut batch, &user, &room, &record);
         batch.commit()?;
         tracing::info!(%room, user_id = %user, "knocked on a room of another server");
         Ok(())

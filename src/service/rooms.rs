@@ -4,6 +4,7 @@
 //! Every append for one room happens under that room's lock, in a blocking
 //! context (callers use `spawn_blocking`), and lands in one write batch.
 
+pub(crate) mod data;
 mod remote;
 
 use std::{
@@ -34,7 +35,7 @@ use crate::{
     pdu::{Pdu, PduMeta, StateMap, StoredPdu, TxnRef, to_canonical},
     service::outbound::{self, OutboxItem, OutboxSignal},
     signing::SigningKey,
-    storage::{Batch, Cf, Db, SEP, decode, key, prefix, u64_from_be},
+    storage::{Batch, Db},
 };
 
 /// A snapshot is stored in full after this many deltas.
@@ -171,29 +172,22 @@ impl Rooms {
 
     /// Every room this server holds.
     pub fn all_room_ids(&self) -> Result<Vec<OwnedRoomId>> {
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(Cf::Rooms, b"") {
-            let (k, _) = item?;
-            if let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) {
-                out.push(room_id);
-            }
-        }
-        Ok(out)
+        data::room_ids(&self.db)
     }
 
     pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
-        Ok(self.db.get_json(Cf::Rooms, room_id.as_bytes())?)
+        data::room_record(&self.db, room_id)
     }
 
     pub fn exists(&self, room_id: &RoomId) -> Result<bool> {
-        Ok(self.db.exists(Cf::Rooms, room_id.as_bytes())?)
+        data::room_exists(&self.db, room_id)
     }
 
     pub fn get_pdu(&self, event_id: &EventId) -> Result<Option<(Arc<Pdu>, PduMeta)>> {
         if let Some(hit) = self.pdu_cache.get(event_id) {
             return Ok(Some(hit));
         }
-        let Some(stored) = self.db.get_json::<StoredPdu>(Cf::Pdus, event_id.as_bytes())? else {
+        let Some(stored) = data::get_pdu_record(&self.db, event_id)? else {
             return Ok(None);
         };
         let pdu = Arc::new(Pdu::from_stored(event_id.to_owned(), &stored)?);
@@ -217,9 +211,7 @@ impl Rooms {
         let mut chain = Vec::new();
         let mut next = Some(snapshot);
         while let Some(id) = next {
-            let snap: Snapshot = self
-                .db
-                .get_json(Cf::StateSnapshots, &id.to_be_bytes())?
+            let snap: Snapshot = data::snapshot(&self.db, id)?
                 .ok_or_else(|| Error::internal(format!("state snapshot {id} is missing")))?;
             next = snap.parent;
             chain.push(snap);
@@ -299,7 +291,7 @@ impl Rooms {
     }
 
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipState>> {
-        Ok(self.db.get_json(Cf::RoomMembers, &key(&[room_id.as_bytes(), user_id.as_bytes()]))?)
+        data::membership(&self.db, room_id, user_id)
     }
 
     pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
@@ -308,16 +300,7 @@ impl Rooms {
 
     /// Every user with a membership in the room.
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipState)>> {
-        let prefix = prefix(&[room_id.as_bytes()]);
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(Cf::RoomMembers, &prefix) {
-            let (k, v) = item?;
-            let Ok(user_id) = OwnedUserId::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else {
-                continue;
-            };
-            out.push((user_id, decode(Cf::RoomMembers, &v)?));
-        }
-        Ok(out)
+        data::members(&self.db, room_id)
     }
 
     pub fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
@@ -326,29 +309,15 @@ impl Rooms {
 
     /// The rooms a local user has (or had) a membership in.
     pub fn user_rooms(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
-        let prefix = prefix(&[user_id.as_bytes()]);
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(Cf::UserRooms, &prefix) {
-            let (k, v) = item?;
-            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else {
-                continue;
-            };
-            out.push((room_id, decode(Cf::UserRooms, &v)?));
-        }
-        Ok(out)
+        data::user_rooms(&self.db, user_id)
     }
 
     pub fn user_membership(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<MembershipRecord>> {
-        Ok(self.db.get_json(Cf::UserRooms, &key(&[user_id.as_bytes(), room_id.as_bytes()]))?)
+        data::user_membership(&self.db, user_id, room_id)
     }
 
     pub fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        let k = key(&[user_id.as_bytes(), room_id.as_bytes()]);
-        if let Some(mut record) = self.db.get_json::<MembershipRecord>(Cf::UserRooms, &k)? {
-            record.forgotten = true;
-            self.db.put_json(Cf::UserRooms, &k, &record)?;
-        }
-        Ok(())
+        data::set_forgotten(&self.db, user_id, room_id)
     }
 
     /// Timeline entries from `from` (exclusive) onwards (`forward`) or
@@ -361,31 +330,7 @@ impl Rooms {
         forward: bool,
         limit: usize,
     ) -> Result<Vec<(i64, OwnedEventId)>> {
-        // Live events, then backfilled history, each scanned in its own range.
-        let segments: [(i64, bool); 2] = if forward {
-            [(from.saturating_add(1), false), (from.saturating_add(1).max(1), true)]
-        } else {
-            [(from.saturating_sub(1), true), (from.saturating_sub(1).min(-1), false)]
-        };
-        let mut out = Vec::new();
-        for (start, live) in segments {
-            if live != (start > 0) || out.len() >= limit {
-                continue;
-            }
-            let range = timeline_range(room_id, live);
-            let start_key = timeline_key(room_id, start);
-            for item in self.db.scan_from(Cf::Timeline, &range, &start_key, forward) {
-                let (k, v) = item?;
-                if out.len() >= limit {
-                    break;
-                }
-                let raw = u64_from_be(&k[range.len()..]);
-                let ordering = if live { raw as i64 } else { -((u64::MAX - raw) as i64) };
-                let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&v).into_owned()) else { continue };
-                out.push((ordering, event_id));
-            }
-        }
-        Ok(out)
+        data::timeline(&self.db, room_id, from, forward, limit)
     }
 
     /// The oldest event of the room's timeline.
@@ -428,15 +373,7 @@ impl Rooms {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().expect("room lock poisoned");
         let mut batch = self.db.batch();
-        let mut purged = Vec::new();
-        for live in [false, true] {
-            for item in self.db.scan_prefix(Cf::Timeline, &timeline_range(room_id, live)) {
-                let (k, v) = item?;
-                batch.delete(Cf::Timeline, &k);
-                batch.delete(Cf::Pdus, &v);
-                purged.push(v.to_vec());
-            }
-        }
+        let purged = data::purge_timeline(&self.db, &mut batch, room_id)?;
         crate::service::relations::stage_purge(&self.db, &mut batch, room_id, &purged)?;
         crate::service::search::stage_purge_room(&self.db, &mut batch, room_id)?;
         batch.commit()?;
@@ -552,9 +489,7 @@ impl Rooms {
     /// The event a client already sent with this transaction id, if any.
     fn event_for_txn(&self, room_id: &RoomId, sender: &UserId, txn: Option<&TxnRef>) -> Result<Option<Arc<Pdu>>> {
         let Some(txn) = txn else { return Ok(None) };
-        let Some(event_id) = self.db.get(Cf::TxnIds, &txn_key(room_id, sender, txn))? else { return Ok(None) };
-        let event_id =
-            OwnedEventId::try_from(String::from_utf8_lossy(&event_id).into_owned()).map_err(Error::internal)?;
+        let Some(event_id) = data::txn_event(&self.db, room_id, sender, txn)? else { return Ok(None) };
         Ok(self.get_pdu(&event_id)?.map(|(pdu, _)| pdu))
     }
 
@@ -562,7 +497,7 @@ impl Rooms {
         if snapshot == 0 {
             return Ok(0);
         }
-        let snap: Option<Snapshot> = self.db.get_json(Cf::StateSnapshots, &snapshot.to_be_bytes())?;
+        let snap = data::snapshot(&self.db, snapshot)?;
         Ok(snap.map(|s| s.depth).unwrap_or(0))
     }
 }
@@ -804,7 +739,7 @@ impl<'a> Txn<'a> {
                     changes: vec![(slot.0, slot.1, pdu.event_id.clone())],
                 }
             };
-            self.batch.put_json(Cf::StateSnapshots, &snapshot_id.to_be_bytes(), &snapshot);
+            data::put_snapshot(&mut self.batch, snapshot_id, &snapshot);
             meta.state_after = snapshot_id;
             self.record.current_state = snapshot_id;
             self.rooms.cache_state(snapshot_id, self.state.clone());
@@ -820,7 +755,7 @@ impl<'a> Txn<'a> {
             self.apply_redaction(&pdu, &target)?;
         }
         if let Some(txn) = &meta.txn {
-            self.batch.put(Cf::TxnIds, &txn_key(&self.room_id, &pdu.sender, txn), pdu.event_id.as_bytes());
+            data::put_txn_event(&mut self.batch, &self.room_id, &pdu.sender, txn, &pdu.event_id);
         }
         self.put_event(&pdu, &meta)?;
         self.record.extremities = vec![pdu.event_id.clone()];
@@ -835,15 +770,11 @@ impl<'a> Txn<'a> {
     fn put_event(&mut self, pdu: &Pdu, meta: &PduMeta) -> Result<()> {
         crate::service::relations::stage_index(&self.rooms.db, &mut self.batch, pdu, meta.ordering())?;
         crate::service::search::stage_index(&mut self.batch, pdu, meta.ordering());
-        self.batch.put(Cf::Timeline, &timeline_key(&self.room_id, meta.ordering()), pdu.event_id.as_bytes());
+        data::put_timeline(&mut self.batch, &self.room_id, meta.ordering(), &pdu.event_id);
         if meta.ordering() > 0 {
             self.last_live = self.last_live.max(Some(meta.count));
         }
-        self.batch.put_json(
-            Cf::Pdus,
-            pdu.event_id.as_bytes(),
-            &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() },
-        );
+        data::put_pdu(&mut self.batch, &pdu.event_id, &StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() });
         Ok(())
     }
 
@@ -854,16 +785,15 @@ impl<'a> Txn<'a> {
         }
         let Ok(content) = serde_json::from_str::<Content>(pdu.content.get()) else { return Ok(()) };
         let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
-        self.batch.put_json(Cf::RoomMembers, &key(&[self.room_id.as_bytes(), user_id.as_bytes()]), &content.membership);
+        data::put_member(&mut self.batch, &self.room_id, &user_id, &content.membership);
         if user_id.server_name() == self.rooms.server_name {
             // Their sync may not be watching this room yet (a join, an invite).
             self.batch.wake_user(&user_id);
-            let user_key = key(&[user_id.as_bytes(), self.room_id.as_bytes()]);
             // A profile change (join to join) is not a membership change: keep
             // the position of the transition, so sync does not resend the room.
             let previous = match self.membership_updates.get(&user_id) {
                 Some(record) => Some(record.clone()),
-                None => self.rooms.db.get_json::<MembershipRecord>(Cf::UserRooms, &user_key)?,
+                None => data::user_membership(&self.rooms.db, &user_id, &self.room_id)?,
             };
             let since = previous.filter(|p| p.membership == content.membership).map_or(count, |p| p.count);
             let record = MembershipRecord {
@@ -872,7 +802,7 @@ impl<'a> Txn<'a> {
                 count: since,
                 forgotten: false,
             };
-            self.batch.put_json(Cf::UserRooms, &user_key, &record);
+            data::put_user_membership(&mut self.batch, &user_id, &self.room_id, &record);
             self.membership_updates.insert(user_id, record);
         }
         Ok(())
@@ -881,7 +811,7 @@ impl<'a> Txn<'a> {
     fn apply_redaction(&mut self, redaction: &Pdu, target: &EventId) -> Result<()> {
         let stored = match self.pending.get(target) {
             Some((pdu, meta)) => Some(StoredPdu { meta: meta.clone(), pdu: pdu.json.clone() }),
-            None => self.rooms.db.get_json::<StoredPdu>(Cf::Pdus, target.as_bytes())?,
+            None => data::get_pdu_record(&self.rooms.db, target)?,
         };
         let Some(mut stored) = stored else { return Ok(()) };
         if stored.meta.room_id != self.room_id {
@@ -893,7 +823,7 @@ impl<'a> Txn<'a> {
         stored.meta.redacted_because = Some(RawJsonValue::from_string(serde_json::to_string(
             &redaction.to_client_event(&PduMeta { txn: None, ..stored.meta.clone() }, true, None),
         )?)?);
-        self.batch.put_json(Cf::Pdus, target.as_bytes(), &stored);
+        data::put_pdu(&mut self.batch, target, &stored);
         if let Some((_, meta)) = self.pending.get_mut(target) {
             meta.redacted_because = stored.meta.redacted_because.clone();
         }
@@ -907,7 +837,7 @@ impl<'a> Txn<'a> {
     fn commit(self) -> Result<Committed<'a>> {
         let Txn { rooms, mut batch, room_id, record, pending, redacted, outgoing, members_changed, last_live, .. } =
             self;
-        batch.put_json(Cf::Rooms, room_id.as_bytes(), &record);
+        data::put_room_record(&mut batch, &room_id, &record);
         // Our events go to every server in the room before the change (a
         // kicked server hears of its kick), in the same batch as the event.
         let mut woken = BTreeSet::new();
@@ -969,27 +899,4 @@ impl Committed<'_> {
         }
         Ok(())
     }
-}
-
-/// Where a room's live timeline (`room ‖ 0xFF`) or its backfilled history
-/// (`room ‖ 0xFE`, sorting just before) is kept. 0xFE never occurs in UTF-8,
-/// so no other room's keys fall in either range.
-fn timeline_range(room_id: &RoomId, live: bool) -> Vec<u8> {
-    let mut range = room_id.as_bytes().to_vec();
-    range.push(if live { SEP } else { SEP - 1 });
-    range
-}
-
-/// Live event `p` at `u64be(p)`; backfilled `-n` at `u64be(u64::MAX - n)`,
-/// so older history sorts lower in both ranges.
-fn timeline_key(room_id: &RoomId, ordering: i64) -> Vec<u8> {
-    let mut key = timeline_range(room_id, ordering > 0);
-    let raw = if ordering > 0 { ordering as u64 } else { u64::MAX - ordering.unsigned_abs() };
-    key.extend_from_slice(&raw.to_be_bytes());
-    key
-}
-
-/// Transaction ids are scoped to the device and the room they were sent to.
-fn txn_key(room_id: &RoomId, sender: &UserId, txn: &TxnRef) -> Vec<u8> {
-    key(&[sender.as_bytes(), txn.device_id.as_bytes(), room_id.as_bytes(), txn.txn_id.as_bytes()])
 }

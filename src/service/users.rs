@@ -294,12 +294,7 @@ impl Users {
 
     /// Record a to-device transaction id; `false` if it was used before.
     pub fn claim_to_device_txn(&self, user_id: &UserId, device_id: &str, txn_id: &str) -> Result<bool> {
-        let k = key(&[user_id.as_bytes(), device_id.as_bytes(), b"to_device", txn_id.as_bytes()]);
-        if self.db.exists(Cf::TxnIds, &k)? {
-            return Ok(false);
-        }
-        self.db.put_json(Cf::TxnIds, &k, &true)?;
-        Ok(true)
+        crate::service::rooms::data::claim_to_device_txn(&self.db, user_id, device_id, txn_id)
     }
 
     /// Every local account, for directory search and admin listings.

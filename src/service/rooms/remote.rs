@@ -15,11 +15,10 @@ use ruma::{
     state_res::{self, utils::event_id_set::EventIdSet},
 };
 
-use super::{NewEvent, RoomRecord, Rooms, Snapshot, Txn};
+use super::{NewEvent, RoomRecord, Rooms, Snapshot, Txn, data};
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, PduMeta, StateMap, StoredPdu},
-    storage::Cf,
 };
 
 /// Bounds the walks over auth chains, so a hostile DAG cannot exhaust us.
@@ -229,7 +228,7 @@ impl Rooms {
                 continue;
             }
             let meta = PduMeta::outlier(room_id.to_owned());
-            batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta, pdu: pdu.json.clone() });
+            data::put_pdu(&mut batch, &pdu.event_id, &StoredPdu { meta, pdu: pdu.json.clone() });
         }
         batch.commit()?;
         Ok(())
@@ -466,7 +465,7 @@ impl Txn<'_> {
                     .collect(),
             }
         };
-        self.batch.put_json(Cf::StateSnapshots, &id.to_be_bytes(), &snapshot);
+        data::put_snapshot(&mut self.batch, id, &snapshot);
         self.snapshot_depths.insert(id, snapshot.depth);
         self.rooms.cache_state(id, Arc::new(state.clone()));
         Ok(id)
@@ -614,7 +613,7 @@ impl Txn<'_> {
             } else {
                 // History comes newest first: the target may come in a later
                 // batch, and must not be shown whole then.
-                self.batch.put(Cf::PendingRedactions, target.as_bytes(), event_id.as_bytes());
+                data::put_pending_redaction(&mut self.batch, &target, &event_id);
             }
         }
         self.apply_pending_redaction(&event_id)?;
@@ -624,9 +623,7 @@ impl Txn<'_> {
     /// A redaction stored before its target (see `stage_backfilled`): apply
     /// it now that the target is staged, if it was allowed.
     fn apply_pending_redaction(&mut self, target: &EventId) -> Result<()> {
-        let Some(redaction_id) = self.rooms.db.get(Cf::PendingRedactions, target.as_bytes())? else { return Ok(()) };
-        self.batch.delete(Cf::PendingRedactions, target.as_bytes());
-        let Ok(redaction_id) = OwnedEventId::try_from(String::from_utf8_lossy(&redaction_id).into_owned()) else {
+        let Some(redaction_id) = data::take_pending_redaction(&self.rooms.db, &mut self.batch, target)? else {
             return Ok(());
         };
         let Some((redaction, meta)) = self.rooms.get_pdu(&redaction_id)? else { return Ok(()) };
@@ -648,7 +645,7 @@ impl Txn<'_> {
         meta.state_before = before_id;
         meta.state_after = before_id;
         meta.rejected = rejected;
-        self.batch.put_json(Cf::Pdus, pdu.event_id.as_bytes(), &StoredPdu { meta, pdu: pdu.json.clone() });
+        data::put_pdu(&mut self.batch, &pdu.event_id, &StoredPdu { meta, pdu: pdu.json.clone() });
         Ok(())
     }
 

@@ -484,3 +484,24 @@ async fn counts_are_computed_when_read_and_are_exact_for_each_member() {
         "dave's four since his join, and the burst"
     );
 }
+
+/// An invite notifies the invitee even if they join before they ever
+/// read their notifications (what came before a join is otherwise not
+/// theirs to count).
+#[tokio::test]
+async fn an_invite_stays_a_notification_after_the_invitee_joins() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = server.create_room(&alice, json!({ "invite": [bob.user_id] })).await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let (status, body) = server.get("/_matrix/client/v3/notifications", Some(&bob.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let kinds: Vec<(&str, &str)> = body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["event"]["type"].as_str().unwrap(), n["event"]["content"]["membership"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(kinds, [("m.room.member", "invite")], "{body}");
+}

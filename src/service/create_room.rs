@@ -175,7 +175,14 @@ pub(crate) fn create_as(s: &Services, creator: &UserId, req: CreateRoom) -> Resu
         events.push(NewEvent::state(TimelineEventType::RoomMember, user.as_str(), Value::Object(content)));
     }
 
-    let create = || Ok(s.rooms.create_room(creator, version, Value::Object(create_content), events)?.0);
+    let create = || {
+        let (room_id, pdus) = s.rooms.create_room(creator, version, Value::Object(create_content), events)?;
+        // The invites notify their invitees (see `push::on_invite`).
+        for pdu in pdus.iter().filter(|pdu| pdu.kind == TimelineEventType::RoomMember) {
+            crate::service::push::on_invite(s, pdu)?;
+        }
+        Ok(room_id)
+    };
     let room_id = match &alias {
         Some(alias) => directory::create_with_alias(s, alias, creator, create)?,
         None => create()?,

@@ -246,6 +246,7 @@ pub(crate) fn invite_as(
         content.insert("is_direct".into(), Value::Bool(true));
     }
     let pdu = services.rooms.append(room_id, sender, member_event(target, content))?;
+    crate::service::push::on_invite(services, &pdu)?;
     Ok(pdu.event_id.clone())
 }
 

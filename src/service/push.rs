@@ -140,6 +140,9 @@ fn counts_key(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
 /// evaluated against their push rules: what sync reports. Events are
 /// evaluated here, for the users who ask, not for every member when an
 /// event is sent, so a message costs the same in a room of 8 or of 5,000.
+/// (Counts another device's sync or the push dispatcher took further than
+/// `upto` are returned as they are: they may count an event the caller's
+/// response does not show yet, which its next sync brings.)
 pub fn counts_at(services: &Services, user_id: &UserId, room_id: &RoomId, upto: u64) -> Result<Counts> {
     Ok(catch_up_and_write(services, user_id, room_id, upto)?.0)
 }
@@ -170,7 +173,7 @@ pub fn counts_settled(
     last_event: u64,
 ) -> Result<bool> {
     let counts = stored_counts(services, user_id, room_id)?;
-    let evaluated = counts.through.max(data::counts_floor(&services.db)?);
+    let evaluated = counts.through.max(services.pushes.counts_floor(&services.db)?);
     Ok(counts.changed_at <= since && evaluated >= last_event)
 }
 
@@ -230,6 +233,24 @@ pub fn settle(services: &Services, user_id: &UserId) -> Result<()> {
     Ok(())
 }
 
+/// An invite of a local user is evaluated for them at once: by the time
+/// they read their counts they may have joined, and what came before the
+/// join is no longer theirs. Every event of the room up to the invite is
+/// written (they were staged before it under the room's lock).
+pub fn on_invite(services: &Services, pdu: &Pdu) -> Result<()> {
+    let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else { return Ok(()) };
+    if !services.users.is_local(&target)
+        || pdu.content_value().get("membership").and_then(|m| m.as_str()) != Some("invite")
+    {
+        return Ok(());
+    }
+    let Some((_, meta)) = services.rooms.get_pdu(&pdu.event_id)? else { return Ok(()) };
+    if meta.count > 0 {
+        catch_up_room(services, &target, &pdu.room_id, meta.count)?;
+    }
+    Ok(())
+}
+
 /// Bring every room of the user up to `upto` (before listing
 /// `/notifications`, or before a push gateway hears of them).
 pub fn catch_up_user(services: &Services, user_id: &UserId, upto: u64) -> Result<usize> {
@@ -267,11 +288,16 @@ fn catch_up<'a>(
     if !services.users.is_local(user_id) {
         return Ok(None);
     }
-    let floor = data::counts_floor(&services.db)?;
-    let mut evaluator = None;
+    let floor = services.pushes.counts_floor(&services.db)?;
+    if counts.through.max(floor) >= upto {
+        return Ok(None);
+    }
+    // Never in the room: nothing here is theirs.
+    let Some(mut evaluator) = Evaluator::new(services, user_id, room_id)? else { return Ok(None) };
     let mut notified = None;
     loop {
-        let from = counts.through.max(floor);
+        // What came before their join (or invite) is not theirs to read.
+        let from = counts.through.max(floor).max(evaluator.since.saturating_sub(1));
         if from >= upto {
             return Ok(notified);
         }
@@ -279,14 +305,6 @@ fn catch_up<'a>(
         let full_step = events.len() == CATCH_UP_STEP;
         events.retain(|(ordering, _)| *ordering > 0 && *ordering as u64 <= upto);
         let Some(&(last, _)) = events.last() else { return Ok(notified) };
-        let evaluator = match &mut evaluator {
-            Some(evaluator) => evaluator,
-            None => match Evaluator::new(services, user_id, room_id)? {
-                Some(made) => evaluator.insert(made),
-                // Never in the room: nothing here is theirs.
-                None => return Ok(notified),
-            },
-        };
         if notified.is_some() {
             // The previous step is written whole before the next begins.
             std::mem::replace(batch, services.db.batch()).commit()?;
@@ -314,13 +332,14 @@ fn catch_up<'a>(
                     counts.highlight_count += u64::from(highlight);
                 }
             }
-            counts.changed_at = meta.count;
+            // (A reset may already stand at a later position.)
+            counts.changed_at = counts.changed_at.max(meta.count);
             if notify {
                 let record = NotificationRecord {
                     event_id: pdu.event_id.clone(),
                     room_id: room_id.to_owned(),
                     actions: serde_json::to_value(&actions)?,
-                    // A remote server's clock is not trusted past ours.
+                    // When it was sent; a remote server's clock is not trusted past ours.
                     ts: u64::from(pdu.origin_server_ts.get()).min(evaluator.now),
                     highlight,
                 };
@@ -514,6 +533,10 @@ pub fn set_pusher(services: &Services, session: &Session, action: PusherAction) 
     if existing.is_none() && data::pushers(&services.db, user_id)?.len() >= MAX_PUSHERS {
         return Err(Error::forbidden(format!("An account may have {MAX_PUSHERS} pushers; delete one first.")));
     }
+    // The dispatcher covers the user from now on, before the position the
+    // pusher starts from is read: no event after it can be passed over.
+    let had_pushers = services.pushes.has_pushers(user_id);
+    services.pushes.set_has_pushers(user_id, true);
     let record = data::PusherRecord {
         user_id: user_id.to_owned(),
         pusher: serde_json::to_value(&pusher)?,
@@ -536,8 +559,10 @@ pub fn set_pusher(services: &Services, session: &Session, action: PusherAction) 
             }
         }
     }
-    batch.commit()?;
-    services.pushes.set_has_pushers(user_id, true);
+    if let Err(err) = batch.commit() {
+        services.pushes.set_has_pushers(user_id, had_pushers);
+        return Err(err.into());
+    }
     for other in others {
         let left = !data::pushers(&services.db, &other)?.is_empty();
         services.pushes.set_has_pushers(&other, left);

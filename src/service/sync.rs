@@ -82,7 +82,6 @@ pub struct SyncParams {
     pub filter: FilterDefinition,
 }
 
-/// The events of a sync for one user, or `None` if nothing is new.
 /// The rooms whose changes a waiting sync of the user must wake for (a
 /// change of membership wakes the user itself).
 pub fn watched_rooms(services: &Services, user_id: &UserId) -> Result<Vec<ruma::OwnedRoomId>> {
@@ -97,6 +96,7 @@ pub fn watched_rooms(services: &Services, user_id: &UserId) -> Result<Vec<ruma::
         .collect())
 }
 
+/// The events of a sync for one user, or `None` if nothing is new.
 pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Result<Option<Response>> {
     let upto = services.db.safe_count();
     let user_id = &session.user_id;

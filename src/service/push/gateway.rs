@@ -7,8 +7,8 @@
 //!
 //! Each pusher remembers the position of the last notification it
 //! delivered, so delivery resumes after a restart; a gateway that fails is
-//! retried with back-off, and a notification it could not take within
-//! [`GIVE_UP_AFTER`] is skipped. Pushkeys the gateway reports `rejected`
+//! retried with back-off, and a notification it could not take while it
+//! failed for [`GIVE_UP_AFTER`] is skipped. Pushkeys the gateway reports `rejected`
 //! are removed, as the spec asks. Connections pass the address guard.
 
 use std::{
@@ -53,6 +53,8 @@ pub struct PushSignal {
     /// stored later for an earlier event (a sync caught up one room first)
     /// is then never behind a pusher's mark.
     dispatched: watch::Sender<u64>,
+    /// `u64::MAX` until read.
+    counts_floor: std::sync::atomic::AtomicU64,
 }
 
 impl Default for PushSignal {
@@ -63,6 +65,7 @@ impl Default for PushSignal {
             with_pushers: Mutex::default(),
             notify: Notify::new(),
             dispatched: watch::channel(0).0,
+            counts_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -70,6 +73,18 @@ impl Default for PushSignal {
 impl PushSignal {
     fn any_pushers(&self) -> bool {
         !self.with_pushers.lock().expect("push signal poisoned").is_empty()
+    }
+
+    /// The database's `notification_counts_floor`, read once (it is set
+    /// by a migration before anything runs, and never changes after).
+    pub fn counts_floor(&self, db: &crate::storage::Db) -> Result<u64> {
+        let known = self.counts_floor.load(std::sync::atomic::Ordering::Relaxed);
+        if known != u64::MAX {
+            return Ok(known);
+        }
+        let floor = data::counts_floor(db)?;
+        self.counts_floor.store(floor, std::sync::atomic::Ordering::Relaxed);
+        Ok(floor)
     }
 
     pub fn has_pushers(&self, user_id: &UserId) -> bool {
@@ -139,7 +154,10 @@ async fn dispatch(services: Arc<Services>) {
         services.pushes.with_pushers.lock().expect("push signal poisoned").iter().cloned().collect();
     let resumed = blocking(&services, move |s| {
         for user_id in users {
-            super::catch_up_user(s, &user_id, upto)?;
+            // One user's trouble (logged) holds back nobody else's pushes.
+            if let Err(err) = super::catch_up_user(s, &user_id, upto) {
+                tracing::warn!(user = %user_id, "cannot apply push rules to the events written before the restart: {err}");
+            }
         }
         Ok(())
     })
@@ -156,12 +174,11 @@ async fn dispatch(services: Arc<Services>) {
             let marked = rooms.clone();
             let applied = blocking(&services, move |s| {
                 for (room_id, _) in &marked {
-                    for (user_id, membership) in s.rooms.members(room_id)? {
-                        if matches!(membership, MembershipState::Join | MembershipState::Invite)
-                            && s.pushes.has_pushers(&user_id)
-                            && s.users.is_local(&user_id)
-                        {
-                            super::catch_up_room(s, &user_id, room_id, upto)?;
+                    for user_id in pusher_holders_in(s, room_id)? {
+                        // Logged and passed over: one bad event must not
+                        // hold back every pusher on the server.
+                        if let Err(err) = super::catch_up_room(s, &user_id, room_id, upto) {
+                            tracing::warn!(user = %user_id, room = %room_id, "cannot apply push rules to new events: {err}");
                         }
                     }
                 }
@@ -169,7 +186,7 @@ async fn dispatch(services: Arc<Services>) {
             })
             .await;
             if let Err(err) = applied {
-                // The rooms stay marked: the next round tries again.
+                // The room's members could not be read: try the round again.
                 tracing::warn!("cannot apply push rules to new events: {err}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -191,9 +208,39 @@ async fn dispatch(services: Arc<Services>) {
     }
 }
 
+/// The room's local members and invitees with pushers: looked up one by
+/// one when few users have pushers, else from the room's member list.
+fn pusher_holders_in(s: &Services, room_id: &ruma::RoomId) -> Result<Vec<OwnedUserId>> {
+    const FEW: usize = 64;
+    let wanted = |m: &MembershipState| matches!(m, MembershipState::Join | MembershipState::Invite);
+    let holders: Vec<OwnedUserId> = {
+        let users = s.pushes.with_pushers.lock().expect("push signal poisoned");
+        if users.len() > FEW { Vec::new() } else { users.iter().cloned().collect() }
+    };
+    if holders.is_empty() {
+        return Ok(s
+            .rooms
+            .members(room_id)?
+            .into_iter()
+            .filter(|(user_id, m)| wanted(m) && s.pushes.has_pushers(user_id) && s.users.is_local(user_id))
+            .map(|(user_id, _)| user_id)
+            .collect());
+    }
+    let mut out = Vec::new();
+    for user_id in holders {
+        if s.rooms.membership(room_id, &user_id)?.as_ref().is_some_and(wanted) {
+            out.push(user_id);
+        }
+    }
+    Ok(out)
+}
+
 async fn deliver_for(services: Arc<Services>, http: reqwest::Client, user_id: OwnedUserId) {
     let mut backoff = Duration::from_secs(1);
     let mut wanted = Wanted::default();
+    // Since when the gateway has been failing (a notification it could not
+    // take for GIVE_UP_AFTER is dropped).
+    let mut failing_since = None;
     loop {
         if let Some(more) = services.pushes.take(&user_id) {
             wanted.notifications |= more.notifications;
@@ -208,14 +255,17 @@ async fn deliver_for(services: Arc<Services>, http: reqwest::Client, user_id: Ow
             }
             return;
         }
-        match deliver_once(&services, &http, &user_id, wanted.badge).await {
+        let failing_for = failing_since.map_or(Duration::ZERO, |since: std::time::Instant| since.elapsed());
+        match deliver_once(&services, &http, &user_id, wanted.badge, failing_for).await {
             Ok(Progress::Done) => {
                 wanted = Wanted::default();
                 backoff = Duration::from_secs(1);
+                failing_since = None;
             }
             Ok(Progress::More) => {
                 wanted.badge = false;
                 backoff = Duration::from_secs(1);
+                failing_since = None;
             }
             Ok(Progress::Ahead(dispatched)) => {
                 wanted.badge = false;
@@ -223,6 +273,7 @@ async fn deliver_for(services: Arc<Services>, http: reqwest::Client, user_id: Ow
                 let _ = tokio::time::timeout(Duration::from_secs(30), moved.wait_for(|at| *at > dispatched)).await;
             }
             Ok(Progress::Failing) | Err(_) => {
+                failing_since.get_or_insert_with(std::time::Instant::now);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -246,6 +297,7 @@ async fn deliver_once(
     http: &reqwest::Client,
     user_id: &UserId,
     badge: bool,
+    failing_for: Duration,
 ) -> Result<Progress> {
     let user = user_id.to_owned();
     let pushers = blocking(services, move |s| data::pushers(&s.db, &user)).await?;
@@ -266,7 +318,7 @@ async fn deliver_once(
         }
         let mut failed = false;
         for (position, notification) in pending {
-            let (record, made_at) = (pusher.clone(), notification.ts);
+            let record = pusher.clone();
             let payload = blocking(services, move |s| payload(s, &record, &notification)).await?;
             let Some(payload) = payload else {
                 mark(services, &pusher, position).await?;
@@ -281,8 +333,7 @@ async fn deliver_once(
                     }
                 }
                 Err(why) => {
-                    let age = crate::util::now_ms().saturating_sub(made_at);
-                    if Duration::from_millis(age) > GIVE_UP_AFTER {
+                    if failing_for > GIVE_UP_AFTER {
                         tracing::warn!(user = %user_id, %url, "push gateway failed for an hour, notification dropped: {why}");
                         mark(services, &pusher, position).await?;
                     } else {

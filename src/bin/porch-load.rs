@@ -93,6 +93,20 @@ enum Scenario {
         #[arg(long)]
         no_poll: bool,
     },
+    /// Messages from users of a second server (--remote-url, federating
+    /// with this one) into a room here, sent as fast as that server takes
+    /// them: how fast they arrive here, in transactions of up to 50 PDUs.
+    Federation {
+        /// Client-server API of the second server.
+        #[arg(long)]
+        remote_url: String,
+        /// Messages sent in all.
+        #[arg(long, default_value_t = 500)]
+        messages: usize,
+        /// Concurrent senders on the second server.
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+    },
     /// Time a fresh initial /sync for a user in R rooms, then incremental
     /// ones, each after a new message in one of the rooms.
     InitialSync {
@@ -185,6 +199,10 @@ async fn run(cli: Cli) -> Result<()> {
     let (mut human, mut report) = match cli.scenario {
         Scenario::Send { clients, messages } => send(&api, clients, messages).await?,
         Scenario::Latency { samples } => latency(&api, samples).await?,
+        Scenario::Federation { remote_url, messages, senders } => {
+            let remote = Api { base: remote_url.trim_end_matches('/').to_owned(), ..api.clone() };
+            federation(&api, &remote, messages, senders).await?
+        }
         Scenario::IdleSyncers { syncers, samples, no_poll } => {
             idle_syncers(&api, syncers, samples, !no_poll, cli.server_pid).await?
         }
@@ -337,6 +355,13 @@ impl Api {
         Ok(())
     }
 
+    /// Join a room another server holds, through that server.
+    async fn join_via(&self, user: &User, room_id: &str, server: &str) -> Result<()> {
+        let path = format!("{V3}/join/{}?server_name={}", encode(room_id), encode(server));
+        self.call(Method::POST, &path, Some(user), Some(&json!({}))).await?;
+        Ok(())
+    }
+
     /// All of `users` join the room, concurrently.
     async fn join_many(&self, users: &[User], room_id: &str) -> Result<()> {
         let joins = users
@@ -360,9 +385,23 @@ impl Api {
 
     /// A `/sync` (initial when `since` is `None`), returning the raw body.
     async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Result<String> {
+        self.sync_with(user, since, timeout_ms, None).await
+    }
+
+    /// A `/sync` with a filter (JSON).
+    async fn sync_with(
+        &self,
+        user: &User,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&str>,
+    ) -> Result<String> {
         let mut path = format!("{V3}/sync?timeout={timeout_ms}");
         if let Some(since) = since {
             path.push_str(&format!("&since={}", encode(since)));
+        }
+        if let Some(filter) = filter {
+            path.push_str(&format!("&filter={}", encode(filter)));
         }
         self.request(Method::GET, &path, Some(user), None).await
     }
@@ -451,6 +490,65 @@ async fn latency(api: &Api, samples: usize) -> Result<Report> {
     let lat = Latency::of(latencies);
     let human = format!("latency: {samples} messages, send to /sync delivery {lat}");
     let report = json!({ "scenario": "latency", "samples": samples, "latency_ms": lat.json() });
+    Ok((human, report))
+}
+
+async fn federation(local: &Api, remote: &Api, messages: usize, senders: usize) -> Result<Report> {
+    if senders == 0 || messages < senders {
+        bail!("--senders must be at least 1 and at most --messages");
+    }
+    let receiver = local.register("fed_receiver").await?;
+    let server = receiver.user_id.split_once(':').map(|(_, s)| s.to_owned()).context("a user id without a server")?;
+    let room_id = local.create_room(&receiver).await?;
+    let users = remote.register_many(senders).await?;
+    for user in &users {
+        remote.join_via(user, &room_id, &server).await?;
+    }
+    // Every sender's join is here before the clock starts.
+    let mut since = str_field(&serde_json::from_str(&local.sync(&receiver, None, 0).await?)?, "next_batch")?;
+    let path = format!("{V3}/rooms/{}/joined_members", encode(&room_id));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while local.call(Method::GET, &path, Some(&receiver), None).await?["joined"].as_object().map_or(0, |j| j.len())
+        < senders + 1
+    {
+        if Instant::now() > deadline {
+            bail!("the second server's users did not join within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let per_sender = messages / senders;
+    let sending = send_burst(remote, &users, &room_id, per_sender, "fed");
+    let total = per_sender * senders;
+    // Every message counts, however many arrive at once.
+    let filter = json!({ "room": { "timeline": { "limit": total } } }).to_string();
+    let receiving = async {
+        let mut seen = 0;
+        while seen < total {
+            let text = local.sync_with(&receiver, Some(&since), 30_000, Some(&filter)).await?;
+            let body: Value = serde_json::from_str(&text)?;
+            since = str_field(&body, "next_batch")?;
+            seen += timeline_bodies(&body).iter().filter(|b| b.starts_with("message ")).count();
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!("only {seen} of {total} messages arrived within 10 minutes");
+            }
+        }
+        Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64())
+    };
+    let (sent, arrived) = tokio::join!(sending, receiving);
+    let (latencies, send_elapsed) = sent?;
+    let arrived = arrived?;
+    let send_rate = latencies.len() as f64 / send_elapsed.max(f64::EPSILON);
+    let rate = total as f64 / arrived.max(f64::EPSILON);
+    let human = format!(
+        "federation: {total} messages from {senders} users of {} into a room of {server}\n  \
+         sent there at {send_rate:.0} msg/s; all here after {arrived:.2} s: {rate:.0} msg/s received",
+        remote.base
+    );
+    let report = json!({
+        "scenario": "federation", "messages": total, "senders": senders,
+        "sent_per_s": send_rate, "arrived_after_s": arrived, "received_per_s": rate,
+    });
     Ok((human, report))
 }
 

@@ -576,16 +576,22 @@ impl Federation {
             };
             key_map.insert(server.to_string(), self.verify_keys(&server, &key_ids, signed_at).await?);
         }
-        let verified = ruma::signatures::verify_event(&key_map, &object, &rules)
-            .map_err(|e| Error::forbidden(format!("The event's signatures do not verify: {e}")))?;
-        let object = match verified {
-            ruma::signatures::Verified::All => object,
-            // The content was changed after signing: keep only what redaction keeps.
-            ruma::signatures::Verified::Signatures => ruma::canonical_json::redact(object, &rules.redaction, None)
-                .map_err(|e| Error::bad_json(format!("The event cannot be redacted: {e}")))?,
-        };
-        let event_id = crate::pdu::event_id_of(&object, &rules).map_err(Error::bad_json)?;
-        Ok((event_id, object))
+        // Hashing and ed25519 checks are CPU work: off the async threads, so
+        // a transaction's PDUs (of different rooms) verify side by side.
+        tokio::task::spawn_blocking(move || {
+            let verified = ruma::signatures::verify_event(&key_map, &object, &rules)
+                .map_err(|e| Error::forbidden(format!("The event's signatures do not verify: {e}")))?;
+            let object = match verified {
+                ruma::signatures::Verified::All => object,
+                // The content was changed after signing: keep only what redaction keeps.
+                ruma::signatures::Verified::Signatures => ruma::canonical_json::redact(object, &rules.redaction, None)
+                    .map_err(|e| Error::bad_json(format!("The event cannot be redacted: {e}")))?,
+            };
+            let event_id = crate::pdu::event_id_of(&object, &rules).map_err(Error::bad_json)?;
+            Ok((event_id, object))
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// Check the X-Matrix signature of a request sent to us; returns its origin.

@@ -106,10 +106,44 @@ async fn handle_transaction(
     pdus: &[Box<RawJsonValue>],
     edus: &[Value],
 ) -> Results {
-    let mut results = BTreeMap::new();
+    // One room's PDUs in the order sent; different rooms side by side
+    // (nothing orders them, and one slow room must not hold the others).
+    let mut by_room: Vec<(Option<OwnedRoomId>, Vec<&RawJsonValue>)> = Vec::new();
     for raw in pdus {
-        if let Some((event_id, result)) = incoming_pdu(s, origin, raw).await {
-            results.insert(event_id, result);
+        #[derive(serde::Deserialize)]
+        struct RoomOf {
+            room_id: Option<OwnedRoomId>,
+        }
+        let room = serde_json::from_str::<RoomOf>(raw.get()).ok().and_then(|r| r.room_id);
+        match by_room.iter_mut().find(|(r, _)| *r == room) {
+            Some((_, list)) => list.push(raw),
+            None => by_room.push((room, vec![raw])),
+        }
+    }
+    let unacknowledged = Unacknowledged::default();
+    let rooms = by_room.into_iter().map(|(_, list)| {
+        let unacknowledged = &unacknowledged;
+        async move {
+            let mut out = Vec::new();
+            for raw in list {
+                out.extend(incoming_pdu(s, origin, raw, Some(unacknowledged)).await);
+            }
+            out
+        }
+    });
+    let mut results = BTreeMap::new();
+    for (event_id, result) in futures_util::future::join_all(rooms).await.into_iter().flatten() {
+        results.insert(event_id, result);
+    }
+    // Answered only once everything taken in is on disk: one fsync for all.
+    let pending = std::mem::take(&mut *unacknowledged.lock().expect("unacknowledged writes poisoned"));
+    if !pending.is_empty() {
+        let durable = blocking(s, move |_| pending.into_iter().try_for_each(|written| written.wait_durable())).await;
+        if let Err(err) = durable {
+            tracing::warn!(%origin, "the transaction's events could not be made durable: {err}");
+            for result in results.values_mut() {
+                *result = Err("The event could not be stored; send it again.".to_owned());
+            }
         }
     }
     for edu in edus {
@@ -125,6 +159,7 @@ async fn incoming_pdu(
     s: &Arc<Services>,
     origin: &ServerName,
     raw: &RawJsonValue,
+    unacknowledged: Option<&Unacknowledged>,
 ) -> Option<(OwnedEventId, std::result::Result<(), String>)> {
     let Ok(object) = serde_json::from_str::<CanonicalJsonObject>(raw.get()) else {
         tracing::info!(%origin, "ignoring a PDU that is not canonical JSON");
@@ -158,11 +193,12 @@ async fn incoming_pdu(
         return Some((event_id, Err(format!("The event is larger than {} bytes.", crate::api::MAX_PDU_BYTES))));
     }
     // A slow or hostile peer keeps this PDU (never the room) no longer than this.
-    let received = tokio::time::timeout(PDU_DEADLINE, receive(s, origin, &room_id, &record.version, object, true))
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::forbidden("Taking this event in took too long (its gaps could not be filled)."))
-        });
+    let received =
+        tokio::time::timeout(PDU_DEADLINE, receive(s, origin, &room_id, &record.version, object, true, unacknowledged))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::forbidden("Taking this event in took too long (its gaps could not be filled)."))
+            });
     let result = match received {
         Ok(_) => Ok(()),
         // Taken in and judged: the sending server did its part (as Synapse
@@ -238,6 +274,7 @@ pub fn receive<'a>(
     version: &'a RoomVersionId,
     object: CanonicalJsonObject,
     fill_gaps: bool,
+    unacknowledged: Option<&'a Unacknowledged>,
 ) -> BoxFuture<'a, Result<Placed>> {
     Box::pin(async move {
         let pdu = verified_pdu(s, room_id, version, object).await?;
@@ -298,16 +335,29 @@ pub fn receive<'a>(
             return Err(err);
         }
         let room_id = room_id.to_owned();
-        blocking(s, move |s| {
-            let placed = s.rooms.append_remote(&room_id, pdu, state_before, false)?;
+        let (placed, pending) = blocking(s, move |s| {
+            let (placed, pending) = s.rooms.append_remote_deferred(&room_id, pdu, state_before, false)?;
             if let Placed::Timeline(pdu) = &placed {
+                crate::service::push::on_invite(s, pdu)?;
                 crate::service::room_upgrade::on_tombstone(s, pdu)?;
             }
-            Ok(placed)
+            Ok((placed, pending))
         })
-        .await
+        .await?;
+        match (pending, unacknowledged) {
+            (Some(pending), Some(unacknowledged)) => {
+                unacknowledged.lock().expect("unacknowledged writes poisoned").push(pending);
+            }
+            (Some(pending), None) => blocking(s, move |_| pending.wait_durable()).await?,
+            (None, _) => {}
+        }
+        Ok(placed)
     })
 }
+
+/// Room transactions written while an inbound transaction is taken in:
+/// made durable together (one fsync) before it is answered.
+type Unacknowledged = std::sync::Mutex<Vec<crate::service::rooms::DeferredCommit>>;
 
 /// A redaction of an event we hold in another room is refused, as Synapse
 /// does (it would never apply, and should not show in the timeline).
@@ -509,7 +559,7 @@ async fn fetch_missing_prev_events(
         .collect();
     events.sort_by_key(|(depth, _)| *depth);
     for (_, object) in events {
-        if let Err(err) = receive(s, origin, room_id, version, object, false).await {
+        if let Err(err) = receive(s, origin, room_id, version, object, false, None).await {
             tracing::info!(%origin, %room_id, "a missing event was refused: {}", err.message);
         }
     }

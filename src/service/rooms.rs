@@ -899,4 +899,30 @@ impl Committed<'_> {
         }
         Ok(())
     }
+
+    /// Wait later, together with other transactions (an inbound
+    /// transaction's PDUs share one fsync before it is answered).
+    pub(crate) fn defer(self) -> DeferredCommit {
+        let Committed { rooms, unsynced, woken } = self;
+        DeferredCommit { storage: unsynced.defer(rooms.db.clone()), outbox: rooms.outbox.clone(), woken }
+    }
+}
+
+/// A room transaction written, its fsync put off (see [`Committed::defer`]).
+#[must_use = "acknowledge the events only after `wait_durable`"]
+pub struct DeferredCommit {
+    storage: crate::storage::Deferred,
+    outbox: Arc<OutboxSignal>,
+    woken: BTreeSet<OwnedServerName>,
+}
+
+impl DeferredCommit {
+    pub fn wait_durable(self) -> Result<()> {
+        let DeferredCommit { storage, outbox, woken } = self;
+        storage.wait_durable()?;
+        for server in &woken {
+            outbox.wake(server);
+        }
+        Ok(())
+    }
 }

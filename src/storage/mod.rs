@@ -502,6 +502,44 @@ impl Unsynced<'_> {
     pub fn wait_durable(self) -> StorageResult<()> {
         self.db.sync_to(self.sequence)
     }
+
+    /// Wait later, with others: the positions stay in flight (no sync
+    /// reports the change) until [`Deferred::wait_durable`]. `db` is the
+    /// database this batch was written to.
+    pub fn defer(mut self, db: Arc<Db>) -> Deferred {
+        Deferred {
+            db,
+            sequence: self.sequence,
+            reserved: std::mem::take(&mut self.reserved),
+            audience: std::mem::take(&mut self.audience),
+        }
+    }
+}
+
+/// A written batch whose fsync and release were put off (see [`Unsynced::defer`]).
+#[must_use = "acknowledge the write only after `wait_durable`"]
+pub struct Deferred {
+    db: Arc<Db>,
+    sequence: u64,
+    reserved: Vec<u64>,
+    audience: Audience,
+}
+
+impl Deferred {
+    /// One fsync covers every deferred write before it: waiting for many
+    /// in a row costs one.
+    pub fn wait_durable(self) -> StorageResult<()> {
+        self.db.sync_to(self.sequence)
+    }
+}
+
+impl Drop for Deferred {
+    /// Released in any case, but never reported before it is on disk (an
+    /// error here is reported by whoever syncs next).
+    fn drop(&mut self) {
+        let _ = self.db.sync_to(self.sequence);
+        self.db.release_counts(&self.reserved, std::mem::take(&mut self.audience));
+    }
 }
 
 impl Drop for Unsynced<'_> {

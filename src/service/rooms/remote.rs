@@ -263,10 +263,26 @@ impl Rooms {
         state_before: StateMap,
         broadcast: bool,
     ) -> Result<Placed> {
+        let (placed, written) = self.append_remote_deferred(room_id, pdu, state_before, broadcast)?;
+        if let Some(written) = written {
+            written.wait_durable()?;
+        }
+        Ok(placed)
+    }
+
+    /// [`Self::append_remote`], its fsync left to the caller (`None`:
+    /// nothing was written, or it is on disk already).
+    pub fn append_remote_deferred(
+        &self,
+        room_id: &RoomId,
+        pdu: Arc<Pdu>,
+        state_before: StateMap,
+        broadcast: bool,
+    ) -> Result<(Placed, Option<super::DeferredCommit>)> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().expect("room lock poisoned");
         if self.has_state_for(&pdu.event_id)? {
-            return Ok(Placed::Known);
+            return Ok((Placed::Known, None));
         }
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
         let rules = Self::rules(&record.version)?;
@@ -277,15 +293,13 @@ impl Rooms {
         if let Err(why) = self.check_auth(&version, &pdu, &txn.state, &Default::default()) {
             tracing::info!(%room_id, event_id = %pdu.event_id, "soft-failing an event the current state forbids: {why}");
             txn.stage_without_timeline(&pdu, &state_before, false)?;
-            txn.commit()?.wait_durable()?;
-            return Ok(Placed::SoftFailed);
+            return Ok((Placed::SoftFailed, Some(txn.commit()?.defer())));
         }
         txn.stage_remote(pdu.clone(), state_before)?;
         if broadcast {
             txn.outgoing.push(pdu.clone());
         }
-        txn.commit()?.wait_durable()?;
-        Ok(Placed::Timeline(pdu))
+        Ok((Placed::Timeline(pdu), Some(txn.commit()?.defer())))
     }
 
     /// Put history fetched by backfill (oldest first, each checked against

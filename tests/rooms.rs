@@ -909,3 +909,33 @@ async fn capabilities_typing_repeated_state_and_removed_aliases() {
     assert!(content.get("alias").is_none(), "{content}");
     assert_eq!(content["alt_aliases"], json!([]), "{content}");
 }
+
+/// A waiting `/sync` wakes for typing in its rooms, also when the typing
+/// expires (both wake only the room's members now): each answer carries
+/// the change, not the empty answer at the long poll's end.
+#[tokio::test]
+async fn a_long_poll_wakes_for_typing_and_its_expiry() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    s.join(&bob, &room).await;
+    let since = s.sync(&bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let typers = |sync: &serde_json::Value| -> Option<Vec<String>> {
+        let events = sync["rooms"]["join"][&room]["ephemeral"]["events"].as_array()?;
+        let typing = events.iter().find(|e| e["type"] == "m.typing")?;
+        Some(typing["content"]["user_ids"].as_array()?.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+    };
+    let poll = s.sync(&bob, Some(&since), 20_000);
+    let typing = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+        let (status, _) = s.put(&path, Some(&alice.token), json!({ "typing": true, "timeout": 1500 })).await;
+        assert_eq!(status, 200);
+    };
+    let (woken, ()) = tokio::join!(poll, typing);
+    assert_eq!(typers(&woken), Some(vec![alice.user_id.clone()]), "{woken}");
+    let since = woken["next_batch"].as_str().unwrap().to_owned();
+    let expired = s.sync(&bob, Some(&since), 20_000).await;
+    assert_eq!(typers(&expired), Some(Vec::new()), "the expiry woke the poll: {expired}");
+}

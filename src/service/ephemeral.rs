@@ -131,12 +131,14 @@ impl Ephemeral {
 
     /// Apply an in-memory change under a fresh stream position. The change is
     /// made before the position is released, so no sync can pass it unseen.
-    /// With `room`, only that room's members' syncs wake.
-    fn with_position<T>(&self, room: Option<&RoomId>, change: impl FnOnce(u64) -> T) -> Result<T> {
+    /// With `rooms`, only those rooms' members' syncs wake.
+    fn with_position<T>(&self, rooms: Option<&[OwnedRoomId]>, change: impl FnOnce(u64) -> T) -> Result<T> {
         let mut batch = self.db.batch();
-        let count = match room {
-            Some(room_id) => {
-                batch.wake_room(room_id);
+        let count = match rooms {
+            Some(rooms) => {
+                for room_id in rooms {
+                    batch.wake_room(room_id);
+                }
                 batch.next_count_quiet()
             }
             None => batch.next_count(),
@@ -147,7 +149,7 @@ impl Ephemeral {
     }
 
     pub fn set_typing(&self, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) -> Result<()> {
-        self.with_position(Some(room_id), |count| {
+        self.with_position(Some(&[room_id.to_owned()]), |count| {
             let mut typing = self.typing.lock().expect("typing poisoned");
             let room = typing.entry(room_id.to_owned()).or_default();
             match timeout {
@@ -165,16 +167,19 @@ impl Ephemeral {
     /// Drop expired typers; returns whether anything changed.
     pub fn expire_typing(&self) -> Result<bool> {
         let now = Instant::now();
-        let any_expired = self
+        let expired: Vec<OwnedRoomId> = self
             .typing
             .lock()
             .expect("typing poisoned")
-            .values()
-            .any(|room| room.users.values().any(|until| *until <= now));
-        if !any_expired {
+            .iter()
+            .filter(|(_, room)| room.users.values().any(|until| *until <= now))
+            .map(|(room_id, _)| room_id.clone())
+            .collect();
+        if expired.is_empty() {
             return Ok(false);
         }
-        self.with_position(None, |count| {
+        // Only those rooms' members' syncs wake.
+        self.with_position(Some(&expired), |count| {
             let mut typing = self.typing.lock().expect("typing poisoned");
             for room in typing.values_mut() {
                 let before = room.users.len();

@@ -208,21 +208,18 @@ pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId, thr
         }
         root => OwnedEventId::try_from(root).is_ok_and(|root| counts.threads.remove(&root).is_some()),
     };
-    if !changed {
-        if let Some(notified) = evaluated {
-            batch.commit()?;
-            if notified > 0 {
-                services.pushes.wake(user_id, false);
-            }
-        }
-        return Ok(());
+    if changed {
+        counts.changed_at = batch.next_count_quiet();
+        batch.wake_user(user_id);
+        batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), &counts);
     }
-    counts.changed_at = batch.next_count_quiet();
-    batch.wake_user(user_id);
-    batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), &counts);
-    batch.commit()?;
-    // The user's phones update their badge.
-    services.pushes.wake(user_id, true);
+    if changed || evaluated.is_some() {
+        batch.commit()?;
+    }
+    if evaluated.is_some_and(|notified| notified > 0) || changed {
+        // New notifications to push, or (`changed`) the phones' badge to update.
+        services.pushes.wake(user_id, changed);
+    }
     Ok(())
 }
 
@@ -239,9 +236,7 @@ pub fn settle(services: &Services, user_id: &UserId) -> Result<()> {
 /// written (they were staged before it under the room's lock).
 pub fn on_invite(services: &Services, pdu: &Pdu) -> Result<()> {
     let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else { return Ok(()) };
-    if !services.users.is_local(&target)
-        || pdu.content_value().get("membership").and_then(|m| m.as_str()) != Some("invite")
-    {
+    if !services.users.is_local(&target) || crate::service::rooms::membership_of(pdu) != Some(MembershipState::Invite) {
         return Ok(());
     }
     let Some((_, meta)) = services.rooms.get_pdu(&pdu.event_id)? else { return Ok(()) };
@@ -533,22 +528,8 @@ pub fn set_pusher(services: &Services, session: &Session, action: PusherAction) 
     if existing.is_none() && data::pushers(&services.db, user_id)?.len() >= MAX_PUSHERS {
         return Err(Error::forbidden(format!("An account may have {MAX_PUSHERS} pushers; delete one first.")));
     }
-    // The dispatcher covers the user from now on, before the position the
-    // pusher starts from is read: no event after it can be passed over.
-    let had_pushers = services.pushes.has_pushers(user_id);
-    services.pushes.set_has_pushers(user_id, true);
-    let record = data::PusherRecord {
-        user_id: user_id.to_owned(),
-        pusher: serde_json::to_value(&pusher)?,
-        app_id: app_id.clone(),
-        pushkey: pushkey.clone(),
-        device_id: Some(session.device_id.to_string()),
-        created_ms: existing.as_ref().map_or_else(crate::util::now_ms, |e| e.created_ms),
-        // A new pusher pushes what happens from now on, not the backlog.
-        last_pushed: existing.as_ref().map_or_else(|| services.db.current_count(), |e| e.last_pushed),
-    };
+    let pusher_json = serde_json::to_value(&pusher)?;
     let mut batch = services.db.batch();
-    data::put_pusher(&mut batch, &record);
     let mut others = Vec::new();
     if !append {
         // The spec: the same app and pushkey for other users goes.
@@ -559,6 +540,22 @@ pub fn set_pusher(services: &Services, session: &Session, action: PusherAction) 
             }
         }
     }
+    // The dispatcher covers the user from now on, before the position the
+    // pusher starts from is read: no event after it can be passed over.
+    // Nothing between here and the commit can fail but the commit itself.
+    let had_pushers = services.pushes.has_pushers(user_id);
+    services.pushes.set_has_pushers(user_id, true);
+    let record = data::PusherRecord {
+        user_id: user_id.to_owned(),
+        pusher: pusher_json,
+        app_id: app_id.clone(),
+        pushkey: pushkey.clone(),
+        device_id: Some(session.device_id.to_string()),
+        created_ms: existing.as_ref().map_or_else(crate::util::now_ms, |e| e.created_ms),
+        // A new pusher pushes what happens from now on, not the backlog.
+        last_pushed: existing.as_ref().map_or_else(|| services.db.current_count(), |e| e.last_pushed),
+    };
+    data::put_pusher(&mut batch, &record);
     if let Err(err) = batch.commit() {
         services.pushes.set_has_pushers(user_id, had_pushers);
         return Err(err.into());

@@ -238,16 +238,11 @@ impl Rooms {
         if let Some(hit) = self.joined_counts.get(&snapshot) {
             return Ok(hit);
         }
-        #[derive(Deserialize)]
-        struct Content {
-            membership: MembershipState,
-        }
         let mut joined = 0;
         let members = ("m.room.member".to_owned(), String::new());
         for (_, event_id) in state.range(members..).take_while(|((kind, _), _)| kind == "m.room.member") {
             if let Some((pdu, _)) = self.get_pdu(event_id)?
-                && serde_json::from_str::<Content>(pdu.content.get())
-                    .is_ok_and(|c| c.membership == MembershipState::Join)
+                && membership_of(&pdu) == Some(MembershipState::Join)
             {
                 joined += 1;
             }
@@ -779,13 +774,9 @@ impl<'a> Txn<'a> {
     }
 
     fn index_membership(&mut self, pdu: &Pdu, state_key: &str, count: u64) -> Result<()> {
-        #[derive(Deserialize)]
-        struct Content {
-            membership: MembershipState,
-        }
-        let Ok(content) = serde_json::from_str::<Content>(pdu.content.get()) else { return Ok(()) };
+        let Some(membership) = membership_of(pdu) else { return Ok(()) };
         let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
-        data::put_member(&mut self.batch, &self.room_id, &user_id, &content.membership);
+        data::put_member(&mut self.batch, &self.room_id, &user_id, &membership);
         if user_id.server_name() == self.rooms.server_name {
             // Their sync may not be watching this room yet (a join, an invite).
             self.batch.wake_user(&user_id);
@@ -795,13 +786,9 @@ impl<'a> Txn<'a> {
                 Some(record) => Some(record.clone()),
                 None => data::user_membership(&self.rooms.db, &user_id, &self.room_id)?,
             };
-            let since = previous.filter(|p| p.membership == content.membership).map_or(count, |p| p.count);
-            let record = MembershipRecord {
-                membership: content.membership,
-                event_id: pdu.event_id.clone(),
-                count: since,
-                forgotten: false,
-            };
+            let since = previous.filter(|p| p.membership == membership).map_or(count, |p| p.count);
+            let record =
+                MembershipRecord { membership, event_id: pdu.event_id.clone(), count: since, forgotten: false };
             data::put_user_membership(&mut self.batch, &user_id, &self.room_id, &record);
             self.membership_updates.insert(user_id, record);
         }
@@ -834,7 +821,7 @@ impl<'a> Txn<'a> {
     /// Write the batch; the caller then releases the room lock and waits
     /// with [`Committed::wait_durable`], so that writers to other rooms and
     /// the next writer to this one share the fsync.
-    fn commit(self) -> Result<Committed<'a>> {
+    fn commit(self) -> Result<Committed<&'a Db>> {
         let Txn { rooms, mut batch, room_id, record, pending, redacted, outgoing, members_changed, last_live, .. } =
             self;
         data::put_room_record(&mut batch, &room_id, &record);
@@ -876,53 +863,51 @@ impl<'a> Txn<'a> {
         for (_, (pdu, meta)) in pending.into_iter().filter(|(id, _)| !redacted.contains(id)) {
             rooms.cache_pdu(pdu, meta);
         }
-        Ok(Committed { rooms, unsynced, woken })
+        Ok(Committed { unsynced, outbox: rooms.outbox.clone(), woken })
     }
 }
 
-/// A room transaction written but not yet fsynced.
+/// A room transaction written but not yet fsynced: borrowing the database
+/// while its writer waits, or put off with [`Committed::defer`].
 #[must_use = "acknowledge the events only after `wait_durable`"]
-pub(crate) struct Committed<'a> {
-    rooms: &'a Rooms,
-    unsynced: crate::storage::Unsynced<'a>,
+pub struct Committed<D: std::ops::Deref<Target = Db>> {
+    unsynced: crate::storage::Unsynced<D>,
+    outbox: Arc<OutboxSignal>,
     /// Servers with new events queued for them.
     woken: BTreeSet<OwnedServerName>,
 }
 
-impl Committed<'_> {
+/// A room transaction whose fsync was put off.
+pub type DeferredCommit = Committed<Arc<Db>>;
+
+impl<D: std::ops::Deref<Target = Db>> Committed<D> {
     /// Once the events are on disk, the other servers may hear of them.
-    pub(crate) fn wait_durable(self) -> Result<()> {
-        let Committed { rooms, unsynced, woken } = self;
-        unsynced.wait_durable()?;
-        for server in &woken {
-            rooms.outbox.wake(server);
-        }
-        Ok(())
-    }
-
-    /// Wait later, together with other transactions (an inbound
-    /// transaction's PDUs share one fsync before it is answered).
-    pub(crate) fn defer(self) -> DeferredCommit {
-        let Committed { rooms, unsynced, woken } = self;
-        DeferredCommit { storage: unsynced.defer(rooms.db.clone()), outbox: rooms.outbox.clone(), woken }
-    }
-}
-
-/// A room transaction written, its fsync put off (see [`Committed::defer`]).
-#[must_use = "acknowledge the events only after `wait_durable`"]
-pub struct DeferredCommit {
-    storage: crate::storage::Deferred,
-    outbox: Arc<OutboxSignal>,
-    woken: BTreeSet<OwnedServerName>,
-}
-
-impl DeferredCommit {
     pub fn wait_durable(self) -> Result<()> {
-        let DeferredCommit { storage, outbox, woken } = self;
-        storage.wait_durable()?;
+        let Committed { unsynced, outbox, woken } = self;
+        unsynced.wait_durable()?;
         for server in &woken {
             outbox.wake(server);
         }
         Ok(())
     }
+}
+
+impl Committed<&Db> {
+    /// Wait later, together with other transactions (an inbound
+    /// transaction's PDUs share one fsync before it is answered); `db` is
+    /// the database it was written to.
+    pub(crate) fn defer(self, db: Arc<Db>) -> DeferredCommit {
+        let Committed { unsynced, outbox, woken } = self;
+        Committed { unsynced: unsynced.defer(db), outbox, woken }
+    }
+}
+
+/// The membership a member event's content gives (`None` if it names none
+/// that can be read).
+pub fn membership_of(pdu: &Pdu) -> Option<MembershipState> {
+    #[derive(Deserialize)]
+    struct Content {
+        membership: MembershipState,
+    }
+    serde_json::from_str::<Content>(pdu.content.get()).ok().map(|c| c.membership)
 }

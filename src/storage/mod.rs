@@ -466,7 +466,7 @@ impl<'a> Batch<'a> {
     /// which a writer calls after releasing its locks so that concurrent
     /// writers share one fsync. The batch's stream positions stay in flight
     /// until then: no sync reports the change before it is on disk.
-    pub fn commit_unsynced(mut self) -> StorageResult<Unsynced<'a>> {
+    pub fn commit_unsynced(mut self) -> StorageResult<Unsynced<&'a Db>> {
         self.write(false)?;
         let sequence = self.db.db.latest_sequence_number();
         Ok(Unsynced {
@@ -489,22 +489,31 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// A written batch whose fsync is still to come (see [`Batch::commit_unsynced`]).
+/// A written batch whose fsync is still to come (see [`Batch::commit_unsynced`]),
+/// borrowing its database (`&Db`) or, put off past the writer's scope with
+/// [`Unsynced::defer`], sharing it ([`Deferred`]).
 #[must_use = "acknowledge the write only after `wait_durable`"]
-pub struct Unsynced<'a> {
-    db: &'a Db,
+pub struct Unsynced<D: std::ops::Deref<Target = Db>> {
+    db: D,
     sequence: u64,
     reserved: Vec<u64>,
     audience: Audience,
 }
 
-impl Unsynced<'_> {
+/// A written batch whose fsync and release were put off.
+pub type Deferred = Unsynced<Arc<Db>>;
+
+impl<D: std::ops::Deref<Target = Db>> Unsynced<D> {
+    /// One fsync covers every write before it: waiting for many in a row
+    /// costs one.
     pub fn wait_durable(self) -> StorageResult<()> {
         self.db.sync_to(self.sequence)
     }
+}
 
+impl Unsynced<&Db> {
     /// Wait later, with others: the positions stay in flight (no sync
-    /// reports the change) until [`Deferred::wait_durable`]. `db` is the
+    /// reports the change) until [`Unsynced::wait_durable`]. `db` is the
     /// database this batch was written to.
     pub fn defer(mut self, db: Arc<Db>) -> Deferred {
         Deferred {
@@ -516,35 +525,13 @@ impl Unsynced<'_> {
     }
 }
 
-/// A written batch whose fsync and release were put off (see [`Unsynced::defer`]).
-#[must_use = "acknowledge the write only after `wait_durable`"]
-pub struct Deferred {
-    db: Arc<Db>,
-    sequence: u64,
-    reserved: Vec<u64>,
-    audience: Audience,
-}
-
-impl Deferred {
-    /// One fsync covers every deferred write before it: waiting for many
-    /// in a row costs one.
-    pub fn wait_durable(self) -> StorageResult<()> {
-        self.db.sync_to(self.sequence)
-    }
-}
-
-impl Drop for Deferred {
+impl<D: std::ops::Deref<Target = Db>> Drop for Unsynced<D> {
     /// Released in any case, but never reported before it is on disk (an
-    /// error here is reported by whoever syncs next).
+    /// error here is the caller's of `wait_durable` to report).
     fn drop(&mut self) {
-        let _ = self.db.sync_to(self.sequence);
-        self.db.release_counts(&self.reserved, std::mem::take(&mut self.audience));
-    }
-}
-
-impl Drop for Unsynced<'_> {
-    /// Durable or not (an error is the caller's to report), the positions are released.
-    fn drop(&mut self) {
+        if !self.reserved.is_empty() {
+            let _ = self.db.sync_to(self.sequence);
+        }
         self.db.release_counts(&self.reserved, std::mem::take(&mut self.audience));
     }
 }

@@ -213,11 +213,11 @@ async fn dispatch(services: Arc<Services>) {
 fn pusher_holders_in(s: &Services, room_id: &ruma::RoomId) -> Result<Vec<OwnedUserId>> {
     const FEW: usize = 64;
     let wanted = |m: &MembershipState| matches!(m, MembershipState::Join | MembershipState::Invite);
-    let holders: Vec<OwnedUserId> = {
+    let few: Option<Vec<OwnedUserId>> = {
         let users = s.pushes.with_pushers.lock().expect("push signal poisoned");
-        if users.len() > FEW { Vec::new() } else { users.iter().cloned().collect() }
+        (users.len() <= FEW).then(|| users.iter().cloned().collect())
     };
-    if holders.is_empty() {
+    let Some(holders) = few else {
         return Ok(s
             .rooms
             .members(room_id)?
@@ -225,7 +225,7 @@ fn pusher_holders_in(s: &Services, room_id: &ruma::RoomId) -> Result<Vec<OwnedUs
             .filter(|(user_id, m)| wanted(m) && s.pushes.has_pushers(user_id) && s.users.is_local(user_id))
             .map(|(user_id, _)| user_id)
             .collect());
-    }
+    };
     let mut out = Vec::new();
     for user_id in holders {
         if s.rooms.membership(room_id, &user_id)?.as_ref().is_some_and(wanted) {

@@ -92,14 +92,22 @@ pub(crate) fn membership(db: &Db, room_id: &RoomId, user_id: &UserId) -> Result<
 
 /// Every user with a membership in the room.
 pub(crate) fn members(db: &Db, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipState)>> {
-    let prefix = prefix(&[room_id.as_bytes()]);
+    by_id_after(db, Cf::RoomMembers, room_id.as_bytes())
+}
+
+/// Every entry under `owner ‖`, keyed by the identifier after it (entries
+/// whose rest is not one are passed over), with its decoded value.
+fn by_id_after<I: TryFrom<String>, V: serde::de::DeserializeOwned>(
+    db: &Db,
+    cf: Cf,
+    owner: &[u8],
+) -> Result<Vec<(I, V)>> {
+    let prefix = prefix(&[owner]);
     let mut out = Vec::new();
-    for item in db.scan_prefix(Cf::RoomMembers, &prefix) {
+    for item in db.scan_prefix(cf, &prefix) {
         let (k, v) = item?;
-        let Ok(user_id) = OwnedUserId::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else {
-            continue;
-        };
-        out.push((user_id, decode(Cf::RoomMembers, &v)?));
+        let Ok(id) = I::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else { continue };
+        out.push((id, decode(cf, &v)?));
     }
     Ok(out)
 }
@@ -116,16 +124,7 @@ fn user_room_key(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
 
 /// The rooms a local user has (or had) a membership in.
 pub(crate) fn user_rooms(db: &Db, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
-    let prefix = prefix(&[user_id.as_bytes()]);
-    let mut out = Vec::new();
-    for item in db.scan_prefix(Cf::UserRooms, &prefix) {
-        let (k, v) = item?;
-        let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) else {
-            continue;
-        };
-        out.push((room_id, decode(Cf::UserRooms, &v)?));
-    }
-    Ok(out)
+    by_id_after(db, Cf::UserRooms, user_id.as_bytes())
 }
 
 pub(crate) fn user_membership(db: &Db, user_id: &UserId, room_id: &RoomId) -> Result<Option<MembershipRecord>> {

@@ -293,13 +293,13 @@ impl Rooms {
         if let Err(why) = self.check_auth(&version, &pdu, &txn.state, &Default::default()) {
             tracing::info!(%room_id, event_id = %pdu.event_id, "soft-failing an event the current state forbids: {why}");
             txn.stage_without_timeline(&pdu, &state_before, false)?;
-            return Ok((Placed::SoftFailed, Some(txn.commit()?.defer())));
+            return Ok((Placed::SoftFailed, Some(txn.commit()?.defer(self.db.clone()))));
         }
         txn.stage_remote(pdu.clone(), state_before)?;
         if broadcast {
             txn.outgoing.push(pdu.clone());
         }
-        Ok((Placed::Timeline(pdu), Some(txn.commit()?.defer())))
+        Ok((Placed::Timeline(pdu), Some(txn.commit()?.defer(self.db.clone()))))
     }
 
     /// Put history fetched by backfill (oldest first, each checked against

@@ -28,7 +28,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = settings.client_addr;
-    let services = Services::open(settings)?;
+    // Storage calls never run on the async workers (see `storage::Backend`).
+    let services = tokio::task::spawn_blocking(move || Services::open(settings))
+        .await
+        .map_err(|e| anyhow::anyhow!("start-up failed: {e}"))??;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({e}); set `listen.client` to a free address"))?;

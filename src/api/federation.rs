@@ -303,7 +303,7 @@ fn state_at_event(
         return Err(Error::not_found("This server does not know the state at that event."));
     }
     let state = s.rooms.state_at(meta.state_before)?;
-    let ids: Vec<ruma::OwnedEventId> = state.values().cloned().collect();
+    let ids: Vec<ruma::OwnedEventId> = s.rooms.state_event_ids(&state)?;
     let chain = s.rooms.auth_chain(ids.iter().cloned())?;
     let in_state: std::collections::HashSet<&ruma::OwnedEventId> = ids.iter().collect();
     let chain: Vec<ruma::OwnedEventId> = chain.into_iter().filter(|id| !in_state.contains(id)).collect();

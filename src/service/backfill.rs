@@ -17,7 +17,8 @@ use ruma::{
 
 use crate::{
     error::Result,
-    pdu::{Pdu, StateMap},
+    pdu::Pdu,
+    service::rooms::State,
     service::{Services, blocking, inbound},
 };
 
@@ -141,8 +142,8 @@ async fn take_in(
     events.sort_by(|a, b| a.depth.cmp(&b.depth).then_with(|| a.event_id.cmp(&b.event_id)));
     events.dedup_by(|a, b| a.event_id == b.event_id);
 
-    let mut accepted: Vec<(Arc<Pdu>, StateMap)> = Vec::new();
-    let mut states_after: HashMap<OwnedEventId, Arc<StateMap>> = HashMap::new();
+    let mut accepted: Vec<(Arc<Pdu>, State)> = Vec::new();
+    let mut states_after: HashMap<OwnedEventId, Arc<State>> = HashMap::new();
     for pdu in events {
         {
             let event_id = pdu.event_id.clone();
@@ -153,8 +154,13 @@ async fn take_in(
         match check(s, origin, room_id, version, &pdu, &states_after).await {
             Ok(state_before) => {
                 let mut state_after = state_before.clone();
-                if let Some(key) = &pdu.state_key {
-                    state_after.insert((pdu.kind.to_string(), key.clone()), pdu.event_id.clone());
+                if let Some(key) = pdu.state_key.clone() {
+                    let (kind, event_id) = (pdu.kind.to_string(), pdu.event_id.clone());
+                    let (key, event) = blocking(s, move |s| {
+                        Ok((s.rooms.short.key_id(&kind, &key)?, s.rooms.short.event_short(&event_id)?))
+                    })
+                    .await?;
+                    state_after.insert(key, event);
                 }
                 states_after.insert(pdu.event_id.clone(), Arc::new(state_after));
                 accepted.push((pdu, state_before));
@@ -177,8 +183,8 @@ async fn check(
     room_id: &RoomId,
     version: &RoomVersionId,
     pdu: &Arc<Pdu>,
-    batch_states: &HashMap<OwnedEventId, Arc<StateMap>>,
-) -> Result<StateMap> {
+    batch_states: &HashMap<OwnedEventId, Arc<State>>,
+) -> Result<State> {
     inbound::fetch_auth_events(s, origin, room_id, version, std::slice::from_ref(pdu)).await?;
     inbound::check_against_auth_events(s, version, pdu).await?;
     let mut states = Vec::new();

@@ -431,7 +431,7 @@ impl Federation {
         let cached = match self.cached_keys(server, valid_until).await {
             Ok(cached) => Some(cached),
             // Unreachable now: what we had, if anything, is still worth giving.
-            Err(_) => self.stored_keys(server)?,
+            Err(_) => self.stored_keys(server).await?,
         };
         let Some(signed) = cached.and_then(|c| c.signed) else { return Ok(None) };
         let Ok(CanonicalJsonValue::Object(mut object)) = CanonicalJsonValue::try_from(signed) else { return Ok(None) };
@@ -440,19 +440,23 @@ impl Federation {
         Ok(Some(object))
     }
 
-    fn stored_keys(&self, server: &ServerName) -> Result<Option<CachedKeys>> {
+    async fn stored_keys(&self, server: &ServerName) -> Result<Option<CachedKeys>> {
         let cached = self.keys.lock().expect("key cache poisoned").get(server).cloned();
-        match cached {
-            Some(c) => Ok(Some(c)),
-            None => Ok(self.db.get_json::<CachedKeys>(Cf::ServerKeys, server.as_bytes())?),
+        if cached.is_some() {
+            return Ok(cached);
         }
+        let (db, server) = (self.db.clone(), server.to_owned());
+        tokio::task::spawn_blocking(move || db.get_json::<CachedKeys>(Cf::ServerKeys, server.as_bytes()))
+            .await
+            .map_err(Error::internal)?
+            .map_err(Into::into)
     }
 
     /// The cached keys if valid past `valid_until`, else fresh ones from
     /// the server itself, checked against its own signature.
     async fn cached_keys(&self, server: &ServerName, valid_until: u64) -> Result<CachedKeys> {
         let now = util::now_ms();
-        let stored = self.stored_keys(server)?;
+        let stored = self.stored_keys(server).await?;
         if let Some(cached) = stored.as_ref().filter(|c| c.valid_until > valid_until.max(now)) {
             return Ok(cached.clone());
         }
@@ -469,7 +473,7 @@ impl Federation {
     /// Fresh keys from the server (else the trusted notaries), merged with
     /// what we had: keys it no longer lists stay as old keys.
     async fn refetch(&self, server: &ServerName) -> Result<CachedKeys> {
-        let stored = self.stored_keys(server)?;
+        let stored = self.stored_keys(server).await?;
         let mut fetched = match self.keys_from_server(server).await {
             Ok(cached) => Ok(cached),
             Err(err) => {
@@ -500,7 +504,10 @@ impl Federation {
                 }
             }
         }
-        self.db.put_json(Cf::ServerKeys, server.as_bytes(), &fetched)?;
+        let (db, key, record) = (self.db.clone(), server.to_owned(), fetched.clone());
+        tokio::task::spawn_blocking(move || db.put_json(Cf::ServerKeys, key.as_bytes(), &record))
+            .await
+            .map_err(Error::internal)??;
         self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), fetched.clone());
         Ok(fetched)
     }
@@ -531,7 +538,7 @@ impl Federation {
         else {
             return Err(Error::not_found(format!("{notary} has no keys of {server}")));
         };
-        let notary_keys = match self.stored_keys(notary)? {
+        let notary_keys = match self.stored_keys(notary).await? {
             Some(cached) if cached.valid_until > util::now_ms() => cached,
             _ => self.keys_from_server(notary).await?,
         };
@@ -608,7 +615,7 @@ impl Federation {
         if x_matrix.origin == self.server_name {
             return Err(unauthorized("Requests cannot claim to come from this server.".to_owned()));
         }
-        if self.stored_keys(&x_matrix.origin)?.is_none() {
+        if self.stored_keys(&x_matrix.origin).await?.is_none() {
             new_origins()?;
         }
         // A body that is not canonical JSON (floats, integers past 2^53) can

@@ -63,7 +63,7 @@ pub fn for_server(s: &Services, server: &ServerName, pdu: &Pdu, meta: &PduMeta) 
 }
 
 /// The room's history visibility in `state` (`shared` when unset).
-fn visibility_in(s: &Services, state: &crate::pdu::StateMap) -> Result<String> {
+fn visibility_in(s: &Services, state: &crate::service::rooms::State) -> Result<String> {
     Ok(s.rooms
         .state_content(state, "m.room.history_visibility", "")?
         .and_then(|c| c.get("history_visibility").and_then(|v| v.as_str()).map(str::to_owned))
@@ -71,7 +71,7 @@ fn visibility_in(s: &Services, state: &crate::pdu::StateMap) -> Result<String> {
 }
 
 /// A user's membership in `state`, if any.
-fn membership_in(s: &Services, state: &crate::pdu::StateMap, user_id: &str) -> Result<Option<String>> {
+fn membership_in(s: &Services, state: &crate::service::rooms::State, user_id: &str) -> Result<Option<String>> {
     Ok(s.rooms
         .state_content(state, "m.room.member", user_id)?
         .and_then(|c| c.get("membership").and_then(|v| v.as_str()).map(str::to_owned)))
@@ -85,13 +85,12 @@ fn server_may_see(s: &Services, server: &ServerName, meta: &PduMeta) -> Result<b
         "invited" => &["join", "invite"],
         _ => &["join"],
     };
-    for ((kind, key), _) in state.iter() {
-        if kind != "m.room.member"
-            || <&UserId>::try_from(key.as_str()).map_or(true, |user| user.server_name() != server)
-        {
+    for (key, event_id) in s.rooms.state_of_kind(&state, "m.room.member")? {
+        if <&UserId>::try_from(key.as_str()).map_or(true, |user| user.server_name() != server) {
             continue;
         }
-        if membership_in(s, &state, key)?.is_some_and(|m| allowed.contains(&m.as_str())) {
+        let membership = s.rooms.get_pdu(&event_id)?.and_then(|(pdu, _)| crate::service::rooms::membership_of(&pdu));
+        if membership.is_some_and(|m| allowed.contains(&m.as_str())) {
             return Ok(true);
         }
     }
@@ -121,7 +120,7 @@ pub fn world_readable_to(s: &Services, room_id: &RoomId, user_id: &UserId) -> Re
 
 /// The room state a user may read: the current state for members; for
 /// those who left, the state when they left, if they had been joined.
-pub fn visible_state(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Arc<crate::pdu::StateMap>> {
+pub fn visible_state(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Arc<crate::service::rooms::State>> {
     let refused = || Error::forbidden("You are not in this room.");
     match s.rooms.membership(room_id, user_id)? {
         Some(MembershipState::Join) => s.rooms.current_state(room_id),

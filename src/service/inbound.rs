@@ -28,6 +28,7 @@ use serde_json::{Value, value::RawValue as RawJsonValue};
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, StateMap},
+    service::rooms::State,
     service::{Services, blocking, rooms::Placed},
 };
 
@@ -370,7 +371,7 @@ async fn redacts_another_room(s: &Arc<Services>, pdu: &Arc<Pdu>) -> Result<bool>
     blocking(s, move |s| Ok(s.rooms.get_pdu(&target)?.is_some_and(|(target, _)| target.room_id != room_id))).await
 }
 
-async fn keep_rejected(s: &Arc<Services>, room_id: &RoomId, pdu: &Arc<Pdu>, state: StateMap) -> Result<()> {
+async fn keep_rejected(s: &Arc<Services>, room_id: &RoomId, pdu: &Arc<Pdu>, state: State) -> Result<()> {
     let (room_id, pdu) = (room_id.to_owned(), pdu.clone());
     blocking(s, move |s| s.rooms.store_rejected(&room_id, pdu, state)).await
 }
@@ -380,7 +381,7 @@ pub(crate) async fn check_against_state(
     s: &Arc<Services>,
     version: &RoomVersionId,
     pdu: &Arc<Pdu>,
-    state: &StateMap,
+    state: &State,
 ) -> Result<()> {
     let (version, pdu, state) = (version.clone(), pdu.clone(), state.clone());
     blocking(s, move |s| {
@@ -427,7 +428,7 @@ pub(crate) async fn check_against_auth_events(
     .await
 }
 
-async fn state_before(s: &Arc<Services>, version: &RoomVersionId, pdu: &Arc<Pdu>) -> Result<Option<StateMap>> {
+async fn state_before(s: &Arc<Services>, version: &RoomVersionId, pdu: &Arc<Pdu>) -> Result<Option<State>> {
     let (version, prev) = (version.clone(), pdu.prev_events.clone());
     blocking(s, move |s| s.rooms.state_before_event(&version, &prev)).await
 }
@@ -573,7 +574,7 @@ pub(crate) async fn state_from_remote(
     room_id: &RoomId,
     version: &RoomVersionId,
     pdu: &Arc<Pdu>,
-) -> Result<StateMap> {
+) -> Result<State> {
     let mut states = Vec::new();
     for prev in &pdu.prev_events {
         let known = {
@@ -628,7 +629,7 @@ pub(crate) async fn state_from_remote(
                     state.insert((event.kind.to_string(), key.clone()), id.clone());
                 }
             }
-            Ok(state)
+            s.rooms.compact(&state)
         })
         .await?;
         states.push(Arc::new(state));

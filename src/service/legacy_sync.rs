@@ -117,8 +117,8 @@ fn room_view(
         history::visible_state(s, room_id, user_id).or_else(|_| s.rooms.current_state(room_id))?
     };
     let mut state_events = Vec::new();
-    for event_id in state.values() {
-        if let Some((pdu, meta)) = s.rooms.get_pdu(event_id)? {
+    for event_id in s.rooms.state_event_ids(&state)? {
+        if let Some((pdu, meta)) = s.rooms.get_pdu(&event_id)? {
             state_events.push(v1_format(pdu.to_client_event(&meta, true, None)));
         }
     }

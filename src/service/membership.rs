@@ -137,7 +137,7 @@ pub fn join_authorised(
 }
 
 /// The join rule of a room state (`invite` when unset).
-pub fn join_rule(services: &Services, state: &crate::pdu::StateMap) -> Result<String> {
+pub fn join_rule(services: &Services, state: &crate::service::rooms::State) -> Result<String> {
     Ok(services
         .rooms
         .state_content(state, "m.room.join_rules", "")?
@@ -151,7 +151,7 @@ pub fn restricted_authoriser(
     services: &Services,
     room_id: &RoomId,
     version: &ruma::RoomVersionId,
-    state: &crate::pdu::StateMap,
+    state: &crate::service::rooms::State,
     user_id: &UserId,
 ) -> Result<OwnedUserId> {
     if !allowed_by_membership(services, state, user_id)? {
@@ -174,7 +174,7 @@ pub fn restricted_authoriser(
 }
 
 /// Whether the user is joined to a room named in the join rule's `allow` list.
-fn allowed_by_membership(services: &Services, state: &crate::pdu::StateMap, user_id: &UserId) -> Result<bool> {
+fn allowed_by_membership(services: &Services, state: &crate::service::rooms::State, user_id: &UserId) -> Result<bool> {
     let Some(join_rules) = services.rooms.state_content(state, "m.room.join_rules", "")? else {
         return Ok(false);
     };

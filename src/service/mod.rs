@@ -104,7 +104,8 @@ impl Services {
         let cache_bytes = settings.raw.database.cache_mb.saturating_mul(1 << 20);
         Ok(Arc::new(Self {
             users: users::Users::new(db.clone(), server_name.clone()),
-            rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone(), outbox.clone(), cache_bytes),
+            rooms: rooms::Rooms::new(db.clone(), server_name, signing.clone(), outbox.clone(), cache_bytes)
+                .map_err(|e| anyhow::anyhow!("cannot read the state ids: {}", e.message))?,
             outbox,
             inbound: inbound::Inbound::default(),
             backfills: backfill::Backfills::default(),

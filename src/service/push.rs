@@ -407,7 +407,7 @@ impl<'a> Evaluator<'a> {
         }
         let rooms = &self.services.rooms;
         let state = rooms.state_at(meta.state_after)?;
-        let member_event = state.get(&("m.room.member".to_owned(), self.user_id.to_string())).cloned();
+        let member_event = rooms.state_event(&state, "m.room.member", self.user_id.as_str())?;
         if self.member.as_ref().is_none_or(|(id, _, _)| *id != member_event) {
             let content = match &member_event {
                 Some(id) => rooms.get_pdu(id)?.map(|(member, _)| member.content_value()),
@@ -434,7 +434,7 @@ impl<'a> Evaluator<'a> {
             self.user_id.to_owned(),
             display_name.clone(),
         );
-        let power_event = state.get(&("m.room.power_levels".to_owned(), String::new())).cloned();
+        let power_event = rooms.state_event(&state, "m.room.power_levels", "")?;
         if self.power_levels.as_ref().is_none_or(|(id, _)| *id != power_event) {
             let levels = rooms.power_levels(&self.version, &state)?;
             self.power_levels = Some((power_event, PushConditionPowerLevelsCtx::from(levels)));

@@ -75,7 +75,7 @@ pub fn make_join(
     s.rooms.membership_template(room_id, user_id, Value::Object(content))
 }
 
-fn knows_an_allowed_room(s: &Services, state: &StateMap) -> Result<bool> {
+fn knows_an_allowed_room(s: &Services, state: &crate::service::rooms::State) -> Result<bool> {
     let Some(rules) = s.rooms.state_content(state, "m.room.join_rules", "")? else { return Ok(false) };
     for entry in rules.get("allow").and_then(Value::as_array).into_iter().flatten() {
         if let Some(Ok(room)) = entry.get("room_id").and_then(Value::as_str).map(OwnedRoomId::try_from)
@@ -172,12 +172,13 @@ pub async fn send_join(
     let pdu3 = pdu.clone();
     blocking(s, move |s| {
         let mut state_pdus = Vec::new();
-        for id in state.values() {
+        let state_ids = s.rooms.state_event_ids(&state)?;
+        for id in &state_ids {
             if let Some((event, _)) = s.rooms.get_pdu(id)? {
                 state_pdus.push(event.json.clone());
             }
         }
-        let chain = s.rooms.auth_chain(state.values().cloned().chain(pdu3.auth_events.iter().cloned()))?;
+        let chain = s.rooms.auth_chain(state_ids.into_iter().chain(pdu3.auth_events.iter().cloned()))?;
         let mut auth_chain = Vec::new();
         for id in chain {
             if let Some((event, _)) = s.rooms.get_pdu(&id)? {
@@ -398,6 +399,7 @@ async fn join_via(
         if create_version != version.as_str() {
             return Err(Error::forbidden(format!("{server} gave a room version that differs from the room's")));
         }
+        let state = s.rooms.compact(&state)?;
         s.rooms
             .check_auth(&version, &join, &state, &accepted)
             .map_err(|why| Error::forbidden(format!("The room's state does not allow this join: {why}")))?;

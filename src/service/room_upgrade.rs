@@ -205,8 +205,8 @@ fn upgrade(
             None => {}
         }
     }
-    for ((kind, target), _) in state.iter().filter(|((kind, _), _)| kind == "m.room.member") {
-        let Some(content) = s.rooms.state_content(&state, kind, target)? else { continue };
+    for (target, _) in s.rooms.state_of_kind(&state, "m.room.member")? {
+        let Some(content) = s.rooms.state_content(&state, "m.room.member", &target)? else { continue };
         if content["membership"] == "ban" {
             let mut ban = json!({ "membership": "ban" });
             if let Some(reason) = content.get("reason") {
@@ -249,9 +249,9 @@ fn upgrade(
     };
     let mut invitees = Vec::new();
     if may_invite {
-        for ((kind, target), _) in state.iter().filter(|((kind, _), _)| kind == "m.room.member") {
+        for (target, _) in s.rooms.state_of_kind(&state, "m.room.member")? {
             let Ok(target) = UserId::parse(target.as_str()) else { continue };
-            let membership = s.rooms.state_content(&state, kind, target.as_str())?;
+            let membership = s.rooms.state_content(&state, "m.room.member", target.as_str())?;
             let membership = membership.as_ref().and_then(|c| c["membership"].as_str());
             if target != *user_id && matches!(membership, Some("join" | "invite")) {
                 invitees.push(target);

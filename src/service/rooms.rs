@@ -6,6 +6,7 @@
 
 pub(crate) mod data;
 mod remote;
+pub mod state;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -28,12 +29,16 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue as RawJsonValue};
 
-pub use self::remote::Placed;
+pub use self::{
+    remote::Placed,
+    state::{ShortIds, State, StateKey},
+};
 use crate::{
     cache::ByteCache,
     error::{Error, Result},
     pdu::{Pdu, PduMeta, StateMap, StoredPdu, TxnRef, to_canonical},
     service::outbound::{self, OutboxItem, OutboxSignal},
+    service::rooms::state::Snapshot,
     signing::SigningKey,
     storage::{Batch, Db},
 };
@@ -48,13 +53,6 @@ pub struct RoomRecord {
     pub extremities: Vec<OwnedEventId>,
     pub depth: u64,
     pub last_count: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Snapshot {
-    parent: Option<u64>,
-    depth: u32,
-    changes: Vec<(String, String, OwnedEventId)>,
 }
 
 /// A local user's membership in a room, as sync reads it.
@@ -94,8 +92,10 @@ pub struct Rooms {
     locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     /// Half of `database.cache_mb`.
     pdu_cache: ByteCache<OwnedEventId, (Arc<Pdu>, PduMeta)>,
-    /// Two fifths of `database.cache_mb`.
-    state_cache: ByteCache<u64, Arc<StateMap>>,
+    /// A fifth of `database.cache_mb`.
+    state_cache: ByteCache<u64, Arc<State>>,
+    /// The pairs and events states hold, by short id (a quarter).
+    pub short: ShortIds,
     /// Joined members by state snapshot (push rules' member count).
     joined_counts: ByteCache<u64, u64>,
     /// Per room, the other servers with joined members: where our events go.
@@ -149,8 +149,9 @@ impl Rooms {
         signing: Arc<SigningKey>,
         outbox: Arc<OutboxSignal>,
         cache_bytes: usize,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        Ok(Self {
+            short: ShortIds::open(db.clone(), cache_bytes / 4)?,
             db,
             server_name,
             signing,
@@ -158,10 +159,10 @@ impl Rooms {
             outbox,
             locks: Mutex::new(HashMap::new()),
             pdu_cache: ByteCache::new(cache_bytes / 2),
-            state_cache: ByteCache::new(cache_bytes / 5 * 2),
+            state_cache: ByteCache::new(cache_bytes / 5),
             joined_counts: ByteCache::new(cache_bytes / 20),
             appended: Appended::default(),
-        }
+        })
     }
 
     fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
@@ -201,9 +202,9 @@ impl Rooms {
         self.pdu_cache.insert(pdu.event_id.clone(), (pdu, meta), weight);
     }
 
-    pub fn state_at(&self, snapshot: u64) -> Result<Arc<StateMap>> {
+    pub fn state_at(&self, snapshot: u64) -> Result<Arc<State>> {
         if snapshot == 0 {
-            return Ok(Arc::new(StateMap::new()));
+            return Ok(Arc::default());
         }
         if let Some(hit) = self.state_cache.get(&snapshot) {
             return Ok(hit);
@@ -211,37 +212,35 @@ impl Rooms {
         let mut chain = Vec::new();
         let mut next = Some(snapshot);
         while let Some(id) = next {
-            let snap: Snapshot = data::snapshot(&self.db, id)?
+            // A cached ancestor saves reading the rest of the chain.
+            if let Some(hit) = self.state_cache.get(&id) {
+                chain.push(hit.iter().collect());
+                break;
+            }
+            let snap = data::snapshot(&self.db, id)?
                 .ok_or_else(|| Error::internal(format!("state snapshot {id} is missing")))?;
             next = snap.parent;
-            chain.push(snap);
+            chain.push(snap.changes);
         }
-        let mut state = StateMap::new();
-        for snap in chain.into_iter().rev() {
-            for (kind, state_key, event_id) in snap.changes {
-                state.insert((kind, state_key), event_id);
-            }
-        }
-        let state = Arc::new(state);
+        let entries: Vec<_> = chain.into_iter().rev().flatten().collect();
+        let state = Arc::new(State::from_entries(entries));
         self.cache_state(snapshot, state.clone());
         Ok(state)
     }
 
-    fn cache_state(&self, snapshot: u64, state: Arc<StateMap>) {
-        let weight: usize =
-            state.iter().map(|((kind, key), id)| kind.len() + key.len() + id.as_str().len() + 96).sum::<usize>() + 64;
+    fn cache_state(&self, snapshot: u64, state: Arc<State>) {
+        let weight = state.bytes() + 64;
         self.state_cache.insert(snapshot, state, weight);
     }
 
     /// How many members were joined in state snapshot `snapshot` (`state`).
-    pub fn joined_count_at(&self, snapshot: u64, state: &StateMap) -> Result<u64> {
+    pub fn joined_count_at(&self, snapshot: u64, state: &State) -> Result<u64> {
         if let Some(hit) = self.joined_counts.get(&snapshot) {
             return Ok(hit);
         }
         let mut joined = 0;
-        let members = ("m.room.member".to_owned(), String::new());
-        for (_, event_id) in state.range(members..).take_while(|((kind, _), _)| kind == "m.room.member") {
-            if let Some((pdu, _)) = self.get_pdu(event_id)?
+        for (_, event_id) in self.state_of_kind(state, "m.room.member")? {
+            if let Some((pdu, _)) = self.get_pdu(&event_id)?
                 && membership_of(&pdu) == Some(MembershipState::Join)
             {
                 joined += 1;
@@ -251,16 +250,83 @@ impl Rooms {
         Ok(joined)
     }
 
-    pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<State>> {
         match self.room(room_id)? {
             Some(room) => self.state_at(room.current_state),
-            None => Ok(Arc::new(StateMap::new())),
+            None => Ok(Arc::default()),
         }
     }
 
-    pub fn state_pdu(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
-        match state.get(&(kind.to_owned(), state_key.to_owned())) {
-            Some(event_id) => Ok(self.get_pdu(event_id)?.map(|(pdu, _)| pdu)),
+    /// The event holding `kind`/`state_key` in `state`.
+    pub fn state_event(&self, state: &State, kind: &str, state_key: &str) -> Result<Option<OwnedEventId>> {
+        let Some(key) = self.short.find_key(kind, state_key)? else { return Ok(None) };
+        state.get(key).map(|event| self.short.event_id(event)).transpose()
+    }
+
+    /// Whether `state` holds `kind`/`state_key`.
+    pub fn state_has(&self, state: &State, kind: &str, state_key: &str) -> Result<bool> {
+        Ok(self.short.find_key(kind, state_key)?.is_some_and(|key| state.get(key).is_some()))
+    }
+
+    /// For each pair of `kind` in `state`, the state key and its event.
+    pub fn state_of_kind(&self, state: &State, kind: &str) -> Result<Vec<(String, OwnedEventId)>> {
+        let mut out = Vec::new();
+        for (key, event) in state.iter() {
+            let pair = self.short.key(key)?;
+            if pair.kind == kind {
+                out.push((pair.state_key.clone(), self.short.event_id(event)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of every event `state` holds.
+    pub fn state_event_ids(&self, state: &State) -> Result<Vec<OwnedEventId>> {
+        state.iter().map(|(_, event)| self.short.event_id(event)).collect()
+    }
+
+    /// `state` with its strings, for what needs all of them (state
+    /// resolution, whole-state answers).
+    pub fn expand(&self, state: &State) -> Result<StateMap> {
+        let mut out = StateMap::new();
+        for (key, event) in state.iter() {
+            let pair = self.short.key(key)?;
+            out.insert((pair.kind.clone(), pair.state_key.clone()), self.short.event_id(event)?);
+        }
+        Ok(out)
+    }
+
+    /// A state given as strings, in short ids (giving ids to what has none).
+    pub fn compact(&self, map: &StateMap) -> Result<State> {
+        let mut entries = Vec::with_capacity(map.len());
+        for ((kind, state_key), event_id) in map {
+            entries.push((self.short.key_id(kind, state_key)?, self.short.event_short(event_id)?));
+        }
+        Ok(State::from_entries(entries))
+    }
+
+    /// The event of `kind`/`state_key` in `state`, for ruma's auth checks,
+    /// which take an `Option`: a read that fails counts as no event (the
+    /// checks then refuse more, never less) and is logged.
+    fn auth_lookup(
+        &self,
+        state: &State,
+        kind: &StateEventType,
+        state_key: &str,
+        fetch: impl Fn(&EventId) -> Option<Arc<Pdu>>,
+    ) -> Option<Arc<Pdu>> {
+        match self.state_event(state, &kind.to_string(), state_key) {
+            Ok(event_id) => event_id.and_then(|id| fetch(&id)),
+            Err(e) => {
+                tracing::error!(%kind, state_key, "cannot read room state for an auth check: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn state_pdu(&self, state: &State, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+        match self.state_event(state, kind, state_key)? {
+            Some(event_id) => Ok(self.get_pdu(&event_id)?.map(|(pdu, _)| pdu)),
             None => Ok(None),
         }
     }
@@ -271,12 +337,12 @@ impl Rooms {
     }
 
     /// The state content of `kind`/`state_key`, or `None`.
-    pub fn state_content(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Value>> {
+    pub fn state_content(&self, state: &State, kind: &str, state_key: &str) -> Result<Option<Value>> {
         Ok(self.state_pdu(state, kind, state_key)?.map(|pdu| pdu.content_value()))
     }
 
     /// The room's name (`m.room.name`) in `state`, if it has one.
-    pub fn name_in(&self, state: &StateMap) -> Result<Option<String>> {
+    pub fn name_in(&self, state: &State) -> Result<Option<String>> {
         Ok(self.state_content(state, "m.room.name", "")?.and_then(|c| c["name"].as_str().map(str::to_owned)))
     }
 
@@ -340,7 +406,7 @@ impl Rooms {
     }
 
     /// The room's creators (sender of the create event plus, from v12, `additional_creators`).
-    pub fn creators(&self, state: &StateMap) -> Result<Vec<OwnedUserId>> {
+    pub fn creators(&self, state: &State) -> Result<Vec<OwnedUserId>> {
         let Some(create) = self.state_pdu(state, "m.room.create", "")? else { return Ok(Vec::new()) };
         let mut creators = vec![create.sender.clone()];
         if let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array()) {
@@ -349,7 +415,7 @@ impl Rooms {
         Ok(creators)
     }
 
-    pub fn power_levels(&self, version: &RoomVersionId, state: &StateMap) -> Result<RoomPowerLevels> {
+    pub fn power_levels(&self, version: &RoomVersionId, state: &State) -> Result<RoomPowerLevels> {
         let rules = Self::rules(version)?;
         let source = match self.state_pdu(state, "m.room.power_levels", "")? {
             Some(pdu) => serde_json::from_str::<RoomPowerLevelsEventContent>(pdu.content.get())
@@ -506,7 +572,7 @@ struct Txn<'a> {
     rules: RoomVersionRules,
     /// Shared with the state cache until a state event changes it: a
     /// message copies nothing, however many members the room has.
-    state: Arc<StateMap>,
+    state: Arc<State>,
     snapshot_depth: u32,
     /// Changes since the last stored full or delta snapshot in this txn.
     pending: HashMap<OwnedEventId, (Arc<Pdu>, PduMeta)>,
@@ -530,7 +596,7 @@ impl<'a> Txn<'a> {
         room_id: OwnedRoomId,
         record: RoomRecord,
         rules: RoomVersionRules,
-        state: Arc<StateMap>,
+        state: Arc<State>,
         snapshot_depth: u32,
     ) -> Self {
         Self {
@@ -604,7 +670,7 @@ impl<'a> Txn<'a> {
             &self.rules.authorization,
             &pdu,
             |kind: &StateEventType, state_key: &str| {
-                self.state.get(&(kind.to_string(), state_key.to_owned())).and_then(|id| self.fetch(id))
+                self.rooms.auth_lookup(&self.state, kind, state_key, |id| self.fetch(id))
             },
         )
         .map_err(|e| Error::forbidden(format!("This event is not allowed: {e}")))?;
@@ -633,8 +699,8 @@ impl<'a> Txn<'a> {
         .map_err(|e| Error::bad_json(format!("The event content is not valid: {e}")))?;
         let mut auth_events: Vec<OwnedEventId> = Vec::new();
         for (kind, state_key) in auth_types {
-            if let Some(id) = self.state.get(&(kind.to_string(), state_key)) {
-                auth_events.push(id.clone());
+            if let Some(id) = self.rooms.state_event(&self.state, &kind.to_string(), &state_key)? {
+                auth_events.push(id);
             }
         }
         let depth = self.record.depth + 1;
@@ -710,29 +776,24 @@ impl<'a> Txn<'a> {
             rejected: false,
         };
         if let Some(state_key) = &pdu.state_key {
-            let slot = (pdu.kind.to_string(), state_key.clone());
-            if let Some(old) = self.state.get(&slot).cloned() {
+            let key = self.rooms.short.key_id(&pdu.kind.to_string(), state_key)?;
+            let event = self.rooms.short.event_short(&pdu.event_id)?;
+            if let Some(old) = self.state.get(key) {
+                let old = self.rooms.short.event_id(old)?;
                 if let Some(old_pdu) = self.fetch(&old) {
                     meta.prev_content = Some(old_pdu.content.clone());
                 }
                 meta.replaces_state = Some(old);
             }
-            Arc::make_mut(&mut self.state).insert(slot.clone(), pdu.event_id.clone());
+            // A copy of 16 bytes per pair, once per transaction.
+            Arc::make_mut(&mut self.state).insert(key, event);
             let snapshot_id = self.batch.next_count_quiet();
             let snapshot = if self.snapshot_depth >= MAX_SNAPSHOT_CHAIN || state_before == 0 {
                 self.snapshot_depth = 0;
-                Snapshot {
-                    parent: None,
-                    depth: 0,
-                    changes: self.state.iter().map(|((k, s), id)| (k.clone(), s.clone(), id.clone())).collect(),
-                }
+                Snapshot { parent: None, depth: 0, changes: self.state.iter().collect() }
             } else {
                 self.snapshot_depth += 1;
-                Snapshot {
-                    parent: Some(state_before),
-                    depth: self.snapshot_depth,
-                    changes: vec![(slot.0, slot.1, pdu.event_id.clone())],
-                }
+                Snapshot { parent: Some(state_before), depth: self.snapshot_depth, changes: vec![(key, event)] }
             };
             data::put_snapshot(&mut self.batch, snapshot_id, &snapshot);
             meta.state_after = snapshot_id;

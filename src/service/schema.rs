@@ -7,16 +7,19 @@
 //! |---|---|
 //! | 1 | the first (no `schema_version` key) |
 //! | 2 | notification counts are evaluated lazily: `notification_counts_floor` marks what was counted when sent |
+//! | 3 | room states are stored in short ids (`state_key_ids`, `event_short_ids` and their reverses) |
+
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
 use crate::storage::{Cf, Db, u64_from_be};
 
-pub const CURRENT: u64 = 2;
+pub const CURRENT: u64 = 3;
 const VERSION_KEY: &[u8] = b"schema_version";
 
 /// The stored version, upgraded to [`CURRENT`] step by step.
-pub fn migrate(db: &Db) -> anyhow::Result<u64> {
+pub fn migrate(db: &Arc<Db>) -> anyhow::Result<u64> {
     let stored = db.get(Cf::Meta, VERSION_KEY).context("cannot read the schema version")?.map(|v| u64_from_be(&v));
     let mut version = match stored {
         Some(version) => version,
@@ -43,6 +46,14 @@ pub fn migrate(db: &Db) -> anyhow::Result<u64> {
                 crate::service::push::data::set_counts_floor(&mut batch, db.current_count());
                 "notification counts are now computed when read"
             }
+            2 => {
+                // In steps of their own, each safe to repeat: the version
+                // moves only once every snapshot is converted.
+                let converted = crate::service::rooms::state::convert_legacy_snapshots(db)
+                    .map_err(|e| anyhow::anyhow!("cannot convert the stored room states: {}", e.message))?;
+                tracing::info!("{converted} room state snapshots converted to short ids");
+                "room states are stored in short ids"
+            }
             other => bail!("no migration from schema version {other}"),
         };
         version += 1;
@@ -60,13 +71,13 @@ mod tests {
     #[test]
     fn a_new_database_starts_at_the_current_version_and_an_old_one_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), false).unwrap();
+        let db = Arc::new(Db::open(dir.path(), false).unwrap());
         assert_eq!(migrate(&db).unwrap(), CURRENT);
         assert_eq!(crate::service::push::data::counts_floor(&db).unwrap(), 0);
 
         // A version 1 database: positions handed out, no version key.
         let old = tempfile::tempdir().unwrap();
-        let db = Db::open(old.path(), false).unwrap();
+        let db = Arc::new(Db::open(old.path(), false).unwrap());
         let mut batch = db.batch();
         for _ in 0..5 {
             batch.next_count();
@@ -85,7 +96,7 @@ mod tests {
     #[test]
     fn a_database_from_a_newer_porch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), false).unwrap();
+        let db = Arc::new(Db::open(dir.path(), false).unwrap());
         let mut batch = db.batch();
         batch.put(Cf::Meta, VERSION_KEY, &(CURRENT + 1).to_be_bytes());
         batch.commit().unwrap();

@@ -198,8 +198,8 @@ pub fn search(s: &Services, user_id: &UserId, c: Criteria) -> Result<Value> {
         let mut state = serde_json::Map::new();
         for room_id in state_rooms {
             let mut events = Vec::new();
-            for event_id in s.rooms.current_state(&room_id)?.values() {
-                if let Some((pdu, meta)) = s.rooms.get_pdu(event_id)? {
+            for event_id in s.rooms.state_event_ids(&*s.rooms.current_state(&room_id)?)? {
+                if let Some((pdu, meta)) = s.rooms.get_pdu(&event_id)? {
                     events.push(pdu.to_client_event(&meta, true, None));
                 }
             }

@@ -376,12 +376,11 @@ pub fn local_entry(s: &Services, room_id: &RoomId) -> Result<Option<RoomEntry>> 
     summary.room_version = Some(room.version.clone());
 
     let mut children_state = Vec::new();
-    let from = ("m.space.child".to_owned(), String::new());
-    for ((kind, _), event_id) in state.range(from..) {
-        if kind != "m.space.child" || children_state.len() >= MAX_CHILDREN {
+    for (_, event_id) in s.rooms.state_of_kind(&state, "m.space.child")? {
+        if children_state.len() >= MAX_CHILDREN {
             break;
         }
-        let Some((pdu, _)) = s.rooms.get_pdu(event_id)? else { continue };
+        let Some((pdu, _)) = s.rooms.get_pdu(&event_id)? else { continue };
         let content = pdu.content_value();
         if content["via"].as_array().is_none_or(|via| via.is_empty()) {
             continue; // an empty or missing `via` removes the child

@@ -23,9 +23,10 @@ use ruma::{
 };
 use serde_json::Value;
 
+use crate::service::rooms::State as RoomState;
 use crate::{
     error::Result,
-    pdu::{Pdu, PduMeta, StateMap},
+    pdu::{Pdu, PduMeta},
     service::{Services, push, users::Session},
 };
 
@@ -348,10 +349,13 @@ fn joined_room(
             // rely on seeing who is in the room).
             if room_since.is_none() && !crate::service::history::may_see(services, &session.user_id, &pdu, &meta)? {
                 hidden += 1;
-                let in_current_state = pdu
-                    .state_key
-                    .as_ref()
-                    .is_some_and(|key| current_state.get(&(pdu.kind.to_string(), key.clone())) == Some(&pdu.event_id));
+                let in_current_state = match &pdu.state_key {
+                    Some(key) => {
+                        services.rooms.state_event(&current_state, &pdu.kind.to_string(), key)?.as_ref()
+                            == Some(&pdu.event_id)
+                    }
+                    None => false,
+                };
                 if hidden > MAX_HIDDEN_SCAN {
                     break 'scan;
                 }
@@ -384,23 +388,20 @@ fn joined_room(
 
     // State: everything before the timeline on a fresh view; on an
     // incremental one with a gap, what changed across the gap.
-    let state_before_timeline: Option<StateMap> = match entries.first() {
-        Some((_, meta)) => Some((*services.rooms.state_at(meta.state_before)?).clone()),
+    let state_before_timeline = match entries.first() {
+        Some((_, meta)) => Some(services.rooms.state_at(meta.state_before)?),
         None => None,
     };
     let current = current_state;
-    let timeline_start_state = state_before_timeline.unwrap_or_else(|| (*current).clone());
+    let timeline_start_state = state_before_timeline.unwrap_or_else(|| current.clone());
     let incremental = room_since.is_some() && !params.full_state;
     let federation_format = params.filter.event_format == ruma::api::client::filter::EventFormat::Federation;
     let mut state_ids: Vec<OwnedEventId> = if !incremental {
-        timeline_start_state.values().cloned().collect()
+        services.rooms.state_event_ids(&timeline_start_state)?
     } else if limited {
         let before_gap = state_at_position(services, room_id, room_since.unwrap_or(0))?;
-        timeline_start_state
-            .iter()
-            .filter(|(slot, id)| before_gap.get(*slot) != Some(*id))
-            .map(|(_, id)| id.clone())
-            .collect()
+        let (changed, _) = timeline_start_state.changes_from(&before_gap);
+        changed.into_iter().map(|(_, event)| services.rooms.short.event_id(event)).collect::<Result<_>>()?
     } else {
         Vec::new()
     };
@@ -418,12 +419,12 @@ fn joined_room(
         // have yet (all of them, if the client asks for redundant ones).
         let sent = services.lazy_members.sent(&device_room);
         for sender in entries.iter().map(|(pdu, _)| &pdu.sender).collect::<HashSet<_>>() {
-            let Some(id) = timeline_start_state.get(&("m.room.member".to_owned(), sender.to_string())) else {
+            let Some(id) = services.rooms.state_event(&timeline_start_state, "m.room.member", sender.as_str())? else {
                 continue;
             };
-            let known = sent.get(sender) == Some(id) && !redundant;
-            if !known && !state_ids.contains(id) && !entries.iter().any(|(pdu, _)| &pdu.event_id == id) {
-                state_ids.push(id.clone());
+            let known = sent.get(sender) == Some(&id) && !redundant;
+            if !known && !state_ids.contains(&id) && !entries.iter().any(|(pdu, _)| pdu.event_id == id) {
+                state_ids.push(id);
             }
         }
     }
@@ -569,7 +570,7 @@ fn presence(
 }
 
 /// The room's state as of a stream position (after the last event at or before it).
-fn state_at_position(services: &Services, room_id: &RoomId, position: u64) -> Result<std::sync::Arc<StateMap>> {
+fn state_at_position(services: &Services, room_id: &RoomId, position: u64) -> Result<std::sync::Arc<RoomState>> {
     let last = services.rooms.timeline(room_id, position as i64 + 1, false, 1)?;
     match last.first() {
         Some((_, event_id)) => match services.rooms.get_pdu(event_id)? {
@@ -580,15 +581,15 @@ fn state_at_position(services: &Services, room_id: &RoomId, position: u64) -> Re
     }
 }
 
-fn summary(services: &Services, room_id: &RoomId, user_id: &UserId, state: &StateMap) -> Result<RoomSummary> {
+fn summary(services: &Services, room_id: &RoomId, user_id: &UserId, state: &RoomState) -> Result<RoomSummary> {
     let members = services.rooms.members(room_id)?;
     let joined = members.iter().filter(|(_, m)| *m == MembershipState::Join).count() as u64;
     let invited = members.iter().filter(|(_, m)| *m == MembershipState::Invite).count() as u64;
     let mut summary = RoomSummary::new();
     summary.joined_member_count = UInt::new(joined);
     summary.invited_member_count = UInt::new(invited);
-    let named = state.contains_key(&("m.room.name".to_owned(), String::new()))
-        || state.contains_key(&("m.room.canonical_alias".to_owned(), String::new()));
+    let named = services.rooms.state_has(state, "m.room.name", "")?
+        || services.rooms.state_has(state, "m.room.canonical_alias", "")?;
     if !named {
         let heroes: BTreeSet<OwnedUserId> = members
             .into_iter()
@@ -707,12 +708,11 @@ fn left_room(
     };
     let ids: Vec<OwnedEventId> = match at_since {
         Some(_) if joined_at_since && reached_since => Vec::new(),
-        Some(at_since) if joined_at_since => before_timeline
-            .iter()
-            .filter(|(slot, id)| at_since.get(*slot) != Some(*id))
-            .map(|(_, id)| id.clone())
-            .collect(),
-        _ => before_timeline.values().cloned().collect(),
+        Some(at_since) if joined_at_since => {
+            let (changed, _) = before_timeline.changes_from(&at_since);
+            changed.into_iter().map(|(_, event)| services.rooms.short.event_id(event)).collect::<Result<_>>()?
+        }
+        _ => services.rooms.state_event_ids(&before_timeline)?,
     };
     let mut state = Vec::new();
     for event_id in ids {

@@ -1,12 +1,16 @@
-//! The storage seam: one RocksDB database with a column family per record
-//! kind. Everything above this module speaks in column families, byte keys
-//! and serde values; nothing else touches RocksDB.
+//! The storage seam: a key-value store ([`Backend`]; RocksDB, a column
+//! family per record kind) under the stream counter, positions in flight,
+//! wake-ups and group commit. Everything above this module speaks in
+//! column families, byte keys and serde values; nothing else touches
+//! RocksDB.
 //!
 //! Keys join their parts with [`SEP`] (0xFF), a byte that never occurs in
 //! UTF-8, so prefixes of Matrix identifiers cannot collide.
 
+mod backend;
 mod waiters;
 
+pub use backend::{Backend, Change, Changes, Rocks};
 pub use waiters::{Audience, Registration, Waiters};
 
 use std::{
@@ -20,7 +24,6 @@ use std::{
 
 use ruma::{RoomId, UserId};
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
 use serde::{Serialize, de::DeserializeOwned};
 
 pub const SEP: u8 = 0xFF;
@@ -74,10 +77,14 @@ pub enum Cf {
     Invitations,
     InvitationTokens,
     Mails,
+    StateKeyIds,
+    StateKeysById,
+    EventShortIds,
+    EventIdsByShort,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 46] = [
+    pub const ALL: [Cf; 50] = [
         Cf::Meta,
         Cf::Users,
         Cf::AccessTokens,
@@ -124,6 +131,10 @@ impl Cf {
         Cf::Invitations,
         Cf::InvitationTokens,
         Cf::Mails,
+        Cf::StateKeyIds,
+        Cf::StateKeysById,
+        Cf::EventShortIds,
+        Cf::EventIdsByShort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -174,6 +185,10 @@ impl Cf {
             Cf::Invitations => "invitations",
             Cf::InvitationTokens => "invitation_tokens",
             Cf::Mails => "mails",
+            Cf::StateKeyIds => "state_key_ids",
+            Cf::StateKeysById => "state_keys_by_id",
+            Cf::EventShortIds => "event_short_ids",
+            Cf::EventIdsByShort => "event_ids_by_short",
         }
     }
 }
@@ -212,7 +227,7 @@ impl InFlight {
 }
 
 pub struct Db {
-    db: DB,
+    backend: Box<dyn Backend>,
     /// The stream position: every change that sync must see takes the next one.
     count: AtomicU64,
     /// Positions handed out whose batch is not written yet: readers must not
@@ -222,7 +237,7 @@ pub struct Db {
     /// The syncs waiting for changes, woken by audience.
     waiters: Arc<Waiters>,
     sync_writes: bool,
-    /// The highest RocksDB sequence number known to be in the fsynced WAL.
+    /// The highest write mark known to be durable.
     synced: AtomicU64,
     /// Held by the one writer whose fsync covers everyone waiting behind it.
     sync_leader: Mutex<()>,
@@ -231,30 +246,17 @@ pub struct Db {
 }
 
 impl Db {
+    /// The RocksDB database at `path`.
     pub fn open(path: &Path, sync_writes: bool) -> StorageResult<Self> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.increase_parallelism(2);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            let mut cf_opts = Options::default();
-            if *cf == Cf::Meta {
-                // The stream counter is merged as a maximum, so concurrent
-                // batches committing out of order never lower it.
-                cf_opts.set_merge_operator_associative("max_u64", max_u64_merge);
-            }
-            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let count = db
-            .get_cf(db.cf_handle(Cf::Meta.name()).expect("meta cf"), COUNT_KEY)?
-            .map(|v| u64_from_be(&v))
-            .unwrap_or(0);
+        Self::with_backend(Box::new(Rocks::open(path)?), sync_writes)
+    }
+
+    pub fn with_backend(backend: Box<dyn Backend>, sync_writes: bool) -> StorageResult<Self> {
+        let count = backend.get(Cf::Meta, COUNT_KEY)?.map(|v| u64_from_be(&v)).unwrap_or(0);
         let (changes, _) = tokio::sync::watch::channel(count);
-        let synced = AtomicU64::new(db.latest_sequence_number());
+        let synced = AtomicU64::new(backend.latest());
         Ok(Self {
-            db,
+            backend,
             count: AtomicU64::new(count),
             in_flight: Mutex::new(InFlight::default()),
             waiters: Arc::new(Waiters::default()),
@@ -265,12 +267,8 @@ impl Db {
         })
     }
 
-    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(cf.name()).expect("every column family is created at open")
-    }
-
     pub fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(cf), key)?)
+        self.backend.get(cf, key)
     }
 
     pub fn get_json<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<T>> {
@@ -295,15 +293,19 @@ impl Db {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { db: self, inner: WriteBatch::default(), reserved: Vec::new(), audience: Audience::default() }
+        Batch { db: self, inner: Changes::default(), reserved: Vec::new(), audience: Audience::default() }
     }
 
     /// Every `(key, value)` whose key starts with `prefix`, in key order.
     pub fn scan_prefix<'a>(&'a self, cf: Cf, prefix: &'a [u8]) -> impl Iterator<Item = Entry> + 'a {
-        self.db
-            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
+        self.backend
+            .iter_from(cf, prefix, true)
             .take_while(move |item| item.as_ref().map(|(k, _)| k.starts_with(prefix)).unwrap_or(true))
-            .map(|item| item.map_err(StorageError::from))
+    }
+
+    /// The highest key of a column family.
+    pub fn last_key(&self, cf: Cf) -> StorageResult<Option<Box<[u8]>>> {
+        self.backend.last_key(cf)
     }
 
     /// Keys from `from` (inclusive) in the given direction while they share `prefix`.
@@ -314,11 +316,9 @@ impl Db {
         from: &[u8],
         forward: bool,
     ) -> impl Iterator<Item = Entry> + 'a {
-        let direction = if forward { Direction::Forward } else { Direction::Reverse };
-        self.db
-            .iterator_cf(self.cf(cf), IteratorMode::From(from, direction))
+        self.backend
+            .iter_from(cf, from, forward)
             .take_while(move |item| item.as_ref().map(|(k, _)| k.starts_with(prefix)).unwrap_or(true))
-            .map(|item| item.map_err(StorageError::from))
     }
 
     /// The highest stream position handed out.
@@ -365,8 +365,8 @@ impl Db {
         &self.waiters
     }
 
-    /// Return once every write up to RocksDB sequence `sequence` is in the
-    /// fsynced WAL (with `database.sync_writes`). Group commit: writers that
+    /// Return once every write up to mark `sequence` is durable (with
+    /// `database.sync_writes`). Group commit: writers that
     /// arrive while an fsync runs wait for it, and the first of them then
     /// syncs for all of them at once, so N concurrent writers pay about two
     /// fsyncs, not N.
@@ -378,9 +378,8 @@ impl Db {
         if self.synced.load(Ordering::Acquire) >= sequence {
             return Ok(());
         }
-        // Everything written so far, ours included, is covered by this fsync.
-        let covered = self.db.latest_sequence_number();
-        self.db.flush_wal(true)?;
+        // Everything written so far, ours included, is covered.
+        let covered = self.backend.sync()?;
         self.synced.fetch_max(covered, Ordering::AcqRel);
         Ok(())
     }
@@ -399,7 +398,7 @@ impl Db {
 /// An atomic group of writes. Nothing is visible until [`Batch::commit`].
 pub struct Batch<'a> {
     db: &'a Db,
-    inner: WriteBatch,
+    inner: Changes,
     reserved: Vec<u64>,
     /// Whose syncs wake when the batch's positions are released.
     audience: Audience,
@@ -407,7 +406,7 @@ pub struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
-        self.inner.put_cf(self.db.cf(cf), key, value);
+        self.inner.push(Change::Put { cf, key: key.to_vec(), value: value.to_vec() });
     }
 
     pub fn put_json<T: Serialize>(&mut self, cf: Cf, key: &[u8], value: &T) {
@@ -416,7 +415,7 @@ impl<'a> Batch<'a> {
     }
 
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
-        self.inner.delete_cf(self.db.cf(cf), key);
+        self.inner.push(Change::Delete { cf, key: key.to_vec() });
     }
 
     /// Take the next stream position; it is persisted with this batch.
@@ -453,7 +452,7 @@ impl<'a> Batch<'a> {
 
     /// Write without forcing the log to disk (survives a process crash, not a power cut).
     pub fn commit(mut self) -> StorageResult<()> {
-        self.write(false)
+        self.write().map(drop)
     }
 
     /// Write and fsync the write-ahead log when `database.sync_writes` is on:
@@ -467,8 +466,7 @@ impl<'a> Batch<'a> {
     /// writers share one fsync. The batch's stream positions stay in flight
     /// until then: no sync reports the change before it is on disk.
     pub fn commit_unsynced(mut self) -> StorageResult<Unsynced<&'a Db>> {
-        self.write(false)?;
-        let sequence = self.db.db.latest_sequence_number();
+        let sequence = self.write()?;
         Ok(Unsynced {
             db: self.db,
             sequence,
@@ -477,15 +475,14 @@ impl<'a> Batch<'a> {
         })
     }
 
-    fn write(&mut self, sync: bool) -> StorageResult<()> {
-        let mut inner = std::mem::take(&mut self.inner);
+    /// The write's mark.
+    fn write(&mut self) -> StorageResult<u64> {
+        let mut changes = std::mem::take(&mut self.inner);
         if let Some(highest) = self.reserved.iter().max() {
-            inner.merge_cf(self.db.cf(Cf::Meta), COUNT_KEY, highest.to_be_bytes());
+            // Raised, never lowered: batches commit out of order.
+            changes.push(Change::Raise { cf: Cf::Meta, key: COUNT_KEY.to_vec(), value: *highest });
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        self.db.db.write_opt(inner, &opts)?;
-        Ok(())
+        self.db.backend.write(changes)
     }
 }
 
@@ -582,12 +579,6 @@ pub fn u64_from_be(bytes: &[u8]) -> u64 {
     let n = bytes.len().min(8);
     buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
     u64::from_be_bytes(buf)
-}
-
-/// Merge operator for the stream counter: the largest of all values.
-fn max_u64_merge(_key: &[u8], existing: Option<&[u8]>, operands: &rocksdb::MergeOperands) -> Option<Vec<u8>> {
-    let max = existing.into_iter().chain(operands.iter()).map(u64_from_be).max().unwrap_or(0);
-    Some(max.to_be_bytes().to_vec())
 }
 
 #[cfg(test)]

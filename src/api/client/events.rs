@@ -129,8 +129,8 @@ pub async fn all_state(
     blocking(&state, move |s| {
         let room_state = history::visible_state(s, &req.body.room_id, &req.session().user_id)?;
         let mut events = Vec::new();
-        for event_id in room_state.values() {
-            if let Some((pdu, meta)) = s.rooms.get_pdu(event_id)? {
+        for event_id in s.rooms.state_event_ids(&room_state)? {
+            if let Some((pdu, meta)) = s.rooms.get_pdu(&event_id)? {
                 events.push(raw(&pdu.to_client_event(&meta, true, None)));
             }
         }

@@ -326,11 +326,8 @@ pub async fn members(
         let body = &req.body;
         let room_state = history::visible_state(s, &body.room_id, &req.session().user_id)?;
         let mut chunk = Vec::new();
-        for ((kind, _), event_id) in room_state.iter() {
-            if kind != "m.room.member" {
-                continue;
-            }
-            let Some((pdu, meta)) = s.rooms.get_pdu(event_id)? else { continue };
+        for (_, event_id) in s.rooms.state_of_kind(&room_state, "m.room.member")? {
+            let Some((pdu, meta)) = s.rooms.get_pdu(&event_id)? else { continue };
             let membership = pdu.content_value().get("membership").and_then(|m| m.as_str()).map(MembershipState::from);
             if body.membership.as_ref().is_some_and(|want| membership.as_ref() != Some(want)) {
                 continue;

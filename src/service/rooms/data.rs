@@ -9,8 +9,15 @@
 //!   backfill: room_id ‖ `0xFE` ‖ u64be (u64::MAX − n) for the n-th event
 //!   below the live timeline (so it sorts first, oldest lowest) → event_id
 //!   (raw bytes)
-//! - `state_snapshots`: u64be snapshot id → `{parent?, depth, changes}`: a
-//!   delta on its parent, stored in full every 16 deltas
+//! - `state_snapshots`: u64be snapshot id → `0x01 ‖ u64be parent (0: none)
+//!   ‖ u32be depth ‖ (u64be state key id ‖ u64be event short id)*`: the
+//!   entries that differ from the parent, or the whole state every 16 deltas
+//!   (schema version 2 and before: JSON with the strings themselves)
+//! - `state_key_ids`: event type ‖ state key → u64be short id;
+//!   `state_keys_by_id`: u64be → event type ‖ state key. Ids are handed out
+//!   from 1 the first time a stored state holds the pair, and never change
+//! - `event_short_ids`: event_id → u64be short id; `event_ids_by_short`:
+//!   u64be → event_id (raw bytes), for every event a stored state holds
 //! - `rooms`: room_id → [`RoomRecord`]: version, current snapshot, forward
 //!   extremities, depth, last position
 //! - `room_members`: room_id ‖ user_id → membership
@@ -27,7 +34,7 @@
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
 
-use super::{MembershipRecord, RoomRecord, Snapshot};
+use super::{MembershipRecord, RoomRecord, state::Snapshot};
 use crate::{
     error::{Error, Result},
     pdu::{StoredPdu, TxnRef},
@@ -72,12 +79,113 @@ pub(crate) fn put_room_record(batch: &mut Batch<'_>, room_id: &RoomId, record: &
 
 // ----- state_snapshots -----
 
+const SNAPSHOT_FORMAT: u8 = 1;
+const SNAPSHOT_HEADER: usize = 1 + 8 + 4;
+
+fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER + snapshot.changes.len() * 16);
+    out.push(SNAPSHOT_FORMAT);
+    out.extend_from_slice(&snapshot.parent.unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&snapshot.depth.to_be_bytes());
+    for (key, event) in &snapshot.changes {
+        out.extend_from_slice(&key.to_be_bytes());
+        out.extend_from_slice(&event.to_be_bytes());
+    }
+    out
+}
+
+fn decode_snapshot(id: u64, bytes: &[u8]) -> Result<Snapshot> {
+    if bytes.first() != Some(&SNAPSHOT_FORMAT)
+        || bytes.len() < SNAPSHOT_HEADER
+        || !(bytes.len() - SNAPSHOT_HEADER).is_multiple_of(16)
+    {
+        return Err(Error::internal(format!(
+            "state snapshot {id} is in an unknown format (a database of an older porch must be migrated first)"
+        )));
+    }
+    let parent = u64_from_be(&bytes[1..9]);
+    let depth = u32::from_be_bytes(bytes[9..13].try_into().expect("four bytes"));
+    let changes = bytes[SNAPSHOT_HEADER..]
+        .chunks_exact(16)
+        .map(|pair| (u64_from_be(&pair[..8]), u64_from_be(&pair[8..])))
+        .collect();
+    Ok(Snapshot { parent: (parent != 0).then_some(parent), depth, changes })
+}
+
 pub(super) fn snapshot(db: &Db, id: u64) -> Result<Option<Snapshot>> {
-    Ok(db.get_json(Cf::StateSnapshots, &id.to_be_bytes())?)
+    db.get(Cf::StateSnapshots, &id.to_be_bytes())?.map(|bytes| decode_snapshot(id, &bytes)).transpose()
 }
 
 pub(super) fn put_snapshot(batch: &mut Batch<'_>, id: u64, snapshot: &Snapshot) {
-    batch.put_json(Cf::StateSnapshots, &id.to_be_bytes(), snapshot);
+    batch.put(Cf::StateSnapshots, &id.to_be_bytes(), &encode_snapshot(snapshot));
+}
+
+/// A snapshot as schema version 2 stored it: the strings themselves.
+#[derive(serde::Deserialize)]
+pub(crate) struct LegacySnapshot {
+    pub parent: Option<u64>,
+    pub depth: u32,
+    pub changes: Vec<(String, String, OwnedEventId)>,
+}
+
+/// Every snapshot still in the JSON format, a step of at most `limit` from
+/// `after` (exclusive), with its id.
+pub(crate) fn legacy_snapshots(db: &Db, after: u64, limit: usize) -> Result<Vec<(u64, LegacySnapshot)>> {
+    let mut out = Vec::new();
+    for item in db.scan_from(Cf::StateSnapshots, b"", &(after + 1).to_be_bytes(), true) {
+        let (k, v) = item?;
+        if v.first() == Some(&b'{') {
+            out.push((u64_from_be(&k), decode(Cf::StateSnapshots, &v)?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ----- state_key_ids, state_keys_by_id, event_short_ids, event_ids_by_short -----
+
+pub(super) fn state_key_bytes(kind: &str, state_key: &str) -> Vec<u8> {
+    key(&[kind.as_bytes(), state_key.as_bytes()])
+}
+
+pub(super) fn state_key_id(db: &Db, pair: &[u8]) -> Result<Option<u64>> {
+    Ok(db.get(Cf::StateKeyIds, pair)?.map(|v| u64_from_be(&v)))
+}
+
+/// The event type and state key with short id `id`.
+pub(super) fn state_key_by_id(db: &Db, id: u64) -> Result<Option<(String, String)>> {
+    let Some(pair) = db.get(Cf::StateKeysById, &id.to_be_bytes())? else { return Ok(None) };
+    let split = pair.iter().position(|b| *b == SEP).unwrap_or(pair.len());
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(Error::internal);
+    Ok(Some((text(&pair[..split])?, text(pair.get(split + 1..).unwrap_or_default())?)))
+}
+
+pub(super) fn event_short_id(db: &Db, event_id: &EventId) -> Result<Option<u64>> {
+    Ok(db.get(Cf::EventShortIds, event_id.as_bytes())?.map(|v| u64_from_be(&v)))
+}
+
+pub(super) fn event_id_by_short(db: &Db, id: u64) -> Result<Option<OwnedEventId>> {
+    let Some(raw) = db.get(Cf::EventIdsByShort, &id.to_be_bytes())? else { return Ok(None) };
+    Ok(Some(OwnedEventId::try_from(String::from_utf8_lossy(&raw).into_owned()).map_err(Error::internal)?))
+}
+
+/// Record a new short id both ways, at once and on its own: every reader
+/// must find it before any state holding it is written. It reaches the disk
+/// with the first fsynced write after it (the WAL keeps writes in order),
+/// which is at the latest the write of the state that holds it.
+pub(super) fn put_short_id(db: &Db, forward: Cf, reverse: Cf, name: &[u8], id: u64) -> Result<()> {
+    let mut batch = db.batch();
+    batch.put(forward, name, &id.to_be_bytes());
+    batch.put(reverse, &id.to_be_bytes(), name);
+    batch.commit()?;
+    Ok(())
+}
+
+/// The highest short id handed out in `reverse` (0: none yet).
+pub(super) fn last_short_id(db: &Db, reverse: Cf) -> Result<u64> {
+    Ok(db.last_key(reverse)?.map_or(0, |k| u64_from_be(&k)))
 }
 
 // ----- room_members -----

@@ -15,10 +15,13 @@ use ruma::{
     state_res::{self, utils::event_id_set::EventIdSet},
 };
 
-use super::{NewEvent, RoomRecord, Rooms, Snapshot, Txn, data};
+use super::{
+    NewEvent, RoomRecord, Rooms, Txn, data,
+    state::{Snapshot, State},
+};
 use crate::{
     error::{Error, Result},
-    pdu::{Pdu, PduMeta, StateMap, StoredPdu},
+    pdu::{Pdu, PduMeta, StoredPdu},
 };
 
 /// Bounds the walks over auth chains, so a hostile DAG cannot exhaust us.
@@ -60,7 +63,7 @@ impl Rooms {
     }
 
     /// The room state after an event, if we know it.
-    pub fn state_after_event(&self, event_id: &EventId) -> Result<Option<Arc<StateMap>>> {
+    pub fn state_after_event(&self, event_id: &EventId) -> Result<Option<Arc<State>>> {
         match self.get_pdu(event_id)? {
             Some((_, meta)) if meta.has_state() => Ok(Some(self.state_at(meta.state_after)?)),
             _ => Ok(None),
@@ -69,11 +72,7 @@ impl Rooms {
 
     /// The room state before an event: the states after its prev events,
     /// resolved. `None` when one of them is unknown or an outlier.
-    pub fn state_before_event(
-        &self,
-        version: &RoomVersionId,
-        prev_events: &[OwnedEventId],
-    ) -> Result<Option<StateMap>> {
+    pub fn state_before_event(&self, version: &RoomVersionId, prev_events: &[OwnedEventId]) -> Result<Option<State>> {
         let mut states = Vec::new();
         for prev in prev_events {
             match self.state_after_event(prev)? {
@@ -85,15 +84,15 @@ impl Rooms {
     }
 
     /// State resolution (v2) of several forks of the room state.
-    pub fn resolve(&self, version: &RoomVersionId, states: Vec<Arc<StateMap>>) -> Result<StateMap> {
-        let mut distinct: Vec<Arc<StateMap>> = Vec::new();
+    pub fn resolve(&self, version: &RoomVersionId, states: Vec<Arc<State>>) -> Result<State> {
+        let mut distinct: Vec<Arc<State>> = Vec::new();
         for state in states {
             if !distinct.iter().any(|s| **s == *state) {
                 distinct.push(state);
             }
         }
         match distinct.len() {
-            0 => return Ok(StateMap::new()),
+            0 => return Ok(State::new()),
             1 => return Ok((*distinct[0]).clone()),
             _ => {}
         }
@@ -101,19 +100,19 @@ impl Rooms {
         // Room version 1's own algorithm is not in ruma: its forks are
         // resolved with version 2's (see the README's note on version 1).
         let v2 = rules.state_res.v2_rules().unwrap_or(&ruma::room_version_rules::StateResolutionV2Rules::V2_0);
-        let maps: Vec<state_res::StateMap<OwnedEventId>> = distinct
-            .iter()
-            .map(|state| {
-                state
-                    .iter()
-                    .map(|((kind, key), id)| ((StateEventType::from(kind.as_str()), key.clone()), id.clone()))
-                    .collect()
-            })
-            .collect();
+        let mut maps: Vec<state_res::StateMap<OwnedEventId>> = Vec::new();
         let mut chains = Vec::new();
         for state in &distinct {
-            let chain = self.auth_chain(state.values().cloned())?;
-            chains.push(chain.into_iter().collect::<EventIdSet<OwnedEventId>>());
+            let mut map = state_res::StateMap::new();
+            let mut events = Vec::with_capacity(state.len());
+            for (key, event) in state.iter() {
+                let pair = self.short.key(key)?;
+                let event_id = self.short.event_id(event)?;
+                events.push(event_id.clone());
+                map.insert((StateEventType::from(pair.kind.as_str()), pair.state_key.clone()), event_id);
+            }
+            maps.push(map);
+            chains.push(self.auth_chain(events)?.into_iter().collect::<EventIdSet<OwnedEventId>>());
         }
         let fetch = |id: &EventId| self.get_pdu(id).ok().flatten().map(|(pdu, _)| pdu);
         let resolved = state_res::resolve(&rules.authorization, v2, &maps, chains, fetch, |conflicted| {
@@ -121,7 +120,11 @@ impl Rooms {
             self.conflicted_subgraph(&starts).ok()
         })
         .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
-        Ok(resolved.into_iter().map(|((kind, key), id)| ((kind.to_string(), key), id)).collect())
+        let mut entries = Vec::with_capacity(resolved.len());
+        for ((kind, state_key), event_id) in resolved {
+            entries.push((self.short.key_id(&kind.to_string(), &state_key)?, self.short.event_short(&event_id)?));
+        }
+        Ok(State::from_entries(entries))
     }
 
     /// Every event reachable through `auth_events` from `start` (inclusive).
@@ -177,7 +180,7 @@ impl Rooms {
         &self,
         version: &RoomVersionId,
         pdu: &Arc<Pdu>,
-        state: &StateMap,
+        state: &State,
         extra: &HashMap<OwnedEventId, Arc<Pdu>>,
     ) -> std::result::Result<(), String> {
         let rules = Self::rules(version).map_err(|e| e.to_string())?;
@@ -185,7 +188,7 @@ impl Rooms {
             |id: &EventId| extra.get(id).cloned().or_else(|| self.get_pdu(id).ok().flatten().map(|(pdu, _)| pdu));
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch)?;
         state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
-            state.get(&(kind.to_string(), key.to_owned())).and_then(|id| fetch(id))
+            self.auth_lookup(state, kind, key, fetch)
         })
     }
 
@@ -195,14 +198,14 @@ impl Rooms {
         version: &RoomVersionId,
         pdu: &Pdu,
         extra: &HashMap<OwnedEventId, Arc<Pdu>>,
-    ) -> Result<std::result::Result<StateMap, OwnedEventId>> {
-        let mut state = StateMap::new();
+    ) -> Result<std::result::Result<State, OwnedEventId>> {
+        let mut entries = Vec::new();
         // From v12 the create event is named by the room id, not listed.
         if Self::rules(version)?.authorization.room_create_event_id_as_room_id
             && pdu.kind != TimelineEventType::RoomCreate
             && let Ok(create) = OwnedEventId::try_from(format!("${}", &pdu.room_id.as_str()[1..]))
         {
-            state.insert(("m.room.create".to_owned(), String::new()), create);
+            entries.push((self.short.key_id("m.room.create", "")?, self.short.event_short(&create)?));
         }
         for id in &pdu.auth_events {
             let event = match extra.get(id) {
@@ -213,10 +216,10 @@ impl Rooms {
                 },
             };
             if let Some(key) = &event.state_key {
-                state.insert((event.kind.to_string(), key.clone()), id.clone());
+                entries.push((self.short.key_id(&event.kind.to_string(), key)?, self.short.event_short(id)?));
             }
         }
-        Ok(Ok(state))
+        Ok(Ok(State::from_entries(entries)))
     }
 
     /// Store events whose place in the DAG we do not know (auth chains,
@@ -236,7 +239,7 @@ impl Rooms {
 
     /// Keep an event the auth rules refused, so the events that follow it
     /// can be placed (its state is the state before it), as Synapse does.
-    pub fn store_rejected(&self, room_id: &RoomId, pdu: Arc<Pdu>, state_before: StateMap) -> Result<()> {
+    pub fn store_rejected(&self, room_id: &RoomId, pdu: Arc<Pdu>, state_before: State) -> Result<()> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().expect("room lock poisoned");
         if self.get_pdu(&pdu.event_id)?.is_some_and(|(_, meta)| meta.has_state()) {
@@ -260,7 +263,7 @@ impl Rooms {
         &self,
         room_id: &RoomId,
         pdu: Arc<Pdu>,
-        state_before: StateMap,
+        state_before: State,
         broadcast: bool,
     ) -> Result<Placed> {
         let (placed, written) = self.append_remote_deferred(room_id, pdu, state_before, broadcast)?;
@@ -276,7 +279,7 @@ impl Rooms {
         &self,
         room_id: &RoomId,
         pdu: Arc<Pdu>,
-        state_before: StateMap,
+        state_before: State,
         broadcast: bool,
     ) -> Result<(Placed, Option<super::DeferredCommit>)> {
         let lock = self.room_lock(room_id);
@@ -304,7 +307,7 @@ impl Rooms {
 
     /// Put history fetched by backfill (oldest first, each checked against
     /// the state before it) under the oldest event of the timeline.
-    pub fn append_backfilled(&self, room_id: &RoomId, events: Vec<(Arc<Pdu>, StateMap)>) -> Result<usize> {
+    pub fn append_backfilled(&self, room_id: &RoomId, events: Vec<(Arc<Pdu>, State)>) -> Result<usize> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().expect("room lock poisoned");
         let record = self.room(room_id)?.ok_or_else(|| Error::not_found("This room is not known to this server."))?;
@@ -336,7 +339,7 @@ impl Rooms {
         &self,
         room_id: &RoomId,
         version: RoomVersionId,
-        state: StateMap,
+        state: State,
         outliers: &[Arc<Pdu>],
         join: Arc<Pdu>,
     ) -> Result<Arc<Pdu>> {
@@ -458,26 +461,14 @@ impl Txn<'_> {
 
     /// Store `state` as a snapshot based on `base` (a delta when the chain
     /// is short and nothing was removed) and return its id.
-    fn write_snapshot(&mut self, base: u64, base_state: &StateMap, state: &StateMap) -> Result<u64> {
+    fn write_snapshot(&mut self, base: u64, base_state: &State, state: &State) -> Result<u64> {
         let id = self.batch.next_count_quiet();
         let base_depth = if base == 0 { MAX_CHAIN } else { self.depth_of(base)? };
-        let removed = base_state.keys().any(|k| !state.contains_key(k));
+        let (changes, removed) = state.changes_from(base_state);
         let snapshot = if base == 0 || removed || base_depth >= MAX_CHAIN {
-            Snapshot {
-                parent: None,
-                depth: 0,
-                changes: state.iter().map(|((k, s), id)| (k.clone(), s.clone(), id.clone())).collect(),
-            }
+            Snapshot { parent: None, depth: 0, changes: state.iter().collect() }
         } else {
-            Snapshot {
-                parent: Some(base),
-                depth: base_depth + 1,
-                changes: state
-                    .iter()
-                    .filter(|(slot, id)| base_state.get(*slot) != Some(*id))
-                    .map(|((k, s), id)| (k.clone(), s.clone(), id.clone()))
-                    .collect(),
-            }
+            Snapshot { parent: Some(base), depth: base_depth + 1, changes }
         };
         data::put_snapshot(&mut self.batch, id, &snapshot);
         self.snapshot_depths.insert(id, snapshot.depth);
@@ -487,19 +478,23 @@ impl Txn<'_> {
 
     /// Make `state` the room's current state, re-indexing the memberships
     /// that changed. `all_members` re-indexes every member (a join's import).
-    fn set_current(&mut self, state: StateMap, count: u64, all_members: bool) -> Result<()> {
+    fn set_current(&mut self, state: State, count: u64, all_members: bool) -> Result<()> {
         if state == *self.state && self.record.current_state != 0 {
             return Ok(());
         }
         let base = self.record.current_state;
         let old = std::mem::take(&mut self.state);
         let id = self.write_snapshot(base, &old, &state)?;
-        for ((kind, key), event_id) in &state {
-            if kind != "m.room.member" || (!all_members && old.get(&(kind.clone(), key.clone())) == Some(event_id)) {
+        for (key, event) in state.iter() {
+            if !all_members && old.get(key) == Some(event) {
                 continue;
             }
-            if let Some(pdu) = self.fetch(event_id) {
-                self.index_membership(&pdu, key, count)?;
+            let pair = self.rooms.short.key(key)?;
+            if pair.kind != "m.room.member" {
+                continue;
+            }
+            if let Some(pdu) = self.fetch(&self.rooms.short.event_id(event)?) {
+                self.index_membership(&pdu, &pair.state_key, count)?;
             }
         }
         self.snapshot_depth = self.depth_of(id)?;
@@ -511,7 +506,7 @@ impl Txn<'_> {
     /// Append a remote event with the state before it; the current state
     /// becomes the state after it, or the resolution of both when the
     /// event does not build on every forward extremity.
-    fn stage_remote(&mut self, pdu: Arc<Pdu>, state_before: StateMap) -> Result<()> {
+    fn stage_remote(&mut self, pdu: Arc<Pdu>, state_before: State) -> Result<()> {
         let count = self.batch.next_count_quiet();
         self.batch.wake_room(&self.room_id);
         let version = self.record.version.clone();
@@ -558,25 +553,20 @@ impl Txn<'_> {
 
     /// Set the event's state before and after (written as snapshots on
     /// `before_id`) and what it replaced; returns the state after it.
-    fn stage_state(
-        &mut self,
-        pdu: &Pdu,
-        meta: &mut PduMeta,
-        before_id: u64,
-        state_before: &StateMap,
-    ) -> Result<StateMap> {
+    fn stage_state(&mut self, pdu: &Pdu, meta: &mut PduMeta, before_id: u64, state_before: &State) -> Result<State> {
         meta.state_before = before_id;
         meta.state_after = before_id;
         let mut state_after = state_before.clone();
-        if let Some(key) = &pdu.state_key {
-            let slot = (pdu.kind.to_string(), key.clone());
-            if let Some(old) = state_before.get(&slot).cloned() {
+        if let Some(state_key) = &pdu.state_key {
+            let key = self.rooms.short.key_id(&pdu.kind.to_string(), state_key)?;
+            if let Some(old) = state_before.get(key) {
+                let old = self.rooms.short.event_id(old)?;
                 if let Some(old_pdu) = self.fetch(&old) {
                     meta.prev_content = Some(old_pdu.content.clone());
                 }
                 meta.replaces_state = Some(old);
             }
-            state_after.insert(slot, pdu.event_id.clone());
+            state_after.insert(key, self.rooms.short.event_short(&pdu.event_id)?);
             meta.state_after = self.write_snapshot(before_id, state_before, &state_after)?;
         }
         Ok(state_after)
@@ -589,11 +579,11 @@ impl Txn<'_> {
     fn stage_backfilled(
         &mut self,
         pdu: Arc<Pdu>,
-        state_before: &StateMap,
+        state_before: &State,
         below: u64,
-        staged: &HashMap<OwnedEventId, (u64, Arc<StateMap>)>,
-    ) -> Result<(u64, Arc<StateMap>)> {
-        let mut base = (0, Arc::new(StateMap::new()));
+        staged: &HashMap<OwnedEventId, (u64, Arc<State>)>,
+    ) -> Result<(u64, Arc<State>)> {
+        let mut base = (0, Arc::new(State::new()));
         for prev in &pdu.prev_events {
             if let Some(hit) = staged.get(prev) {
                 base = hit.clone();
@@ -651,7 +641,7 @@ impl Txn<'_> {
     /// Keep an event out of the timeline, with the state before it as its
     /// state: soft-failed (other servers may ask for it), or `rejected` by
     /// the auth rules. Events that follow it can be placed on it.
-    fn stage_without_timeline(&mut self, pdu: &Arc<Pdu>, state_before: &StateMap, rejected: bool) -> Result<()> {
+    fn stage_without_timeline(&mut self, pdu: &Arc<Pdu>, state_before: &State, rejected: bool) -> Result<()> {
         let base = self.record.current_state;
         let current = self.state.clone();
         let before_id = self.write_snapshot(base, &current, state_before)?;
@@ -665,7 +655,7 @@ impl Txn<'_> {
 
     /// From v3 a redaction is checked when applied: the same server as the
     /// target's sender, or the power to redact others.
-    fn remote_redaction_allowed(&self, redaction: &Pdu, target: &EventId, state: &StateMap) -> bool {
+    fn remote_redaction_allowed(&self, redaction: &Pdu, target: &EventId, state: &State) -> bool {
         let Some(target) = self.fetch(target) else { return false };
         // A redaction only ever reaches events of its own room.
         if target.room_id != redaction.room_id {

@@ -2,6 +2,8 @@
 //! requests (X-Matrix), fetching, verifying and caching their keys, and
 //! verifying the requests they send us.
 
+mod data;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -31,7 +33,7 @@ use crate::{
         discovery::{self, Discovery, Dns},
     },
     signing::SigningKey,
-    storage::{Cf, Db},
+    storage::Db,
     util,
 };
 
@@ -444,7 +446,7 @@ impl Federation {
         let cached = self.keys.lock().expect("key cache poisoned").get(server).cloned();
         match cached {
             Some(c) => Ok(Some(c)),
-            None => Ok(self.db.get_json::<CachedKeys>(Cf::ServerKeys, server.as_bytes())?),
+            None => data::server_keys(&self.db, server),
         }
     }
 
@@ -500,7 +502,7 @@ impl Federation {
                 }
             }
         }
-        self.db.put_json(Cf::ServerKeys, server.as_bytes(), &fetched)?;
+        data::save_server_keys(&self.db, server, &fetched)?;
         self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), fetched.clone());
         Ok(fetched)
     }

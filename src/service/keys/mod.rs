@@ -380,7 +380,7 @@ impl Keys {
         upto: u64,
     ) -> Result<Vec<Value>> {
         let (messages, delivered) = data::to_device_messages(&self.db, user_id, device_id, acknowledged, upto)?;
-        let out = messages
+        let out: Vec<Value> = messages
             .into_iter()
             .map(|message| {
                 serde_json::json!({ "sender": message.sender, "type": message.kind, "content": message.content })

@@ -6,11 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    error::Result,
-    storage::Db,
-    util,
-};
+use crate::{error::Result, storage::Db, util};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TokenRecord {

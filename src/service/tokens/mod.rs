@@ -8,15 +8,16 @@
 //!   password again, gets a token that signs in another device once
 //!   (`/login/get_token`, used to sign in a new device from an old one).
 
+mod data;
+
 use std::time::Duration;
 
 use ruma::{OwnedUserId, UserId};
-use serde::{Deserialize, Serialize};
 
+use self::data::TokenRecord;
 use crate::{
     error::{Error, Result},
     service::Services,
-    storage::Cf,
     util,
 };
 
@@ -30,13 +31,6 @@ pub enum TokenKind {
 impl TokenKind {
     const ALL: [TokenKind; 2] = [TokenKind::OpenId, TokenKind::Login];
 
-    fn cf(self) -> Cf {
-        match self {
-            TokenKind::OpenId => Cf::OpenIdTokens,
-            TokenKind::Login => Cf::LoginTokens,
-        }
-    }
-
     /// How long a token of this kind is good for.
     pub fn lifetime(self) -> Duration {
         match self {
@@ -48,18 +42,12 @@ impl TokenKind {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct TokenRecord {
-    user_id: OwnedUserId,
-    expires_at: u64,
-}
-
 /// A new token of `kind` for `user_id`.
 pub fn issue(s: &Services, kind: TokenKind, user_id: &UserId) -> Result<String> {
     let token = util::random_string(32);
     let record =
         TokenRecord { user_id: user_id.to_owned(), expires_at: util::now_ms() + kind.lifetime().as_millis() as u64 };
-    s.db.put_json(kind.cf(), token.as_bytes(), &record)?;
+    data::save_token(&s.db, kind, &token, &record)?;
     Ok(token)
 }
 
@@ -78,12 +66,12 @@ pub fn redeem_login_token(s: &Services, token: &str) -> Result<OwnedUserId> {
 }
 
 fn lookup(s: &Services, kind: TokenKind, token: &str, consume: bool) -> Result<Option<OwnedUserId>> {
-    let Some(record) = s.db.get_json::<TokenRecord>(kind.cf(), token.as_bytes())? else {
+    let Some(record) = data::token(&s.db, kind, token)? else {
         return Ok(None);
     };
     let expired = record.expires_at <= util::now_ms();
     if expired || consume {
-        s.db.delete(kind.cf(), token.as_bytes())?;
+        data::delete_token(&s.db, kind, token)?;
     }
     Ok((!expired).then_some(record.user_id))
 }
@@ -93,14 +81,7 @@ pub fn prune_expired(s: &Services, now: u64) -> Result<usize> {
     let mut batch = s.db.batch();
     let mut pruned = 0;
     for kind in TokenKind::ALL {
-        for item in s.db.scan_prefix(kind.cf(), &[]) {
-            let (key, value) = item?;
-            let expired = serde_json::from_slice::<TokenRecord>(&value).map_or(true, |t| t.expires_at <= now);
-            if expired {
-                batch.delete(kind.cf(), &key);
-                pruned += 1;
-            }
-        }
+        pruned += data::delete_tokens_where(&s.db, &mut batch, kind, |t| t.expires_at <= now)?;
     }
     batch.commit()?;
     Ok(pruned)

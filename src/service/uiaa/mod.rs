@@ -1,5 +1,7 @@
 //! User-interactive authentication: sessions of completed stages, stored.
 
+mod data;
+
 use std::sync::Arc;
 
 use ruma::{
@@ -11,7 +13,7 @@ use serde_json::json;
 
 use crate::{
     error::{Error, Result},
-    storage::{Cf, Db},
+    storage::Db,
     util,
 };
 
@@ -62,16 +64,9 @@ impl Uiaa {
     /// Forget sessions past their lifetime as of `now` (ms); returns how many.
     pub fn prune_expired(&self, now: u64) -> Result<usize> {
         let mut batch = self.db.batch();
-        let mut pruned = 0;
-        for item in self.db.scan_prefix(Cf::UiaaSessions, &[]) {
-            let (key, value) = item?;
-            let expired = serde_json::from_slice::<UiaaSession>(&value)
-                .map_or(true, |s| now.saturating_sub(s.created_at) >= SESSION_LIFETIME_MS);
-            if expired {
-                batch.delete(Cf::UiaaSessions, &key);
-                pruned += 1;
-            }
-        }
+        let pruned = data::delete_sessions_where(&self.db, &mut batch, |s| {
+            now.saturating_sub(s.created_at) >= SESSION_LIFETIME_MS
+        })?;
         batch.commit()?;
         Ok(pruned)
     }
@@ -87,7 +82,7 @@ impl Uiaa {
         user: Option<&UserId>,
     ) -> Result<UiaaSession> {
         let (session_id, mut session) = match auth.and_then(|a| a.session()) {
-            Some(id) => match self.db.get_json::<UiaaSession>(Cf::UiaaSessions, id.as_bytes())? {
+            Some(id) => match data::session(&self.db, id)? {
                 Some(s) if s.is_live() && s.purpose == purpose => (id.to_owned(), s),
                 // Started for another request (other devices, another
                 // operation): it cannot authorise this one.
@@ -110,7 +105,7 @@ impl Uiaa {
             ),
         };
         let Some(auth) = auth else {
-            self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
+            data::save_session(&self.db, &session_id, &session)?;
             return Err(challenge(flows, &session_id, &session, None));
         };
         let stage_result = match auth {
@@ -151,7 +146,7 @@ impl Uiaa {
                 }
             }
             Ok(_) => {
-                self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
+                data::save_session(&self.db, &session_id, &session)?;
                 return Err(challenge(
                     flows,
                     &session_id,
@@ -160,16 +155,16 @@ impl Uiaa {
                 ));
             }
             Err(err) => {
-                self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
+                data::save_session(&self.db, &session_id, &session)?;
                 return Err(challenge(flows, &session_id, &session, Some(err)));
             }
         }
         if flows.iter().any(|flow| flow.iter().all(|stage| session.completed.iter().any(|c| c == stage))) {
-            self.db.delete(Cf::UiaaSessions, session_id.as_bytes())?;
+            data::delete_session(&self.db, &session_id)?;
             session.id = session_id;
             return Ok(session);
         }
-        self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
+        data::save_session(&self.db, &session_id, &session)?;
         Err(challenge(flows, &session_id, &session, None))
     }
 
@@ -181,23 +176,23 @@ impl Uiaa {
         update: impl FnOnce(&mut Option<serde_json::Value>) -> Result<()>,
     ) -> Result<()> {
         let Some(id) = challenge.extra.get("session").and_then(|v| v.as_str()) else { return Ok(()) };
-        let Some(mut session) = self.db.get_json::<UiaaSession>(Cf::UiaaSessions, id.as_bytes())? else {
+        let Some(mut session) = data::session(&self.db, id)? else {
             return Ok(());
         };
         update(&mut session.data)?;
-        Ok(self.db.put_json(Cf::UiaaSessions, id.as_bytes(), &session)?)
+        data::save_session(&self.db, id, &session)
     }
 
     /// Keep a completed session until it expires, so that the same request
     /// retried with it (a lost answer) finds what the first one did.
     pub fn keep(&self, session: &UiaaSession) -> Result<()> {
-        Ok(self.db.put_json(Cf::UiaaSessions, session.id.as_bytes(), session)?)
+        data::save_session(&self.db, &session.id, session)
     }
 
     fn challenge_new(&self, flows: &[&[&str]], purpose: &str, message: Option<&str>) -> Result<Error> {
         let session_id = util::random_string(24);
         let session = UiaaSession { created_at: util::now_ms(), purpose: purpose.to_owned(), ..Default::default() };
-        self.db.put_json(Cf::UiaaSessions, session_id.as_bytes(), &session)?;
+        data::save_session(&self.db, &session_id, &session)?;
         Ok(challenge(flows, &session_id, &session, message.map(|m| ("M_FORBIDDEN", m))))
     }
 }

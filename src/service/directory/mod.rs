@@ -1,5 +1,7 @@
 //! Room aliases, the public room directory and the user directory.
 
+mod data;
+
 use std::collections::BTreeSet;
 
 use ruma::{
@@ -7,23 +9,16 @@ use ruma::{
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
     room::JoinRuleKind,
 };
-use serde::{Deserialize, Serialize};
 
+use self::data::AliasRecord;
 use crate::{
     error::{Error, Result},
     policy::{self, Action},
     service::{Services, users::Session},
-    storage::{Cf, decode},
 };
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct AliasRecord {
-    room_id: OwnedRoomId,
-    creator: OwnedUserId,
-}
-
 pub fn resolve_alias(s: &Services, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
-    Ok(s.db.get_json::<AliasRecord>(Cf::Aliases, alias.as_bytes())?.map(|r| r.room_id))
+    Ok(data::alias(&s.db, alias)?.map(|r| r.room_id))
 }
 
 /// Validate an alias this server may hold.
@@ -82,14 +77,10 @@ pub(crate) fn create_alias(s: &Services, alias: &RoomAliasId, room_id: &RoomId, 
         return Err(Error::not_found("This room is not known to this server."));
     }
     let _guard = ALIAS_LOCK.lock().expect("alias lock poisoned");
-    if s.db.exists(Cf::Aliases, alias.as_bytes())? {
+    if data::alias_exists(&s.db, alias)? {
         return Err(Error::new(http::StatusCode::CONFLICT, "M_UNKNOWN", "This alias is already in use."));
     }
-    s.db.put_json(
-        Cf::Aliases,
-        alias.as_bytes(),
-        &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() },
-    )?;
+    data::save_alias(&s.db, alias, &AliasRecord { room_id: room_id.to_owned(), creator: creator.to_owned() })?;
     Ok(())
 }
 
@@ -103,23 +94,18 @@ pub fn create_with_alias(
 ) -> Result<OwnedRoomId> {
     check_local_alias(s, alias)?;
     let _guard = ALIAS_LOCK.lock().expect("alias lock poisoned");
-    if s.db.exists(Cf::Aliases, alias.as_bytes())? {
+    if data::alias_exists(&s.db, alias)? {
         return Err(Error::room_in_use("That room alias is already taken."));
     }
     let room_id = create()?;
-    s.db.put_json(
-        Cf::Aliases,
-        alias.as_bytes(),
-        &AliasRecord { room_id: room_id.clone(), creator: creator.to_owned() },
-    )?;
+    data::save_alias(&s.db, alias, &AliasRecord { room_id: room_id.clone(), creator: creator.to_owned() })?;
     Ok(room_id)
 }
 
 /// Remove an alias: its creator, a server admin, or a room member who may
 /// change the canonical alias.
 fn delete_alias(s: &Services, alias: &RoomAliasId, user: &UserId, is_admin: bool) -> Result<()> {
-    let record: AliasRecord =
-        s.db.get_json(Cf::Aliases, alias.as_bytes())?.ok_or_else(|| Error::not_found("No such alias."))?;
+    let record = data::alias(&s.db, alias)?.ok_or_else(|| Error::not_found("No such alias."))?;
     let may = is_admin || record.creator == user || {
         let room = s.rooms.room(&record.room_id)?;
         match room {
@@ -134,7 +120,7 @@ fn delete_alias(s: &Services, alias: &RoomAliasId, user: &UserId, is_admin: bool
     if !may {
         return Err(Error::forbidden("You may not remove this alias."));
     }
-    s.db.delete(Cf::Aliases, alias.as_bytes())?;
+    data::delete_alias(&s.db, alias)?;
     drop_from_canonical_alias(s, &record.room_id, alias, user);
     Ok(())
 }
@@ -164,41 +150,19 @@ fn drop_from_canonical_alias(s: &Services, room_id: &RoomId, alias: &RoomAliasId
 }
 
 pub fn room_aliases(s: &Services, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
-    let mut out = Vec::new();
-    for item in s.db.scan_prefix(Cf::Aliases, b"") {
-        let (k, v) = item?;
-        let record: AliasRecord = decode(Cf::Aliases, &v)?;
-        if record.room_id == room_id
-            && let Ok(alias) = OwnedRoomAliasId::try_from(String::from_utf8_lossy(&k).into_owned())
-        {
-            out.push(alias);
-        }
-    }
-    Ok(out)
+    data::room_aliases(&s.db, room_id)
 }
 
 pub(crate) fn set_published(s: &Services, room_id: &RoomId, published: bool) -> Result<()> {
-    if published {
-        s.db.put_json(Cf::PublicRooms, room_id.as_bytes(), &true)?;
-    } else {
-        s.db.delete(Cf::PublicRooms, room_id.as_bytes())?;
-    }
-    Ok(())
+    data::set_published(&s.db, room_id, published)
 }
 
 pub fn is_published(s: &Services, room_id: &RoomId) -> Result<bool> {
-    Ok(s.db.exists(Cf::PublicRooms, room_id.as_bytes())?)
+    data::is_published(&s.db, room_id)
 }
 
 pub fn published_rooms(s: &Services) -> Result<Vec<OwnedRoomId>> {
-    let mut out = Vec::new();
-    for item in s.db.scan_prefix(Cf::PublicRooms, b"") {
-        let (k, _) = item?;
-        if let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) {
-            out.push(room_id);
-        }
-    }
-    Ok(out)
+    data::published_rooms(&s.db)
 }
 
 pub struct Listing {
@@ -271,15 +235,15 @@ pub fn public_rooms(s: &Services, search: Option<&str>, limit: Option<UInt>, sin
 pub fn move_to_replacement(s: &Services, old: &RoomId, new: &RoomId) -> Result<()> {
     let mut batch = s.db.batch();
     for alias in room_aliases(s, old)? {
-        if let Some(mut record) = s.db.get_json::<AliasRecord>(Cf::Aliases, alias.as_bytes())? {
+        if let Some(mut record) = data::alias(&s.db, &alias)? {
             record.room_id = new.to_owned();
-            batch.put_json(Cf::Aliases, alias.as_bytes(), &record);
+            data::put_alias(&mut batch, &alias, &record);
         }
     }
     if is_published(s, old)? {
-        batch.delete(Cf::PublicRooms, old.as_bytes());
+        data::delete_published(&mut batch, old);
         if s.rooms.exists(new)? {
-            batch.put_json(Cf::PublicRooms, new.as_bytes(), &true);
+            data::put_published(&mut batch, new);
         }
     }
     batch.commit()?;

@@ -1,14 +1,12 @@
 //! Registration tokens: seeded from config, uses counted in the database.
 
+mod data;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    error::Result,
-    storage::{Cf, Db},
-    util,
-};
+use crate::{error::Result, storage::Db, util};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -29,11 +27,9 @@ pub struct Registration {
 impl Registration {
     pub fn new(db: Arc<Db>, config_tokens: &[String]) -> anyhow::Result<Self> {
         for token in config_tokens {
-            if !db.exists(Cf::RegistrationTokens, token.as_bytes())? {
-                db.put_json(Cf::RegistrationTokens, token.as_bytes(), &TokenRecord::default())?;
-            }
+            data::seed_token(&db, token)?;
         }
-        let any_tokens = db.scan_prefix(Cf::RegistrationTokens, b"").next().is_some();
+        let any_tokens = data::any_token(&db);
         Ok(Self { db, any_tokens, use_lock: std::sync::Mutex::new(()) })
     }
 
@@ -46,7 +42,7 @@ impl Registration {
         if !crate::config::valid_registration_token(token) {
             return Ok(false);
         }
-        let Some(record) = self.db.get_json::<TokenRecord>(Cf::RegistrationTokens, token.as_bytes())? else {
+        let Some(record) = data::token(&self.db, token)? else {
             return Ok(false);
         };
         let unused = record.uses_allowed.is_none_or(|allowed| record.completed < allowed);
@@ -62,9 +58,9 @@ impl Registration {
             return Err(crate::error::Error::forbidden("The registration token is no longer valid."));
         }
         let out = register()?;
-        if let Some(mut record) = self.db.get_json::<TokenRecord>(Cf::RegistrationTokens, token.as_bytes())? {
+        if let Some(mut record) = data::token(&self.db, token)? {
             record.completed += 1;
-            self.db.put_json(Cf::RegistrationTokens, token.as_bytes(), &record)?;
+            data::save_token(&self.db, token, &record)?;
         }
         Ok(out)
     }

@@ -2,6 +2,8 @@
 //! requests (X-Matrix), fetching, verifying and caching their keys, and
 //! verifying the requests they send us.
 
+mod data;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -31,7 +33,7 @@ use crate::{
         discovery::{self, Discovery, Dns},
     },
     signing::SigningKey,
-    storage::{Cf, Db},
+    storage::Db,
     util,
 };
 
@@ -446,10 +448,7 @@ impl Federation {
             return Ok(cached);
         }
         let (db, server) = (self.db.clone(), server.to_owned());
-        tokio::task::spawn_blocking(move || db.get_json::<CachedKeys>(Cf::ServerKeys, server.as_bytes()))
-            .await
-            .map_err(Error::internal)?
-            .map_err(Into::into)
+        tokio::task::spawn_blocking(move || data::server_keys(&db, &server)).await.map_err(Error::internal)?
     }
 
     /// The cached keys if valid past `valid_until`, else fresh ones from
@@ -505,7 +504,7 @@ impl Federation {
             }
         }
         let (db, key, record) = (self.db.clone(), server.to_owned(), fetched.clone());
-        tokio::task::spawn_blocking(move || db.put_json(Cf::ServerKeys, key.as_bytes(), &record))
+        tokio::task::spawn_blocking(move || data::save_server_keys(&db, &key, &record))
             .await
             .map_err(Error::internal)??;
         self.keys.lock().expect("key cache poisoned").insert(server.to_owned(), fetched.clone());

@@ -3,21 +3,23 @@
 //! `unsigned.m.relations` (`m.thread` summary, latest `m.replace`,
 //! `m.reference` ids).
 //!
-//! Column families, owned here:
-//! - `relations`: parent event id ‖ u64be sortable ordering ‖ child event id → [`Child`] fields
-//! - `thread_roots`: room id ‖ root event id → u64be sortable ordering of the latest reply
+//! Its column families, `relations` and `thread_roots`, are owned by its
+//! `data` module.
 
-use std::collections::{BTreeMap, HashSet};
+mod data;
+
+use std::collections::HashSet;
 
 use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
+use self::data::Stored;
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, PduMeta},
     service::{Services, history},
-    storage::{Batch, Cf, Db, decode, key, prefix, sortable, u64_from_be, unsortable},
+    storage::{Batch, Db},
 };
 
 pub const THREAD: &str = "m.thread";
@@ -27,13 +29,6 @@ pub const REFERENCE: &str = "m.reference";
 const MAX_DEPTH: u32 = 3;
 /// The most children read for one aggregation or one page.
 const MAX_SCAN: usize = 10_000;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Stored {
-    rel_type: String,
-    kind: String,
-    sender: OwnedUserId,
-}
 
 #[derive(Clone, Debug)]
 pub struct Child {
@@ -68,37 +63,16 @@ pub fn stage_index(db: &Db, batch: &mut Batch<'_>, pdu: &Pdu, ordering: i64) -> 
         return Ok(());
     }
     let stored = Stored { rel_type: rel_type.clone(), kind: pdu.kind.to_string(), sender: pdu.sender.clone() };
-    batch.put_json(
-        Cf::Relations,
-        &key(&[parent.as_bytes(), &sortable(ordering).to_be_bytes(), pdu.event_id.as_bytes()]),
-        &stored,
-    );
+    data::put_relation(batch, &parent, ordering, &pdu.event_id, &stored);
     if rel_type == THREAD {
-        let root_key = key(&[pdu.room_id.as_bytes(), parent.as_bytes()]);
-        let latest = db.get(Cf::ThreadRoots, &root_key)?.map(|v| u64_from_be(&v)).unwrap_or(0);
-        if sortable(ordering) > latest {
-            batch.put(Cf::ThreadRoots, &root_key, &sortable(ordering).to_be_bytes());
-        }
+        data::raise_thread_root(db, batch, &pdu.room_id, &parent, ordering)?;
     }
     Ok(())
 }
 
 /// Direct children of `parent`, oldest first.
 fn children(db: &Db, parent: &ruma::EventId) -> Result<Vec<Child>> {
-    let prefix = prefix(&[parent.as_bytes()]);
-    let mut out = Vec::new();
-    for item in db.scan_prefix(Cf::Relations, &prefix).take(MAX_SCAN) {
-        let (k, v) = item?;
-        let rest = &k[prefix.len()..];
-        if rest.len() < 9 {
-            continue;
-        }
-        let ordering = unsortable(u64_from_be(&rest[..8]));
-        let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&rest[9..]).into_owned()) else { continue };
-        let stored: Stored = decode(Cf::Relations, &v)?;
-        out.push(Child { event_id, rel_type: stored.rel_type, kind: stored.kind, sender: stored.sender, ordering });
-    }
-    Ok(out)
+    data::children(db, parent, MAX_SCAN)
 }
 
 /// A child as the user may see it, still relating (a redaction removes the relation).
@@ -277,15 +251,7 @@ pub fn threads(
 ) -> Result<(Vec<Value>, Option<String>)> {
     history::require_reader(s, room_id, user_id)?;
     let before = from.map(parse_token).transpose()?;
-    let prefix = prefix(&[room_id.as_bytes()]);
-    let mut roots: BTreeMap<i64, OwnedEventId> = BTreeMap::new();
-    for item in s.db.scan_prefix(Cf::ThreadRoots, &prefix) {
-        let (k, v) = item?;
-        let latest = unsortable(u64_from_be(&v));
-        if let Ok(root) = OwnedEventId::try_from(String::from_utf8_lossy(&k[prefix.len()..]).into_owned()) {
-            roots.insert(latest, root);
-        }
-    }
+    let roots = data::thread_roots(&s.db, room_id)?;
     let limit = limit.clamp(1, 100);
     let mut chunk = Vec::new();
     let mut next = None;
@@ -330,15 +296,5 @@ pub fn client_events<'a, T>(
 
 /// Stage the removal of what the index holds for purged events of a room.
 pub fn stage_purge(db: &Db, batch: &mut Batch<'_>, room_id: &RoomId, purged: &[Vec<u8>]) -> Result<()> {
-    for parent in purged {
-        for item in db.scan_prefix(Cf::Relations, &prefix(&[parent])) {
-            let (k, _) = item?;
-            batch.delete(Cf::Relations, &k);
-        }
-    }
-    for item in db.scan_prefix(Cf::ThreadRoots, &prefix(&[room_id.as_bytes()])) {
-        let (k, _) = item?;
-        batch.delete(Cf::ThreadRoots, &k);
-    }
-    Ok(())
+    data::delete_purged(db, batch, room_id, purged)
 }

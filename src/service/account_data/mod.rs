@@ -1,16 +1,15 @@
 //! Per-user account data (global and per room, tags included) and stored
 //! sync filters. Each change takes a stream position so sync sees it.
 
+mod data;
+
 use std::sync::Arc;
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue as RawJsonValue};
 
-use crate::{
-    error::Result,
-    storage::{Cf, Db, decode, key, prefix},
-};
+use crate::{error::Result, storage::Db};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
@@ -35,12 +34,8 @@ impl AccountData {
         Self { db }
     }
 
-    fn entry_key(user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> Vec<u8> {
-        key(&[user_id.as_bytes(), room_id.map(|r| r.as_bytes()).unwrap_or(b""), kind.as_bytes()])
-    }
-
     pub fn get(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> Result<Option<Box<RawJsonValue>>> {
-        Ok(self.db.get_json::<Entry>(Cf::AccountData, &Self::entry_key(user_id, room_id, kind))?.map(|e| e.content))
+        Ok(data::entry(&self.db, user_id, room_id, kind)?.map(|e| e.content))
     }
 
     pub fn get_value(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str) -> Result<Option<Value>> {
@@ -52,50 +47,24 @@ impl AccountData {
         let count = batch.next_count_quiet();
         batch.wake_user(user_id);
         let content = RawJsonValue::from_string(serde_json::to_string(content)?)?;
-        batch.put_json(Cf::AccountData, &Self::entry_key(user_id, room_id, kind), &Entry { count, content });
+        data::put_entry(&mut batch, user_id, room_id, kind, &Entry { count, content });
         batch.commit()?;
         Ok(count)
     }
 
     /// Items changed after stream position `since`.
     pub fn changed_since(&self, user_id: &UserId, since: u64) -> Result<Vec<Item>> {
-        let prefix = prefix(&[user_id.as_bytes()]);
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(Cf::AccountData, &prefix) {
-            let (k, v) = item?;
-            let entry: Entry = decode(Cf::AccountData, &v)?;
-            if entry.count <= since {
-                continue;
-            }
-            let rest = &k[prefix.len()..];
-            let Some(split) = rest.iter().position(|b| *b == crate::storage::SEP) else { continue };
-            let room = &rest[..split];
-            let room_id = if room.is_empty() {
-                None
-            } else {
-                match OwnedRoomId::try_from(String::from_utf8_lossy(room).into_owned()) {
-                    Ok(room_id) => Some(room_id),
-                    Err(_) => continue,
-                }
-            };
-            out.push(Item {
-                room_id,
-                kind: String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
-                count: entry.count,
-                content: entry.content,
-            });
-        }
-        Ok(out)
+        data::changed_since(&self.db, user_id, since)
     }
 
     pub fn save_filter(&self, user_id: &UserId, filter: &Value) -> Result<String> {
         let id = crate::util::random_string(12);
-        self.db.put_json(Cf::Filters, &key(&[user_id.as_bytes(), id.as_bytes()]), filter)?;
+        data::save_filter(&self.db, user_id, &id, filter)?;
         Ok(id)
     }
 
     pub fn filter(&self, user_id: &UserId, id: &str) -> Result<Option<Value>> {
-        Ok(self.db.get_json(Cf::Filters, &key(&[user_id.as_bytes(), id.as_bytes()]))?)
+        data::filter(&self.db, user_id, id)
     }
 
     /// Whom the user ignores (`m.ignored_user_list`): their messages and

@@ -2,6 +2,8 @@
 //! in RocksDB. A file is written and fsynced before its record exists, so
 //! a recorded mxc URI always has its bytes.
 
+mod data;
+
 use std::{io::Write, path::PathBuf, sync::Arc};
 
 use ruma::{OwnedMxcUri, UserId};
@@ -9,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
-    storage::{Cf, Db},
+    storage::Db,
     util,
 };
 
@@ -95,7 +97,7 @@ impl Media {
             uploader: uploader.to_owned(),
             created_at: util::now_ms(),
         };
-        self.db.put_json(Cf::Media, media_id.as_bytes(), &record)?;
+        data::save_media(&self.db, &media_id, &record)?;
         Ok(OwnedMxcUri::from(format!("mxc://{}/{media_id}", self.server_name)))
     }
 
@@ -106,7 +108,7 @@ impl Media {
         {
             return Err(not_found());
         }
-        let record: MediaRecord = self.db.get_json(Cf::Media, media_id.as_bytes())?.ok_or_else(not_found)?;
+        let record = data::media(&self.db, media_id)?.ok_or_else(not_found)?;
         let bytes = std::fs::read(self.path(media_id))
             .map_err(|e| Error::internal(format!("reading media {media_id}: {e}")))?;
         Ok((record, bytes))

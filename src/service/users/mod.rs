@@ -1,13 +1,16 @@
 //! Accounts, devices and access tokens.
 
+mod data;
+
 use std::sync::{Arc, Mutex};
 
 use ruma::{OwnedDeviceId, OwnedMxcUri, OwnedServerName, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 
+use self::data::TokenRecord;
 use crate::{
     error::{Error, Result},
-    storage::{Cf, Db, key, prefix},
+    storage::Db,
     util,
 };
 
@@ -60,12 +63,6 @@ pub struct DeviceRecord {
     pub access_token: String,
     pub last_seen_ts: u64,
     pub last_seen_ip: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct TokenRecord {
-    user_id: OwnedUserId,
-    device_id: OwnedDeviceId,
 }
 
 /// The account behind an access token.
@@ -122,11 +119,11 @@ impl Users {
     }
 
     pub fn get(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
-        Ok(self.db.get_json(Cf::Users, user_id.as_bytes())?)
+        data::get_user(&self.db, user_id)
     }
 
     pub fn exists(&self, user_id: &UserId) -> Result<bool> {
-        Ok(self.db.exists(Cf::Users, user_id.as_bytes())?)
+        data::user_exists(&self.db, user_id)
     }
 
     /// Make an account; fails with `M_USER_IN_USE` if the id was ever taken
@@ -168,7 +165,7 @@ impl Users {
             return Err(Error::user_in_use());
         }
         let mut batch = self.db.batch();
-        batch.put_json(Cf::Users, user_id.as_bytes(), &record);
+        data::put_user(&mut batch, user_id, &record);
         batch.commit_durable()?;
         Ok(record)
     }
@@ -177,11 +174,11 @@ impl Users {
     /// redemption that failed after the account was made).
     pub fn remove_unused(&self, user_id: &UserId) -> Result<()> {
         self.remove_devices(user_id, None, None)?;
-        Ok(self.db.delete(Cf::Users, user_id.as_bytes())?)
+        data::delete_user(&self.db, user_id)
     }
 
     pub fn save(&self, user_id: &UserId, record: &UserRecord) -> Result<()> {
-        Ok(self.db.put_json(Cf::Users, user_id.as_bytes(), record)?)
+        data::save_user(&self.db, user_id, record)
     }
 
     pub fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
@@ -203,29 +200,23 @@ impl Users {
     ) -> Result<(OwnedDeviceId, String)> {
         let device_id = device_id.unwrap_or_else(|| util::random_string(10).to_uppercase().into());
         let token = format!("porch_{}", util::random_string(40));
-        let device_key = key(&[user_id.as_bytes(), device_id.as_bytes()]);
         let mut batch = self.db.batch();
-        if let Some(old) = self.db.get_json::<DeviceRecord>(Cf::Devices, &device_key)? {
-            batch.delete(Cf::AccessTokens, old.access_token.as_bytes());
+        if let Some(old) = data::device(&self.db, user_id, device_id.as_str())? {
+            data::delete_token(&mut batch, &old.access_token);
         }
         let record =
             DeviceRecord { display_name, access_token: token.clone(), last_seen_ts: util::now_ms(), last_seen_ip: ip };
-        batch.put_json(Cf::Devices, &device_key, &record);
+        data::put_device(&mut batch, user_id, device_id.as_str(), &record);
         // A new device is a device-list change for the user's room peers.
         crate::service::keys::Keys::mark_changed(&mut batch, user_id);
-        batch.put_json(
-            Cf::AccessTokens,
-            token.as_bytes(),
-            &TokenRecord { user_id: user_id.to_owned(), device_id: device_id.clone() },
-        );
+        data::put_token(&mut batch, &token, &TokenRecord { user_id: user_id.to_owned(), device_id: device_id.clone() });
         batch.commit_durable()?;
         Ok((device_id, token))
     }
 
     /// Resolve an access token to its session.
     pub fn authenticate(&self, token: &str) -> Result<Session> {
-        let record: TokenRecord =
-            self.db.get_json(Cf::AccessTokens, token.as_bytes())?.ok_or_else(Error::unknown_token)?;
+        let record = data::token(&self.db, token)?.ok_or_else(Error::unknown_token)?;
         let user = self.get(&record.user_id)?.ok_or_else(Error::unknown_token)?;
         if user.deactivated {
             return Err(Error::unknown_token());
@@ -234,28 +225,20 @@ impl Users {
     }
 
     pub fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceRecord>> {
-        Ok(self.db.get_json(Cf::Devices, &key(&[user_id.as_bytes(), device_id.as_bytes()]))?)
+        data::device(&self.db, user_id, device_id)
     }
 
     pub fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
-        let prefix = prefix(&[user_id.as_bytes()]);
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(Cf::Devices, &prefix) {
-            let (k, v) = item?;
-            let device_id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            out.push((device_id.into(), crate::storage::decode(Cf::Devices, &v)?));
-        }
-        Ok(out)
+        data::devices(&self.db, user_id)
     }
 
     pub fn update_device(&self, user_id: &UserId, device_id: &str, display_name: Option<String>) -> Result<bool> {
-        let device_key = key(&[user_id.as_bytes(), device_id.as_bytes()]);
-        let Some(mut record) = self.db.get_json::<DeviceRecord>(Cf::Devices, &device_key)? else {
+        let Some(mut record) = data::device(&self.db, user_id, device_id)? else {
             return Ok(false);
         };
         record.display_name = display_name;
         let mut batch = self.db.batch();
-        batch.put_json(Cf::Devices, &device_key, &record);
+        data::put_device(&mut batch, user_id, device_id, &record);
         // Its name is part of what peers' device lists show.
         crate::service::keys::Keys::mark_changed(&mut batch, user_id);
         batch.commit()?;
@@ -276,8 +259,8 @@ impl Users {
             let selected = which.is_none_or(|list| list.contains(&device_id));
             if selected && keep != Some(device_id.as_str()) {
                 removed.push(device_id.clone());
-                batch.delete(Cf::AccessTokens, record.access_token.as_bytes());
-                batch.delete(Cf::Devices, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
+                data::delete_token(&mut batch, &record.access_token);
+                data::delete_device(&mut batch, user_id, device_id.as_str());
                 crate::service::keys::forget_device(&self.db, &mut batch, user_id, device_id.as_str())?;
                 crate::service::push::forget_device(&self.db, &mut batch, user_id, device_id.as_str())?;
             }
@@ -299,13 +282,7 @@ impl Users {
 
     /// Every local account, for directory search and admin listings.
     pub fn all(&self) -> Result<Vec<(OwnedUserId, UserRecord)>> {
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(Cf::Users, b"") {
-            let (k, v) = item?;
-            let Ok(user_id) = OwnedUserId::try_from(String::from_utf8_lossy(&k).into_owned()) else { continue };
-            out.push((user_id, crate::storage::decode(Cf::Users, &v)?));
-        }
-        Ok(out)
+        data::users(&self.db)
     }
 }
 

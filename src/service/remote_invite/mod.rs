@@ -4,10 +4,12 @@
 //! `send_leave` through the inviting server), and other servers' users
 //! leaving our rooms the same way.
 //!
-//! Owns the `remote_invites` column family: invite (or knock) event id →
-//! [`RemoteInvite`], a pending invite to, or knock on, a room porch does not
-//! hold. The events themselves and the users' membership records go through
+//! Owns the `remote_invites` column family (its `data` module): pending
+//! invites to, and knocks on, rooms porch does not hold. The events
+//! themselves and the users' membership records go through
 //! [`rooms::data`](crate::service::rooms::data).
+
+mod data;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -20,6 +22,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
+pub(crate) use self::data::{delete_pending, pending_invite_record, put_pending};
 use crate::{
     error::{Error, Result},
     pdu::{Pdu, StoredPdu},
@@ -30,7 +33,6 @@ use crate::{
         rooms::{MembershipRecord, NewEvent, Placed, Rooms, data as rooms_data},
         users::Session,
     },
-    storage::{Batch, Cf, Db},
 };
 
 /// An invite from another server to a room this server does not hold.
@@ -46,19 +48,6 @@ pub struct RemoteInvite {
 
 pub fn remote_invite(s: &Services, event_id: &ruma::EventId) -> Result<Option<RemoteInvite>> {
     pending_invite_record(&s.db, event_id)
-}
-
-/// The pending invite or knock stored under its event id.
-pub(crate) fn pending_invite_record(db: &Db, event_id: &ruma::EventId) -> Result<Option<RemoteInvite>> {
-    Ok(db.get_json(Cf::RemoteInvites, event_id.as_bytes())?)
-}
-
-pub(crate) fn put_pending(batch: &mut Batch<'_>, event_id: &ruma::EventId, invite: &RemoteInvite) {
-    batch.put_json(Cf::RemoteInvites, event_id.as_bytes(), invite);
-}
-
-pub(crate) fn delete_pending(batch: &mut Batch<'_>, event_id: &ruma::EventId) {
-    batch.delete(Cf::RemoteInvites, event_id.as_bytes());
 }
 
 /// The remote invite (or knock) a local user holds for a room, if any.

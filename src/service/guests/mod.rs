@@ -1,6 +1,8 @@
 //! Guest rooms: creation with the contract's state, links, redemption, and
 //! ending. What guests may do elsewhere is `policy.rs`'s business.
 
+mod data;
+
 use std::sync::{Arc, Mutex};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
@@ -17,7 +19,6 @@ use crate::{
         rooms::NewEvent,
         users::{AccountKind, Session},
     },
-    storage::{Cf, decode},
     util,
 };
 
@@ -146,52 +147,33 @@ fn guest_error(status: http::StatusCode, errcode: &'static str, message: &str) -
 }
 
 pub fn room(s: &Services, room_id: &RoomId) -> Result<Option<GuestRoom>> {
-    Ok(s.db.get_json(Cf::GuestRooms, room_id.as_bytes())?)
+    data::room(&s.db, room_id)
 }
 
 fn save_room(s: &Services, record: &GuestRoom) -> Result<()> {
-    Ok(s.db.put_json(Cf::GuestRooms, record.room_id.as_bytes(), record)?)
+    data::save_room(&s.db, record)
 }
 
 pub fn link(s: &Services, link_id: &str) -> Result<Option<Link>> {
-    Ok(s.db.get_json(Cf::GuestLinks, link_id.as_bytes())?)
+    data::link(&s.db, link_id)
 }
 
 fn link_by_token(s: &Services, token: &str) -> Result<Option<Link>> {
-    match s.db.get(Cf::LinkTokens, token.as_bytes())? {
-        Some(id) => link(s, &String::from_utf8_lossy(&id)),
-        None => Ok(None),
-    }
+    data::link_by_token(&s.db, token)
 }
 
 fn save_link(s: &Services, link: &Link) -> Result<()> {
-    let mut batch = s.db.batch();
-    batch.put_json(Cf::GuestLinks, link.id.as_bytes(), link);
-    batch.put(Cf::LinkTokens, link.token.as_bytes(), link.id.as_bytes());
-    batch.commit_durable()?;
-    Ok(())
+    data::save_link(&s.db, link)
 }
 
 pub fn links_of(s: &Services, room_id: &RoomId) -> Result<Vec<Link>> {
-    let mut out = Vec::new();
-    for item in s.db.scan_prefix(Cf::GuestLinks, b"") {
-        let (_, v) = item?;
-        let link: Link = decode(Cf::GuestLinks, &v)?;
-        if link.room_id == room_id {
-            out.push(link);
-        }
-    }
+    let mut out = data::links_of(&s.db, room_id)?;
     out.sort_by_key(|l| l.created_at);
     Ok(out)
 }
 
 pub fn all_rooms(s: &Services) -> Result<Vec<GuestRoom>> {
-    let mut out = Vec::new();
-    for item in s.db.scan_prefix(Cf::GuestRooms, b"") {
-        let (_, v) = item?;
-        out.push(decode(Cf::GuestRooms, &v)?);
-    }
-    Ok(out)
+    data::rooms(&s.db)
 }
 
 /// The security level a user's rooms carry.

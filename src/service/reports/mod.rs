@@ -1,8 +1,8 @@
 //! Reports of events, rooms and users (`/report`), kept for the server's
-//! admins (`GET /_porch/admin/v1/reports`).
-//!
-//! Column family, owned here:
-//! - `reports`: u64be id → [`Report`]
+//! admins (`GET /_porch/admin/v1/reports`). Its column family, `reports`,
+//! is owned by its `data` module.
+
+mod data;
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{Error, Result},
     service::{Services, history},
-    storage::{Cf, decode, u64_from_be},
 };
 
 /// Longest reason kept.
@@ -40,7 +39,7 @@ fn store(s: &Services, mut report: Report) -> Result<u64> {
     let mut batch = s.db.batch();
     let id = batch.next_count_quiet();
     report.id = id;
-    batch.put_json(Cf::Reports, &id.to_be_bytes(), &report);
+    data::put_report(&mut batch, id, &report);
     batch.commit()?;
     tracing::info!(id, reporter = %report.reporter, room = ?report.room_id, event = ?report.event_id, user = ?report.user_id, "a report was filed");
     Ok(id)
@@ -104,13 +103,5 @@ pub fn user(s: &Services, reporter: &UserId, user_id: &UserId, reason: String) -
 
 /// Newest first, before `before` (an id) if given.
 pub fn list(s: &Services, before: Option<u64>, limit: usize) -> Result<Vec<Report>> {
-    let from = before.map_or(u64::MAX, |b| b.saturating_sub(1)).to_be_bytes();
-    let mut out = Vec::new();
-    for item in s.db.scan_from(Cf::Reports, b"", &from, false).take(limit.clamp(1, MAX_PAGE)) {
-        let (k, v) = item?;
-        let mut report: Report = decode(Cf::Reports, &v)?;
-        report.id = u64_from_be(&k);
-        out.push(report);
-    }
-    Ok(out)
+    data::reports(&s.db, before, limit.clamp(1, MAX_PAGE))
 }

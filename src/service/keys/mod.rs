@@ -2,6 +2,8 @@
 //! cross-signing keys and signatures, key-change tracking, and to-device
 //! messages. porch stores and forwards; it never sees plaintext.
 
+mod data;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
@@ -14,27 +16,13 @@ use ruma::{
     encryption::{CrossSigningKey, DeviceKeys},
     serde::Raw,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use self::data::{FallbackKey, ToDeviceMessage};
 use crate::{
     error::{Error, Result},
-    storage::{Batch, Cf, Db, decode, key, prefix, u64_from_be},
+    storage::{Batch, Db},
 };
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct FallbackKey {
-    key: Value,
-    used: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct ToDeviceMessage {
-    sender: OwnedUserId,
-    #[serde(rename = "type")]
-    kind: String,
-    content: Value,
-}
 
 pub const MASTER: &str = "master";
 pub const SELF_SIGNING: &str = "self_signing";
@@ -113,7 +101,7 @@ impl Keys {
     /// Note that a user's keys changed, so sync reports them to others.
     pub fn mark_changed(batch: &mut Batch<'_>, user_id: &UserId) {
         let count = batch.next_count();
-        batch.put(Cf::KeyChanges, user_id.as_bytes(), &count.to_be_bytes());
+        data::put_changed_at(batch, user_id, count);
     }
 
     /// Apply an update that follows what we hold (its `prev_id` is our
@@ -166,7 +154,7 @@ impl Keys {
     }
 
     pub fn changed_at(&self, user_id: &UserId) -> Result<u64> {
-        Ok(self.db.get(Cf::KeyChanges, user_id.as_bytes())?.map(|v| u64_from_be(&v)).unwrap_or(0))
+        Ok(data::changed_at(&self.db, user_id)?.unwrap_or(0))
     }
 
     /// Store what a device uploads; returns its one-time key counts.
@@ -191,37 +179,22 @@ impl Keys {
             if !complete {
                 return Err(Error::bad_json("device_keys needs `algorithms`, `keys` and `signatures`."));
             }
-            let k = key(&[user_id.as_bytes(), device_id.as_bytes()]);
-            let old: Option<Value> = self.db.get_json(Cf::DeviceKeys, &k)?;
+            let old = data::get_device_keys(&self.db, user_id, device_id)?;
             if old.as_ref() != Some(&keys) {
-                batch.put_json(Cf::DeviceKeys, &k, &keys);
+                data::put_device_keys(&mut batch, user_id, device_id, &keys);
                 Self::mark_changed(&mut batch, user_id);
             }
         }
         for (key_id, value) in one_time_keys {
             check_key_id(&key_id)?;
-            batch.put_json(
-                Cf::OneTimeKeys,
-                &key(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]),
-                &value,
-            );
+            data::put_one_time_key(&mut batch, user_id, device_id, &key_id, &value);
         }
         for (key_id, value) in fallback_keys {
             check_key_id(&key_id)?;
             let algorithm = key_id.split(':').next().unwrap_or_default();
             // One fallback key per algorithm: a new one replaces the old.
-            let fallback_prefix = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
-            for item in self.db.scan_prefix(Cf::FallbackKeys, &fallback_prefix) {
-                let (k, _) = item?;
-                if k[fallback_prefix.len()..].starts_with(format!("{algorithm}:").as_bytes()) {
-                    batch.delete(Cf::FallbackKeys, &k);
-                }
-            }
-            batch.put_json(
-                Cf::FallbackKeys,
-                &key(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]),
-                &FallbackKey { key: value, used: false },
-            );
+            data::delete_fallback_keys(&self.db, &mut batch, user_id, device_id, algorithm)?;
+            data::put_fallback_key(&mut batch, user_id, device_id, &key_id, &FallbackKey { key: value, used: false });
         }
         batch.next_count();
         batch.commit()?;
@@ -229,46 +202,21 @@ impl Keys {
     }
 
     pub fn one_time_key_counts(&self, user_id: &UserId, device_id: &str) -> Result<BTreeMap<String, u64>> {
-        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
-        let mut counts = BTreeMap::new();
-        for item in self.db.scan_prefix(Cf::OneTimeKeys, &p) {
-            let (k, _) = item?;
-            let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
-            *counts.entry(key_id.split(':').next().unwrap_or_default().to_owned()).or_insert(0) += 1;
-        }
-        Ok(counts)
+        data::one_time_key_counts(&self.db, user_id, device_id)
     }
 
     /// Algorithms with an unused fallback key.
     pub fn unused_fallback_algorithms(&self, user_id: &UserId, device_id: &str) -> Result<Vec<String>> {
-        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
-        let mut out = BTreeSet::new();
-        for item in self.db.scan_prefix(Cf::FallbackKeys, &p) {
-            let (k, v) = item?;
-            let fallback: FallbackKey = decode(Cf::FallbackKeys, &v)?;
-            if !fallback.used {
-                out.insert(String::from_utf8_lossy(&k[p.len()..]).split(':').next().unwrap_or_default().to_owned());
-            }
-        }
-        Ok(out.into_iter().collect())
+        Ok(data::unused_fallback_algorithms(&self.db, user_id, device_id)?.into_iter().collect())
     }
 
     /// Device keys of a user: all devices, or those named.
     pub fn device_keys(&self, user_id: &UserId, devices: &[OwnedDeviceId]) -> Result<BTreeMap<OwnedDeviceId, Value>> {
-        let p = prefix(&[user_id.as_bytes()]);
-        let mut out = BTreeMap::new();
-        for item in self.db.scan_prefix(Cf::DeviceKeys, &p) {
-            let (k, v) = item?;
-            let device_id: OwnedDeviceId = String::from_utf8_lossy(&k[p.len()..]).into_owned().into();
-            if devices.is_empty() || devices.contains(&device_id) {
-                out.insert(device_id, decode(Cf::DeviceKeys, &v)?);
-            }
-        }
-        Ok(out)
+        data::device_keys(&self.db, user_id, devices)
     }
 
     pub fn cross_signing_key(&self, user_id: &UserId, kind: &str) -> Result<Option<Value>> {
-        Ok(self.db.get_json(Cf::CrossSigningKeys, &key(&[user_id.as_bytes(), kind.as_bytes()]))?)
+        data::cross_signing_key(&self.db, user_id, kind)
     }
 
     pub fn set_cross_signing_keys(&self, user_id: &UserId, keys: Vec<(&str, Value)>) -> Result<()> {
@@ -286,7 +234,7 @@ impl Keys {
             if value.get("user_id").and_then(|v| v.as_str()) != Some(user_id.as_str()) {
                 return Err(Error::invalid_param("Cross-signing keys must name your own user id."));
             }
-            batch.put_json(Cf::CrossSigningKeys, &key(&[user_id.as_bytes(), kind.as_bytes()]), &value);
+            data::put_cross_signing_key(&mut batch, user_id, kind, &value);
         }
         if public {
             Self::mark_changed(&mut batch, user_id);
@@ -304,9 +252,10 @@ impl Keys {
             return Err(Error::invalid_param("The signed object has no signatures by you."));
         };
         let signatures = Map::from_iter([(signer.to_string(), signatures.clone())]);
-        let device_key = key(&[owner.as_bytes(), key_id.as_bytes()]);
-        let (cf, stored_key, mut stored) = if let Some(v) = self.db.get_json::<Value>(Cf::DeviceKeys, &device_key)? {
-            (Cf::DeviceKeys, device_key, v)
+        // `None`: a device's keys (`key_id` is its device id); else the kind
+        // of cross-signing key.
+        let (kind, mut stored) = if let Some(v) = data::get_device_keys(&self.db, owner, key_id)? {
+            (None, v)
         } else {
             let mut found = None;
             for kind in [MASTER, SELF_SIGNING, USER_SIGNING] {
@@ -315,7 +264,7 @@ impl Keys {
                         .and_then(|k| k.as_object())
                         .is_some_and(|k| k.keys().any(|id| id.ends_with(&format!(":{key_id}"))))
                 {
-                    found = Some((Cf::CrossSigningKeys, key(&[owner.as_bytes(), kind.as_bytes()]), v));
+                    found = Some((Some(kind), v));
                     break;
                 }
             }
@@ -336,7 +285,10 @@ impl Keys {
             }
         }
         let mut batch = self.db.batch();
-        batch.put_json(cf, &stored_key, &stored);
+        match kind {
+            None => data::put_device_keys(&mut batch, owner, key_id, &stored),
+            Some(kind) => data::put_cross_signing_key(&mut batch, owner, kind, &stored),
+        }
         Self::mark_changed(&mut batch, owner);
         batch.commit()?;
         Ok(())
@@ -374,32 +326,21 @@ impl Keys {
     /// Take one one-time key of `algorithm`, or else the fallback key.
     pub fn claim(&self, user_id: &UserId, device_id: &str, algorithm: &str) -> Result<Option<(String, Value)>> {
         let _guard = self.claim_lock.lock().expect("claim lock poisoned");
-        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
         let wanted = format!("{algorithm}:");
-        for item in self.db.scan_prefix(Cf::OneTimeKeys, &p) {
-            let (k, v) = item?;
-            let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
-            if key_id.starts_with(&wanted) {
-                let value: Value = decode(Cf::OneTimeKeys, &v)?;
-                let mut batch = self.db.batch();
-                batch.delete(Cf::OneTimeKeys, &k);
-                batch.commit()?;
-                return Ok(Some((key_id, value)));
-            }
+        if let Some((key_id, value)) = data::first_one_time_key(&self.db, user_id, device_id, &wanted)? {
+            let mut batch = self.db.batch();
+            data::delete_one_time_key(&mut batch, user_id, device_id, &key_id);
+            batch.commit()?;
+            return Ok(Some((key_id, value)));
         }
-        for item in self.db.scan_prefix(Cf::FallbackKeys, &p) {
-            let (k, v) = item?;
-            let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
-            if key_id.starts_with(&wanted) {
-                let mut fallback: FallbackKey = decode(Cf::FallbackKeys, &v)?;
-                fallback.used = true;
-                let value = fallback.key.clone();
-                let mut batch = self.db.batch();
-                batch.next_count();
-                batch.put_json(Cf::FallbackKeys, &k, &fallback);
-                batch.commit()?;
-                return Ok(Some((key_id, value)));
-            }
+        if let Some((key_id, mut fallback)) = data::first_fallback_key(&self.db, user_id, device_id, &wanted)? {
+            fallback.used = true;
+            let value = fallback.key.clone();
+            let mut batch = self.db.batch();
+            batch.next_count();
+            data::put_fallback_key(&mut batch, user_id, device_id, &key_id, &fallback);
+            batch.commit()?;
+            return Ok(Some((key_id, value)));
         }
         Ok(None)
     }
@@ -416,10 +357,11 @@ impl Keys {
     ) {
         let count = batch.next_count_quiet();
         batch.wake_user(target);
-        let k = [&prefix(&[target.as_bytes(), device_id.as_bytes()])[..], &count.to_be_bytes()].concat();
-        batch.put_json(
-            Cf::ToDevice,
-            &k,
+        data::put_to_device(
+            batch,
+            target,
+            device_id,
+            count,
             &ToDeviceMessage { sender: sender.to_owned(), kind: kind.to_owned(), content: content.clone() },
         );
     }
@@ -437,26 +379,17 @@ impl Keys {
         acknowledged: Option<u64>,
         upto: u64,
     ) -> Result<Vec<Value>> {
-        let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
-        let mut out = Vec::new();
-        let mut delivered = Vec::new();
-        for item in self.db.scan_prefix(Cf::ToDevice, &p) {
-            let (k, v) = item?;
-            let count = u64_from_be(&k[p.len()..]);
-            if acknowledged.is_some_and(|a| count <= a) {
-                delivered.push(k);
-                continue;
-            }
-            if count > upto {
-                break;
-            }
-            let message: ToDeviceMessage = decode(Cf::ToDevice, &v)?;
-            out.push(serde_json::json!({ "sender": message.sender, "type": message.kind, "content": message.content }));
-        }
+        let (messages, delivered) = data::to_device_messages(&self.db, user_id, device_id, acknowledged, upto)?;
+        let out: Vec<Value> = messages
+            .into_iter()
+            .map(|message| {
+                serde_json::json!({ "sender": message.sender, "type": message.kind, "content": message.content })
+            })
+            .collect();
         if !delivered.is_empty() {
             let mut batch = self.db.batch();
-            for k in delivered {
-                batch.delete(Cf::ToDevice, &k);
+            for count in delivered {
+                data::delete_to_device(&mut batch, user_id, device_id, count);
             }
             batch.commit()?;
         }
@@ -578,14 +511,7 @@ pub fn room_peers(s: &crate::service::Services, user_id: &UserId) -> Result<BTre
 
 /// Remove everything stored for a device (it was deleted or logged out).
 pub fn forget_device(db: &Db, batch: &mut Batch<'_>, user_id: &UserId, device_id: &str) -> Result<()> {
-    batch.delete(Cf::DeviceKeys, &key(&[user_id.as_bytes(), device_id.as_bytes()]));
-    let p = prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
-    for cf in [Cf::OneTimeKeys, Cf::FallbackKeys, Cf::ToDevice] {
-        for item in db.scan_prefix(cf, &p) {
-            let (k, _) = item?;
-            batch.delete(cf, &k);
-        }
-    }
+    data::delete_device(db, batch, user_id, device_id)?;
     // A device gone is a device-list change for everyone who shares a room,
     // keys or not.
     Keys::mark_changed(batch, user_id);

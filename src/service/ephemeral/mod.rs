@@ -1,6 +1,8 @@
 //! Typing notifications (in memory: they expire within seconds), presence
 //! (in memory: it describes the moment) and read receipts (stored).
 
+mod data;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -8,25 +10,15 @@ use std::{
 };
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::{
-    error::Result,
-    storage::{Cf, Db, decode, key, prefix},
-};
+use self::data::StoredReceipt;
+use crate::{error::Result, storage::Db};
 
 #[derive(Default)]
 struct RoomTyping {
     users: HashMap<OwnedUserId, Instant>,
     changed_at: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct StoredReceipt {
-    event_id: OwnedEventId,
-    ts: u64,
-    count: u64,
 }
 
 /// Users whose presence is kept in memory at most.
@@ -71,11 +63,7 @@ impl Ephemeral {
         let latest = match known {
             Some(latest) => latest,
             None => {
-                let mut latest = 0;
-                for item in self.db.scan_prefix(Cf::Receipts, &prefix(&[room_id.as_bytes()])) {
-                    let (_, v) = item?;
-                    latest = latest.max(decode::<StoredReceipt>(Cf::Receipts, &v)?.count);
-                }
+                let latest = data::latest_receipt(&self.db, room_id)?;
                 let mut cache = self.latest_receipts.lock().expect("receipts poisoned");
                 let entry = cache.entry(room_id.to_owned()).or_insert(latest);
                 *entry = (*entry).max(latest);
@@ -221,11 +209,7 @@ impl Ephemeral {
         *entry = (*entry).max(count);
         drop(latest);
         let record = StoredReceipt { event_id: event_id.clone(), ts: crate::util::now_ms(), count };
-        batch.put_json(
-            Cf::Receipts,
-            &key(&[room_id.as_bytes(), user_id.as_bytes(), receipt_type.as_bytes(), thread.as_bytes()]),
-            &record,
-        );
+        data::put_receipt(&mut batch, room_id, user_id, receipt_type, thread, &record);
         batch.commit()?;
         Ok(())
     }
@@ -238,28 +222,16 @@ impl Ephemeral {
         receipt_type: &str,
         thread: &str,
     ) -> Result<Option<OwnedEventId>> {
-        let record: Option<StoredReceipt> = self.db.get_json(
-            Cf::Receipts,
-            &key(&[room_id.as_bytes(), user_id.as_bytes(), receipt_type.as_bytes(), thread.as_bytes()]),
-        )?;
-        Ok(record.map(|r| r.event_id))
+        Ok(data::receipt(&self.db, room_id, user_id, receipt_type, thread)?.map(|r| r.event_id))
     }
 
     /// The `m.receipt` event with every receipt in the room newer than `since`.
     pub fn receipt_event(&self, room_id: &RoomId, since: u64, viewer: &UserId) -> Result<Option<Value>> {
-        let prefix = prefix(&[room_id.as_bytes()]);
         let mut content: Map<String, Value> = Map::new();
-        for item in self.db.scan_prefix(Cf::Receipts, &prefix) {
-            let (k, v) = item?;
-            let receipt: StoredReceipt = decode(Cf::Receipts, &v)?;
-            if receipt.count <= since {
-                continue;
-            }
-            let parts: Vec<&[u8]> = k[prefix.len()..].split(|b| *b == crate::storage::SEP).collect();
-            let [user, receipt_type, thread] = parts[..] else { continue };
+        data::each_receipt_since(&self.db, room_id, since, |user, receipt_type, thread, receipt| {
             // Private receipts are shown to their owner only.
             if receipt_type == b"m.read.private" && user != viewer.as_bytes() {
-                continue;
+                return;
             }
             let mut data = json!({ "ts": receipt.ts });
             if !thread.is_empty() {
@@ -272,7 +244,7 @@ impl Ephemeral {
                 .entry(String::from_utf8_lossy(receipt_type).into_owned())
                 .or_insert_with(|| json!({}));
             by_type.as_object_mut().expect("object").insert(String::from_utf8_lossy(user).into_owned(), data);
-        }
+        })?;
         if content.is_empty() {
             return Ok(None);
         }

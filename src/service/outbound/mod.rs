@@ -5,6 +5,8 @@
 //! Rows are written in the same batch as the event they carry, so an event
 //! acknowledged to a client is always either sent or still queued.
 
+mod data;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
@@ -22,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::{
     error::Result,
     service::Services,
-    storage::{Batch, Cf, Db, prefix, u64_from_be},
+    storage::{Batch, Db},
 };
 
 /// Per transaction, as the spec allows.
@@ -62,7 +64,7 @@ pub fn queue(batch: &mut Batch<'_>, destinations: &BTreeSet<OwnedServerName>, it
     for destination in destinations {
         // No sync reports the queue.
         let seq = batch.next_count_quiet();
-        batch.put_json(Cf::Outbox, &row_key(destination, seq), item);
+        data::put_row(batch, destination, seq, item);
     }
 }
 
@@ -205,49 +207,14 @@ fn servers_sharing_rooms(services: &Services, user_id: &ruma::UserId) -> Result<
     Ok(destinations)
 }
 
-fn row_key(destination: &ServerName, seq: u64) -> Vec<u8> {
-    [&prefix(&[destination.as_bytes()])[..], &seq.to_be_bytes()].concat()
-}
-
 /// The next rows for a destination: up to 50 PDUs and 100 EDUs, in order.
 fn next_rows(db: &Db, destination: &ServerName) -> Result<Vec<(u64, OutboxItem)>> {
-    let prefix = prefix(&[destination.as_bytes()]);
-    let (mut pdus, mut edus) = (0, 0);
-    let mut out = Vec::new();
-    for item in db.scan_prefix(Cf::Outbox, &prefix) {
-        let (k, v) = item?;
-        let seq = u64_from_be(&k[prefix.len()..]);
-        let Ok(row) = serde_json::from_slice::<OutboxItem>(&v) else {
-            tracing::warn!(%destination, seq, "dropping an unreadable outbox row");
-            db.delete(Cf::Outbox, &k)?;
-            continue;
-        };
-        match &row {
-            OutboxItem::Pdu(_) if pdus < MAX_PDUS => pdus += 1,
-            OutboxItem::Edu(_) if edus < MAX_EDUS => edus += 1,
-            _ => break,
-        }
-        out.push((seq, row));
-    }
-    Ok(out)
+    data::next_rows(db, destination, MAX_PDUS, MAX_EDUS)
 }
 
 /// Destinations with queued rows (at start-up).
 fn queued_destinations(db: &Db) -> Result<Vec<OwnedServerName>> {
-    let mut out: Vec<OwnedServerName> = Vec::new();
-    let mut seek: Vec<u8> = Vec::new();
-    loop {
-        let Some(item) = db.scan_from(Cf::Outbox, &[], &seek, true).next() else { break };
-        let (k, _) = item?;
-        let Some(end) = k.iter().position(|b| *b == crate::storage::SEP) else { break };
-        if let Ok(server) = OwnedServerName::try_from(String::from_utf8_lossy(&k[..end]).into_owned()) {
-            out.push(server);
-        }
-        // Past every row of this destination (SEP, then an 8-byte sequence).
-        seek = k[..end].to_vec();
-        seek.extend_from_slice(&[crate::storage::SEP; 9]);
-    }
-    Ok(out)
+    data::queued_destinations(db)
 }
 
 /// Runs the senders: one task per destination, started when rows arrive
@@ -305,13 +272,11 @@ async fn sender(services: Arc<Services>, destination: OwnedServerName, notify: A
         match send_rows(&services, &destination, &rows).await {
             Ok(()) => {
                 delay = Duration::from_secs(1);
-                let keys: Vec<Vec<u8>> = rows.iter().map(|(seq, _)| row_key(&destination, *seq)).collect();
-                let services = services.clone();
+                let seqs: Vec<u64> = rows.iter().map(|(seq, _)| *seq).collect();
+                let (services, sent_to) = (services.clone(), destination.clone());
                 let done = tokio::task::spawn_blocking(move || {
                     let mut batch = services.db.batch();
-                    for k in keys {
-                        batch.delete(Cf::Outbox, &k);
-                    }
+                    data::delete_rows(&mut batch, &sent_to, &seqs);
                     batch.commit()
                 })
                 .await;

@@ -39,7 +39,7 @@ use crate::{
     error::{Error, Result},
     pdu::Pdu,
     service::{Services, users::Session},
-    storage::{Batch, Cf, key},
+    storage::Batch,
 };
 
 pub const PUSH_RULES: &str = "m.push_rules";
@@ -128,11 +128,7 @@ pub fn save_ruleset(services: &Services, user_id: &UserId, ruleset: &Ruleset) ->
 
 /// The user's counts in the room as stored, without evaluating anything new.
 fn stored_counts(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<Counts> {
-    Ok(services.db.get_json(Cf::NotificationCounts, &counts_key(user_id, room_id))?.unwrap_or_default())
-}
-
-fn counts_key(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
-    key(&[user_id.as_bytes(), room_id.as_bytes()])
+    Ok(data::counts(&services.db, user_id, room_id)?.unwrap_or_default())
 }
 
 /// The user's counts in the room with every event up to stream position
@@ -211,7 +207,7 @@ pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId, thr
     if changed {
         counts.changed_at = batch.next_count_quiet();
         batch.wake_user(user_id);
-        batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), &counts);
+        data::put_counts(&mut batch, user_id, room_id, &counts);
     }
     if changed || evaluated.is_some() {
         batch.commit()?;
@@ -345,7 +341,7 @@ fn catch_up<'a>(
         // Events past `upto` may still be in flight: a full step stops at
         // its last event, anything shorter covered everything to `upto`.
         counts.through = if full_step { last as u64 } else { upto };
-        batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), counts);
+        data::put_counts(batch, user_id, room_id, counts);
         notified = Some(notified.unwrap_or(0) + made);
     }
 }
@@ -464,14 +460,8 @@ fn thread_root(pdu: &Pdu) -> Option<OwnedEventId> {
 /// Rooms with unread notifications: the badge number sent to phones
 /// (grouped by room, as Synapse does by default).
 pub fn unread_rooms(services: &Services, user_id: &UserId) -> Result<u64> {
-    let prefix = crate::storage::prefix(&[user_id.as_bytes()]);
-    let mut rooms = 0;
-    for item in services.db.scan_prefix(Cf::NotificationCounts, &prefix) {
-        let (_, v) = item?;
-        let counts: Counts = crate::storage::decode(Cf::NotificationCounts, &v)?;
-        rooms += u64::from(counts.total().0 > 0);
-    }
-    Ok(rooms)
+    let all = data::all_counts(&services.db, user_id)?;
+    Ok(all.iter().filter(|counts| counts.total().0 > 0).count() as u64)
 }
 
 /// The most pushers one account may have.

@@ -3,6 +3,9 @@
 //!
 //! - `pushers`: user ‖ app_id ‖ pushkey → [`PusherRecord`]
 //! - `notifications`: user ‖ u64be position of the event → [`NotificationRecord`]
+//! - `notification_counts`: user ‖ room → [`super::Counts`]: the counts of
+//!   the main timeline and per thread, when they last changed, and how far
+//!   the room's events were evaluated for the user
 //! - `meta` `notification_counts_floor` → u64be: events before it were
 //!   evaluated when sent (databases from before counts were computed
 //!   lazily, schema version 1); absent on newer databases.
@@ -185,4 +188,29 @@ pub fn delete_user(db: &Db, user_id: &UserId) -> Result<()> {
     }
     batch.commit()?;
     Ok(())
+}
+
+// ----- notification_counts -----
+
+fn counts_key(user_id: &UserId, room_id: &ruma::RoomId) -> Vec<u8> {
+    key(&[user_id.as_bytes(), room_id.as_bytes()])
+}
+
+pub fn counts(db: &Db, user_id: &UserId, room_id: &ruma::RoomId) -> Result<Option<super::Counts>> {
+    Ok(db.get_json(Cf::NotificationCounts, &counts_key(user_id, room_id))?)
+}
+
+pub fn put_counts(batch: &mut Batch<'_>, user_id: &UserId, room_id: &ruma::RoomId, counts: &super::Counts) {
+    batch.put_json(Cf::NotificationCounts, &counts_key(user_id, room_id), counts);
+}
+
+/// The user's counts in every room.
+pub fn all_counts(db: &Db, user_id: &UserId) -> Result<Vec<super::Counts>> {
+    let prefix = prefix(&[user_id.as_bytes()]);
+    let mut out = Vec::new();
+    for item in db.scan_prefix(Cf::NotificationCounts, &prefix) {
+        let (_, v) = item?;
+        out.push(decode(Cf::NotificationCounts, &v)?);
+    }
+    Ok(out)
 }

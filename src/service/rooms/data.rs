@@ -175,7 +175,7 @@ pub(super) fn event_id_by_short(db: &Db, id: u64) -> Result<Option<OwnedEventId>
 /// must find it before any state holding it is written. It reaches the disk
 /// with the first fsynced write after it (the WAL keeps writes in order),
 /// which is at the latest the write of the state that holds it.
-pub(super) fn put_short_id(db: &Db, forward: Cf, reverse: Cf, name: &[u8], id: u64) -> Result<()> {
+fn put_short_id(db: &Db, forward: Cf, reverse: Cf, name: &[u8], id: u64) -> Result<()> {
     let mut batch = db.batch();
     batch.put(forward, name, &id.to_be_bytes());
     batch.put(reverse, &id.to_be_bytes(), name);
@@ -183,9 +183,25 @@ pub(super) fn put_short_id(db: &Db, forward: Cf, reverse: Cf, name: &[u8], id: u
     Ok(())
 }
 
+pub(super) fn put_state_key_id(db: &Db, pair: &[u8], id: u64) -> Result<()> {
+    put_short_id(db, Cf::StateKeyIds, Cf::StateKeysById, pair, id)
+}
+
+pub(super) fn put_event_short_id(db: &Db, event_id: &EventId, id: u64) -> Result<()> {
+    put_short_id(db, Cf::EventShortIds, Cf::EventIdsByShort, event_id.as_bytes(), id)
+}
+
 /// The highest short id handed out in `reverse` (0: none yet).
-pub(super) fn last_short_id(db: &Db, reverse: Cf) -> Result<u64> {
+fn last_short_id(db: &Db, reverse: Cf) -> Result<u64> {
     Ok(db.last_key(reverse)?.map_or(0, |k| u64_from_be(&k)))
+}
+
+pub(super) fn last_state_key_id(db: &Db) -> Result<u64> {
+    last_short_id(db, Cf::StateKeysById)
+}
+
+pub(super) fn last_event_short_id(db: &Db) -> Result<u64> {
+    last_short_id(db, Cf::EventIdsByShort)
 }
 
 // ----- room_members -----

@@ -15,7 +15,7 @@ use super::data;
 use crate::{
     cache::ByteCache,
     error::{Error, Result},
-    storage::{Cf, Db},
+    storage::Db,
 };
 
 /// The short id of an (event type, state key) pair.
@@ -143,8 +143,8 @@ impl ShortIds {
     /// `cache_bytes` is shared between the four caches.
     pub fn open(db: Arc<Db>, cache_bytes: usize) -> Result<Self> {
         Ok(Self {
-            last_key: AtomicU64::new(data::last_short_id(&db, Cf::StateKeysById)?),
-            last_event: AtomicU64::new(data::last_short_id(&db, Cf::EventIdsByShort)?),
+            last_key: AtomicU64::new(data::last_state_key_id(&db)?),
+            last_event: AtomicU64::new(data::last_event_short_id(&db)?),
             db,
             key_ids: ByteCache::new(cache_bytes / 8),
             keys: ByteCache::new(cache_bytes / 8),
@@ -179,7 +179,7 @@ impl ShortIds {
             Some(id) => id,
             None => {
                 let id = self.last_key.fetch_add(1, Ordering::Relaxed) + 1;
-                data::put_short_id(&self.db, Cf::StateKeyIds, Cf::StateKeysById, &pair, id)?;
+                data::put_state_key_id(&self.db, &pair, id)?;
                 id
             }
         };
@@ -222,7 +222,7 @@ impl ShortIds {
             Some(id) => id,
             None => {
                 let id = self.last_event.fetch_add(1, Ordering::Relaxed) + 1;
-                data::put_short_id(&self.db, Cf::EventShortIds, Cf::EventIdsByShort, event_id.as_bytes(), id)?;
+                data::put_event_short_id(&self.db, event_id, id)?;
                 id
             }
         };
@@ -268,6 +268,7 @@ pub fn convert_legacy_snapshots(db: &Arc<Db>) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Cf;
 
     #[test]
     fn a_state_keeps_one_event_per_pair_and_reports_its_changes_against_another() {

@@ -4,14 +4,15 @@
 //! would add a second store to keep in step, and its build cost, for
 //! features porch's rooms do not need).
 //!
-//! Column family, owned here:
-//! - `search_terms`: room id ‖ term ‖ u64be sortable ordering ‖ event id → field (`content.body`, …)
+//! Its column family, `search_terms`, is in `data.rs`.
 //!
 //! Terms are lower-cased words (Unicode letters and digits); a query term
 //! matches words it begins ("hel" finds "hello"), every query term must
 //! match, and rank counts whole-word matches above prefix ones. Results
 //! are checked against the stored event again, so a redacted event is
 //! never found.
+
+mod data;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -26,7 +27,7 @@ use crate::{
         history::{self, PageRequest},
         sync::EventFilter,
     },
-    storage::{Batch, Cf, SEP, key, sortable, u64_from_be, unsortable},
+    storage::Batch,
 };
 
 /// Words longer than this are not indexed (nobody searches for them).
@@ -64,16 +65,7 @@ fn field_of(pdu: &Pdu) -> Option<(&'static str, String)> {
 pub fn stage_index(batch: &mut Batch<'_>, pdu: &Pdu, ordering: i64) {
     let Some((field, text)) = field_of(pdu) else { return };
     for term in terms(&text) {
-        batch.put(
-            Cf::SearchTerms,
-            &key(&[
-                pdu.room_id.as_bytes(),
-                term.as_bytes(),
-                &sortable(ordering).to_be_bytes(),
-                pdu.event_id.as_bytes(),
-            ]),
-            field.as_bytes(),
-        );
+        data::put_term(batch, &pdu.room_id, &term, ordering, &pdu.event_id, field);
     }
 }
 
@@ -215,25 +207,12 @@ fn room_hits(s: &Services, room_id: &RoomId, query: &[String], keys: &[String]) 
     let mut per_event: HashMap<OwnedEventId, (i64, usize, f64)> = HashMap::new();
     for term in query {
         let mut seen: HashMap<OwnedEventId, bool> = HashMap::new();
-        let prefix = key(&[room_id.as_bytes(), term.as_bytes()]);
-        let room_prefix_len = room_id.as_bytes().len() + 1;
-        for item in s.db.scan_prefix(Cf::SearchTerms, &prefix).take(MAX_HITS_PER_TERM) {
-            let (k, v) = item?;
-            if !keys.iter().any(|f| f.as_bytes() == &*v) {
+        for hit in data::term_hits(&s.db, room_id, term, MAX_HITS_PER_TERM)? {
+            if !keys.iter().any(|f| f.as_bytes() == hit.field) {
                 continue;
             }
-            let rest = &k[room_prefix_len..];
-            let Some(sep) = rest.iter().position(|b| *b == SEP) else { continue };
-            let word = &rest[..sep];
-            let tail = &rest[sep + 1..];
-            if tail.len() < 9 {
-                continue;
-            }
-            let ordering = unsortable(u64_from_be(&tail[..8]));
-            let Ok(event_id) = OwnedEventId::try_from(String::from_utf8_lossy(&tail[9..]).into_owned()) else {
-                continue;
-            };
-            let whole = word == term.as_bytes();
+            let (ordering, event_id) = (hit.ordering, hit.event_id);
+            let whole = hit.word == term.as_bytes();
             let entry = seen.entry(event_id.clone()).or_insert(false);
             *entry |= whole;
             per_event.entry(event_id).or_insert((ordering, 0, 0.0));
@@ -296,9 +275,5 @@ fn context(s: &Services, user_id: &UserId, pdu: &Pdu, ordering: i64, c: &Criteri
 
 /// Stage the removal of a room's whole index (its history was purged).
 pub fn stage_purge_room(db: &crate::storage::Db, batch: &mut Batch<'_>, room_id: &RoomId) -> Result<()> {
-    for item in db.scan_prefix(Cf::SearchTerms, &crate::storage::prefix(&[room_id.as_bytes()])) {
-        let (k, _) = item?;
-        batch.delete(Cf::SearchTerms, &k);
-    }
-    Ok(())
+    data::stage_purge_room(db, batch, room_id)
 }

@@ -234,20 +234,52 @@ impl Rooms {
     }
 
     /// How many members were joined in state snapshot `snapshot` (`state`).
+    /// A delta on a snapshot whose count is known costs its changed pairs,
+    /// not the room's members (a catch-up across a burst of joins).
     pub fn joined_count_at(&self, snapshot: u64, state: &State) -> Result<u64> {
         if let Some(hit) = self.joined_counts.get(&snapshot) {
             return Ok(hit);
         }
-        let mut joined = 0;
-        for (_, event_id) in self.state_of_kind(state, "m.room.member")? {
-            if let Some((pdu, _)) = self.get_pdu(&event_id)?
-                && membership_of(&pdu) == Some(MembershipState::Join)
-            {
-                joined += 1;
+        let from_parent = match data::snapshot(&self.db, snapshot)? {
+            Some(Snapshot { parent: Some(parent), changes, .. }) => match self.joined_counts.get(&parent) {
+                Some(base) => Some(self.joined_after_changes(base, &*self.state_at(parent)?, &changes)?),
+                None => None,
+            },
+            _ => None,
+        };
+        let joined = match from_parent {
+            Some(joined) => joined,
+            None => {
+                let mut joined = 0;
+                for (_, event_id) in self.state_of_kind(state, "m.room.member")? {
+                    joined += u64::from(self.is_join_event(&event_id)?);
+                }
+                joined
             }
-        }
+        };
         self.joined_counts.insert(snapshot, joined, 64);
         Ok(joined)
+    }
+
+    /// `base` joined members in `parent`, moved on by a delta's `changes`.
+    fn joined_after_changes(&self, base: u64, parent: &State, changes: &[(u64, u64)]) -> Result<u64> {
+        let mut joined = base;
+        for (key, event) in changes {
+            if self.short.key(*key)?.kind != "m.room.member" {
+                continue;
+            }
+            let now = self.is_join_event(&self.short.event_id(*event)?)?;
+            let before = match parent.get(*key) {
+                Some(old) => self.is_join_event(&self.short.event_id(old)?)?,
+                None => false,
+            };
+            joined = (joined + u64::from(now)).saturating_sub(u64::from(before));
+        }
+        Ok(joined)
+    }
+
+    fn is_join_event(&self, event_id: &EventId) -> Result<bool> {
+        Ok(self.get_pdu(event_id)?.is_some_and(|(pdu, _)| membership_of(&pdu) == Some(MembershipState::Join)))
     }
 
     pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<State>> {
@@ -971,4 +1003,59 @@ pub fn membership_of(pdu: &Pdu) -> Option<MembershipState> {
         membership: MembershipState,
     }
     serde_json::from_str::<Content>(pdu.content.get()).ok().map(|c| c.membership)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{config::Config, service::Services};
+
+    /// Joined counts taken from a parent's count and the delta must be what
+    /// counting every member of each state gives.
+    #[test]
+    fn joined_counts_moved_on_by_deltas_match_a_full_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.database.path = dir.path().join("db");
+        config.database.sync_writes = false;
+        let services = Services::open(config.validate().unwrap()).unwrap();
+        let rooms = &services.rooms;
+        let server = services.server_name().to_owned();
+        let user = |name: &str| OwnedUserId::try_from(format!("@{name}:{server}")).unwrap();
+        let member = |name: &str, membership: &str| {
+            NewEvent::state("m.room.member", user(name).as_str(), json!({ "membership": membership }))
+        };
+        let (room_id, created) = rooms
+            .create_room(
+                &user("alice"),
+                RoomVersionId::V11,
+                json!({ "creator": user("alice") }),
+                vec![
+                    member("alice", "join"),
+                    NewEvent::state("m.room.join_rules", "", json!({ "join_rule": "public" })),
+                ],
+            )
+            .unwrap();
+        let mut snapshots: Vec<u64> =
+            created.iter().map(|pdu| rooms.get_pdu(&pdu.event_id).unwrap().unwrap().1.state_after).collect();
+        let steps = [("bob", "join"), ("carol", "join"), ("bob", "leave"), ("dave", "join"), ("carol", "join")];
+        for (name, membership) in steps {
+            let pdu = rooms.append(&room_id, &user(name), member(name, membership)).unwrap();
+            snapshots.push(rooms.get_pdu(&pdu.event_id).unwrap().unwrap().1.state_after);
+        }
+        let counted = |snapshot: u64| {
+            let state = rooms.state_at(snapshot).unwrap();
+            let members = rooms.state_of_kind(&state, "m.room.member").unwrap();
+            members.iter().filter(|(_, id)| rooms.is_join_event(id).unwrap()).count() as u64
+        };
+        let last = data::snapshot(&rooms.db, *snapshots.last().unwrap()).unwrap().unwrap();
+        assert_eq!(last.parent, Some(snapshots[snapshots.len() - 2]), "the last join is a delta on the one before");
+        // In order, so each delta finds its parent's count cached.
+        let joined: Vec<u64> =
+            snapshots.iter().map(|s| rooms.joined_count_at(*s, &rooms.state_at(*s).unwrap()).unwrap()).collect();
+        assert_eq!(joined, snapshots.iter().map(|s| counted(*s)).collect::<Vec<_>>());
+        assert_eq!(joined[joined.len() - steps.len()..], [2, 3, 2, 3, 3], "bob, carol, bob leaves, dave, carol again");
+    }
 }

@@ -156,10 +156,7 @@ async fn take_in(
                 let mut state_after = state_before.clone();
                 if let Some(key) = pdu.state_key.clone() {
                     let (kind, event_id) = (pdu.kind.to_string(), pdu.event_id.clone());
-                    let (key, event) = blocking(s, move |s| {
-                        Ok((s.rooms.short.key_id(&kind, &key)?, s.rooms.short.event_short(&event_id)?))
-                    })
-                    .await?;
+                    let (key, event) = blocking(s, move |s| s.rooms.short.entry(&kind, &key, &event_id)).await?;
                     state_after.insert(key, event);
                 }
                 states_after.insert(pdu.event_id.clone(), Arc::new(state_after));

@@ -152,6 +152,15 @@ impl Services {
     }
 }
 
+/// Services on a fresh database under `dir`, without fsyncs: for unit tests.
+#[cfg(test)]
+pub(crate) fn open_for_test(dir: &std::path::Path) -> Arc<Services> {
+    let mut config = crate::config::Config::default();
+    config.database.path = dir.join("db");
+    config.database.sync_writes = false;
+    Services::open(config.validate().expect("the default config is valid")).expect("services open")
+}
+
 /// Run storage work off the async executor.
 pub async fn blocking<F, T>(services: &Arc<Services>, f: F) -> crate::error::Result<T>
 where

@@ -15,14 +15,21 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::StateEventType};
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, room::member::MembershipState},
+};
 use serde_json::{Map, Value, json};
 
 use crate::{
     config::SUPPORTED_ROOM_VERSIONS,
     error::{Error, Result},
     policy::{self, Action},
-    service::{Services, blocking, directory, membership, remote_invite, rooms::NewEvent, users::Session},
+    service::{
+        Services, blocking, directory, membership, remote_invite,
+        rooms::{self, NewEvent},
+        users::Session,
+    },
 };
 
 /// State copied into the replacement room, as the spec lists it.
@@ -191,7 +198,7 @@ fn upgrade(
     let mut events = vec![NewEvent::state(
         "m.room.member",
         user_id.as_str(),
-        Value::Object(membership::member_content(s, user_id, ruma::events::room::member::MembershipState::Join, None)?),
+        Value::Object(membership::member_content(s, user_id, MembershipState::Join, None)?),
     )];
     events.push(NewEvent::state("m.room.power_levels", "", Value::Object(first_power)));
     for kind in TRANSFERRED {
@@ -205,8 +212,9 @@ fn upgrade(
             None => {}
         }
     }
-    for (target, _) in s.rooms.state_of_kind(&state, "m.room.member")? {
-        let Some(content) = s.rooms.state_content(&state, "m.room.member", &target)? else { continue };
+    for (target, event_id) in s.rooms.state_of_kind(&state, "m.room.member")? {
+        let Some((member, _)) = s.rooms.get_pdu(&event_id)? else { continue };
+        let content = member.content_value();
         if content["membership"] == "ban" {
             let mut ban = json!({ "membership": "ban" });
             if let Some(reason) = content.get("reason") {
@@ -249,11 +257,10 @@ fn upgrade(
     };
     let mut invitees = Vec::new();
     if may_invite {
-        for (target, _) in s.rooms.state_of_kind(&state, "m.room.member")? {
+        for (target, event_id) in s.rooms.state_of_kind(&state, "m.room.member")? {
             let Ok(target) = UserId::parse(target.as_str()) else { continue };
-            let membership = s.rooms.state_content(&state, "m.room.member", target.as_str())?;
-            let membership = membership.as_ref().and_then(|c| c["membership"].as_str());
-            if target != *user_id && matches!(membership, Some("join" | "invite")) {
+            let membership = s.rooms.get_pdu(&event_id)?.and_then(|(member, _)| rooms::membership_of(&member));
+            if target != *user_id && matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
                 invitees.push(target);
             }
         }

@@ -330,11 +330,8 @@ impl Rooms {
 
     /// A state given as strings, in short ids (giving ids to what has none).
     pub fn compact(&self, map: &StateMap) -> Result<State> {
-        let mut entries = Vec::with_capacity(map.len());
-        for ((kind, state_key), event_id) in map {
-            entries.push((self.short.key_id(kind, state_key)?, self.short.event_short(event_id)?));
-        }
-        Ok(State::from_entries(entries))
+        let entries = map.iter().map(|((kind, key), event_id)| self.short.entry(kind, key, event_id));
+        Ok(State::from_entries(entries.collect::<Result<_>>()?))
     }
 
     /// The event of `kind`/`state_key` in `state`, for ruma's auth checks,
@@ -808,17 +805,10 @@ impl<'a> Txn<'a> {
             rejected: false,
         };
         if let Some(state_key) = &pdu.state_key {
-            let key = self.rooms.short.key_id(&pdu.kind.to_string(), state_key)?;
-            let event = self.rooms.short.event_short(&pdu.event_id)?;
-            if let Some(old) = self.state.get(key) {
-                let old = self.rooms.short.event_id(old)?;
-                if let Some(old_pdu) = self.fetch(&old) {
-                    meta.prev_content = Some(old_pdu.content.clone());
-                }
-                meta.replaces_state = Some(old);
-            }
             // A copy of 16 bytes per pair, once per transaction.
-            Arc::make_mut(&mut self.state).insert(key, event);
+            let mut state = std::mem::take(&mut self.state);
+            let (key, event) = self.put_state_event(Arc::make_mut(&mut state), &pdu, state_key, &mut meta)?;
+            self.state = state;
             let snapshot_id = self.batch.next_count_quiet();
             let snapshot = if self.snapshot_depth >= MAX_SNAPSHOT_CHAIN || state_before == 0 {
                 self.snapshot_depth = 0;
@@ -852,6 +842,21 @@ impl<'a> Txn<'a> {
         self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta));
         self.outgoing.push(pdu.clone());
         Ok(pdu)
+    }
+
+    /// Make `pdu` (a state event) hold its pair in `state`, noting in
+    /// `meta` what it replaces; the pair and the event as short ids.
+    fn put_state_event(&self, state: &mut State, pdu: &Pdu, state_key: &str, meta: &mut PduMeta) -> Result<(u64, u64)> {
+        let key = self.rooms.short.key_id(&pdu.kind.to_string(), state_key)?;
+        let event = self.rooms.short.event_short(&pdu.event_id)?;
+        if let Some(old) = state.insert(key, event) {
+            let old = self.rooms.short.event_id(old)?;
+            if let Some(old_pdu) = self.fetch(&old) {
+                meta.prev_content = Some(old_pdu.content.clone());
+            }
+            meta.replaces_state = Some(old);
+        }
+        Ok((key, event))
     }
 
     /// The event and its timeline entry at its stream position.
@@ -1010,17 +1015,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{config::Config, service::Services};
 
     /// Joined counts taken from a parent's count and the delta must be what
     /// counting every member of each state gives.
     #[test]
     fn joined_counts_moved_on_by_deltas_match_a_full_count() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.database.path = dir.path().join("db");
-        config.database.sync_writes = false;
-        let services = Services::open(config.validate().unwrap()).unwrap();
+        let services = crate::service::open_for_test(dir.path());
         let rooms = &services.rooms;
         let server = services.server_name().to_owned();
         let user = |name: &str| OwnedUserId::try_from(format!("@{name}:{server}")).unwrap();

@@ -23,11 +23,10 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::service::rooms::State as RoomState;
 use crate::{
     error::Result,
     pdu::{Pdu, PduMeta},
-    service::{Services, push, users::Session},
+    service::{Services, push, rooms::State as RoomState, users::Session},
 };
 
 /// Wrap a JSON value as a ruma `Raw`.

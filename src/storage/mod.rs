@@ -410,8 +410,8 @@ impl<'a> Batch<'a> {
     }
 
     pub fn put_json<T: Serialize>(&mut self, cf: Cf, key: &[u8], value: &T) {
-        let bytes = serde_json::to_vec(value).expect("our records always serialize");
-        self.put(cf, key, &bytes);
+        let value = serde_json::to_vec(value).expect("our records always serialize");
+        self.inner.push(Change::Put { cf, key: key.to_vec(), value });
     }
 
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {

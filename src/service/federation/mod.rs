@@ -720,19 +720,13 @@ mod tests {
     use ruma::{CanonicalJsonValue, RoomVersionId, events::TimelineEventType};
     use serde_json::json;
 
-    use crate::{
-        config::Config,
-        service::{Services, rooms::NewEvent},
-    };
+    use crate::service::rooms::NewEvent;
 
     /// A real event of this server, verified as a remote server's would be.
     #[tokio::test(flavor = "multi_thread")]
     async fn incoming_pdus_are_verified_redacted_or_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.database.path = dir.path().join("db");
-        config.database.sync_writes = false;
-        let services = Services::open(config.validate().unwrap()).unwrap();
+        let services = crate::service::open_for_test(dir.path());
         let alice = services.users.local_user_id("alice").unwrap();
         services
             .users

@@ -117,12 +117,34 @@ pub(super) fn first_one_time_key(
     device_id: &str,
     wanted: &str,
 ) -> Result<Option<(String, Value)>> {
+    first_device_key(db, Cf::OneTimeKeys, user_id, device_id, wanted)
+}
+
+/// The same for fallback keys.
+pub(super) fn first_fallback_key(
+    db: &Db,
+    user_id: &UserId,
+    device_id: &str,
+    wanted: &str,
+) -> Result<Option<(String, FallbackKey)>> {
+    first_device_key(db, Cf::FallbackKeys, user_id, device_id, wanted)
+}
+
+/// The first key in `cf` (one-time or fallback) of a device whose id
+/// starts with `wanted`.
+fn first_device_key<T: serde::de::DeserializeOwned>(
+    db: &Db,
+    cf: Cf,
+    user_id: &UserId,
+    device_id: &str,
+    wanted: &str,
+) -> Result<Option<(String, T)>> {
     let p = device_prefix(user_id, device_id);
-    for item in db.scan_prefix(Cf::OneTimeKeys, &p) {
+    for item in db.scan_prefix(cf, &p) {
         let (k, v) = item?;
         let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
         if key_id.starts_with(wanted) {
-            return Ok(Some((key_id, decode(Cf::OneTimeKeys, &v)?)));
+            return Ok(Some((key_id, decode(cf, &v)?)));
         }
     }
     Ok(None)
@@ -170,25 +192,6 @@ pub(super) fn unused_fallback_algorithms(db: &Db, user_id: &UserId, device_id: &
         }
     }
     Ok(out)
-}
-
-/// The first fallback key of a device whose id starts with `wanted`
-/// (`algorithm:`), as (key id, key).
-pub(super) fn first_fallback_key(
-    db: &Db,
-    user_id: &UserId,
-    device_id: &str,
-    wanted: &str,
-) -> Result<Option<(String, FallbackKey)>> {
-    let p = device_prefix(user_id, device_id);
-    for item in db.scan_prefix(Cf::FallbackKeys, &p) {
-        let (k, v) = item?;
-        let key_id = String::from_utf8_lossy(&k[p.len()..]).into_owned();
-        if key_id.starts_with(wanted) {
-            return Ok(Some((key_id, decode(Cf::FallbackKeys, &v)?)));
-        }
-    }
-    Ok(None)
 }
 
 // ----- cross_signing_keys -----

@@ -120,11 +120,8 @@ impl Rooms {
             self.conflicted_subgraph(&starts).ok()
         })
         .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
-        let mut entries = Vec::with_capacity(resolved.len());
-        for ((kind, state_key), event_id) in resolved {
-            entries.push((self.short.key_id(&kind.to_string(), &state_key)?, self.short.event_short(&event_id)?));
-        }
-        Ok(State::from_entries(entries))
+        let entries = resolved.iter().map(|((kind, key), event_id)| self.short.entry(&kind.to_string(), key, event_id));
+        Ok(State::from_entries(entries.collect::<Result<_>>()?))
     }
 
     /// Every event reachable through `auth_events` from `start` (inclusive).
@@ -205,7 +202,7 @@ impl Rooms {
             && pdu.kind != TimelineEventType::RoomCreate
             && let Ok(create) = OwnedEventId::try_from(format!("${}", &pdu.room_id.as_str()[1..]))
         {
-            entries.push((self.short.key_id("m.room.create", "")?, self.short.event_short(&create)?));
+            entries.push(self.short.entry("m.room.create", "", &create)?);
         }
         for id in &pdu.auth_events {
             let event = match extra.get(id) {
@@ -216,7 +213,7 @@ impl Rooms {
                 },
             };
             if let Some(key) = &event.state_key {
-                entries.push((self.short.key_id(&event.kind.to_string(), key)?, self.short.event_short(id)?));
+                entries.push(self.short.entry(&event.kind.to_string(), key, id)?);
             }
         }
         Ok(Ok(State::from_entries(entries)))
@@ -558,15 +555,7 @@ impl Txn<'_> {
         meta.state_after = before_id;
         let mut state_after = state_before.clone();
         if let Some(state_key) = &pdu.state_key {
-            let key = self.rooms.short.key_id(&pdu.kind.to_string(), state_key)?;
-            if let Some(old) = state_before.get(key) {
-                let old = self.rooms.short.event_id(old)?;
-                if let Some(old_pdu) = self.fetch(&old) {
-                    meta.prev_content = Some(old_pdu.content.clone());
-                }
-                meta.replaces_state = Some(old);
-            }
-            state_after.insert(key, self.rooms.short.event_short(&pdu.event_id)?);
+            self.put_state_event(&mut state_after, pdu, state_key, meta)?;
             meta.state_after = self.write_snapshot(before_id, state_before, &state_after)?;
         }
         Ok(state_after)
@@ -679,7 +668,7 @@ mod tests {
     use ruma::{OwnedEventId, OwnedRoomId};
     use serde_json::json;
 
-    use crate::{config::Config, pdu::Pdu, service::Services};
+    use crate::pdu::Pdu;
 
     /// A chain of auth events as long as another server cares to send,
     /// stored as outliers, then walked: the walk must neither overflow the
@@ -687,10 +676,7 @@ mod tests {
     #[test]
     fn a_long_auth_chain_from_another_server_is_walked_without_recursion() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.database.path = dir.path().join("db");
-        config.database.sync_writes = false;
-        let services = Services::open(config.validate().unwrap()).unwrap();
+        let services = crate::service::open_for_test(dir.path());
         let room_id = OwnedRoomId::try_from("!chain:elsewhere.example").unwrap();
         const LENGTH: usize = 50_000;
         let id = |i: usize| OwnedEventId::try_from(format!("$event{i}")).unwrap();

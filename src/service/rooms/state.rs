@@ -187,6 +187,12 @@ impl ShortIds {
         Ok(id)
     }
 
+    /// A state entry in short ids: the pair's and the event's, given now
+    /// where they have none.
+    pub fn entry(&self, kind: &str, state_key: &str, event_id: &EventId) -> Result<(ShortKey, ShortEvent)> {
+        Ok((self.key_id(kind, state_key)?, self.event_short(event_id)?))
+    }
+
     /// The pair with id `id`.
     pub fn key(&self, id: ShortKey) -> Result<Arc<StateKey>> {
         if let Some(hit) = self.keys.get(&id) {
@@ -254,10 +260,11 @@ pub fn convert_legacy_snapshots(db: &Arc<Db>) -> Result<usize> {
         after = *last;
         let mut batch = db.batch();
         for (id, old) in &step {
-            let mut changes = Vec::with_capacity(old.changes.len());
-            for (kind, state_key, event_id) in &old.changes {
-                changes.push((ids.key_id(kind, state_key)?, ids.event_short(event_id)?));
-            }
+            let changes = old
+                .changes
+                .iter()
+                .map(|(kind, key, event_id)| ids.entry(kind, key, event_id))
+                .collect::<Result<_>>()?;
             data::put_snapshot(&mut batch, *id, &Snapshot { parent: old.parent, depth: old.depth, changes });
         }
         batch.commit()?;

@@ -170,6 +170,8 @@ where
         let keeps_body = [
             TypeId::of::<ruma::api::client::membership::join_room_by_id::v3::Request>(),
             TypeId::of::<ruma::api::client::membership::join_room_by_id_or_alias::v3::Request>(),
+            // For `filters.spaces`, which ruma's types lack.
+            TypeId::of::<ruma::api::client::sync::sync_events::v5::Request>(),
         ]
         .contains(&TypeId::of::<T>());
         let body_object = if keeps_body {

@@ -33,6 +33,7 @@ pub fn remove_devices(
 ) -> Result<()> {
     let before = s.keys.changed_at(user_id)?;
     for device_id in s.users.remove_devices(user_id, which, keep)? {
+        s.sliding_sync.forget_device(user_id, &device_id);
         crate::service::outbound::device_list_update(s, user_id, device_id.as_str(), true, before)?;
     }
     Ok(())

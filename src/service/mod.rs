@@ -38,6 +38,7 @@ pub mod room_upgrade;
 pub mod rooms;
 pub mod schema;
 pub mod search;
+pub mod sliding_sync;
 pub mod spaces;
 pub mod sync;
 pub mod tokens;
@@ -60,6 +61,7 @@ pub struct Services {
     pub key_backup: key_backup::KeyBackup,
     pub spaces: spaces::Spaces,
     pub lazy_members: sync::LazyMembers,
+    pub sliding_sync: sliding_sync::connections::Connections,
     pub guests: guests::Guests,
     pub mail: mail::Mailer,
     pub federation: federation::Federation,
@@ -114,6 +116,7 @@ impl Services {
             key_backup: key_backup::KeyBackup::default(),
             spaces: spaces::Spaces::default(),
             lazy_members: sync::LazyMembers::default(),
+            sliding_sync: sliding_sync::connections::Connections::default(),
             guests: guests::Guests::default(),
             mail: mail::Mailer::new(&settings)?,
             federation: federation::Federation::new(db.clone(), signing.clone(), &settings)?,

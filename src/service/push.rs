@@ -206,7 +206,7 @@ pub fn reset_counts(services: &Services, user_id: &UserId, room_id: &RoomId, thr
     };
     if changed {
         counts.changed_at = batch.next_count_quiet();
-        batch.wake_user(user_id);
+        batch.wake_user_in_room(user_id, room_id);
         data::put_counts(&mut batch, user_id, room_id, &counts);
     }
     if changed || evaluated.is_some() {

@@ -135,7 +135,8 @@ async fn knock_via(
     let (user, room) = (user_id.to_owned(), room_id.to_owned());
     blocking(s, move |s| {
         let mut batch = s.db.batch();
-        let count = batch.next_count();
+        // `put_user_membership` wakes the user.
+        let count = batch.next_count_quiet();
         rooms_data::put_pdu(&mut batch, &event_id, &StoredPdu { meta: PduMeta::outlier(room.clone()), pdu: raw });
         remote_invite::put_pending(&mut batch, &event_id, &pending);
         let record = MembershipRecord { membership: MembershipState::Knock, event_id, count, forgotten: false };

@@ -53,6 +53,39 @@ pub struct RoomRecord {
     pub extremities: Vec<OwnedEventId>,
     pub depth: u64,
     pub last_count: u64,
+    /// Stream position of the last event that moves the room up a room
+    /// list ([`BUMP_EVENT_TYPES`]); 0 in rooms stored before it was kept.
+    #[serde(default)]
+    pub last_bump: u64,
+}
+
+/// Events that move a room to the top of a sliding-sync room list (what
+/// people see as activity; Synapse's default set): a member or a state
+/// change does not.
+pub const BUMP_EVENT_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+
+impl RoomRecord {
+    /// Where the room stands in recency order: its last bump, or its last
+    /// event in rooms stored before bumps were kept.
+    pub fn bump_stamp(&self) -> u64 {
+        if self.last_bump == 0 { self.last_count } else { self.last_bump }
+    }
+
+    /// Note an event at `count`, whatever its kind.
+    pub(crate) fn note_event(&mut self, kind: &TimelineEventType, count: u64) {
+        self.last_count = count;
+        if BUMP_EVENT_TYPES.contains(&kind.to_string().as_str()) {
+            self.last_bump = count;
+        }
+    }
 }
 
 /// A local user's membership in a room, as sync reads it.
@@ -505,6 +538,7 @@ impl Rooms {
                 extremities: Vec::new(),
                 depth: 0,
                 last_count: 0,
+                last_bump: 0,
             };
             let mut txn = Txn::new(self, placeholder.clone(), record, rules.clone(), Arc::default(), 0);
             let (create, _) =
@@ -838,7 +872,7 @@ impl<'a> Txn<'a> {
         self.put_event(&pdu, &meta)?;
         self.record.extremities = vec![pdu.event_id.clone()];
         self.record.depth += 1;
-        self.record.last_count = count;
+        self.record.note_event(&pdu.kind, count);
         self.pending.insert(pdu.event_id.clone(), (pdu.clone(), meta));
         self.outgoing.push(pdu.clone());
         Ok(pdu)
@@ -876,8 +910,8 @@ impl<'a> Txn<'a> {
         let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
         data::put_member(&mut self.batch, &self.room_id, &user_id, &membership);
         if user_id.server_name() == self.rooms.server_name {
-            // Their sync may not be watching this room yet (a join, an invite).
-            self.batch.wake_user(&user_id);
+            // Their sync may not be watching this room yet (a join, an
+            // invite): `put_user_membership` wakes them.
             // A profile change (join to join) is not a membership change: keep
             // the position of the transition, so sync does not resend the room.
             let previous = match self.membership_updates.get(&user_id) {

@@ -314,62 +314,9 @@ fn joined_room(
     {
         return Ok(None);
     }
-    let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
-    let mut limited = false;
-    let mut cursor = upto as i64 + 1;
-    let mut scanned = 0usize;
-    let mut hidden = 0usize;
     let current_state = services.rooms.current_state(room_id)?;
-    'scan: loop {
-        let batch = services.rooms.timeline(room_id, cursor, false, 50)?;
-        if batch.is_empty() {
-            break;
-        }
-        for (count, event_id) in batch {
-            cursor = count;
-            if room_since.is_some_and(|s| count <= s as i64) {
-                break 'scan;
-            }
-            // A filter that matches little must not walk a whole long room:
-            // past this, say there is more and let `/messages` page.
-            scanned += 1;
-            if scanned > MAX_TIMELINE_SCAN {
-                limited = true;
-                break 'scan;
-            }
-            let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
-            // Ignored users' messages are hidden; their state changes still show.
-            if !timeline_filter.allows(&pdu) || (ignored.contains(&pdu.sender) && pdu.state_key.is_none()) {
-                continue;
-            }
-            // A fresh view reaches back before the join: history visibility
-            // applies, except to events of the current state, which show
-            // even if set while the user could not see (as Synapse; clients
-            // rely on seeing who is in the room).
-            if room_since.is_none() && !crate::service::history::may_see(services, &session.user_id, &pdu, &meta)? {
-                hidden += 1;
-                let in_current_state = match &pdu.state_key {
-                    Some(key) => {
-                        services.rooms.state_event(&current_state, &pdu.kind.to_string(), key)?.as_ref()
-                            == Some(&pdu.event_id)
-                    }
-                    None => false,
-                };
-                if hidden > MAX_HIDDEN_SCAN {
-                    break 'scan;
-                }
-                if !in_current_state {
-                    continue;
-                }
-            }
-            if entries.len() == limit {
-                limited = true;
-                break 'scan;
-            }
-            entries.push((pdu, meta));
-        }
-    }
-    entries.reverse();
+    let scan = TimelineScan { since: room_since, upto, limit, filter: Some(timeline_filter), ignored };
+    let (entries, limited) = recent_events(services, &session.user_id, room_id, &current_state, &scan)?;
 
     let ephemeral_since = room_since.unwrap_or(0);
     let mut ephemeral = Vec::new();
@@ -507,6 +454,87 @@ fn joined_room(
     Ok(Some(room))
 }
 
+/// What [`recent_events`] looks for.
+pub(crate) struct TimelineScan<'a> {
+    /// Only events after this position (`None`: a fresh view, where
+    /// history visibility applies).
+    pub since: Option<u64>,
+    /// Only events at or before this position.
+    pub upto: u64,
+    pub limit: usize,
+    pub filter: Option<&'a EventFilter<'a>>,
+    pub ignored: &'a HashSet<OwnedUserId>,
+}
+
+/// The last events of a room's timeline a user may see, oldest first, and
+/// whether there are more before them.
+pub(crate) fn recent_events(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    current_state: &RoomState,
+    scan: &TimelineScan<'_>,
+) -> Result<(Vec<(Arc<Pdu>, PduMeta)>, bool)> {
+    let (room_since, limit, ignored) = (scan.since, scan.limit, scan.ignored);
+    let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
+    let mut limited = false;
+    let mut cursor = scan.upto as i64 + 1;
+    let mut scanned = 0usize;
+    let mut hidden = 0usize;
+    'scan: loop {
+        let batch = services.rooms.timeline(room_id, cursor, false, 50)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (count, event_id) in batch {
+            cursor = count;
+            if room_since.is_some_and(|s| count <= s as i64) {
+                break 'scan;
+            }
+            // A filter that matches little must not walk a whole long room:
+            // past this, say there is more and let `/messages` page.
+            scanned += 1;
+            if scanned > MAX_TIMELINE_SCAN {
+                limited = true;
+                break 'scan;
+            }
+            let Some((pdu, meta)) = services.rooms.get_pdu(&event_id)? else { continue };
+            // Ignored users' messages are hidden; their state changes still show.
+            if !scan.filter.is_none_or(|f| f.allows(&pdu)) || (ignored.contains(&pdu.sender) && pdu.state_key.is_none())
+            {
+                continue;
+            }
+            // A fresh view reaches back before the join: history visibility
+            // applies, except to events of the current state, which show
+            // even if set while the user could not see (as Synapse; clients
+            // rely on seeing who is in the room).
+            if room_since.is_none() && !crate::service::history::may_see(services, user_id, &pdu, &meta)? {
+                hidden += 1;
+                let in_current_state = match &pdu.state_key {
+                    Some(key) => {
+                        services.rooms.state_event(current_state, &pdu.kind.to_string(), key)?.as_ref()
+                            == Some(&pdu.event_id)
+                    }
+                    None => false,
+                };
+                if hidden > MAX_HIDDEN_SCAN {
+                    break 'scan;
+                }
+                if !in_current_state {
+                    continue;
+                }
+            }
+            if entries.len() == limit {
+                limited = true;
+                break 'scan;
+            }
+            entries.push((pdu, meta));
+        }
+    }
+    entries.reverse();
+    Ok((entries, limited))
+}
+
 /// Whether an invite came from someone the user ignores (it is not shown).
 fn invited_by_ignored(services: &Services, invite: &ruma::EventId, ignored: &HashSet<OwnedUserId>) -> Result<bool> {
     if ignored.is_empty() {
@@ -569,7 +597,11 @@ fn presence(
 }
 
 /// The room's state as of a stream position (after the last event at or before it).
-fn state_at_position(services: &Services, room_id: &RoomId, position: u64) -> Result<std::sync::Arc<RoomState>> {
+pub(crate) fn state_at_position(
+    services: &Services,
+    room_id: &RoomId,
+    position: u64,
+) -> Result<std::sync::Arc<RoomState>> {
     let last = services.rooms.timeline(room_id, position as i64 + 1, false, 1)?;
     match last.first() {
         Some((_, event_id)) => match services.rooms.get_pdu(event_id)? {

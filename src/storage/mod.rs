@@ -8,9 +8,11 @@
 //! UTF-8, so prefixes of Matrix identifiers cannot collide.
 
 mod backend;
+mod journal;
 mod waiters;
 
 pub use backend::{Backend, Change, Changes, Rocks};
+pub use journal::{Journal, UserChanges};
 pub use waiters::{Audience, Registration, Waiters};
 
 use std::{
@@ -236,6 +238,8 @@ pub struct Db {
     in_flight: Mutex<InFlight>,
     /// The syncs waiting for changes, woken by audience.
     waiters: Arc<Waiters>,
+    /// The released batches' audiences, for readers that hold a position.
+    journal: Journal,
     sync_writes: bool,
     /// The highest write mark known to be durable.
     synced: AtomicU64,
@@ -260,6 +264,7 @@ impl Db {
             count: AtomicU64::new(count),
             in_flight: Mutex::new(InFlight::default()),
             waiters: Arc::new(Waiters::default()),
+            journal: Journal::new(count),
             sync_writes,
             synced,
             sync_leader: Mutex::new(()),
@@ -350,8 +355,13 @@ impl Db {
                 in_flight.wakes.push((highest, audience));
             }
             let safe = in_flight.safe(self.current_count());
-            let (ready, waiting) = std::mem::take(&mut in_flight.wakes).into_iter().partition(|(at, _)| *at <= safe);
+            let (mut ready, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut in_flight.wakes).into_iter().partition(|(at, _)| *at <= safe);
             in_flight.wakes = waiting;
+            // Recorded before `safe` can be read past them (under the same lock), so a
+            // reader that saw a position finds every change up to it.
+            ready.sort_by_key(|(at, _)| *at);
+            self.journal.record(ready.iter().cloned());
             ready
         };
         for (_, audience) in &ready {
@@ -363,6 +373,11 @@ impl Db {
     /// Where syncs wait for the changes that concern them.
     pub fn waiters(&self) -> &Arc<Waiters> {
         &self.waiters
+    }
+
+    /// Which rooms and users recent changes concern.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Return once every write up to mark `sequence` is durable (with
@@ -441,6 +456,12 @@ impl<'a> Batch<'a> {
         if self.audience.rooms.last().is_none_or(|r| r != room_id) {
             self.audience.rooms.push(room_id.to_owned());
         }
+    }
+
+    /// The batch changes the user's own standing in a room (membership,
+    /// unread counts, room account data).
+    pub fn wake_user_in_room(&mut self, user_id: &UserId, room_id: &RoomId) {
+        self.audience.user_rooms.push((user_id.to_owned(), room_id.to_owned()));
     }
 
     /// The batch changes what this user sees.

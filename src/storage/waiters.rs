@@ -20,11 +20,15 @@ pub struct Audience {
     pub(super) everyone: bool,
     pub(super) users: Vec<OwnedUserId>,
     pub(super) rooms: Vec<OwnedRoomId>,
+    /// Users whose own standing in a room changed (membership, unread
+    /// counts, room account data): woken as users; the room is for the
+    /// [`super::journal::Journal`].
+    pub(super) user_rooms: Vec<(OwnedUserId, OwnedRoomId)>,
 }
 
 impl Audience {
     pub(super) fn is_empty(&self) -> bool {
-        !self.everyone && self.users.is_empty() && self.rooms.is_empty()
+        !self.everyone && self.users.is_empty() && self.rooms.is_empty() && self.user_rooms.is_empty()
     }
 }
 
@@ -86,7 +90,7 @@ impl Waiters {
                 entry.signal.send_modify(|n| *n += 1);
             }
         };
-        for user_id in &audience.users {
+        for user_id in audience.users.iter().chain(audience.user_rooms.iter().map(|(user, _)| user)) {
             bump(user_id);
         }
         for room_id in &audience.rooms {

@@ -33,8 +33,12 @@ pub async fn versions(
     _: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
-    response.unstable_features =
-        BTreeMap::from([("org.matrix.msc3266".to_owned(), true), ("org.matrix.msc3083.v2".to_owned(), true)]);
+    response.unstable_features = BTreeMap::from([
+        ("org.matrix.msc3266".to_owned(), true),
+        ("org.matrix.msc3083.v2".to_owned(), true),
+        // Simplified sliding sync (MSC4186), which Element X needs.
+        ("org.matrix.simplified_msc3575".to_owned(), true),
+    ]);
     Ok(response)
 }
 

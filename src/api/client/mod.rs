@@ -134,6 +134,7 @@ pub fn register(r: &mut Routes) {
         // and sytest look for (`limited`, `state`, `ephemeral`, …).
         .raw("/_matrix/client/v3/sync", Method::GET, get(sync::sync))
         .raw("/_matrix/client/r0/sync", Method::GET, get(sync::sync))
+        .ruma::<c::sync::sync_events::v5::Request, _, _>(sync::sliding_sync)
         .ruma::<c::filter::create_filter::v3::Request, _, _>(sync::create_filter)
         .ruma::<c::filter::get_filter::v3::Request, _, _>(sync::get_filter)
         // ephemeral

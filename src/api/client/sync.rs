@@ -1,6 +1,6 @@
 //! `/sync` (long-polling) and stored filters.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ruma::api::client::{
     filter::{FilterDefinition, create_filter, get_filter},
@@ -10,7 +10,10 @@ use ruma::api::client::{
 use crate::{
     api::{AppState, Ruma, blocking},
     error::{Error, Result},
-    service::sync::{self as sync_service, SyncParams},
+    service::{
+        sliding_sync as sliding_service,
+        sync::{self as sync_service, SyncParams},
+    },
 };
 
 pub async fn sync(
@@ -108,6 +111,42 @@ async fn long_poll(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resu
             // Nothing new: answer with the same position, so nothing that
             // became visible meanwhile can be skipped.
             _ => return Ok(sync_events::v3::Response::new(since.unwrap_or(0).to_string())),
+        }
+    }
+}
+
+/// Simplified sliding sync (MSC4186): answered at once when something
+/// changed since `pos` (or without `pos`), else when something does or at
+/// `timeout`.
+pub async fn sliding_sync(state: AppState, req: Ruma<sync_events::v5::Request>) -> Result<sync_events::v5::Response> {
+    let session = req.session().clone();
+    let params = Arc::new(sliding_service::Params::new(req.body, req.body_object.as_ref())?);
+    let request = &params.request;
+    let (user, presence) = (session.user_id.clone(), request.set_presence.clone());
+    blocking(&state, move |s| crate::service::profiles::presence_from_sync(s, &user, presence)).await?;
+    let conn_id = request.conn_id.as_deref().unwrap_or_default();
+    let connection = state.sliding_sync.open(&session.user_id, &session.device_id, conn_id, request.pos.as_deref())?;
+    let timeout = match request.pos {
+        Some(_) => request.timeout.unwrap_or_default().min(state.settings.sync_timeout_max),
+        None => Duration::ZERO,
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let rooms = if timeout.is_zero() {
+        Vec::new()
+    } else {
+        let user = session.user_id.clone();
+        blocking(&state, move |s| sync_service::watched_rooms(s, &user)).await?
+    };
+    let mut waiting = state.db.waiters().register(&session.user_id, rooms);
+    loop {
+        waiting.mark_seen();
+        let (p, sess, conn) = (params.clone(), session.clone(), connection.clone());
+        let (response, changed) = blocking(&state, move |s| sliding_service::build(s, &sess, &p, &conn)).await?;
+        if changed || tokio::time::Instant::now() >= deadline {
+            return Ok(response);
+        }
+        if tokio::time::timeout_at(deadline, waiting.changed()).await.is_err() {
+            return Ok(response);
         }
     }
 }

@@ -30,15 +30,31 @@ pub(super) fn put_entry(batch: &mut Batch<'_>, user_id: &UserId, room_id: Option
 
 /// A user's items changed after stream position `since`.
 pub(super) fn changed_since(db: &Db, user_id: &UserId, since: u64) -> Result<Vec<Item>> {
-    let prefix = prefix(&[user_id.as_bytes()]);
+    items(db, &prefix(&[user_id.as_bytes()]), user_id, since)
+}
+
+/// A user's global items changed after `since` (room ids start with `!`,
+/// so the empty room part's prefix holds only these).
+pub(super) fn global_changed_since(db: &Db, user_id: &UserId, since: u64) -> Result<Vec<Item>> {
+    items(db, &prefix(&[user_id.as_bytes(), b""]), user_id, since)
+}
+
+/// A user's items for one room, whenever they changed.
+pub(super) fn room_items(db: &Db, user_id: &UserId, room_id: &RoomId) -> Result<Vec<Item>> {
+    items(db, &prefix(&[user_id.as_bytes(), room_id.as_bytes()]), user_id, 0)
+}
+
+/// The items under `scan` (a prefix starting with the user) changed after `since`.
+fn items(db: &Db, scan: &[u8], user_id: &UserId, since: u64) -> Result<Vec<Item>> {
+    let user_prefix = prefix(&[user_id.as_bytes()]);
     let mut out = Vec::new();
-    for item in db.scan_prefix(Cf::AccountData, &prefix) {
+    for item in db.scan_prefix(Cf::AccountData, scan) {
         let (k, v) = item?;
         let entry: Entry = decode(Cf::AccountData, &v)?;
         if entry.count <= since {
             continue;
         }
-        let rest = &k[prefix.len()..];
+        let rest = &k[user_prefix.len()..];
         let Some(split) = rest.iter().position(|b| *b == SEP) else { continue };
         let room = &rest[..split];
         let room_id = if room.is_empty() {

@@ -45,7 +45,10 @@ impl AccountData {
     pub fn set(&self, user_id: &UserId, room_id: Option<&RoomId>, kind: &str, content: &Value) -> Result<u64> {
         let mut batch = self.db.batch();
         let count = batch.next_count_quiet();
-        batch.wake_user(user_id);
+        match room_id {
+            Some(room_id) => batch.wake_user_in_room(user_id, room_id),
+            None => batch.wake_user(user_id),
+        }
         let content = RawJsonValue::from_string(serde_json::to_string(content)?)?;
         data::put_entry(&mut batch, user_id, room_id, kind, &Entry { count, content });
         batch.commit()?;
@@ -55,6 +58,16 @@ impl AccountData {
     /// Items changed after stream position `since`.
     pub fn changed_since(&self, user_id: &UserId, since: u64) -> Result<Vec<Item>> {
         data::changed_since(&self.db, user_id, since)
+    }
+
+    /// The user's global account data changed after `since`.
+    pub fn global_changed_since(&self, user_id: &UserId, since: u64) -> Result<Vec<Item>> {
+        data::global_changed_since(&self.db, user_id, since)
+    }
+
+    /// The user's account data for one room.
+    pub fn room_items(&self, user_id: &UserId, room_id: &RoomId) -> Result<Vec<Item>> {
+        data::room_items(&self.db, user_id, room_id)
     }
 
     pub fn save_filter(&self, user_id: &UserId, filter: &Value) -> Result<String> {

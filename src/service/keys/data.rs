@@ -236,7 +236,7 @@ pub(super) fn to_device_messages(
     device_id: &str,
     acknowledged: Option<u64>,
     upto: u64,
-) -> Result<(Vec<ToDeviceMessage>, Vec<u64>)> {
+) -> Result<(Vec<(u64, ToDeviceMessage)>, Vec<u64>)> {
     let p = device_prefix(user_id, device_id);
     let mut out = Vec::new();
     let mut delivered = Vec::new();
@@ -250,7 +250,7 @@ pub(super) fn to_device_messages(
         if count > upto {
             break;
         }
-        out.push(decode(Cf::ToDevice, &v)?);
+        out.push((count, decode(Cf::ToDevice, &v)?));
     }
     Ok((out, delivered))
 }

@@ -196,7 +196,9 @@ impl Keys {
             data::delete_fallback_keys(&self.db, &mut batch, user_id, device_id, algorithm)?;
             data::put_fallback_key(&mut batch, user_id, device_id, &key_id, &FallbackKey { key: value, used: false });
         }
-        batch.next_count();
+        // Only the device's own syncs report its key counts.
+        batch.next_count_quiet();
+        batch.wake_user(user_id);
         batch.commit()?;
         self.one_time_key_counts(user_id, device_id)
     }
@@ -337,7 +339,8 @@ impl Keys {
             fallback.used = true;
             let value = fallback.key.clone();
             let mut batch = self.db.batch();
-            batch.next_count();
+            batch.next_count_quiet();
+            batch.wake_user(user_id);
             data::put_fallback_key(&mut batch, user_id, device_id, &key_id, &fallback);
             batch.commit()?;
             return Ok(Some((key_id, value)));
@@ -379,10 +382,29 @@ impl Keys {
         acknowledged: Option<u64>,
         upto: u64,
     ) -> Result<Vec<Value>> {
-        let (messages, delivered) = data::to_device_messages(&self.db, user_id, device_id, acknowledged, upto)?;
+        Ok(self.to_device_page(user_id, device_id, acknowledged, upto, usize::MAX)?.0)
+    }
+
+    /// At most `limit` of [`Self::to_device_messages`], and the position
+    /// they reach (`upto` when none are left), which the client
+    /// acknowledges next time.
+    pub fn to_device_page(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        acknowledged: Option<u64>,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<Value>, u64)> {
+        let (mut messages, delivered) = data::to_device_messages(&self.db, user_id, device_id, acknowledged, upto)?;
+        let mut reached = upto;
+        if messages.len() > limit {
+            messages.truncate(limit);
+            reached = messages.last().map_or(upto, |(count, _)| *count);
+        }
         let out: Vec<Value> = messages
             .into_iter()
-            .map(|message| {
+            .map(|(_, message)| {
                 serde_json::json!({ "sender": message.sender, "type": message.kind, "content": message.content })
             })
             .collect();
@@ -393,7 +415,7 @@ impl Keys {
             }
             batch.commit()?;
         }
-        Ok(out)
+        Ok((out, reached))
     }
 }
 

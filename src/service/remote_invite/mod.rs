@@ -311,7 +311,8 @@ pub async fn receive_invite(
             return Err(Error::forbidden("The user is already in the room."));
         }
         let mut batch = s.db.batch();
-        let count = batch.next_count();
+        // `put_user_membership` wakes the user.
+        let count = batch.next_count_quiet();
         let meta = crate::pdu::PduMeta::outlier(room_id.clone());
         rooms_data::put_pdu(&mut batch, &event_id, &StoredPdu { meta, pdu: stored });
         put_pending(&mut batch, &event_id, &invite);
@@ -351,7 +352,8 @@ pub async fn reject(s: &Arc<Services>, user_id: &UserId, room_id: &RoomId, reaso
     let (user, room, version) = (user_id.to_owned(), room_id.to_owned(), invite.version.clone());
     blocking(s, move |s| {
         let mut batch = s.db.batch();
-        let count = batch.next_count();
+        // `put_user_membership` wakes the user.
+        let count = batch.next_count_quiet();
         let event_id = match left {
             Some(event_id) => event_id,
             None => {
@@ -417,7 +419,8 @@ pub fn withdrawn(s: &Services, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
     let Some((pending_id, _)) = pending_invite(s, &user, room_id)? else { return Ok(()) };
     let membership = pdu.content_value().get("membership").and_then(Value::as_str).map(MembershipState::from);
     let mut batch = s.db.batch();
-    let count = batch.next_count();
+    // `put_user_membership` wakes the user.
+    let count = batch.next_count_quiet();
     let meta = crate::pdu::PduMeta::outlier(room_id.to_owned());
     rooms_data::put_pdu(&mut batch, &pdu.event_id, &StoredPdu { meta, pdu: pdu.json.clone() });
     delete_pending(&mut batch, &pending_id);

@@ -261,6 +261,8 @@ pub(crate) fn put_user_membership(
     room_id: &RoomId,
     record: &MembershipRecord,
 ) {
+    // Every change of a user's rooms is one of their standing in a room.
+    batch.wake_user_in_room(user_id, room_id);
     batch.put_json(Cf::UserRooms, &user_room_key(user_id, room_id), record);
 }
 

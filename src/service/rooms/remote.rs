@@ -348,9 +348,14 @@ impl Rooms {
         let depth = outliers.iter().map(|p| u64::from(p.depth)).max().unwrap_or(0);
         let record = match existing {
             Some(record) => record,
-            None => {
-                RoomRecord { version: version.clone(), current_state: 0, extremities: Vec::new(), depth, last_count: 0 }
-            }
+            None => RoomRecord {
+                version: version.clone(),
+                current_state: 0,
+                extremities: Vec::new(),
+                depth,
+                last_count: 0,
+                last_bump: 0,
+            },
         };
         let current = self.state_at(record.current_state)?;
         let snapshot_depth = self.snapshot_depth(record.current_state)?;
@@ -540,7 +545,7 @@ impl Txn<'_> {
         extremities.push(pdu.event_id.clone());
         self.record.extremities = extremities;
         self.record.depth = self.record.depth.max(u64::from(pdu.depth));
-        self.record.last_count = count;
+        self.record.note_event(&pdu.kind, count);
         if pdu.kind == TimelineEventType::RoomMember {
             self.members_changed = true;
         }

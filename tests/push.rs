@@ -505,3 +505,71 @@ async fn an_invite_stays_a_notification_after_the_invitee_joins() {
         .collect();
     assert_eq!(kinds, [("m.room.member", "invite")], "{body}");
 }
+
+/// Element X registers `event_id_only` pushers (iOS with an APNs
+/// `default_payload`, Android without): an encrypted message reaches the
+/// gateway as ids and counts, high priority, with the pusher's data as
+/// registered and no tweaks, once per pusher.
+#[tokio::test]
+async fn element_x_pushers_get_event_id_only_pushes_with_their_default_payload() {
+    let mut gateway = Gateway::start().await;
+    let server = TestServer::start_with(loopback_allowed()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let encryption =
+        json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
+    let room = server.create_room(&alice, json!({ "invite": [bob.user_id], "initial_state": [encryption] })).await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+
+    let ios_payload = json!({ "aps": { "mutable-content": 1, "content-available": 1, "alert": { "loc-key": "Notification", "loc-args": [] } } });
+    let registrations = [
+        (
+            "io.element.elementx.ios",
+            "apns-token-1",
+            json!({ "url": gateway.url, "format": "event_id_only", "default_payload": ios_payload }),
+        ),
+        ("io.element.android.x", "fcm-token-1", json!({ "url": gateway.url, "format": "event_id_only" })),
+    ];
+    for (app_id, pushkey, data) in &registrations {
+        let body = json!({
+            "kind": "http", "app_id": app_id, "pushkey": pushkey, "app_display_name": "Element X",
+            "device_display_name": "Alice's phone", "lang": "en-US", "data": data, "append": true,
+        });
+        let (status, answer) = server.post("/_matrix/client/v3/pushers/set", Some(&alice.token), body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(pushers(&server, &alice).await.len(), 2);
+
+    let ciphertext = json!({
+        "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnB...", "device_id": "BOBDEVICE",
+        "sender_key": "c2VuZGVyIGtleQ", "session_id": "c2Vzc2lvbg",
+    });
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.encrypted/e1", enc(&room));
+    let (status, sent) = server.put(&path, Some(&bob.token), ciphertext).await;
+    assert_eq!(status, 200, "{sent}");
+    let event_id = sent["event_id"].as_str().unwrap();
+
+    // One push per pusher, in whichever order.
+    let mut pushes = std::collections::BTreeMap::new();
+    while pushes.len() < registrations.len() {
+        let body = gateway.next("a push of the message", |_, b| b["notification"]["event_id"] == event_id).await;
+        let pushkey = body["notification"]["devices"][0]["pushkey"].as_str().unwrap().to_owned();
+        assert!(pushes.insert(pushkey, body).is_none(), "one push per pusher");
+    }
+    for (app_id, pushkey, data) in &registrations {
+        let n = &pushes[*pushkey]["notification"];
+        assert_eq!(n["room_id"], room.as_str());
+        assert_eq!(n["prio"], "high", "an encrypted event may be anything: {n}");
+        assert_eq!(n["counts"]["unread"], 1, "{n}");
+        for absent in ["content", "type", "sender", "sender_display_name", "room_name"] {
+            assert!(n.get(absent).is_none(), "{absent} is not sent: {n}");
+        }
+        let device = &n["devices"][0];
+        assert_eq!(device["app_id"], *app_id);
+        assert!(device["pushkey_ts"].as_u64().is_some(), "{device}");
+        let mut expected = data.clone();
+        expected.as_object_mut().unwrap().remove("url");
+        assert_eq!(device["data"], expected, "the pusher's data as registered, less the url");
+        assert_eq!(device["tweaks"], json!({}), "{device}");
+    }
+}

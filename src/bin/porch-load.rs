@@ -114,6 +114,15 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         rooms: usize,
     },
+    /// Simplified sliding sync as Element X asks for it, for a user in R
+    /// rooms: a new connection's first response (a window of 20 rooms,
+    /// then every room), then incremental ones, each after a new message
+    /// in one of the rooms, and one where nothing changed.
+    SlidingSync {
+        /// Rooms the user is in, each with two messages.
+        #[arg(long, default_value_t = 500)]
+        rooms: usize,
+    },
     /// S senders in one room while the room's member count grows: the
     /// send rate at each size (idle members are added between rounds).
     RoomSize {
@@ -207,6 +216,7 @@ async fn run(cli: Cli) -> Result<()> {
             idle_syncers(&api, syncers, samples, !no_poll, cli.server_pid).await?
         }
         Scenario::InitialSync { rooms } => initial_sync(&api, rooms).await?,
+        Scenario::SlidingSync { rooms } => sliding_sync(&api, rooms).await?,
         Scenario::RoomSize { senders, messages, members } => room_size(&api, senders, messages, &members).await?,
         Scenario::Search { rooms, messages, queries } => search(&api, rooms, messages, queries).await?,
         Scenario::GuestBurst { guests, link_token } => guest_burst(&api, guests, &link_token).await?,
@@ -679,8 +689,9 @@ async fn deliveries(api: &Api, sender: &User, receiver: &User, samples: usize) -
     Ok(latencies)
 }
 
-async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
-    let user = api.register("sync").await?;
+/// A new user in `rooms` rooms of their own, each with two messages.
+async fn user_with_rooms(api: &Api, name: &str, rooms: usize) -> Result<(User, Vec<String>)> {
+    let user = api.register(name).await?;
     // Split the room creation over a few workers, each working sequentially.
     let workers = (0..SETUP_WORKERS.min(rooms))
         .map(|w| {
@@ -700,6 +711,11 @@ async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
         })
         .collect();
     let room_ids: Vec<String> = join_all(workers).await?.into_iter().flatten().collect();
+    Ok((user, room_ids))
+}
+
+async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
+    let (user, room_ids) = user_with_rooms(api, "sync", rooms).await?;
 
     let mut times = Vec::new();
     let mut bytes = 0;
@@ -732,6 +748,95 @@ async fn initial_sync(api: &Api, rooms: usize) -> Result<Report> {
         "scenario": "initial-sync", "rooms": rooms, "runs": 3,
         "median_ms": median, "max_ms": max, "response_bytes": bytes,
         "incremental_ms": inc.json(),
+    });
+    Ok((human, report))
+}
+
+const SLIDING_SYNC_PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+/// Element X's room-list request: `end` is the window's last index.
+fn room_list_request(end: usize) -> Value {
+    let required_state: Vec<[&str; 2]> = [
+        ["m.room.name", ""],
+        ["m.room.encryption", ""],
+        ["m.room.member", "$LAZY"],
+        ["m.room.member", "$ME"],
+        ["m.room.topic", ""],
+        ["m.room.avatar", ""],
+        ["m.room.canonical_alias", ""],
+        ["m.room.power_levels", ""],
+        ["m.room.join_rules", ""],
+        ["m.room.tombstone", ""],
+        ["m.room.create", ""],
+        ["m.room.history_visibility", ""],
+    ]
+    .into();
+    json!({
+        "conn_id": "room-list",
+        "lists": { "all_rooms": { "ranges": [[0, end]], "timeline_limit": 1, "required_state": required_state } },
+        "extensions": {
+            "account_data": { "enabled": true },
+            "receipts": { "enabled": true, "rooms": ["*"] },
+            "typing": { "enabled": true },
+        },
+    })
+}
+
+async fn sliding_sync(api: &Api, rooms: usize) -> Result<Report> {
+    let (user, room_ids) = user_with_rooms(api, "sliding", rooms).await?;
+    let post = |pos: Option<&str>, body: &Value| {
+        let path = match pos {
+            Some(pos) => format!("{SLIDING_SYNC_PATH}?timeout=0&pos={pos}"),
+            None => format!("{SLIDING_SYNC_PATH}?timeout=0"),
+        };
+        let (api, user, body) = (api.clone(), user.clone(), body.clone());
+        async move { api.request(Method::POST, &path, Some(&user), Some(&body)).await }
+    };
+    // First responses: a window of 20 rooms, then every room.
+    let mut first = Vec::new();
+    for end in [19, rooms.saturating_sub(1)] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..3 {
+            let start = Instant::now();
+            let body = post(None, &room_list_request(end)).await?;
+            times.push(millis(start.elapsed()));
+            bytes = body.len();
+        }
+        first.push((end + 1, Latency::of(times).p50, bytes));
+    }
+    // Incremental: each after one new message, on the connection of the full window.
+    let request = room_list_request(rooms.saturating_sub(1));
+    let mut pos = str_field(&serde_json::from_str(&post(None, &request).await?)?, "pos")?;
+    let mut incremental = Vec::new();
+    for (i, room_id) in room_ids.iter().cycle().take(INCREMENTAL_SAMPLES.min(room_ids.len() * 4)).enumerate() {
+        api.send_text(&user, room_id, &format!("ss{i}"), &format!("sliding {i}")).await?;
+        let start = Instant::now();
+        let body: Value = serde_json::from_str(&post(Some(&pos), &request).await?)?;
+        incremental.push(millis(start.elapsed()));
+        anyhow::ensure!(body["rooms"].get(room_id.as_str()).is_some(), "the room with the new message was not sent");
+        pos = str_field(&body, "pos")?;
+    }
+    let mut unchanged = Vec::new();
+    for _ in 0..INCREMENTAL_SAMPLES {
+        let start = Instant::now();
+        let body: Value = serde_json::from_str(&post(Some(&pos), &request).await?)?;
+        unchanged.push(millis(start.elapsed()));
+        pos = str_field(&body, "pos")?;
+    }
+    let (inc, idle) = (Latency::of(incremental), Latency::of(unchanged));
+    let firsts: Vec<String> =
+        first.iter().map(|(window, ms, bytes)| format!("{window} rooms {ms:.1} ms, {bytes} bytes")).collect();
+    let human = format!(
+        "sliding-sync: {} in {rooms} rooms, first response (median of 3) {}\n  \
+         incremental after one new message: {inc}\n  incremental with nothing new: {idle}",
+        user.user_id,
+        firsts.join("; "),
+    );
+    let report = json!({
+        "scenario": "sliding-sync", "rooms": rooms,
+        "first": first.iter().map(|(window, ms, bytes)| json!({ "window": window, "median_ms": ms, "response_bytes": bytes })).collect::<Vec<_>>(),
+        "incremental_ms": inc.json(), "unchanged_ms": idle.json(),
     });
     Ok((human, report))
 }

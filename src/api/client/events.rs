@@ -272,11 +272,11 @@ fn messages_page(
     let reached_start = !forward && to.is_none() && page.end.is_none();
     let mut response = get_message_events::v3::Response::new();
     response.start = format!("t{from}");
-    // As Synapse: every page has an `end`, even the empty one at the start
-    // of the room (it is then the `start` again, so no client moves on), as
-    // clients and Matrix's test suite expect it.
+    // As Synapse: a page with events has an `end`; one that found none
+    // because the room's history ran out has none, which is how clients
+    // (matrix-rust-sdk's event cache) learn they reached the start.
     let last = page.events.last().map(|(_, meta)| meta.ordering());
-    response.end = Some(format!("t{}", page.end.or(last).unwrap_or(from)));
+    response.end = page.end.or(last).map(|end| format!("t{end}"));
     if filter.lazy_load_members() {
         response.state = history::member_state_for(s, &body.room_id, &page.events)?.iter().map(raw).collect();
     }

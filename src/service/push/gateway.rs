@@ -430,9 +430,11 @@ fn payload(s: &Services, pusher: &PusherRecord, notification: &NotificationRecor
     }
     let high = pdu.kind.to_string() == "m.room.encrypted" || tweaks.contains_key("sound") || notification.highlight;
     let counts = json!({ "unread": super::unread_rooms(s, &pusher.user_id)? });
-    let device = device(pusher, Value::Object(tweaks));
+    // What Element X registers: the client fetches and decrypts the event
+    // itself, so the gateway is told ids only, and (as Synapse) no tweaks.
     let event_id_only =
         pusher.pusher.get("data").and_then(|d| d.get("format")).and_then(Value::as_str) == Some("event_id_only");
+    let device = device(pusher, if event_id_only { json!({}) } else { Value::Object(tweaks) });
     let mut out = json!({
         "event_id": pdu.event_id,
         "room_id": pdu.room_id,

@@ -12,6 +12,8 @@
 //! Prints one line per step passed; exits non-zero with the reason when a
 //! step fails.
 
+#![recursion_limit = "256"]
+
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -33,6 +35,10 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let url = std::env::var("PORCH_URL").context("PORCH_URL")?;
     let password = std::env::var("PORCH_PASSWORD").context("PORCH_PASSWORD")?;
     let rooms: Vec<(String, OwnedRoomId)> = std::env::var("PORCH_ROOMS")
@@ -52,7 +58,7 @@ async fn main() -> Result<()> {
     let bob_sync = SyncService::builder(bob.clone()).build().await?;
     alice_sync.start().await;
     bob_sync.start().await;
-    println!("ok: logged in, both sync services started");
+    step("logged in, both sync services started");
 
     // The room list, in the order Element X shows it.
     let room_list = alice_sync.room_list_service();
@@ -72,7 +78,7 @@ async fn main() -> Result<()> {
     });
     let expected: Vec<OwnedRoomId> = rooms.iter().map(|(_, id)| id.clone()).collect();
     wait_for_order(&mut order, &expected).await.context("the room list in recency order")?;
-    println!("ok: the room list shows {} rooms, newest activity first", expected.len());
+    step(&format!("the room list shows {} rooms, newest activity first", expected.len()));
 
     // A new message moves its room to the top.
     let history = id(&rooms[2].0)?;
@@ -81,7 +87,7 @@ async fn main() -> Result<()> {
     let mut moved = vec![history.clone()];
     moved.extend(expected.iter().filter(|r| **r != history).cloned());
     wait_for_order(&mut order, &moved).await.context("a new message moves the room to the top")?;
-    println!("ok: a new message moved its room to the top");
+    step("a new message moved its room to the top");
 
     // The timeline paginates back to the room's first messages.
     room_list.subscribe_to_rooms(&[&history]).await;
@@ -94,11 +100,11 @@ async fn main() -> Result<()> {
         }
     }
     ensure!(reached_start, "back-pagination never reached the start of the room");
-    let bodies = bodies(&timeline).await;
+    let shown = bodies(&timeline).await;
     let wanted: Vec<String> = (0..30).map(|n| format!("history {n}")).chain(["bump".to_owned()]).collect();
-    let found: Vec<&String> = bodies.iter().filter(|b| wanted.contains(b)).collect();
-    ensure!(found == wanted.iter().collect::<Vec<_>>(), "the timeline holds, in order, {wanted:?}; it has {bodies:?}");
-    println!("ok: the timeline paginated back over {} messages", wanted.len());
+    let found: Vec<&String> = shown.iter().filter(|b| wanted.contains(b)).collect();
+    ensure!(found == wanted.iter().collect::<Vec<_>>(), "the timeline holds, in order, {wanted:?}; it has {shown:?}");
+    step(&format!("the timeline paginated back over {} messages", wanted.len()));
 
     // An encrypted message, decrypted on the other side.
     let secret = id("secret")?;
@@ -125,12 +131,18 @@ async fn main() -> Result<()> {
         let utd = items.iter().filter(|i| i.as_event().is_some_and(|e| e.content().is_unable_to_decrypt())).count();
         bail!("bob never decrypted the message: {} items, {utd} unable to decrypt", items.len());
     }
-    println!("ok: bob decrypted alice's encrypted message");
+    step("bob decrypted alice's encrypted message");
 
     list_task.abort();
     alice_sync.stop().await;
     bob_sync.stop().await;
     Ok(())
+}
+
+/// Report a step passed (stdout, for the test) with the time (stderr, beside the SDK's logs).
+fn step(what: &str) {
+    println!("ok: {what}");
+    eprintln!("{:?} ok: {what}", std::time::SystemTime::now());
 }
 
 async fn login(url: &str, user: &str, password: &str) -> Result<Client> {
@@ -145,11 +157,11 @@ async fn login(url: &str, user: &str, password: &str) -> Result<Client> {
 }
 
 async fn wait_for_order(order: &mut watch::Receiver<Vec<OwnedRoomId>>, expected: &[OwnedRoomId]) -> Result<()> {
-    let seen = timeout(WAIT, order.wait_for(|shown| shown.as_slice() == expected)).await;
-    match seen {
-        Ok(Ok(_)) => Ok(()),
-        _ => bail!("expected {expected:?}, the list shows {:?}", order.borrow().clone()),
+    let seen = timeout(WAIT, order.wait_for(|shown| shown.as_slice() == expected)).await.is_ok_and(|r| r.is_ok());
+    if !seen {
+        bail!("expected {expected:?}, the list shows {:?}", order.borrow().clone());
     }
+    Ok(())
 }
 
 async fn wait_for_room(client: &Client, room_id: &RoomId) -> Result<matrix_sdk::Room> {

@@ -111,7 +111,7 @@ async fn room_list_in_recency_order_with_incremental_changes_and_long_polling() 
     // A message in B moves it into the window; only B is sent, whole.
     s.send_text(&alice, &b, "b1").await;
     let second = ok(&s, &alice, Some(&pos1), 0, &room_list(1, 1)).await;
-    assert_eq!(sent_rooms(&second), [b.clone()], "{second}");
+    assert_eq!(sent_rooms(&second), [b.as_str()], "{second}");
     assert_eq!(second["rooms"][&b]["initial"], true);
     assert_eq!(bodies(&second["rooms"][&b]), ["b1"]);
     let pos2 = pos(&second);
@@ -120,7 +120,7 @@ async fn room_list_in_recency_order_with_incremental_changes_and_long_polling() 
     // A message in A: A comes again with only what is new.
     s.send_text(&alice, &a, "a3").await;
     let third = ok(&s, &alice, Some(&pos2), 0, &room_list(1, 1)).await;
-    assert_eq!(sent_rooms(&third), [a.clone()], "{third}");
+    assert_eq!(sent_rooms(&third), [a.as_str()], "{third}");
     let room_a = &third["rooms"][&a];
     assert!(room_a.get("initial").is_none(), "{room_a}");
     assert_eq!(bodies(room_a), ["a3"]);
@@ -130,7 +130,7 @@ async fn room_list_in_recency_order_with_incremental_changes_and_long_polling() 
 
     // The client lost that answer and asks again with the old position: the same changes.
     let again = ok(&s, &alice, Some(&pos2), 0, &room_list(1, 1)).await;
-    assert_eq!(sent_rooms(&again), [a.clone()], "{again}");
+    assert_eq!(sent_rooms(&again), [a.as_str()], "{again}");
     assert_eq!(bodies(&again["rooms"][&a]), ["a3"]);
     let pos3 = pos(&again);
 
@@ -301,7 +301,7 @@ async fn required_state_lazy_members_and_changes() {
     assert!(members(&second).is_empty(), "{second}");
     s.send_text(&carol, &room, "from carol").await;
     let third = ok(&s, &alice, Some(&pos(&second)), 0, &body).await;
-    assert_eq!(members(&third), [carol.user_id.clone()], "{third}");
+    assert_eq!(members(&third), [carol.user_id.as_str()], "{third}");
 
     // A state change the client asked for comes in required_state.
     let (status, _) = s
@@ -452,7 +452,7 @@ async fn guests_lists_hold_only_their_rooms() {
     });
     let view = ok(&s, &guest, None, 0, &body).await;
     assert_eq!(view["lists"]["all"]["count"], 1, "{view}");
-    assert_eq!(sent_rooms(&view), [guest_room.clone()], "a subscription to another room sends nothing: {view}");
+    assert_eq!(sent_rooms(&view), [guest_room.as_str()], "a subscription to another room sends nothing: {view}");
     assert!(!view.to_string().contains("not for guests"), "{view}");
 
     // Alice sees both; when the guest room ends it goes from every list.
@@ -509,4 +509,70 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(wide["lists"]["l"]["count"], 1);
     let (_, versions) = s.get("/_matrix/client/versions", None).await;
     assert_eq!(versions["unstable_features"]["org.matrix.simplified_msc3575"], true);
+}
+
+/// The room list a connection keeps up to date from the journal of recent
+/// changes is, after each kind of change, what reading it whole gives.
+#[tokio::test]
+async fn the_room_list_kept_from_the_journal_matches_a_fresh_read() {
+    use porch::service::sliding_sync::room_list::RoomList;
+    let (services, _name, hs, _dir) = common::in_process_server_with_client(|_| {}).await;
+    let alice = hs.register("alice").await;
+    let bob = hs.register("bob").await;
+    let alice_id = ruma::OwnedUserId::try_from(alice.user_id.as_str()).unwrap();
+    let mut rooms = Vec::new();
+    for n in 0..5 {
+        rooms.push(hs.create_room(&alice, json!({ "name": format!("r{n}") })).await);
+    }
+    let snapshot = |list: &RoomList| -> Vec<(String, String, u64)> {
+        list.in_order().iter().map(|c| (c.room_id.to_string(), c.record.membership.to_string(), c.bump)).collect()
+    };
+    let mut kept = RoomList::read(&services, &alice_id, services.db.safe_count()).unwrap();
+    assert_eq!(kept.rooms.len(), 5);
+
+    let bobs = hs.create_room(&bob, json!({ "name": "bob's" })).await;
+    for step in 0..7 {
+        match step {
+            0 => {
+                hs.send_text(&alice, &rooms[3], "a message moves r3 up").await;
+            }
+            1 => assert_eq!(
+                hs.post(
+                    &format!("/_matrix/client/v3/rooms/{}/invite", enc(&bobs)),
+                    Some(&bob.token),
+                    json!({ "user_id": alice.user_id })
+                )
+                .await
+                .0,
+                200
+            ),
+            2 => assert_eq!(
+                hs.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&rooms[1])), Some(&alice.token), json!({}))
+                    .await
+                    .0,
+                200
+            ),
+            3 => assert_eq!(hs.join(&alice, &bobs).await.0, 200),
+            4 => {
+                hs.send_text(&bob, &bobs, "bob writes").await;
+            }
+            5 => rooms.push(hs.create_room(&alice, json!({ "name": "r5" })).await),
+            _ => {
+                let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&rooms[0]));
+                assert_eq!(
+                    hs.put(&path, Some(&alice.token), json!({ "topic": "state does not move a room" })).await.0,
+                    200
+                );
+            }
+        }
+        let upto = services.db.safe_count();
+        assert!(kept.update(&services, &alice_id, upto).unwrap(), "the journal reaches back (step {step})");
+        let fresh = RoomList::read(&services, &alice_id, upto).unwrap();
+        assert_eq!(snapshot(&kept), snapshot(&fresh), "after step {step}");
+    }
+    let order: Vec<String> = snapshot(&kept).into_iter().map(|(room, _, _)| room).collect();
+    assert_eq!(order.len(), 6, "five of alice's, less the one she left, with bob's and the new one");
+    assert_eq!(order[0], rooms[5], "the newest room first");
+    assert_eq!(order[1], bobs, "then the room bob wrote in");
+    assert!(!order.contains(&rooms[1]), "the room alice left is gone");
 }

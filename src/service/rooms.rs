@@ -909,6 +909,7 @@ impl<'a> Txn<'a> {
         let Some(membership) = membership_of(pdu) else { return Ok(()) };
         let Ok(user_id) = OwnedUserId::try_from(state_key) else { return Ok(()) };
         data::put_member(&mut self.batch, &self.room_id, &user_id, &membership);
+        self.batch.members_changed(&self.room_id);
         if user_id.server_name() == self.rooms.server_name {
             // Their sync may not be watching this room yet (a join, an
             // invite): `put_user_membership` wakes them.

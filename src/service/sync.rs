@@ -466,6 +466,9 @@ pub(crate) struct TimelineScan<'a> {
     pub ignored: &'a HashSet<OwnedUserId>,
 }
 
+/// Events with their metadata, in timeline order.
+pub(crate) type Events = Vec<(Arc<Pdu>, PduMeta)>;
+
 /// The last events of a room's timeline a user may see, oldest first, and
 /// whether there are more before them.
 pub(crate) fn recent_events(
@@ -474,9 +477,9 @@ pub(crate) fn recent_events(
     room_id: &RoomId,
     current_state: &RoomState,
     scan: &TimelineScan<'_>,
-) -> Result<(Vec<(Arc<Pdu>, PduMeta)>, bool)> {
+) -> Result<(Events, bool)> {
     let (room_since, limit, ignored) = (scan.since, scan.limit, scan.ignored);
-    let mut entries: Vec<(Arc<Pdu>, PduMeta)> = Vec::new();
+    let mut entries: Events = Vec::new();
     let mut limited = false;
     let mut cursor = scan.upto as i64 + 1;
     let mut scanned = 0usize;

@@ -38,6 +38,8 @@ pub struct UserChanges {
     pub user: bool,
     /// Rooms whose events changed and that the caller asked about.
     pub rooms: BTreeSet<OwnedRoomId>,
+    /// Of `rooms`, those whose membership changed.
+    pub member_rooms: BTreeSet<OwnedRoomId>,
     /// Rooms where the user's own standing changed (membership, unread
     /// counts, room account data), asked about or not.
     pub own_rooms: BTreeSet<OwnedRoomId>,
@@ -101,6 +103,11 @@ impl Journal {
                     out.rooms.insert(room.clone());
                 }
             }
+            for room in &audience.member_rooms {
+                if out.rooms.contains(room) {
+                    out.member_rooms.insert(room.clone());
+                }
+            }
         }
         Some(out)
     }
@@ -121,13 +128,14 @@ mod tests {
         let journal = Journal::new(10);
         journal.record([
             (11, Audience { rooms: vec![room("a")], ..Audience::default() }),
-            (12, Audience { rooms: vec![room("b")], ..Audience::default() }),
+            (12, Audience { rooms: vec![room("b")], member_rooms: vec![room("b")], ..Audience::default() }),
             (13, Audience { user_rooms: vec![(bob.clone(), room("c"))], ..Audience::default() }),
             (14, Audience { users: vec![alice.clone()], ..Audience::default() }),
         ]);
         let all = journal.changes_for(&alice, 10, 14, |_| true).unwrap();
         assert_eq!(all.rooms, [room("a"), room("b")].into());
         assert!(all.user && !all.everyone && all.own_rooms.is_empty());
+        assert_eq!(all.member_rooms, [room("b")].into());
         let later = journal.changes_for(&alice, 11, 13, |r| r != &*room("x")).unwrap();
         assert_eq!(later.rooms, [room("b")].into());
         assert!(!later.user);

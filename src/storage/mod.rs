@@ -458,6 +458,15 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// The batch changes who is in the room (what end-to-end encryption's
+    /// device lists follow); the room's members wake as for [`Self::wake_room`].
+    pub fn members_changed(&mut self, room_id: &RoomId) {
+        self.wake_room(room_id);
+        if self.audience.member_rooms.last().is_none_or(|r| r != room_id) {
+            self.audience.member_rooms.push(room_id.to_owned());
+        }
+    }
+
     /// The batch changes the user's own standing in a room (membership,
     /// unread counts, room account data).
     pub fn wake_user_in_room(&mut self, user_id: &UserId, room_id: &RoomId) {

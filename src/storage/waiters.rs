@@ -24,11 +24,17 @@ pub struct Audience {
     /// counts, room account data): woken as users; the room is for the
     /// [`super::journal::Journal`].
     pub(super) user_rooms: Vec<(OwnedUserId, OwnedRoomId)>,
+    /// Rooms whose membership changed (also in `rooms`): for the journal.
+    pub(super) member_rooms: Vec<OwnedRoomId>,
 }
 
 impl Audience {
     pub(super) fn is_empty(&self) -> bool {
-        !self.everyone && self.users.is_empty() && self.rooms.is_empty() && self.user_rooms.is_empty()
+        !self.everyone
+            && self.users.is_empty()
+            && self.rooms.is_empty()
+            && self.user_rooms.is_empty()
+            && self.member_rooms.is_empty()
     }
 }
 

@@ -417,6 +417,14 @@ pub async fn in_process_server() -> (std::sync::Arc<porch::service::Services>, S
 pub async fn in_process_server_with(
     adjust: impl FnOnce(&mut porch::config::Config),
 ) -> (std::sync::Arc<porch::service::Services>, String, tempfile::TempDir) {
+    let (services, name, _client, dir) = in_process_server_with_client(adjust).await;
+    (services, name, dir)
+}
+
+/// As [`in_process_server_with`], with the client API too.
+pub async fn in_process_server_with_client(
+    adjust: impl FnOnce(&mut porch::config::Config),
+) -> (std::sync::Arc<porch::service::Services>, String, Homeserver, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut config = porch::config::Config { server_name: format!("localhost:{port}"), ..Default::default() };
@@ -428,6 +436,7 @@ pub async fn in_process_server_with(
     adjust(&mut config);
     let services = porch::service::Services::open(config.validate().unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = Homeserver { base: format!("http://{}", listener.local_addr().unwrap()), http: client() };
     tokio::spawn(porch::serve_on(services.clone(), listener, std::future::pending()));
     // The federation listener is up once its port answers.
     for _ in 0..100 {
@@ -436,7 +445,7 @@ pub async fn in_process_server_with(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    (services, format!("localhost:{port}"), dir)
+    (services, format!("localhost:{port}"), client, dir)
 }
 
 /// A folder with playwright-core and the drivers of `tests/browser`, made

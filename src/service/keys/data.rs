@@ -228,6 +228,9 @@ pub(super) fn delete_to_device(batch: &mut Batch<'_>, user_id: &UserId, device_i
     batch.delete(Cf::ToDevice, &to_device_key(user_id, device_id, count));
 }
 
+/// A device's messages by position.
+pub(super) type Inbox = Vec<(u64, ToDeviceMessage)>;
+
 /// A device's messages up to `upto`, and the positions of those at or
 /// before `acknowledged` (delivered already).
 pub(super) fn to_device_messages(
@@ -236,7 +239,7 @@ pub(super) fn to_device_messages(
     device_id: &str,
     acknowledged: Option<u64>,
     upto: u64,
-) -> Result<(Vec<(u64, ToDeviceMessage)>, Vec<u64>)> {
+) -> Result<(Inbox, Vec<u64>)> {
     let p = device_prefix(user_id, device_id);
     let mut out = Vec::new();
     let mut delivered = Vec::new();

@@ -83,6 +83,9 @@ pub struct Connection {
     /// The user's rooms as of the last request (server state, whatever the
     /// client holds, so a repeated request keeps it).
     pub room_list: Option<super::room_list::RoomList>,
+    /// Each list's `required_state` as last asked for (shared with the
+    /// rooms sent with it).
+    pub list_required_state: HashMap<String, Arc<RequiredState>>,
 }
 
 impl Connection {
@@ -95,6 +98,7 @@ impl Connection {
             rooms: HashMap::new(),
             touched: Vec::new(),
             room_list: None,
+            list_required_state: HashMap::new(),
         }
     }
 

@@ -34,12 +34,12 @@ use crate::{
         account_data::Item,
         push,
         rooms::State as RoomState,
-        sync::{TimelineScan, raw, recent_events, state_at_position, stripped_state},
+        sync::{Events, TimelineScan, raw, recent_events, state_at_position, stripped_state},
         users::Session,
     },
 };
 use connections::{Connection, MAX_LAZY_MEMBERS, RequiredState, RoomSent};
-use room_list::{Candidate, RoomList};
+use room_list::{Candidate, Facts, RoomList};
 
 /// Events one room's timeline may carry in one response.
 const MAX_TIMELINE_LIMIT: usize = 100;
@@ -111,17 +111,39 @@ impl Params {
 
 /// How one room is to be sent: the union of what the lists and
 /// subscriptions that hold it ask for.
+/// Shared by the rooms of a list (a list's windows may hold every room).
 #[derive(Clone, Default)]
 struct RoomConfig {
     timeline_limit: usize,
-    required_state: RequiredState,
+    required_state: Arc<RequiredState>,
 }
 
 impl RoomConfig {
-    fn merge(&mut self, timeline_limit: UInt, required_state: &[(ruma::events::StateEventType, String)]) {
-        let limit = (u64::from(timeline_limit) as usize).min(MAX_TIMELINE_LIMIT);
-        self.timeline_limit = self.timeline_limit.max(limit);
-        self.required_state.extend(required_state.iter().map(|(kind, key)| (kind.to_string(), key.clone())));
+    fn new(timeline_limit: UInt, required_state: &[(ruma::events::StateEventType, String)]) -> Self {
+        Self {
+            timeline_limit: (u64::from(timeline_limit) as usize).min(MAX_TIMELINE_LIMIT),
+            required_state: Arc::new(
+                required_state.iter().map(|(kind, key)| (kind.to_string(), key.clone())).collect(),
+            ),
+        }
+    }
+
+    /// Give `room_id` this configuration, or the union with what it has.
+    fn apply_to(&self, configs: &mut BTreeMap<OwnedRoomId, RoomConfig>, room_id: &RoomId) {
+        match configs.get_mut(room_id) {
+            None => {
+                configs.insert(room_id.to_owned(), self.clone());
+            }
+            Some(config) => {
+                config.timeline_limit = config.timeline_limit.max(self.timeline_limit);
+                if !Arc::ptr_eq(&config.required_state, &self.required_state)
+                    && !config.required_state.is_superset(&self.required_state)
+                {
+                    let union = config.required_state.union(&self.required_state).cloned().collect();
+                    config.required_state = Arc::new(union);
+                }
+            }
+        }
     }
 
     fn wants_all(&self) -> bool {
@@ -176,9 +198,10 @@ impl SinceBase {
             || self.changes.as_ref().is_none_or(|c| c.rooms.contains(room_id) || c.own_rooms.contains(room_id))
     }
 
-    /// Whether anyone's keys or room-mates may have changed.
+    /// Whether anyone's keys or room-mates may have changed: keys change
+    /// for everyone to see, room-mates with a membership change.
     fn device_lists_may_change(&self) -> bool {
-        self.changes.as_ref().is_none_or(|c| c.everyone || !c.rooms.is_empty() || !c.own_rooms.is_empty())
+        self.changes.as_ref().is_none_or(|c| c.everyone || !c.member_rooms.is_empty() || !c.own_rooms.is_empty())
     }
 }
 
@@ -191,6 +214,7 @@ pub fn build(
     params: &Params,
     connection: &Mutex<Connection>,
 ) -> Result<(v5::Response, bool)> {
+    let started = std::time::Instant::now();
     let mut connection = connection.lock().expect("connection poisoned");
     let upto = services.db.safe_count();
     let user_id = &session.user_id;
@@ -205,8 +229,9 @@ pub fn build(
         None => RoomList::read(services, user_id, upto)?,
     };
     let since_base = SinceBase::read(services, user_id, base_stream, upto, &list)?;
-    let candidates: Vec<Candidate> = list.in_order().into_iter().cloned().collect();
     let gone = gone_rooms(services, user_id, &connection, &list, &since_base, base_stream, upto)?;
+    let RoomList { rooms: user_rooms, facts, .. } = &mut list;
+    let candidates = room_list::in_order(user_rooms);
     let direct = direct_rooms(services, user_id)?;
 
     // Lists: each filtered, counted, and its windows taken.
@@ -215,15 +240,17 @@ pub fn build(
     let mut response = v5::Response::new(String::new());
     for (name, wanted) in &request.lists {
         let spaces = match params.spaces.get(name) {
-            Some(spaces) => Some(space_children(services, &mut list, spaces)?),
+            Some(spaces) => Some(space_children(services, user_rooms, facts, spaces)?),
             None => None,
         };
         let mut matching = Vec::new();
         for candidate in &candidates {
-            if passes(services, candidate, wanted.filters.as_ref(), spaces.as_ref(), &direct, &mut list)? {
-                matching.push(candidate);
+            if passes(services, candidate, wanted.filters.as_ref(), spaces.as_ref(), &direct, facts)? {
+                matching.push(*candidate);
             }
         }
+        let config = RoomConfig::new(wanted.room_details.timeline_limit, &wanted.room_details.required_state);
+        let config = stable_config(&mut connection, name, config);
         list_counts.insert(name.clone(), matching.len() as u64);
         let mut entry = response::List::default();
         entry.count = UInt::new_saturating(matching.len() as u64);
@@ -231,10 +258,7 @@ pub fn build(
         for (start, end) in &wanted.ranges {
             let (start, end) = (u64::from(*start) as usize, u64::from(*end) as usize);
             for candidate in matching.iter().skip(start).take(end.saturating_sub(start).saturating_add(1)) {
-                configs
-                    .entry(candidate.room_id.clone())
-                    .or_default()
-                    .merge(wanted.room_details.timeline_limit, &wanted.room_details.required_state);
+                config.apply_to(&mut configs, &candidate.room_id);
             }
         }
     }
@@ -243,18 +267,16 @@ pub fn build(
     for candidate in &gone {
         if let Some(held) = connection.room(&candidate.room_id) {
             let config =
-                RoomConfig { timeline_limit: held.timeline_limit, required_state: (*held.required_state).clone() };
+                RoomConfig { timeline_limit: held.timeline_limit, required_state: held.required_state.clone() };
             configs.insert(candidate.room_id.clone(), config);
         }
     }
     // Subscriptions: only to rooms the user is in.
-    let by_id: HashMap<&RoomId, &Candidate> = candidates.iter().chain(&gone).map(|c| (&*c.room_id, c)).collect();
+    let by_id: HashMap<&RoomId, &Candidate> =
+        candidates.iter().copied().chain(&gone).map(|c| (&*c.room_id, c)).collect();
     for (room_id, subscription) in &request.room_subscriptions {
         if by_id.contains_key(&**room_id) {
-            configs
-                .entry(room_id.clone())
-                .or_default()
-                .merge(subscription.timeline_limit, &subscription.required_state);
+            RoomConfig::new(subscription.timeline_limit, &subscription.required_state).apply_to(&mut configs, room_id);
         }
     }
 
@@ -290,7 +312,27 @@ pub fn build(
         false => connection.pos(),
     };
     connection.room_list = Some(list);
+    tracing::debug!(
+        user = %user_id, rooms = response.rooms.len(), changed, took_us = started.elapsed().as_micros() as u64,
+        "sliding sync: response built"
+    );
     Ok((response, changed))
+}
+
+/// The list's configuration as the connection last saw it, if unchanged:
+/// the rooms it sent share its `required_state`, so checking that they
+/// hold what is asked for is a pointer comparison, not one per room.
+fn stable_config(connection: &mut Connection, list: &str, config: RoomConfig) -> RoomConfig {
+    let kept = connection.list_required_state.get(list);
+    if let Some(kept) = kept.filter(|kept| ***kept == *config.required_state) {
+        return RoomConfig { timeline_limit: config.timeline_limit, required_state: kept.clone() };
+    }
+    // A client renaming its lists forever keeps no more than this.
+    if connection.list_required_state.len() >= 2 * MAX_LISTS {
+        connection.list_required_state.clear();
+    }
+    connection.list_required_state.insert(list.to_owned(), config.required_state.clone());
+    config
 }
 
 /// Whether what the client holds of a room is enough for `config`: the
@@ -298,7 +340,8 @@ pub fn build(
 fn holds(held: &RoomSent, membership: &MembershipState, config: &RoomConfig) -> bool {
     held.membership == *membership
         && held.timeline_limit >= config.timeline_limit
-        && held.required_state.is_superset(&config.required_state)
+        && (Arc::ptr_eq(&held.required_state, &config.required_state)
+            || held.required_state.is_superset(&config.required_state))
 }
 
 /// Rooms the connection holds that the user left, was banned from or saw
@@ -343,15 +386,25 @@ fn direct_rooms(services: &Services, user_id: &UserId) -> Result<HashSet<OwnedRo
         .collect())
 }
 
-/// The rooms the spaces list as children, read once per change of a space.
-fn space_children(services: &Services, list: &mut RoomList, spaces: &[OwnedRoomId]) -> Result<HashSet<OwnedRoomId>> {
+/// The rooms the spaces (those the user is in) list as children, read once
+/// per change of a space.
+fn space_children(
+    services: &Services,
+    rooms: &HashMap<OwnedRoomId, Candidate>,
+    facts: &mut Facts,
+    spaces: &[OwnedRoomId],
+) -> Result<HashSet<OwnedRoomId>> {
     let mut children = HashSet::new();
     for space in spaces {
-        if !list.space_children.contains_key(space) {
-            let read = room_list::read_space_children(services, space)?;
-            list.space_children.insert(space.clone(), read);
+        // Only a space the user is in tells which of their rooms are its children.
+        if rooms.get(space).is_none_or(|c| c.record.membership != MembershipState::Join) {
+            continue;
         }
-        children.extend(list.space_children[space].iter().cloned());
+        if !facts.space_children.contains_key(space) {
+            let read = room_list::read_space_children(services, space)?;
+            facts.space_children.insert(space.clone(), read);
+        }
+        children.extend(facts.space_children[space].iter().cloned());
     }
     Ok(children)
 }
@@ -375,7 +428,7 @@ fn passes(
     filters: Option<&request::ListFilters>,
     spaces: Option<&HashSet<OwnedRoomId>>,
     direct: &HashSet<OwnedRoomId>,
-    facts: &mut RoomList,
+    facts: &mut Facts,
 ) -> Result<bool> {
     if spaces.is_some_and(|children| !children.contains(&candidate.room_id)) {
         return Ok(false);
@@ -484,7 +537,7 @@ fn room_update(
         upto: context.upto,
         membership: membership.clone(),
         timeline_limit: config.timeline_limit,
-        required_state: Arc::new(config.required_state.clone()),
+        required_state: config.required_state.clone(),
         lazy_members: held.map(|h| h.lazy_members.clone()).unwrap_or_default(),
     };
 
@@ -553,7 +606,7 @@ fn room_update(
     let avatar = services
         .rooms
         .state_content(&state_at_end, "m.room.avatar", "")?
-        .and_then(|c| c["url"].as_str().and_then(|u| OwnedMxcUri::try_from(u).ok()));
+        .and_then(|c| c["url"].as_str().map(OwnedMxcUri::from));
     room.avatar = match avatar {
         Some(url) => JsOption::Some(url),
         None if !first_send && state_changed_kinds.contains("m.room.avatar") => JsOption::Null,
@@ -601,7 +654,7 @@ fn required_state(
     since: Option<u64>,
     timeline: &[(Arc<Pdu>, PduMeta)],
     record: &mut RoomSent,
-) -> Result<Vec<(Arc<Pdu>, PduMeta)>> {
+) -> Result<Events> {
     let services = context.services;
     let me = &context.session.user_id;
     let mut ids = Vec::new();
@@ -611,7 +664,7 @@ fn required_state(
             if config.wants_all() {
                 ids = services.rooms.state_event_ids(state)?;
             } else {
-                for (kind, key) in &config.required_state {
+                for (kind, key) in config.required_state.iter() {
                     match key.as_str() {
                         "$LAZY" => {}
                         "*" => ids.extend(services.rooms.state_of_kind(state, kind)?.into_iter().map(|(_, id)| id)),
@@ -686,7 +739,7 @@ fn heroes(
         let content = services.rooms.state_content(state, "m.room.member", member.as_str())?.unwrap_or_default();
         let mut hero = response::Hero::new(member.clone());
         hero.name = content["displayname"].as_str().map(str::to_owned);
-        hero.avatar = content["avatar_url"].as_str().and_then(|u| OwnedMxcUri::try_from(u).ok());
+        hero.avatar = content["avatar_url"].as_str().map(OwnedMxcUri::from);
         out.push(hero);
     }
     Ok(out)

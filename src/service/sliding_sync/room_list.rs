@@ -28,7 +28,13 @@ pub struct RoomList {
     pub stream: u64,
     /// Joined (not forgotten), invited and knocking rooms.
     pub rooms: HashMap<OwnedRoomId, Candidate>,
-    /// Whether a room is encrypted, learnt when a filter asks.
+    pub facts: Facts,
+}
+
+/// What the filters learnt of the rooms, kept until a room changes.
+#[derive(Default)]
+pub struct Facts {
+    /// Whether a room is encrypted.
     pub encrypted: HashMap<OwnedRoomId, bool>,
     /// A room's type (`m.room.create`'s, which never changes).
     pub room_types: HashMap<OwnedRoomId, Option<String>>,
@@ -46,13 +52,8 @@ impl RoomList {
                 rooms.insert(candidate.room_id.clone(), candidate);
             }
         }
-        Ok(Self {
-            stream: upto,
-            rooms,
-            encrypted: HashMap::new(),
-            room_types: HashMap::new(),
-            space_children: HashMap::new(),
-        })
+        tracing::debug!(user = %user_id, rooms = rooms.len(), "sliding sync: the room list read whole");
+        Ok(Self { stream: upto, rooms, facts: Facts::default() })
     }
 
     /// Bring the list up to `upto` from the journal; `false` if it cannot
@@ -62,7 +63,7 @@ impl RoomList {
             return Ok(true);
         }
         let journal = services.db.journal();
-        let wanted = |room: &RoomId| self.rooms.contains_key(room) || self.space_children.contains_key(room);
+        let wanted = |room: &RoomId| self.rooms.contains_key(room) || self.facts.space_children.contains_key(room);
         let Some(changes) = journal.changes_for(user_id, self.stream, upto, wanted) else { return Ok(false) };
         if changes.user && ignore_list_changed(services, user_id, self.stream)? {
             return Ok(false);
@@ -85,7 +86,6 @@ impl RoomList {
         }
         for room_id in changes.rooms.difference(&changes.own_rooms) {
             self.forget_facts(room_id);
-            self.space_children.remove(room_id);
             let Some(entry) = self.rooms.get_mut(room_id) else { continue };
             if entry.record.membership == MembershipState::Join
                 && let Some(room) = services.rooms.room(room_id)?
@@ -99,16 +99,21 @@ impl RoomList {
 
     /// What is known of a room that changed may no longer hold.
     fn forget_facts(&mut self, room_id: &RoomId) {
-        self.encrypted.remove(room_id);
-        self.space_children.remove(room_id);
+        self.facts.encrypted.remove(room_id);
+        self.facts.space_children.remove(room_id);
     }
 
     /// The rooms, newest activity first.
     pub fn in_order(&self) -> Vec<&Candidate> {
-        let mut out: Vec<&Candidate> = self.rooms.values().collect();
-        out.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(&b.room_id)));
-        out
+        in_order(&self.rooms)
     }
+}
+
+/// Rooms, newest activity first.
+pub fn in_order(rooms: &HashMap<OwnedRoomId, Candidate>) -> Vec<&Candidate> {
+    let mut out: Vec<&Candidate> = rooms.values().collect();
+    out.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(&b.room_id)));
+    out
 }
 
 /// The room as a list entry, or `None` if the lists do not show it: left,

@@ -189,20 +189,9 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
     let to_device = services.keys.to_device_messages(user_id, device_id, since, upto)?;
     anything |= !to_device.is_empty();
     response.to_device.events = to_device.iter().map(raw).collect();
-    response.device_one_time_keys_count = services
-        .keys
-        .one_time_key_counts(user_id, device_id)?
-        .into_iter()
-        .map(|(alg, n)| (ruma::OneTimeKeyAlgorithm::from(alg.as_str()), UInt::new_saturating(n)))
-        .collect();
-    response.device_unused_fallback_key_types = Some(
-        services
-            .keys
-            .unused_fallback_algorithms(user_id, device_id)?
-            .iter()
-            .map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str()))
-            .collect(),
-    );
+    let (one_time, fallback) = services.keys.sync_counts(user_id, device_id)?;
+    response.device_one_time_keys_count = one_time;
+    response.device_unused_fallback_key_types = Some(fallback);
     if let Some(since) = since {
         let peers = crate::service::keys::room_peers(services, user_id)?;
         let mut changed = crate::service::keys::keys_changed_between(services, &peers, since, upto)?;

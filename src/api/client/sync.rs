@@ -90,15 +90,7 @@ async fn long_poll(state: AppState, req: Ruma<sync_events::v3::Request>) -> Resu
     let params = std::sync::Arc::new(SyncParams { since, full_state: body.full_state, filter });
     let timeout = body.timeout.unwrap_or_default().min(state.settings.sync_timeout_max);
     let deadline = tokio::time::Instant::now() + timeout;
-    // Woken only by changes for this user or the rooms they are in (a
-    // sync that will not wait needs no rooms to wait on).
-    let rooms = if timeout.is_zero() {
-        Vec::new()
-    } else {
-        let user = session.user_id.clone();
-        blocking(&state, move |s| sync_service::watched_rooms(s, &user)).await?
-    };
-    let mut waiting = state.db.waiters().register(&session.user_id, rooms);
+    let mut waiting = register_waiting(&state, &session.user_id, timeout).await?;
     loop {
         waiting.mark_seen();
         let (p, sess) = (params.clone(), session.clone());
@@ -131,13 +123,7 @@ pub async fn sliding_sync(state: AppState, req: Ruma<sync_events::v5::Request>) 
         None => Duration::ZERO,
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let rooms = if timeout.is_zero() {
-        Vec::new()
-    } else {
-        let user = session.user_id.clone();
-        blocking(&state, move |s| sync_service::watched_rooms(s, &user)).await?
-    };
-    let mut waiting = state.db.waiters().register(&session.user_id, rooms);
+    let mut waiting = register_waiting(&state, &session.user_id, timeout).await?;
     loop {
         waiting.mark_seen();
         let (p, sess, conn) = (params.clone(), session.clone(), connection.clone());
@@ -149,6 +135,22 @@ pub async fn sliding_sync(state: AppState, req: Ruma<sync_events::v5::Request>) 
             return Ok(response);
         }
     }
+}
+
+/// A sync's place among the waiters: woken only by changes for this user
+/// or the rooms they are in (a sync that will not wait needs no rooms).
+async fn register_waiting(
+    state: &AppState,
+    user_id: &ruma::UserId,
+    timeout: Duration,
+) -> Result<crate::storage::Registration> {
+    let rooms = if timeout.is_zero() {
+        Vec::new()
+    } else {
+        let user = user_id.to_owned();
+        blocking(state, move |s| sync_service::watched_rooms(s, &user)).await?
+    };
+    Ok(state.db.waiters().register(user_id, rooms))
 }
 
 pub const MAX_FILTER_BYTES: usize = 65_536;

@@ -19,6 +19,9 @@ use ruma::{
 use serde_json::{Map, Value};
 
 use self::data::{FallbackKey, ToDeviceMessage};
+
+/// One-time keys left per algorithm, and unused fallback key algorithms.
+pub type SyncKeyCounts = (BTreeMap<OneTimeKeyAlgorithm, ruma::UInt>, Vec<OneTimeKeyAlgorithm>);
 use crate::{
     error::{Error, Result},
     storage::{Batch, Db},
@@ -210,6 +213,22 @@ impl Keys {
     /// Algorithms with an unused fallback key.
     pub fn unused_fallback_algorithms(&self, user_id: &UserId, device_id: &str) -> Result<Vec<String>> {
         Ok(data::unused_fallback_algorithms(&self.db, user_id, device_id)?.into_iter().collect())
+    }
+
+    /// What a device's syncs report of its keys: one-time keys left per
+    /// algorithm, and the algorithms of its unused fallback keys.
+    pub fn sync_counts(&self, user_id: &UserId, device_id: &str) -> Result<SyncKeyCounts> {
+        let one_time = self
+            .one_time_key_counts(user_id, device_id)?
+            .into_iter()
+            .map(|(alg, n)| (OneTimeKeyAlgorithm::from(alg.as_str()), ruma::UInt::new_saturating(n)))
+            .collect();
+        let fallback = self
+            .unused_fallback_algorithms(user_id, device_id)?
+            .iter()
+            .map(|a| OneTimeKeyAlgorithm::from(a.as_str()))
+            .collect();
+        Ok((one_time, fallback))
     }
 
     /// Device keys of a user: all devices, or those named.

@@ -846,20 +846,9 @@ fn extensions(
 
     if wanted.e2ee.enabled == Some(true) {
         let e2ee = &mut out.response.e2ee;
-        e2ee.device_one_time_keys_count = services
-            .keys
-            .one_time_key_counts(user_id, device_id)?
-            .into_iter()
-            .map(|(alg, n)| (ruma::OneTimeKeyAlgorithm::from(alg.as_str()), UInt::new_saturating(n)))
-            .collect();
-        e2ee.device_unused_fallback_key_types = Some(
-            services
-                .keys
-                .unused_fallback_algorithms(user_id, device_id)?
-                .iter()
-                .map(|a| ruma::OneTimeKeyAlgorithm::from(a.as_str()))
-                .collect(),
-        );
+        let (one_time, fallback) = services.keys.sync_counts(user_id, device_id)?;
+        e2ee.device_one_time_keys_count = one_time;
+        e2ee.device_unused_fallback_key_types = Some(fallback);
         // On a new connection the client treats every device list as changed itself.
         if let Some(since) = base_stream
             && scope.since_base.device_lists_may_change()

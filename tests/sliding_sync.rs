@@ -428,6 +428,19 @@ async fn extensions_carry_to_device_keys_account_data_receipts_and_typing() {
     assert_eq!(status, 200);
     let typing = ok(&s, &alice, Some(&pos(&receipt)), 5000, &room_list).await;
     assert_eq!(typing["extensions"]["typing"]["rooms"][&room]["content"]["user_ids"], json!([bob.user_id]), "{typing}");
+
+    // An extension that names lists covers only the rooms of those lists' windows.
+    let scoped = |lists: Value| {
+        json!({
+            "conn_id": "scoped",
+            "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 1 } },
+            "extensions": { "typing": { "enabled": true, "lists": lists } },
+        })
+    };
+    let other = ok(&s, &alice, None, 0, &scoped(json!(["another"]))).await;
+    assert!(other["extensions"]["typing"]["rooms"].get(&room).is_none(), "{other}");
+    let named = ok(&s, &alice, None, 0, &scoped(json!(["all"]))).await;
+    assert_eq!(named["extensions"]["typing"]["rooms"][&room]["content"]["user_ids"], json!([bob.user_id]), "{named}");
 }
 
 #[tokio::test]

@@ -236,6 +236,8 @@ pub fn build(
 
     // Lists: each filtered, counted, and its windows taken.
     let mut configs: BTreeMap<OwnedRoomId, RoomConfig> = BTreeMap::new();
+    // Which lists' windows hold a room (for the extensions' `lists`).
+    let mut in_lists: Coverage<'_> = Coverage::default();
     let mut list_counts = BTreeMap::new();
     let mut response = v5::Response::new(String::new());
     for (name, wanted) in &request.lists {
@@ -259,6 +261,7 @@ pub fn build(
             let (start, end) = (u64::from(*start) as usize, u64::from(*end) as usize);
             for candidate in matching.iter().skip(start).take(end.saturating_sub(start).saturating_add(1)) {
                 config.apply_to(&mut configs, &candidate.room_id);
+                in_lists.insert(&candidate.room_id, name.as_str());
             }
         }
     }
@@ -277,6 +280,7 @@ pub fn build(
     for (room_id, subscription) in &request.room_subscriptions {
         if by_id.contains_key(&**room_id) {
             RoomConfig::new(subscription.timeline_limit, &subscription.required_state).apply_to(&mut configs, room_id);
+            in_lists.subscribed.insert(&**room_id);
         }
     }
 
@@ -298,8 +302,14 @@ pub fn build(
     }
 
     let window: Vec<&OwnedRoomId> = configs.keys().collect();
-    let scope =
-        ExtensionScope { base_stream, upto, window: &window, sent_rooms: &response.rooms, since_base: &since_base };
+    let scope = ExtensionScope {
+        base_stream,
+        upto,
+        window: &window,
+        coverage: &in_lists,
+        sent_rooms: &response.rooms,
+        since_base: &since_base,
+    };
     let extensions = extensions(services, session, params, &scope)?;
     let changed = !response.rooms.is_empty()
         || !extensions.is_empty_of_changes()
@@ -763,28 +773,48 @@ impl Extensions {
     }
 }
 
-/// Which rooms an extension covers: those of the named lists and
-/// subscriptions (`*`: all of them), else every room in the window.
+/// Which lists' windows and which subscriptions hold each room of a response.
+#[derive(Default)]
+struct Coverage<'a> {
+    lists: HashMap<&'a RoomId, BTreeSet<&'a str>>,
+    subscribed: HashSet<&'a RoomId>,
+}
+
+impl<'a> Coverage<'a> {
+    fn insert(&mut self, room_id: &'a RoomId, list: &'a str) {
+        self.lists.entry(room_id).or_default().insert(list);
+    }
+}
+
+/// Which rooms of the response an extension covers (MSC4186): those of
+/// the lists it names (`*` or none named: every list) and of the
+/// subscriptions it names (`*` or none named: every subscription).
 fn extension_rooms<'a>(
+    scope: &ExtensionScope<'_>,
     window: &[&'a OwnedRoomId],
     rooms: Option<&[request::ExtensionRoomConfig]>,
     lists: Option<&[String]>,
 ) -> Vec<&'a OwnedRoomId> {
-    match (rooms, lists) {
-        (None, _) | (Some(_), Some(_)) => window.to_vec(),
-        (Some(rooms), None) => {
-            if rooms.iter().any(|r| matches!(r, request::ExtensionRoomConfig::AllSubscribed)) {
-                return window.to_vec();
-            }
-            window
-                .iter()
-                .filter(|room| {
-                    rooms.iter().any(|r| matches!(r, request::ExtensionRoomConfig::Room(id) if id == **room))
-                })
-                .copied()
-                .collect()
-        }
-    }
+    let all_lists = lists.is_none_or(|names| names.iter().any(|n| n == "*"));
+    let all_subscribed =
+        rooms.is_none_or(|named| named.iter().any(|r| matches!(r, request::ExtensionRoomConfig::AllSubscribed)));
+    let coverage = scope.coverage;
+    window
+        .iter()
+        .filter(|room_id| {
+            let by_list = coverage.lists.get(room_id.as_ref() as &RoomId).is_some_and(|held_by| {
+                all_lists || lists.into_iter().flatten().any(|name| held_by.contains(name.as_str()))
+            });
+            let by_subscription = coverage.subscribed.contains(room_id.as_ref() as &RoomId)
+                && (all_subscribed
+                    || rooms
+                        .into_iter()
+                        .flatten()
+                        .any(|r| matches!(r, request::ExtensionRoomConfig::Room(id) if id == **room_id)));
+            by_list || by_subscription
+        })
+        .copied()
+        .collect()
 }
 
 /// What the extensions of one response are built from.
@@ -793,6 +823,7 @@ struct ExtensionScope<'a> {
     upto: u64,
     /// The rooms the lists' windows and the subscriptions hold.
     window: &'a [&'a OwnedRoomId],
+    coverage: &'a Coverage<'a>,
     /// The rooms this response sends.
     sent_rooms: &'a BTreeMap<OwnedRoomId, response::Room>,
     since_base: &'a SinceBase,
@@ -862,7 +893,7 @@ fn extensions(
 
     if wanted.account_data.enabled == Some(true) {
         let config = &wanted.account_data;
-        let covered = extension_rooms(window, config.rooms.as_deref(), config.lists.as_deref());
+        let covered = extension_rooms(scope, window, config.rooms.as_deref(), config.lists.as_deref());
         fn event<T>(item: &Item) -> Result<ruma::serde::Raw<T>> {
             let content = serde_json::from_str::<Value>(item.content.get())?;
             Ok(raw(&serde_json::json!({ "type": item.kind, "content": content })))
@@ -883,7 +914,9 @@ fn extensions(
 
     if wanted.receipts.enabled == Some(true) {
         let config = &wanted.receipts;
-        for (room_id, since) in scope.news(extension_rooms(window, config.rooms.as_deref(), config.lists.as_deref())) {
+        for (room_id, since) in
+            scope.news(extension_rooms(scope, window, config.rooms.as_deref(), config.lists.as_deref()))
+        {
             if let Some(event) = services.ephemeral.receipt_event(room_id, since.unwrap_or(0), user_id)? {
                 out.changes = true;
                 out.response.receipts.rooms.insert(room_id.clone(), raw(&event));
@@ -893,7 +926,9 @@ fn extensions(
 
     if wanted.typing.enabled == Some(true) {
         let config = &wanted.typing;
-        for (room_id, since) in scope.news(extension_rooms(window, config.rooms.as_deref(), config.lists.as_deref())) {
+        for (room_id, since) in
+            scope.news(extension_rooms(scope, window, config.rooms.as_deref(), config.lists.as_deref()))
+        {
             let Some(event) = services.ephemeral.typing_event(room_id, since.unwrap_or(0)) else { continue };
             // A first look at a room where nobody types is no news.
             if since.is_none() && event["content"]["user_ids"].as_array().is_none_or(|u| u.is_empty()) {

@@ -258,3 +258,50 @@ async fn device_changes_on_another_server_reach_local_users() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// `/sync` names in `device_lists.left` the people who no longer share a
+/// room with the user: one who left a shared room, and the members of a
+/// room the user left. Someone still met in another room stays.
+#[tokio::test]
+async fn sync_reports_people_who_no_longer_share_a_room_as_left() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let with_bob = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let with_carol = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let also_carol = s.create_room(&alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(s.join(&bob, &with_bob).await.0, 200);
+    assert_eq!(s.join(&carol, &with_carol).await.0, 200);
+    let first = s.sync(&alice, None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    assert_eq!(leave(&s, &bob.token, &with_bob).await, 200);
+    assert_eq!(leave(&s, &alice.token, &with_carol).await, 200);
+    let after = s.sync(&alice, Some(&since), 0).await;
+    let left: Vec<&str> =
+        after["device_lists"]["left"].as_array().expect("left").iter().filter_map(|u| u.as_str()).collect();
+    assert!(left.contains(&bob.user_id.as_str()), "bob left the only room he shared: {after}");
+    assert!(left.contains(&carol.user_id.as_str()), "alice left the only room she shared with carol: {after}");
+
+    // Someone who still shares another room with alice is not gone.
+    assert_eq!(s.join(&carol, &also_carol).await.0, 200);
+    assert_eq!(s.join(&bob, &also_carol).await.0, 200);
+    let since = after["next_batch"].as_str().unwrap().to_owned();
+    let rejoined = s.sync(&alice, Some(&since), 0).await;
+    let since = rejoined["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(leave(&s, &bob.token, &also_carol).await, 200);
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", common::enc(&with_bob));
+    assert_eq!(s.post(&path, Some(&alice.token), json!({ "user_id": carol.user_id })).await.0, 200);
+    assert_eq!(s.join(&carol, &with_bob).await.0, 200);
+    assert_eq!(leave(&s, &carol.token, &also_carol).await, 200);
+    let later = s.sync(&alice, Some(&since), 0).await;
+    let left: Vec<&str> =
+        later["device_lists"]["left"].as_array().expect("left").iter().filter_map(|u| u.as_str()).collect();
+    assert!(left.contains(&bob.user_id.as_str()), "{later}");
+    assert!(!left.contains(&carol.user_id.as_str()), "carol still shares a room with alice: {later}");
+}
+
+async fn leave(s: &TestServer, token: &str, room: &str) -> u16 {
+    s.post(&format!("/_matrix/client/v3/rooms/{}/leave", common::enc(room)), Some(token), json!({})).await.0
+}

@@ -207,8 +207,27 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
                 }
             }
         }
-        anything |= !changed.is_empty();
+        // People who no longer share a room with us leave our device lists:
+        // those whose leave (or ban) this sync carries, and the members of
+        // rooms we left.
+        let mut left = std::collections::BTreeSet::new();
+        let timelines = response.rooms.join.values().map(|room| &room.timeline.events);
+        for event in timelines.chain(response.rooms.leave.values().map(|room| &room.timeline.events)).flatten() {
+            let event: Value = serde_json::from_str(event.json().get())?;
+            if event["type"] == "m.room.member"
+                && matches!(event["content"]["membership"].as_str(), Some("leave" | "ban"))
+                && let Some(Ok(member)) = event["state_key"].as_str().map(OwnedUserId::try_from)
+                && !peers.contains(&member)
+            {
+                left.insert(member);
+            }
+        }
+        for room_id in response.rooms.leave.keys() {
+            left.extend(services.rooms.joined_members(room_id)?.into_iter().filter(|member| !peers.contains(member)));
+        }
+        anything |= !changed.is_empty() || !left.is_empty();
         response.device_lists.changed = changed.into_iter().collect();
+        response.device_lists.left = left.into_iter().collect();
     }
 
     if since.is_some() && !anything {

@@ -283,6 +283,11 @@ async fn sync_reports_people_who_no_longer_share_a_room_as_left() {
         after["device_lists"]["left"].as_array().expect("left").iter().filter_map(|u| u.as_str()).collect();
     assert!(left.contains(&bob.user_id.as_str()), "bob left the only room he shared: {after}");
     assert!(left.contains(&carol.user_id.as_str()), "alice left the only room she shared with carol: {after}");
+    let path = format!("/_matrix/client/v3/keys/changes?from={since}&to={}", after["next_batch"].as_str().unwrap());
+    let (status, changes) = s.get(&path, Some(&alice.token)).await;
+    assert_eq!(status, 200, "{changes}");
+    let gone: Vec<&str> = changes["left"].as_array().expect("left").iter().filter_map(|u| u.as_str()).collect();
+    assert!(gone.contains(&bob.user_id.as_str()) && gone.contains(&carol.user_id.as_str()), "{changes}");
 
     // Someone who still shares another room with alice is not gone.
     assert_eq!(s.join(&carol, &also_carol).await.0, 200);

@@ -514,8 +514,13 @@ pub fn changes_between(
     let mut changed = keys_changed_between(s, &peers, from, to)?;
     let mut left = BTreeSet::new();
     for (room_id, record) in s.rooms.user_rooms(user_id)? {
-        if record.count <= from && record.membership != ruma::events::room::member::MembershipState::Join {
+        let joined = record.membership == ruma::events::room::member::MembershipState::Join;
+        if record.count <= from && !joined {
             continue;
+        }
+        // A room the user left since: its members they meet nowhere else are gone.
+        if !joined && record.count <= to {
+            left.extend(s.rooms.joined_members(&room_id)?.into_iter().filter(|member| !peers.contains(member)));
         }
         for (count, event_id) in s.rooms.timeline(&room_id, to as i64 + 1, false, MAX_CHANGES_SCAN)? {
             if count <= from as i64 {

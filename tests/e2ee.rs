@@ -259,6 +259,67 @@ async fn device_changes_on_another_server_reach_local_users() {
     }
 }
 
+/// A user leaves the only room they share with someone on another server,
+/// who then adds a device; nobody tells the user's server (it shares no
+/// room with them). When the user joins again, `/sync` and `/keys/changes`
+/// from before the leave name that person as changed, and a key query
+/// shows the new device, not what was held from before.
+#[tokio::test]
+async fn devices_added_while_a_user_was_away_show_when_they_rejoin() {
+    let (a, _) = common::federating_server().await;
+    let (b, b_name) = common::federating_server().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let upload = async |token: &str, device: &str| {
+        let body = json!({ "device_keys": device_keys(&bob.user_id, device, device) });
+        assert_eq!(b.post("/_matrix/client/v3/keys/upload", Some(token), body).await.0, 200);
+    };
+    upload(&bob.token, &bob.device_id).await;
+    let room = b.create_room(&bob, json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}?server_name={}", common::enc(&room), common::enc(&b_name));
+    let (status, body) = a.post(&join, Some(&alice.token), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let query = async || {
+        let body = json!({ "device_keys": { bob.user_id.clone(): [] } });
+        let (status, answer) = a.post("/_matrix/client/v3/keys/query", Some(&alice.token), body).await;
+        assert_eq!(status, 200, "{answer}");
+        let devices = answer["device_keys"][&bob.user_id].as_object().cloned().unwrap_or_default();
+        devices.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(query().await, std::slice::from_ref(&bob.device_id), "bob's one device, now held by alice's server");
+    let since = a.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    assert_eq!(leave(&a, &alice.token, &room).await, 200);
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" },
+        "password": "correct horse battery", "device_id": "LATER" });
+    let (status, later) = b.post("/_matrix/client/v3/login", None, login).await;
+    assert_eq!(status, 200, "{later}");
+    upload(later["access_token"].as_str().unwrap(), "LATER").await;
+
+    // Alice's leave may still be on its way to bob's server: try until it lets her in again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = a.post(&join, Some(&alice.token), json!({})).await;
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "alice could not join again: {status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let after = a.sync(&alice, Some(&since), 0).await;
+    let named = |list: &serde_json::Value| list.as_array().is_some_and(|l| l.iter().any(|u| u == bob.user_id.as_str()));
+    assert!(named(&after["device_lists"]["changed"]), "sync: {}", after["device_lists"]);
+    let path = format!("/_matrix/client/v3/keys/changes?from={since}&to={}", after["next_batch"].as_str().unwrap());
+    let (status, changes) = a.get(&path, Some(&alice.token)).await;
+    assert_eq!(status, 200, "{changes}");
+    assert!(named(&changes["changed"]), "/keys/changes: {changes}");
+    let mut devices = query().await;
+    let mut expected = vec!["LATER".to_owned(), bob.device_id.clone()];
+    devices.sort();
+    expected.sort();
+    assert_eq!(devices, expected, "the device added while alice was away");
+}
+
 /// `/sync` names in `device_lists.left` the people who no longer share a
 /// room with the user: one who left a shared room, and the members of a
 /// room the user left. Someone still met in another room stays.

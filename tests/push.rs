@@ -573,3 +573,69 @@ async fn element_x_pushers_get_event_id_only_pushes_with_their_default_payload()
         assert_eq!(device["tweaks"], json!({}), "{device}");
     }
 }
+
+/// Element X on Android registers an FCM pusher (`io.element.android.x`,
+/// the FCM registration token as pushkey, `event_id_only`) at a sygnal
+/// gateway. A message in an encrypted room travels porch → sygnal → FCM and
+/// arrives as sygnal's data message of ids, priority and count; a token FCM
+/// no longer knows is rejected by sygnal, and porch drops that pusher.
+#[tokio::test]
+#[ignore = "needs sygnal, which the package index may lack: SYGNAL_SOURCE=<sygnal checkout> cargo test --test push -- --ignored"]
+async fn element_x_android_pushes_reach_fcm_through_a_real_sygnal() {
+    use common::sygnal::{FCM_API_KEY, Fcm, Sygnal};
+    const APP_ID: &str = "io.element.android.x";
+    let mut fcm = Fcm::start(&["fcm-token-gone"]).await;
+    let sygnal = Sygnal::start(APP_ID, &fcm).await;
+    let server = TestServer::start_with(loopback_allowed()).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let encryption =
+        json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
+    let room = server.create_room(&alice, json!({ "invite": [bob.user_id], "initial_state": [encryption] })).await;
+    assert_eq!(server.join(&bob, &room).await.0, 200);
+    for pushkey in ["fcm-token-1", "fcm-token-gone"] {
+        let body = json!({
+            "kind": "http", "app_id": APP_ID, "pushkey": pushkey, "app_display_name": "Element X",
+            "device_display_name": "Pixel", "lang": "en", "append": true,
+            "data": { "url": sygnal.notify_url, "format": "event_id_only" },
+        });
+        let (status, answer) = server.post("/_matrix/client/v3/pushers/set", Some(&alice.token), body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    let ciphertext = json!({
+        "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnB...", "device_id": "BOBDEVICE",
+        "sender_key": "c2VuZGVyIGtleQ", "session_id": "c2Vzc2lvbg",
+    });
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.encrypted/e1", enc(&room));
+    let (status, sent) = server.put(&path, Some(&bob.token), ciphertext).await;
+    assert_eq!(status, 200, "{sent}");
+    let event_id = sent["event_id"].as_str().unwrap();
+
+    let mut tokens = std::collections::BTreeSet::new();
+    while tokens.len() < 2 {
+        let request = fcm.next("a push of the message").await;
+        assert_eq!(request.tunnel, "fcm.googleapis.com:443", "{request:?}");
+        assert_eq!(request.path, "/fcm/send", "{request:?}");
+        assert_eq!(request.authorization, format!("key={FCM_API_KEY}"));
+        let body = &request.body;
+        assert_eq!(body["priority"], "high", "{body}");
+        assert_eq!(
+            body["data"],
+            json!({ "event_id": event_id, "room_id": room, "prio": "high", "unread": 1 }),
+            "ids, priority and the unread count, nothing of the message: {body}"
+        );
+        tokens.insert(body["to"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(tokens, ["fcm-token-1", "fcm-token-gone"].map(str::to_owned).into());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys: Vec<Value> = pushers(&server, &alice).await.into_iter().map(|p| p["pushkey"].clone()).collect();
+        if keys == [json!("fcm-token-1")] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "porch kept {keys:?}; sygnal:\n{}", sygnal.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

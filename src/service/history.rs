@@ -127,12 +127,7 @@ pub fn visible_state(s: &Services, room_id: &RoomId, user_id: &UserId) -> Result
         Some(MembershipState::Leave | MembershipState::Ban) => {
             let record = s.rooms.user_membership(user_id, room_id)?.ok_or_else(refused)?;
             let (_, meta) = s.rooms.get_pdu(&record.event_id)?.ok_or_else(refused)?;
-            let was_joined = meta
-                .prev_content
-                .as_ref()
-                .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
-                .is_some_and(|c| c["membership"] == "join");
-            if !was_joined {
+            if !crate::service::rooms::replaced_a_join(&meta) {
                 return if world_readable_to(s, room_id, user_id)? {
                     s.rooms.current_state(room_id)
                 } else {

@@ -341,6 +341,7 @@ pub fn receive<'a>(
             if let Placed::Timeline(pdu) = &placed {
                 crate::service::push::on_invite(s, pdu)?;
                 crate::service::room_upgrade::on_tombstone(s, pdu)?;
+                crate::service::keys::on_remote_member(s, pdu);
             }
             Ok((placed, pending))
         })

@@ -250,16 +250,22 @@ pub async fn join(
     for server in candidates {
         match join_via(s, &server, user_id, room_id, reason.as_deref()).await {
             Ok(event_id) => {
-                // The invite is answered: its stripped state is no longer needed.
-                if let Some((invite_id, _)) = invite {
-                    blocking(s, move |s| {
+                let room_id = room_id.to_owned();
+                blocking(s, move |s| {
+                    // While none of our users was in the room, nobody told
+                    // us of its members' devices.
+                    let members = s.rooms.joined_members(&room_id)?;
+                    s.keys.forget_remote(members.iter().filter(|m| !s.users.is_local(m)).map(|m| m.as_ref()));
+                    // The invite is answered: its stripped state is no longer needed.
+                    if let Some((invite_id, _)) = invite {
                         // A write of its own, as `Db::delete` makes it.
                         let mut batch = s.db.batch();
                         crate::service::remote_invite::delete_pending(&mut batch, &invite_id);
-                        Ok(batch.commit()?)
-                    })
-                    .await?;
-                }
+                        batch.commit()?;
+                    }
+                    Ok(())
+                })
+                .await?;
                 return Ok(event_id);
             }
             Err(err) => {

@@ -1045,6 +1045,19 @@ pub fn membership_of(pdu: &Pdu) -> Option<MembershipState> {
     serde_json::from_str::<Content>(pdu.content.get()).ok().map(|c| c.membership)
 }
 
+/// Whether the member event this is the metadata of replaced a join (its
+/// `prev_content` says `join`).
+pub fn replaced_a_join(meta: &crate::pdu::PduMeta) -> bool {
+    #[derive(Deserialize)]
+    struct Content {
+        membership: MembershipState,
+    }
+    meta.prev_content
+        .as_ref()
+        .and_then(|c| serde_json::from_str::<Content>(c.get()).ok())
+        .is_some_and(|c| c.membership == MembershipState::Join)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

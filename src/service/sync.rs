@@ -193,41 +193,10 @@ pub fn build(services: &Services, session: &Session, params: &SyncParams) -> Res
     response.device_one_time_keys_count = one_time;
     response.device_unused_fallback_key_types = Some(fallback);
     if let Some(since) = since {
-        let peers = crate::service::keys::room_peers(services, user_id)?;
-        let mut changed = crate::service::keys::keys_changed_between(services, &peers, since, upto)?;
-        // People who joined a room with us since the token are new to our device lists.
-        for room in response.rooms.join.values() {
-            for event in &room.timeline.events {
-                let event: Value = serde_json::from_str(event.json().get())?;
-                if event["type"] == "m.room.member"
-                    && event["content"]["membership"] == "join"
-                    && let Some(Ok(member)) = event["state_key"].as_str().map(OwnedUserId::try_from)
-                {
-                    changed.insert(member);
-                }
-            }
-        }
-        // People who no longer share a room with us leave our device lists:
-        // those whose leave (or ban) this sync carries, and the members of
-        // rooms we left.
-        let mut left = std::collections::BTreeSet::new();
-        let timelines = response.rooms.join.values().map(|room| &room.timeline.events);
-        for event in timelines.chain(response.rooms.leave.values().map(|room| &room.timeline.events)).flatten() {
-            let event: Value = serde_json::from_str(event.json().get())?;
-            if event["type"] == "m.room.member"
-                && matches!(event["content"]["membership"].as_str(), Some("leave" | "ban"))
-                && let Some(Ok(member)) = event["state_key"].as_str().map(OwnedUserId::try_from)
-                && !peers.contains(&member)
-            {
-                left.insert(member);
-            }
-        }
-        for room_id in response.rooms.leave.keys() {
-            left.extend(services.rooms.joined_members(room_id)?.into_iter().filter(|member| !peers.contains(member)));
-        }
+        let (changed, left) = crate::service::keys::changes_between(services, user_id, since, upto)?;
         anything |= !changed.is_empty() || !left.is_empty();
-        response.device_lists.changed = changed.into_iter().collect();
-        response.device_lists.left = left.into_iter().collect();
+        response.device_lists.changed = changed;
+        response.device_lists.left = left;
     }
 
     if since.is_some() && !anything {
@@ -697,12 +666,7 @@ fn left_room(
     let leave_json = leave.to_client_event(&leave_meta, false, None);
     let leave_event = raw(&leave_json);
     room.timeline.prev_batch = Some(format!("t{}", leave_meta.count));
-    let was_joined = leave_meta
-        .prev_content
-        .as_ref()
-        .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
-        .is_some_and(|c| c["membership"] == "join");
-    if !was_joined {
+    if !crate::service::rooms::replaced_a_join(&leave_meta) {
         // A rejected invite, a withdrawn knock or a ban of an outsider shows
         // nothing of the room beyond the membership change itself.
         room.timeline.events = vec![leave_event.clone()];

@@ -315,6 +315,7 @@ pub fn timeline<'a>(sync: &'a Value, room_id: &str) -> Vec<&'a Value> {
     sync["rooms"]["join"][room_id]["timeline"]["events"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
 }
 
+pub mod sygnal;
 pub mod synapse;
 
 pub fn free_port() -> u16 {

@@ -141,6 +141,15 @@ impl Keys {
         Ok(true)
     }
 
+    /// Drop what we hold of these users' keys: we may have missed changes
+    /// (while we shared no room with them, nobody told us of any).
+    pub fn forget_remote<'u>(&self, users: impl IntoIterator<Item = &'u UserId>) {
+        let mut cache = self.remote.lock().expect("remote keys poisoned");
+        for user_id in users {
+            cache.remove(user_id);
+        }
+    }
+
     /// Another server told us a user's keys changed: our clients re-query them.
     pub fn mark_remote_changed(&self, user_id: &UserId) -> Result<()> {
         self.remote.lock().expect("remote keys poisoned").remove(user_id);
@@ -502,19 +511,21 @@ pub fn keys_changed_between(
 const MAX_CHANGES_SCAN: usize = 1_000;
 
 /// Whose device lists changed for `user_id` between two sync positions:
-/// peers whose keys changed or who came to share a room with them
-/// (`changed`), and those who no longer share one (`left`).
+/// peers whose keys changed, who joined one of the user's rooms, or whose
+/// room the user joined (`changed`), and those who no longer share a room
+/// (`left`). The one definition both syncs and `/keys/changes` use.
 pub fn changes_between(
     s: &crate::service::Services,
     user_id: &UserId,
     from: u64,
     to: u64,
 ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+    use ruma::events::room::member::MembershipState;
     let peers = room_peers(s, user_id)?;
     let mut changed = keys_changed_between(s, &peers, from, to)?;
     let mut left = BTreeSet::new();
     for (room_id, record) in s.rooms.user_rooms(user_id)? {
-        let joined = record.membership == ruma::events::room::member::MembershipState::Join;
+        let joined = record.membership == MembershipState::Join;
         if record.count <= from && !joined {
             continue;
         }
@@ -534,14 +545,37 @@ pub fn changes_between(
             if member == user_id {
                 continue;
             }
-            if peers.contains(&member) {
-                changed.insert(member);
-            } else {
-                left.insert(member);
+            match crate::service::rooms::membership_of(&pdu) {
+                Some(MembershipState::Join) if peers.contains(&member) => {
+                    changed.insert(member);
+                }
+                Some(MembershipState::Leave | MembershipState::Ban) if !peers.contains(&member) => {
+                    left.insert(member);
+                }
+                _ => {}
             }
+        }
+        // A room the user joined (or rejoined, or changed their membership
+        // in) since: everyone in it may be new to their device lists, as on
+        // Synapse; while the user was away nobody told this server of their
+        // devices.
+        if joined && record.count > from && record.count <= to {
+            changed.extend(s.rooms.joined_members(&room_id)?.into_iter().filter(|member| member != user_id));
         }
     }
     Ok((changed.into_iter().collect(), left.into_iter().collect()))
+}
+
+/// A member event from another server has been placed: if it is a join,
+/// we may not have shared a room with its user until now.
+pub fn on_remote_member(s: &crate::service::Services, pdu: &crate::pdu::Pdu) {
+    if pdu.kind == ruma::events::TimelineEventType::RoomMember
+        && crate::service::rooms::membership_of(pdu) == Some(ruma::events::room::member::MembershipState::Join)
+        && let Some(Ok(user_id)) = pdu.state_key.as_deref().map(<&UserId>::try_from)
+        && !s.users.is_local(user_id)
+    {
+        s.keys.forget_remote([user_id]);
+    }
 }
 
 /// Users sharing a room with `user_id` (and the user), for key-change tracking.

@@ -10,22 +10,7 @@ use common::{TestServer, federating_server};
 
 /// A venv with matrix-nio and its encryption extra, made once per target directory.
 fn nio_python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nio-venv");
-    let python = venv.join("bin/python");
-    let lock = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nio-venv.lock")).unwrap();
-    lock.lock().unwrap();
-    if !python.exists()
-        || Command::new(&python).args(["-c", "import nio, vodozemac"]).status().map(|s| !s.success()).unwrap_or(true)
-    {
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
-        assert!(status.success(), "could not make a Python virtual environment (python3 -m venv)");
-        let status = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "matrix-nio[e2e]==0.26.0"])
-            .status()
-            .expect("pip");
-        assert!(status.success(), "could not install matrix-nio into {}", venv.display());
-    }
-    python
+    common::python_venv("nio-venv", "import nio, vodozemac", &["matrix-nio[e2e]==0.26.0"], "")
 }
 
 #[tokio::test]

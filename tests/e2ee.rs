@@ -191,22 +191,12 @@ async fn device_changes_on_another_server_reach_local_users() {
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     // A second device for bob, to delete later.
-    let (status, second) = b
-        .post(
-            "/_matrix/client/v3/login",
-            None,
-            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" },
-                "password": "correct horse battery", "device_id": "SECOND" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{second}");
+    let second = b.login("bob", "SECOND").await;
     let room = b.create_room(&bob, json!({ "preset": "public_chat" })).await;
     let path = format!("/_matrix/client/v3/join/{}?server_name={}", common::enc(&room), common::enc(&b_name));
     let (status, body) = a.post(&path, Some(&alice.token), json!({})).await;
     assert_eq!(status, 200, "{body}");
-    for (token, device) in
-        [(bob.token.as_str(), bob.device_id.as_str()), (second["access_token"].as_str().unwrap(), "SECOND")]
-    {
+    for (token, device) in [(bob.token.as_str(), bob.device_id.as_str()), (second.token.as_str(), "SECOND")] {
         let (status, _) = b
             .post(
                 "/_matrix/client/v3/keys/upload",
@@ -245,7 +235,7 @@ async fn device_changes_on_another_server_reach_local_users() {
     common::sync_until(&a, &alice, &mut since, "bob's rename", in_changed).await;
 
     // Deleting the second device: announced, and gone from the query.
-    let (status, _) = b.post("/_matrix/client/v3/logout", second["access_token"].as_str(), json!({})).await;
+    let (status, _) = b.post("/_matrix/client/v3/logout", Some(&second.token), json!({})).await;
     assert_eq!(status, 200);
     common::sync_until(&a, &alice, &mut since, "bob's deleted device", in_changed).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -290,11 +280,8 @@ async fn devices_added_while_a_user_was_away_show_when_they_rejoin() {
     let since = a.sync(&alice, None, 0).await["next_batch"].as_str().unwrap().to_owned();
 
     assert_eq!(leave(&a, &alice.token, &room).await, 200);
-    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" },
-        "password": "correct horse battery", "device_id": "LATER" });
-    let (status, later) = b.post("/_matrix/client/v3/login", None, login).await;
-    assert_eq!(status, 200, "{later}");
-    upload(later["access_token"].as_str().unwrap(), "LATER").await;
+    let later = b.login("bob", "LATER").await;
+    upload(&later.token, &later.device_id).await;
 
     // Alice's leave may still be on its way to bob's server: try until it lets her in again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -8,11 +8,7 @@
 
 mod common;
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use common::{Options, TestServer, User, enc, free_port, sync_until, timeline};
 use serde_json::{Value, json};
@@ -20,20 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A venv with aiosmtpd, made once per target directory.
 fn smtp_python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smtp-venv");
-    let python = venv.join("bin/python");
-    let lock = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smtp-venv.lock")).unwrap();
-    lock.lock().unwrap();
-    if !python.exists()
-        || Command::new(&python).args(["-c", "import aiosmtpd"]).status().map(|s| !s.success()).unwrap_or(true)
-    {
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
-        assert!(status.success(), "could not make a Python virtual environment (python3 -m venv)");
-        let status =
-            Command::new(venv.join("bin/pip")).args(["install", "--quiet", "aiosmtpd==1.4.6"]).status().expect("pip");
-        assert!(status.success(), "could not install aiosmtpd into {}", venv.display());
-    }
-    python
+    common::python_venv("smtp-venv", "import aiosmtpd", &["aiosmtpd==1.4.6"], "")
 }
 
 /// A running SMTP server and the mails it received, as JSON.

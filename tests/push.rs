@@ -92,11 +92,34 @@ async fn pushers(hs: &Homeserver, user: &User) -> Vec<Value> {
 }
 
 async fn two_in_a_room(hs: &Homeserver) -> (User, User, String) {
+    two_in_a_room_with_state(hs, json!([])).await
+}
+
+/// Alice's room, with `initial_state`, that bob has joined.
+async fn two_in_a_room_with_state(hs: &Homeserver, initial_state: Value) -> (User, User, String) {
     let alice = hs.register("alice").await;
     let bob = hs.register("bob").await;
-    let room = hs.create_room(&alice, json!({ "invite": [bob.user_id] })).await;
+    let room = hs.create_room(&alice, json!({ "invite": [bob.user_id], "initial_state": initial_state })).await;
     assert_eq!(hs.join(&bob, &room).await.0, 200);
     (alice, bob, room)
+}
+
+async fn two_in_an_encrypted_room(hs: &Homeserver) -> (User, User, String) {
+    let encryption =
+        json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
+    two_in_a_room_with_state(hs, json!([encryption])).await
+}
+
+/// A megolm message from `sender` in `room` (its ciphertext is never read); its event id.
+async fn send_encrypted(hs: &Homeserver, sender: &User, room: &str) -> String {
+    let ciphertext = json!({
+        "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnB...", "device_id": "BOBDEVICE",
+        "sender_key": "c2VuZGVyIGtleQ", "session_id": "c2Vzc2lvbg",
+    });
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.encrypted/e1", enc(room));
+    let (status, sent) = hs.put(&path, Some(&sender.token), ciphertext).await;
+    assert_eq!(status, 200, "{sent}");
+    sent["event_id"].as_str().unwrap().to_owned()
 }
 
 fn is_message(body: &Value, text: &str) -> bool {
@@ -514,12 +537,7 @@ async fn an_invite_stays_a_notification_after_the_invitee_joins() {
 async fn element_x_pushers_get_event_id_only_pushes_with_their_default_payload() {
     let mut gateway = Gateway::start().await;
     let server = TestServer::start_with(loopback_allowed()).await;
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let encryption =
-        json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
-    let room = server.create_room(&alice, json!({ "invite": [bob.user_id], "initial_state": [encryption] })).await;
-    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let (alice, bob, room) = two_in_an_encrypted_room(&server).await;
 
     let ios_payload = json!({ "aps": { "mutable-content": 1, "content-available": 1, "alert": { "loc-key": "Notification", "loc-args": [] } } });
     let registrations = [
@@ -540,14 +558,7 @@ async fn element_x_pushers_get_event_id_only_pushes_with_their_default_payload()
     }
     assert_eq!(pushers(&server, &alice).await.len(), 2);
 
-    let ciphertext = json!({
-        "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnB...", "device_id": "BOBDEVICE",
-        "sender_key": "c2VuZGVyIGtleQ", "session_id": "c2Vzc2lvbg",
-    });
-    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.encrypted/e1", enc(&room));
-    let (status, sent) = server.put(&path, Some(&bob.token), ciphertext).await;
-    assert_eq!(status, 200, "{sent}");
-    let event_id = sent["event_id"].as_str().unwrap();
+    let event_id = send_encrypted(&server, &bob, &room).await;
 
     // One push per pusher, in whichever order.
     let mut pushes = std::collections::BTreeMap::new();
@@ -587,12 +598,7 @@ async fn element_x_android_pushes_reach_fcm_through_a_real_sygnal() {
     let mut fcm = Fcm::start(&["fcm-token-gone"]).await;
     let sygnal = Sygnal::start(APP_ID, &fcm).await;
     let server = TestServer::start_with(loopback_allowed()).await;
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let encryption =
-        json!({ "type": "m.room.encryption", "state_key": "", "content": { "algorithm": "m.megolm.v1.aes-sha2" } });
-    let room = server.create_room(&alice, json!({ "invite": [bob.user_id], "initial_state": [encryption] })).await;
-    assert_eq!(server.join(&bob, &room).await.0, 200);
+    let (alice, bob, room) = two_in_an_encrypted_room(&server).await;
     for pushkey in ["fcm-token-1", "fcm-token-gone"] {
         let body = json!({
             "kind": "http", "app_id": APP_ID, "pushkey": pushkey, "app_display_name": "Element X",
@@ -603,14 +609,7 @@ async fn element_x_android_pushes_reach_fcm_through_a_real_sygnal() {
         assert_eq!(status, 200, "{answer}");
     }
 
-    let ciphertext = json!({
-        "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnB...", "device_id": "BOBDEVICE",
-        "sender_key": "c2VuZGVyIGtleQ", "session_id": "c2Vzc2lvbg",
-    });
-    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.encrypted/e1", enc(&room));
-    let (status, sent) = server.put(&path, Some(&bob.token), ciphertext).await;
-    assert_eq!(status, 200, "{sent}");
-    let event_id = sent["event_id"].as_str().unwrap();
+    let event_id = send_encrypted(&server, &bob, &room).await;
 
     let mut tokens = std::collections::BTreeSet::new();
     while tokens.len() < 2 {

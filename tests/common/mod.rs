@@ -169,6 +169,19 @@ impl Homeserver {
         }
     }
 
+    /// Sign `name` (registered by [`Self::register`]) in on a new device.
+    pub async fn login(&self, name: &str, device_id: &str) -> User {
+        let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": name },
+            "password": "correct horse battery", "device_id": device_id });
+        let (status, body) = self.post("/_matrix/client/v3/login", None, body).await;
+        assert_eq!(status, 200, "login {name}: {body}");
+        User {
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            device_id: body["device_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
     /// Register a server admin through the shared-secret endpoint.
     pub async fn register_admin(&self, name: &str) -> User {
         use hmac::{Hmac, Mac};
@@ -317,6 +330,27 @@ pub fn timeline<'a>(sync: &'a Value, room_id: &str) -> Vec<&'a Value> {
 
 pub mod sygnal;
 pub mod synapse;
+
+/// The python of a virtual environment `name` under the target directory,
+/// with `packages` pip-installed unless `check` (Python code) already runs
+/// there: made once per target directory, a lock keeping parallel tests
+/// from making it twice. `hint` follows the message if pip fails.
+pub fn python_venv(name: &str, check: &str, packages: &[&str], hint: &str) -> PathBuf {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let venv = tmp.join(name);
+    let python = venv.join("bin/python");
+    let lock = std::fs::File::create(tmp.join(format!("{name}.lock"))).unwrap();
+    lock.lock().unwrap();
+    let installed = Command::new(&python).args(["-c", check]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !installed {
+        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
+        assert!(status.success(), "could not make a Python virtual environment (python3 -m venv)");
+        let status =
+            Command::new(venv.join("bin/pip")).args(["install", "--quiet"]).args(packages).status().expect("pip");
+        assert!(status.success(), "could not install {} into {}{hint}", packages.join(" "), venv.display());
+    }
+    python
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -186,30 +186,10 @@ async fn tunnel(
 
 /// The venv's python, with sygnal installed (made on first use).
 fn sygnal_python() -> PathBuf {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let venv = tmp.join("sygnal-venv");
-    let python = venv.join("bin/python");
-    let lock = std::fs::File::create(tmp.join("sygnal-venv.lock")).unwrap();
-    lock.lock().unwrap();
-    let installed = Command::new(&python)
-        .args(["-c", "import sygnal.sygnal, sygnal.gcmpushkin"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        let source = std::env::var("SYGNAL_SOURCE").unwrap_or(format!("matrix-sygnal=={SYGNAL_VERSION}"));
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
-        assert!(status.success(), "could not make a Python virtual environment (python3 -m venv)");
-        let status =
-            Command::new(venv.join("bin/pip")).args(["install", "--quiet", &source]).args(PINS).status().expect("pip");
-        assert!(
-            status.success(),
-            "could not install sygnal from `{source}` into {}; if the package index lacks it, set \
-             SYGNAL_SOURCE to a sygnal source checkout",
-            venv.display()
-        );
-    }
-    python
+    let source = std::env::var("SYGNAL_SOURCE").unwrap_or(format!("matrix-sygnal=={SYGNAL_VERSION}"));
+    let packages: Vec<&str> = [source.as_str()].into_iter().chain(PINS).collect();
+    let hint = "; if the package index lacks sygnal, set SYGNAL_SOURCE to a sygnal source checkout";
+    super::python_venv("sygnal-venv", "import sygnal.sygnal, sygnal.gcmpushkin", &packages, hint)
 }
 
 /// A running sygnal with one FCM app, `app_id`.

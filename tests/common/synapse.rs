@@ -37,26 +37,8 @@ impl Drop for Synapse {
 
 /// The venv's python, with Synapse installed (made on first use).
 fn synapse_python() -> PathBuf {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let venv = tmp.join("synapse-venv");
-    let python = venv.join("bin/python");
-    let lock = std::fs::File::create(tmp.join("synapse-venv.lock")).unwrap();
-    lock.lock().unwrap();
-    let installed = Command::new(&python)
-        .args(["-c", &format!("import synapse; assert synapse.__version__ == '{SYNAPSE_VERSION}'")])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
-        assert!(status.success(), "could not make a Python virtual environment (python3 -m venv)");
-        let status = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", &format!("matrix-synapse=={SYNAPSE_VERSION}")])
-            .status()
-            .expect("pip");
-        assert!(status.success(), "could not install matrix-synapse into {}", venv.display());
-    }
-    python
+    let check = format!("import synapse; assert synapse.__version__ == '{SYNAPSE_VERSION}'");
+    super::python_venv("synapse-venv", &check, &[&format!("matrix-synapse=={SYNAPSE_VERSION}")], "")
 }
 
 impl Synapse {

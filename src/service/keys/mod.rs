@@ -152,7 +152,7 @@ impl Keys {
 
     /// Another server told us a user's keys changed: our clients re-query them.
     pub fn mark_remote_changed(&self, user_id: &UserId) -> Result<()> {
-        self.remote.lock().expect("remote keys poisoned").remove(user_id);
+        self.forget_remote([user_id]);
         {
             let mut changed = self.remote_changed.lock().expect("remote changes poisoned");
             // Only changes newer than any fetch still in flight matter.
